@@ -1,0 +1,29 @@
+# Each target builds its own virtual environment. torch's CPU build is installed first, when
+# no torch is present, so that the dependency resolver never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/lossgym compare
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check lossgym agents tests scripts
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench_engine.py
+
+clean:
+	rm -rf $(VENV)
