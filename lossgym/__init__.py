@@ -1,0 +1,1 @@
+"""lossgym: learn how to adapt a classifier's loss while it trains."""
