@@ -117,13 +117,13 @@ class Population:
         self.num_classes = self.dataset.num_classes
         dev = self.device
         self._x = {
-            "train": torch.as_tensor(np.asarray(self.dataset.x_train), device=dev),
-            "val": torch.as_tensor(np.asarray(self.dataset.x_val), device=dev),
-            "test": torch.as_tensor(np.asarray(self.dataset.x_test), device=dev),
+            "train": torch.tensor(self.dataset.x_train, device=dev),
+            "val": torch.tensor(self.dataset.x_val, device=dev),
+            "test": torch.tensor(self.dataset.x_test, device=dev),
         }
         self._y = {
-            "val": torch.as_tensor(np.asarray(self.dataset.y_val), device=dev),
-            "test": torch.as_tensor(np.asarray(self.dataset.y_test), device=dev),
+            "val": torch.tensor(self.dataset.y_val, device=dev),
+            "test": torch.tensor(self.dataset.y_test, device=dev),
         }
         n = len(tasks)
         self.tasks: list[TaskSpec] = list(tasks)

@@ -1,0 +1,69 @@
+"""The ``lossgym`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lossgym.tasks import TaskSpec
+
+
+def _task_from_args(args: argparse.Namespace) -> TaskSpec:
+    task = TaskSpec.from_json(Path(args.task).read_text()) if args.task else TaskSpec()
+    changes = {k: v for k, v in (("imbalance_ratio", args.rho), ("dataset", args.dataset)) if v}
+    return task.replace(**changes) if changes else task
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lossgym.compare import compare
+    from lossgym.io import atomic_write_text
+
+    task = _task_from_args(args)
+    result = compare(task, methods=args.methods, seeds=range(args.seeds), device=args.device,
+                     progress=not args.no_progress)
+    print(f"\nTest metrics on {task.dataset}, rho={task.imbalance_ratio:g} ({task.imbalance_profile}),"
+          f" {task.arch} {task.width}x{task.depth}, {task.optimizer} lr={task.lr:g} "
+          f"wd={task.weight_decay:g}, ~{task.epochs:.1f} epochs; {len(result.seeds)} paired seeds")
+    print(result.table())
+    if args.output:
+        atomic_write_text(args.output, json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``lossgym`` command."""
+    parser = argparse.ArgumentParser(prog="lossgym", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp = sub.add_parser("compare", help="train one task with every built-in loss over seeds")
+    cmp.add_argument("--seeds", type=int, default=10, help="number of paired seeds (default 10)")
+    cmp.add_argument("--methods", nargs="+", default=None,
+                     help="methods to run (default: all built-in losses)")
+    cmp.add_argument("--task", default=None, help="a TaskSpec JSON file (default: the default task)")
+    cmp.add_argument("--rho", type=float, default=None, help="override the imbalance ratio")
+    cmp.add_argument("--dataset", default=None, help="override the dataset")
+    cmp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    cmp.add_argument("--output", default=None, help="also write the results as JSON here")
+    cmp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cmp.set_defaults(run=_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lossgym``; errors in the user's input exit with status 2 and a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "seeds", 1) < 1:
+        parser.error(f"--seeds={args.seeds} must be at least 1")
+    try:
+        return args.run(args)
+    except ValueError as err:
+        print(f"lossgym: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
