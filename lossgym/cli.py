@@ -24,8 +24,9 @@ def _compare(args: argparse.Namespace) -> int:
     task = _task_from_args(args)
     result = compare(task, methods=args.methods, seeds=range(args.seeds), device=args.device,
                      progress=not args.no_progress)
-    print(f"\nTest metrics on {task.dataset}, rho={task.imbalance_ratio:g} ({task.imbalance_profile}),"
-          f" {task.arch} {task.width}x{task.depth}, {task.optimizer} lr={task.lr:g} "
+    print(f"\nTest metrics on {task.dataset}, rho={task.imbalance_ratio:g} "
+          f"({task.imbalance_profile}), {task.arch} {task.width}x{task.depth}, "
+          f"{task.optimizer} lr={task.lr:g} "
           f"wd={task.weight_decay:g}, ~{task.epochs:.1f} epochs; {len(result.seeds)} paired seeds")
     print(result.table())
     if args.output:
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, default=10, help="number of paired seeds (default 10)")
     cmp.add_argument("--methods", nargs="+", default=None,
                      help="methods to run (default: all built-in losses)")
-    cmp.add_argument("--task", default=None, help="a TaskSpec JSON file (default: the default task)")
+    cmp.add_argument("--task", default=None,
+                     help="a TaskSpec JSON file (default: the default task)")
     cmp.add_argument("--rho", type=float, default=None, help="override the imbalance ratio")
     cmp.add_argument("--dataset", default=None, help="override the dataset")
     cmp.add_argument("--device", default="auto", help="auto, cpu or cuda")

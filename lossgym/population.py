@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -127,10 +126,14 @@ class Population:
         }
         n = len(tasks)
         self.tasks: list[TaskSpec] = list(tasks)
-        self.params = torch.zeros(n, self.net.num_params, device=dev)
+        # One contiguous [N, ...] tensor per layer: a run of members is then a contiguous
+        # slice of each, which the fused optimiser updates in one call.
+        self.layers: dict[str, Tensor] = {
+            slot.name: torch.zeros((n, *slot.shape), device=dev) for slot in self.net.slots
+        }
         self.optimizer = BatchedOptimizer(
             self.reference.optimizer,
-            self.params,
+            list(self.layers.values()),
             [t.lr for t in tasks],
             [t.weight_decay for t in tasks],
             [t.momentum for t in tasks],
@@ -150,7 +153,25 @@ class Population:
     # ------------------------------------------------------------------ members
     @property
     def num_members(self) -> int:
-        return self.params.shape[0]
+        return len(self.tasks)
+
+    @property
+    def params(self) -> Tensor:
+        """A copy of all members' parameters as flat rows ``[N, P]`` (layout: ``net.slots``)."""
+        return torch.cat([t.flatten(1) for t in self.layers.values()], dim=1)
+
+    @torch.no_grad()
+    def set_params(self, flat: Tensor, member: int | None = None) -> None:
+        """Overwrite the parameters of all members (``flat`` ``[N, P]``) or of one (``[P]``)."""
+        rows = flat.unsqueeze(0) if member is not None else flat
+        expected = (1 if member is not None else self.num_members, self.net.num_params)
+        if tuple(rows.shape) != expected:
+            raise ValueError(f"parameters of shape {tuple(flat.shape)} do not fit; expected "
+                             f"{expected[1:] if member is not None else expected}")
+        for slot in self.net.slots:
+            part = rows[:, slot.offset : slot.offset + slot.size].reshape(-1, *slot.shape)
+            target = self.layers[slot.name]
+            (target if member is None else target[member : member + 1]).copy_(part)
 
     def _check_compatible(self, task: TaskSpec, i: int) -> None:
         if not isinstance(task, TaskSpec):
@@ -169,8 +190,7 @@ class Population:
         self._pool_label[i] = torch.as_tensor(pool.labels, dtype=torch.long)
         self.class_counts[i] = torch.as_tensor(pool.class_counts, dtype=torch.float32)
         init_gen = torch.Generator().manual_seed(task.derive_seed("init"))
-        with torch.no_grad():
-            self.params[i] = self.net.init_member(init_gen).to(self.device)
+        self.set_params(self.net.init_member(init_gen).to(self.device), member=i)
         self._order_gen[i] = torch.Generator().manual_seed(task.derive_seed("order"))
         self._order[i] = torch.empty(0, dtype=torch.long)
         self._cursor[i] = 0
@@ -272,21 +292,25 @@ class Population:
                 alive = [i for i in alive if counts[i] > k]
             live = (counts_dev > k) & ~self.diverged
             flat_pos = positions[:, k]
-            x = x_train[self._flat_index[flat_pos]]
-            y = self._flat_label[flat_pos]
-            params = self.params.detach().requires_grad_(True)
-            logits = self.net.forward(params, x)
+            rows = self._flat_index.index_select(0, flat_pos.reshape(-1))
+            x = x_train.index_select(0, rows).view(n, b, -1)
+            y = self._flat_label.index_select(0, flat_pos.reshape(-1)).view(n, b)
+            leaves = {k: v.detach().requires_grad_(True) for k, v in self.layers.items()}
+            logits = self.net.forward_layers(leaves, x)
             ctx = MinibatchContext(progress=(done + k) / budgets, class_counts=self.class_counts)
             loss = criterion(logits, y, ctx)
             if loss.shape != (n,):
-                raise ValueError(f"the criterion returned shape {tuple(loss.shape)}, expected ({n},)")
-            (grad,) = torch.autograd.grad(torch.where(live, loss, 0.0).sum(), params)
-            gnorm = torch.linalg.vector_norm(grad, dim=1)
+                raise ValueError(
+                    f"the criterion returned shape {tuple(loss.shape)}, expected ({n},)"
+                )
+            grads = torch.autograd.grad(torch.where(live, loss, 0.0).sum(), list(leaves.values()))
+            gnorm = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+            gnorm = torch.linalg.vector_norm(gnorm, dim=0)
             bad = live & ~(torch.isfinite(loss) & torch.isfinite(gnorm))
             self.diverged |= bad
             if bad.any():
                 alive = [i for i in alive if not bool(bad[i])]
-            self.optimizer.step(grad, alive)
+            self.optimizer.step(grads, alive)
             with torch.no_grad():
                 ce = F.cross_entropy(logits.detach().flatten(0, 1), y.flatten(), reduction="none")
                 ce = ce.view(n, b).mean(1)
@@ -312,7 +336,7 @@ class Population:
         x = self._x[split]
         n = self.num_members
         parts = [
-            self.net.forward(self.params, chunk.unsqueeze(0).expand(n, -1, -1))
+            self.net.forward_layers(self.layers, chunk.unsqueeze(0).expand(n, -1, -1))
             for chunk in x.split(self.eval_chunk)
         ]
         return torch.cat(parts, dim=1)

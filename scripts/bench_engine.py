@@ -22,7 +22,8 @@ from lossgym.population import MinibatchContext, Population, resolve_device
 from lossgym.tasks import TaskSpec
 
 
-def ce_criterion(logits: torch.Tensor, targets: torch.Tensor, ctx: MinibatchContext) -> torch.Tensor:
+def ce_criterion(logits: torch.Tensor, targets: torch.Tensor, ctx: MinibatchContext
+                 ) -> torch.Tensor:
     return parametric_loss(logits, targets, ctx.class_counts, reduction="none").mean(-1)
 
 
@@ -76,15 +77,18 @@ def main() -> None:
         batched = [Population(tasks, device=device)]
         singles = [Population([t], device=device) for t in tasks]
         samples = n * args.minibatches * base.batch_size
-        t_batched = statistics.median(
-            time_populations(batched, args.minibatches, device) for _ in range(args.repeats))
-        t_loop = statistics.median(
-            time_populations(singles, args.minibatches, device) for _ in range(args.repeats))
+        # Batched and loop timings alternate, so that both see the same machine load.
+        t_batched, t_loop = [], []
+        for _ in range(args.repeats):
+            t_batched.append(time_populations(batched, args.minibatches, device))
+            t_loop.append(time_populations(singles, args.minibatches, device))
+        ratio = statistics.median(tl / tb for tl, tb in zip(t_loop, t_batched))
+        t_batched, t_loop = statistics.median(t_batched), statistics.median(t_loop)
         # Training costs about three forward passes per sample (forward, two backward matmuls).
         flops = 3 * batched[0].net.flops_per_sample() * samples
         gflops = flops / t_batched / 1e9
         print(f"{n:>4} {samples / t_batched:>18,.0f} {samples / t_loop:>15,.0f} "
-              f"{t_loop / t_batched:>6.2f}x {gflops:>16.1f} {100 * gflops / mm:>11.1f}%")
+              f"{ratio:>6.2f}x {gflops:>16.1f} {100 * gflops / mm:>11.1f}%")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ def member_module(net: StackedNet, flat_row: torch.Tensor) -> nn.Module:
             lin.weight.data = p[f"w{i}"].T.clone()
             lin.bias.data = p[f"b{i}"].clone()
             layers += [lin, nn.ReLU()]
-        head = nn.Linear(*p["w_out"].shape)
-        head.weight.data, head.bias.data = p["w_out"].T.clone(), p["b_out"].clone()
+        head = nn.Linear(p["w_out"].shape[0], net.num_classes)
+        head.weight.data = p["w_out"][:, : net.num_classes].T.clone()
+        head.bias.data = p["b_out"][: net.num_classes].clone()
         return nn.Sequential(*layers, head)
     layers.append(nn.Unflatten(1, (1, net.num_features)))
     length = net.num_features
@@ -28,8 +29,9 @@ def member_module(net: StackedNet, flat_row: torch.Tensor) -> nn.Module:
         if length >= 2:
             layers.append(nn.MaxPool1d(2))
             length //= 2
-    head = nn.Linear(*p["w_out"].shape)
-    head.weight.data, head.bias.data = p["w_out"].T.clone(), p["b_out"].clone()
+    head = nn.Linear(p["w_out"].shape[0], net.num_classes)
+    head.weight.data = p["w_out"][:, : net.num_classes].T.clone()
+    head.bias.data = p["b_out"][: net.num_classes].clone()
 
     class Net(nn.Module):
         def __init__(self):
@@ -62,7 +64,7 @@ def test_init_is_per_member_and_bounded():
     assert torch.equal(a, b) and not torch.equal(a, c)
     w0 = net.views(a.unsqueeze(0))["w0"]
     assert w0.abs().max() <= 1 / 40**0.5
-    assert a.numel() == net.num_params == 40 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert a.numel() == net.num_params == 40 * 32 + 32 + 32 * 32 + 32 + 32 * 16 + 16
 
 
 def test_unknown_arch():
