@@ -21,3 +21,18 @@ __all__ = [
     "register_dataset",
 ]
 __version__ = "0.1.0"
+
+
+def _register() -> None:
+    from gymnasium.envs.registration import register, registry
+
+    if "LossTuning-v0" not in registry:
+        register(
+            id="LossTuning-v0",
+            entry_point="lossgym.envs.loss_tuning:LossTuningEnv",
+            vector_entry_point="lossgym.envs.loss_tuning:LossTuningVectorEnv",
+            max_episode_steps=TaskSpec().horizon,
+        )
+
+
+_register()

@@ -328,16 +328,20 @@ class Population:
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def logits(self, split: str = "val") -> Tensor:
-        """Logits of every member on a split, ``[N, V, C]`` (the train split: each member's
-        own pool is not a shared set, so use ``"val"`` or ``"test"``)."""
+    def logits(self, split: str = "val", members: Sequence[int] | None = None) -> Tensor:
+        """Logits on an evaluation split, ``[M, V, C]`` for the listed members (default all).
+
+        The train split is not an evaluation split: each member's pool is its own."""
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r} is not an evaluation split; use 'val' or 'test'")
-        x = self._x[split]
-        n = self.num_members
+        layers = self.layers
+        if members is not None:
+            index = torch.as_tensor(list(members), dtype=torch.long, device=self.device)
+            layers = {k: v.index_select(0, index) for k, v in layers.items()}
+        m = next(iter(layers.values())).shape[0]
         parts = [
-            self.net.forward_layers(self.layers, chunk.unsqueeze(0).expand(n, -1, -1))
-            for chunk in x.split(self.eval_chunk)
+            self.net.forward_layers(layers, chunk.unsqueeze(0).expand(m, -1, -1))
+            for chunk in self._x[split].split(self.eval_chunk)
         ]
         return torch.cat(parts, dim=1)
 
@@ -348,6 +352,8 @@ class Population:
         return self._y[split]
 
     @torch.no_grad()
-    def evaluate(self, split: str = "val") -> dict[str, Tensor]:
-        """Batched metrics of every member on ``split`` (see :mod:`lossgym.metrics`)."""
-        return classification_metrics(self.logits(split), self._y[split], self.num_classes)
+    def evaluate(self, split: str = "val", members: Sequence[int] | None = None
+                 ) -> dict[str, Tensor]:
+        """Batched metrics on ``split`` (see :mod:`lossgym.metrics`), one row per member."""
+        return classification_metrics(self.logits(split, members), self._y[split],
+                                      self.num_classes)

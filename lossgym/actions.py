@@ -1,0 +1,125 @@
+"""The one mapping from agent actions in [−1, 1]^d to loss parameters.
+
+The environment, the baselines and the exported losses all go through
+:class:`ActionMapping`, so a policy means the same thing in training and in deployment.
+
+Each action dimension controls one parameter of :func:`lossgym.losses.parametric_loss`
+over a fixed range:
+
+| name              | range        | neutral | meaning                                      |
+|-------------------|--------------|---------|----------------------------------------------|
+| `gamma`           | [0, 5]       | 0       | focal exponent γ                             |
+| `alpha`           | [0, 1]       | 0       | class-balance strength, w_c ∝ n_c^(−α)       |
+| `tau`             | [0, 2]       | 0       | logit-adjustment temperature τ               |
+| `label_smoothing` | [0, 0.3]     | 0       | label smoothing                              |
+| `poly_epsilon`    | [−1, 2]      | 0       | Poly-1 ε                                     |
+| `gate`            | [−5, 5]      | 0       | gradient-gate strength                       |
+
+``mode="absolute"``: parameter = low + (a + 1) / 2 · (high − low).
+``mode="delta"``: parameter ← clip(parameter + a · max_step · (high − low), low, high).
+Actions outside [−1, 1] are clipped to it first. Episodes start at the neutral values (plain
+cross-entropy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: name → (low, high, neutral)
+PARAMETER_RANGES: dict[str, tuple[float, float, float]] = {
+    "gamma": (0.0, 5.0, 0.0),
+    "alpha": (0.0, 1.0, 0.0),
+    "tau": (0.0, 2.0, 0.0),
+    "label_smoothing": (0.0, 0.3, 0.0),
+    "poly_epsilon": (-1.0, 2.0, 0.0),
+    "gate": (-5.0, 5.0, 0.0),
+}
+ACTION_MODES = ("absolute", "delta")
+DEFAULT_PARAMETERS = ("gamma", "alpha")
+
+
+@dataclass(frozen=True)
+class ActionMapping:
+    """Maps actions ``[..., d]`` in [−1, 1] to loss parameters ``[..., d]``.
+
+    Args:
+        parameters: the controlled parameters, in action order (names of
+            :data:`PARAMETER_RANGES`); γ and α by default.
+        mode: ``"absolute"`` or ``"delta"``.
+        max_step: in delta mode, the largest move per step as a fraction of the range.
+    """
+
+    parameters: tuple[str, ...] = DEFAULT_PARAMETERS
+    mode: str = "absolute"
+    max_step: float = 0.1
+
+    def __post_init__(self) -> None:
+        params = tuple(self.parameters)
+        object.__setattr__(self, "parameters", params)
+        if not params:
+            raise ValueError("parameters is empty; choose from " + ", ".join(PARAMETER_RANGES))
+        for name in params:
+            if name not in PARAMETER_RANGES:
+                raise ValueError(
+                    f"parameter {name!r} is not known; choose from {list(PARAMETER_RANGES)}"
+                )
+        if len(set(params)) != len(params):
+            raise ValueError(f"parameters {list(params)} repeat a name")
+        if self.mode not in ACTION_MODES:
+            raise ValueError(f"action_mode={self.mode!r} is not known; choose one of "
+                             f"{ACTION_MODES}")
+        if not 0.0 < self.max_step <= 1.0:
+            raise ValueError(f"max_step={self.max_step} must lie in (0, 1]")
+
+    @property
+    def dim(self) -> int:
+        return len(self.parameters)
+
+    def bounds(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """Lower and upper parameter bounds, ``[d]`` each."""
+        low = torch.tensor([PARAMETER_RANGES[p][0] for p in self.parameters], device=device)
+        high = torch.tensor([PARAMETER_RANGES[p][1] for p in self.parameters], device=device)
+        return low, high
+
+    def neutral(self, device: torch.device | None = None) -> Tensor:
+        """The parameters an episode starts from (plain cross-entropy), ``[d]``."""
+        return torch.tensor([PARAMETER_RANGES[p][2] for p in self.parameters], device=device)
+
+    def apply(self, action: Tensor, current: Tensor) -> Tensor:
+        """New parameters from ``action`` (clipped to [−1, 1]) and the ``current`` ones."""
+        low, high = self.bounds(action.device)
+        a = action.clamp(-1.0, 1.0)
+        if self.mode == "absolute":
+            return low + (a + 1.0) * 0.5 * (high - low)
+        return torch.minimum(torch.maximum(current + a * self.max_step * (high - low), low), high)
+
+    def normalise(self, params: Tensor) -> Tensor:
+        """Parameters rescaled to [−1, 1] (the inverse of the absolute mapping)."""
+        low, high = self.bounds(params.device)
+        return (params - low) / (high - low) * 2.0 - 1.0
+
+    def as_kwargs(self, params: Tensor) -> dict[str, Tensor]:
+        """Keyword arguments for :func:`lossgym.losses.parametric_loss` from ``[N, d]``."""
+        return {name: params[..., j] for j, name in enumerate(self.parameters)}
+
+    def to_dict(self) -> dict:
+        return {"parameters": list(self.parameters), "mode": self.mode, "max_step": self.max_step}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ActionMapping:
+        unknown = set(values) - {"parameters", "mode", "max_step"}
+        if unknown:
+            raise ValueError(f"unknown action mapping keys {sorted(unknown)}")
+        return cls(tuple(values.get("parameters", DEFAULT_PARAMETERS)),
+                   values.get("mode", "absolute"), float(values.get("max_step", 0.1)))
+
+
+def parse_parameters(parameters: str | Sequence[str]) -> tuple[str, ...]:
+    """``"gamma,alpha"`` or a sequence of names → a tuple of names."""
+    if isinstance(parameters, str):
+        return tuple(p.strip() for p in parameters.split(",") if p.strip())
+    return tuple(parameters)

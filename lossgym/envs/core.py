@@ -1,0 +1,288 @@
+"""The episode logic shared by the single and the vector environment.
+
+:class:`EpisodeBatch` runs N episodes side by side on one :class:`~lossgym.population.Population`:
+it maps actions to loss parameters, trains, evaluates, and turns the population's statistics
+into observations, rewards and infos. With ``reward_baseline="paired"`` the population holds N
+more members, member N + i being a plain cross-entropy twin of member i (same task, seed,
+pool, initialisation and data order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossgym.actions import ActionMapping
+from lossgym.features import FeatureSpec, compute_features, log_imbalance
+from lossgym.losses import parametric_loss
+from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
+from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.tasks import SPLITS as TASK_SPLITS
+
+METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
+REWARD_BASELINES = ("none", "paired")
+TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll", "worst_class_recall")
+
+
+def metric_value(metrics: dict[str, Tensor], metric: str) -> Tensor:
+    """The reward metric from :func:`lossgym.metrics.classification_metrics` output."""
+    return -metrics["ece"] if metric == "neg_ece" else metrics[metric]
+
+
+class TaskSource:
+    """Where episodes' tasks come from: one fixed task or a :class:`TaskDistribution` split.
+
+    A fixed task gets a fresh inner seed per episode from the env's generator; a distribution
+    is sampled with it.
+    """
+
+    def __init__(self, tasks: TaskSpec | TaskDistribution | None, split: str):
+        if tasks is None:
+            tasks = TaskDistribution.default()
+        if not isinstance(tasks, TaskSpec | TaskDistribution):
+            raise ValueError(f"tasks must be a TaskSpec or a TaskDistribution, got "
+                             f"{type(tasks).__name__}")
+        if split not in TASK_SPLITS:
+            raise ValueError(f"split={split!r} is not known; choose one of {TASK_SPLITS}")
+        self.tasks = tasks
+        self.split = split
+
+    def draw(self, rng: np.random.Generator, like: TaskSpec | None = None) -> TaskSpec:
+        """A task; with ``like``, one that shares its :data:`SHARED_FIELDS` (by redrawing)."""
+        for _ in range(1000):
+            if isinstance(self.tasks, TaskSpec):
+                task = self.tasks.replace(seed=int(rng.integers(0, 2**31 - 1)))
+            else:
+                task = self.tasks.sample(rng, self.split)
+            if like is None or compatible(task, like):
+                return task
+        raise ValueError(
+            f"no task in split {self.split!r} shares {SHARED_FIELDS} with {like}; "
+            "pass tasks with one architecture and dataset"
+        )
+
+
+def compatible(a: TaskSpec, b: TaskSpec) -> bool:
+    """Whether two tasks can be members of one population."""
+    return all(getattr(a, f) == getattr(b, f) for f in SHARED_FIELDS)
+
+
+def as_task(value: Any) -> TaskSpec:
+    """A task from ``options["task"]``: a TaskSpec, a dict, or a dataset name."""
+    if isinstance(value, TaskSpec):
+        return value
+    if isinstance(value, dict):
+        return TaskSpec.from_dict(value)
+    if isinstance(value, str):
+        return TaskSpec(dataset=value)
+    raise ValueError(f"options['task'] must be a TaskSpec, a dict or a dataset name, got "
+                     f"{value!r}")
+
+
+class EpisodeBatch:
+    """N episodes on one population (see the module docstring)."""
+
+    def __init__(
+        self,
+        num_envs: int,
+        mapping: ActionMapping,
+        metric: str,
+        reward_baseline: str,
+        divergence_penalty: float,
+        device: str | torch.device,
+        eval_chunk: int,
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"metric={metric!r} is not known; choose one of {METRICS}")
+        if reward_baseline not in REWARD_BASELINES:
+            raise ValueError(f"reward_baseline={reward_baseline!r} is not known; choose one of "
+                             f"{REWARD_BASELINES}")
+        if not np.isfinite(divergence_penalty) or divergence_penalty < 0:
+            raise ValueError(f"divergence_penalty={divergence_penalty} must be finite and >= 0")
+        self.num_envs = num_envs
+        self.mapping = mapping
+        self.features = FeatureSpec(mapping.parameters)
+        self.metric = metric
+        self.paired = reward_baseline == "paired"
+        self.divergence_penalty = float(divergence_penalty)
+        self.device = resolve_device(device)
+        self.eval_chunk = eval_chunk
+        self.population: Population | None = None
+        self.tasks: list[TaskSpec | None] = [None] * num_envs
+        d = mapping.dim
+        self.params = mapping.neutral(self.device).repeat(num_envs, 1)
+        self.last_change = torch.zeros(num_envs, d, device=self.device)
+        self.value = np.zeros(num_envs)
+        self.steps = [0] * num_envs
+        self.done = [True] * num_envs
+        self.last_reward = np.zeros(num_envs)
+        self._neutral = mapping.neutral(self.device)
+
+    # ----------------------------------------------------------------- helpers
+    def _members(self, env_ids: Sequence[int]) -> list[int]:
+        """Population members of the given envs (and their paired twins)."""
+        ids = list(env_ids)
+        return ids + [self.num_envs + i for i in ids] if self.paired else ids
+
+    def _criterion(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        params = self.params
+        if self.paired:
+            params = torch.cat([params, self._neutral.expand_as(params)])
+        kwargs = self.mapping.as_kwargs(params)
+        return parametric_loss(logits, targets, ctx.class_counts, reduction="none",
+                               **kwargs).mean(-1)
+
+    def _value(self, metrics: dict[str, Tensor], n: int) -> np.ndarray:
+        v = metric_value(metrics, self.metric).double().cpu().numpy()
+        return v[:n] - v[n:] if self.paired else v
+
+    # ------------------------------------------------------------------- reset
+    def reset(self, env_ids: Sequence[int], tasks: Sequence[TaskSpec]) -> np.ndarray:
+        """Start new episodes for ``env_ids`` on ``tasks``; returns their observations."""
+        ids = list(env_ids)
+        pop = self.population
+        if pop is not None and not all(compatible(t, pop.reference) for t in tasks):
+            if len(ids) < self.num_envs:
+                bad = next(t for t in tasks if not compatible(t, pop.reference))
+                raise ValueError(
+                    f"task {bad} cannot join this vector env's population, which uses "
+                    + ", ".join(f"{f}={getattr(pop.reference, f)!r}" for f in SHARED_FIELDS)
+                )
+            pop = None
+        if pop is None:
+            # (Re)build with every env on a compatible task; untouched envs keep theirs.
+            all_tasks = [tasks[ids.index(i)] if i in ids else self.tasks[i] or tasks[0]
+                         for i in range(self.num_envs)]
+            members = all_tasks + (all_tasks if self.paired else [])
+            self.population = Population(members, device=self.device, eval_chunk=self.eval_chunk)
+        else:
+            for i, task in zip(ids, tasks):
+                pop.reset_member(i, task)
+                if self.paired:
+                    pop.reset_member(self.num_envs + i, task)
+        for i, task in zip(ids, tasks):
+            self.tasks[i] = task
+            self.steps[i] = 0
+            self.done[i] = False
+            self.params[i] = self._neutral
+            self.last_change[i] = 0.0
+            self.last_reward[i] = 0.0
+        return self._observe(ids, stats=None)
+
+    def _observe(self, ids: list[int], stats: Any, metrics: dict[str, Tensor] | None = None
+                 ) -> np.ndarray:
+        """Observations of ``ids`` (their rows of ``stats``/``metrics`` when given)."""
+        pop = self.population
+        assert pop is not None
+        if metrics is None:
+            metrics = pop.evaluate("val", self._members(ids))
+            rows = slice(0, len(ids))
+            value = self._value(metrics, len(ids))
+            self.value[ids] = value
+        else:
+            rows = torch.as_tensor(ids, device=self.device)
+        own = {k: v[rows] for k, v in metrics.items()}
+        index = torch.as_tensor(ids, device=self.device)
+        if stats is None:
+            train_loss, gnorm, gstd = own["nll"], torch.zeros_like(own["nll"]), None
+            gstd = torch.zeros_like(gnorm)
+        else:
+            train_loss, gnorm, gstd = stats.ce[index], stats.grad_norm[index], \
+                stats.grad_norm_std[index]
+        obs = compute_features(
+            self.features,
+            progress=pop.progress()[index],
+            train_loss=train_loss,
+            grad_norm=gnorm,
+            grad_norm_std=gstd,
+            val_metrics=own,
+            params=self.mapping.normalise(self.params[index]),
+            last_change=self.last_change[index],
+            imbalance=log_imbalance(pop.class_counts[index]),
+        )
+        return obs.cpu().numpy()
+
+    # -------------------------------------------------------------------- step
+    def check_actions(self, actions: Any) -> Tensor:
+        """Actions as a ``[N, d]`` tensor; NaN, ±inf or a wrong shape raise ``ValueError``."""
+        array = np.asarray(actions, dtype=np.float64)
+        shape = (self.num_envs, self.mapping.dim)
+        if array.shape != shape and not (self.num_envs == 1 and array.shape == shape[1:]):
+            raise ValueError(f"action has shape {array.shape}; expected {shape if self.num_envs > 1 else shape[1:]}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"action {array.tolist()} holds NaN or infinite values; "
+                             "actions must be finite (values outside [-1, 1] are clipped)")
+        return torch.as_tensor(array.reshape(shape), dtype=torch.float32, device=self.device)
+
+    def step(self, actions: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """One step of every running episode: observations, rewards, terminations, infos."""
+        pop = self.population
+        if pop is None or any(self.done):
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        n = self.num_envs
+        new = self.mapping.apply(actions, self.params)
+        self.last_change = self.mapping.normalise(new) - self.mapping.normalise(self.params)
+        self.params = new
+        stats = pop.train(self._criterion)
+        metrics = pop.evaluate("val")
+        value = self._value(metrics, n)
+        rewards = value - self.value
+        self.value = value
+        diverged = pop.diverged[:n].cpu().numpy().copy()
+        if self.paired:
+            # A diverged twin leaves no reference: the member's episode ends with it.
+            diverged |= pop.diverged[n:].cpu().numpy()
+        obs = self._observe(list(range(n)), stats, metrics)
+        infos: list[dict] = []
+        terminated = np.zeros(n, dtype=bool)
+        params_cpu = self.params.cpu().numpy()
+        for i in range(n):
+            self.steps[i] += 1
+            task = self.tasks[i]
+            assert task is not None
+            info: dict[str, Any] = {
+                "params": {p: float(params_cpu[i, j])
+                           for j, p in enumerate(self.mapping.parameters)},
+                "val_metric": float(metric_value(metrics, self.metric)[i]),
+                "train_loss": float(stats.ce[i]),
+                "diverged": bool(diverged[i]),
+                "step": self.steps[i],
+            }
+            if diverged[i]:
+                rewards[i] = -self.divergence_penalty
+                terminated[i] = True
+            elif self.steps[i] >= task.horizon:
+                terminated[i] = True
+            if terminated[i]:
+                info["task"] = task.to_dict()
+                info["test"] = self._test_metrics(i)
+            infos.append(info)
+        self.last_reward = rewards
+        for i in np.flatnonzero(terminated):
+            self.done[i] = True
+        return obs, rewards.astype(np.float64), terminated, infos
+
+    def _test_metrics(self, i: int) -> dict[str, float]:
+        """Test metrics of env i's member (and its twin's, when paired): final reports only."""
+        pop = self.population
+        assert pop is not None
+        test = pop.evaluate("test", self._members([i]))
+        out = {k: float(test[k][0]) for k in TEST_METRICS}
+        if self.paired:
+            out.update({f"reference_{k}": float(test[k][1]) for k in TEST_METRICS})
+        return out
+
+    def status(self, i: int) -> str:
+        """A one-line status of env ``i``."""
+        task = self.tasks[i]
+        if task is None:
+            return "not reset"
+        params = " ".join(f"{p}={float(v):.2f}"
+                          for p, v in zip(self.mapping.parameters, self.params[i]))
+        return (f"step {self.steps[i]}/{task.horizon} {task.dataset} rho={task.imbalance_ratio:g}"
+                f" {task.arch}{task.width} seed={task.seed} | {params} | val {self.metric}"
+                f"={self.value[i]:+.4f} reward={self.last_reward[i]:+.4f}")
