@@ -20,8 +20,8 @@ from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec, compute_features, log_imbalance
 from lossgym.losses import parametric_loss
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
-from lossgym.tasks import TaskDistribution, TaskSpec
 from lossgym.tasks import SPLITS as TASK_SPLITS
+from lossgym.tasks import TaskDistribution, TaskSpec
 
 METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
 REWARD_BASELINES = ("none", "paired")
@@ -212,7 +212,8 @@ class EpisodeBatch:
         array = np.asarray(actions, dtype=np.float64)
         shape = (self.num_envs, self.mapping.dim)
         if array.shape != shape and not (self.num_envs == 1 and array.shape == shape[1:]):
-            raise ValueError(f"action has shape {array.shape}; expected {shape if self.num_envs > 1 else shape[1:]}")
+            expected = shape if self.num_envs > 1 else shape[1:]
+            raise ValueError(f"action has shape {array.shape}; expected {expected}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"action {array.tolist()} holds NaN or infinite values; "
                              "actions must be finite (values outside [-1, 1] are clipped)")
@@ -259,14 +260,14 @@ class EpisodeBatch:
                 terminated[i] = True
             if terminated[i]:
                 info["task"] = task.to_dict()
-                info["test"] = self._test_metrics(i)
+                info["test"] = self.test_metrics(i)
             infos.append(info)
         self.last_reward = rewards
         for i in np.flatnonzero(terminated):
             self.done[i] = True
         return obs, rewards.astype(np.float64), terminated, infos
 
-    def _test_metrics(self, i: int) -> dict[str, float]:
+    def test_metrics(self, i: int) -> dict[str, float]:
         """Test metrics of env i's member (and its twin's, when paired): final reports only."""
         pop = self.population
         assert pop is not None

@@ -186,6 +186,8 @@ class LossTuningVectorEnv(VectorEnv):
     first of its next episode, and ``infos["final_obs"][i]`` / ``infos["final_info"][i]`` hold
     the last ones. ``reset(seed=s)`` seeds member i with s + i; ``options`` may hold
     ``"task"`` (one task or a list of N) and ``"reset_mask"`` (reset only some members).
+    ``max_episode_steps`` (set by ``gym.make_vec`` from the registration) truncates like
+    gymnasium's ``TimeLimit``.
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -204,13 +206,17 @@ class LossTuningVectorEnv(VectorEnv):
         device: str | torch.device = "auto",
         eval_chunk: int = 1024,
         render_mode: str | None = None,
+        max_episode_steps: int | None = None,
     ):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be a positive integer")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1 or None")
         self.num_envs = num_envs
         self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
         self.source = TaskSource(tasks, split)
         mapping = ActionMapping(parse_parameters(action_params), action_mode, max_step)
         self.batch = EpisodeBatch(num_envs, mapping, metric, reward_baseline,
@@ -232,7 +238,8 @@ class LossTuningVectorEnv(VectorEnv):
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            seeds = ([seed + i for i in range(self.num_envs)] if isinstance(seed, int)
+                     else list(seed))
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
             for i, s in enumerate(seeds):
@@ -269,9 +276,13 @@ class LossTuningVectorEnv(VectorEnv):
                                           dict[str, Any]]:
         acts = self.batch.check_actions(actions)
         obs, rewards, terminated, step_infos = self.batch.step(acts)
-        truncated = np.zeros(self.num_envs, dtype=bool)
+        # Like gymnasium's TimeLimit: truncated whenever the limit is reached.
+        limit = self.max_episode_steps
+        truncated = np.array([limit is not None and s >= limit for s in self.batch.steps])
+        for i in np.flatnonzero(truncated & ~terminated):
+            step_infos[i]["test"] = self.batch.test_metrics(int(i))
         infos: dict[str, Any] = {}
-        done = list(np.flatnonzero(terminated))
+        done = list(np.flatnonzero(terminated | truncated))
         if done:
             self._pending = done
             tasks = [self._draw(i) for i in done]
