@@ -270,7 +270,9 @@ class Population:
         b = self.reference.batch_size
         dev = self.device
         zeros = torch.zeros(n, device=dev)
-        loss_sum, ce_sum, g_sum, g_sq = zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone()
+        loss_sum, ce_sum = zeros.clone(), zeros.clone()
+        # Float64 sums: E[g²] − E[g]² in float32 loses the spread of similar gradient norms.
+        g_sum, g_sq = zeros.double(), zeros.double()
         if k_max == 0:
             return TrainStats(zeros, zeros, zeros, zeros, torch.zeros(n, dtype=torch.long))
         if self._flat_stale:
@@ -317,14 +319,15 @@ class Population:
                 ok = live & ~bad
                 loss_sum += torch.where(ok, loss.detach(), 0.0)
                 ce_sum += torch.where(ok, ce, 0.0)
-                g_sum += torch.where(ok, gnorm, 0.0)
-                g_sq += torch.where(ok, gnorm * gnorm, 0.0)
+                g64 = torch.where(ok, gnorm, 0.0).double()
+                g_sum += g64
+                g_sq += g64 * g64
         trained = torch.tensor(counts)
         self.minibatches_done += trained
         m = trained.to(dev).clamp_min(1).float()
         g_mean = g_sum / m
         g_std = (g_sq / m - g_mean * g_mean).clamp_min(0.0).sqrt()
-        return TrainStats(loss_sum / m, ce_sum / m, g_mean, g_std, trained)
+        return TrainStats(loss_sum / m, ce_sum / m, g_mean.float(), g_std.float(), trained)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()

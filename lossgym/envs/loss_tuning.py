@@ -230,10 +230,20 @@ class LossTuningVectorEnv(VectorEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (num_envs, mapping.dim), dtype=np.float32)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
 
-    def _draw(self, i: int) -> TaskSpec:
+    def _draw_tasks(self, ids: Sequence[int]) -> list[TaskSpec]:
+        """Tasks for the members ``ids``, all able to share one population.
+
+        When every member restarts, the first draw is free (so successive generations of the
+        population cover the distribution's datasets and architectures) and the others are
+        conditioned on it; otherwise all are conditioned on the running population.
+        """
         pop = self.batch.population
-        like = pop.reference if pop is not None and len(self._pending) < self.num_envs else None
-        return self.source.draw(self._rngs[i], like=like)
+        like = pop.reference if pop is not None and len(ids) < self.num_envs else None
+        tasks = []
+        for i in ids:
+            tasks.append(self.source.draw(self._rngs[i], like=like))
+            like = like or tasks[0]
+        return tasks
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -252,9 +262,10 @@ class LossTuningVectorEnv(VectorEnv):
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: ['task', "
                              "'reset_mask']")
-        self._pending = ids
+        if len(ids) < self.num_envs and self.batch.population is None:
+            raise ValueError("a partial reset (options['reset_mask']) needs a full reset first")
         if task_opt is None:
-            tasks = [self._draw(i) for i in ids]
+            tasks = self._draw_tasks(ids)
         elif isinstance(task_opt, list | tuple):
             if len(task_opt) != len(ids):
                 raise ValueError(f"options['task'] has {len(task_opt)} tasks for {len(ids)} envs")
@@ -284,8 +295,7 @@ class LossTuningVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         done = list(np.flatnonzero(terminated | truncated))
         if done:
-            self._pending = done
-            tasks = [self._draw(i) for i in done]
+            tasks = self._draw_tasks(done)
             fresh = self.batch.reset(done, tasks)
             for k, i in enumerate(done):
                 step_infos[i] = {"final_obs": obs[i].copy(), "final_info": step_infos[i],
