@@ -120,6 +120,7 @@ class EpisodeBatch:
         self.steps = [0] * num_envs
         self.done = [True] * num_envs
         self.last_reward = np.zeros(num_envs)
+        self.last_obs = np.zeros((num_envs, self.features.dim), dtype=np.float32)
         self._neutral = mapping.neutral(self.device)
 
     # ----------------------------------------------------------------- helpers
@@ -171,7 +172,9 @@ class EpisodeBatch:
             self.params[i] = self._neutral
             self.last_change[i] = 0.0
             self.last_reward[i] = 0.0
-        return self._observe(ids, stats=None)
+        obs = self._observe(ids, stats=None)
+        self.last_obs[ids] = obs
+        return obs
 
     def _observe(self, ids: list[int], stats: Any, metrics: dict[str, Tensor] | None = None
                  ) -> np.ndarray:
@@ -220,17 +223,24 @@ class EpisodeBatch:
         return torch.as_tensor(array.reshape(shape), dtype=torch.float32, device=self.device)
 
     def step(self, actions: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        """One step of every running episode: observations, rewards, terminations, infos."""
+        """One step of every running episode: observations, rewards, terminations, infos.
+
+        Envs whose episode has ended sit the step out: they do not train, their reward is 0,
+        their observation and parameters stay, and their info is empty."""
         pop = self.population
-        if pop is None or any(self.done):
-            raise RuntimeError("step() called on a finished episode; call reset() first")
+        if pop is None or all(self.done):
+            raise RuntimeError("step() called with no running episode; call reset() first")
         n = self.num_envs
-        new = self.mapping.apply(actions, self.params)
-        self.last_change = self.mapping.normalise(new) - self.mapping.normalise(self.params)
+        running = torch.tensor([not d for d in self.done], device=self.device)
+        new = torch.where(running.unsqueeze(1), self.mapping.apply(actions, self.params),
+                          self.params)
+        change = self.mapping.normalise(new) - self.mapping.normalise(self.params)
+        self.last_change = torch.where(running.unsqueeze(1), change, self.last_change)
         self.params = new
-        stats = pop.train(self._criterion)
+        active = [not d for d in self.done]
+        stats = pop.train(self._criterion, active=active + (active if self.paired else []))
         metrics = pop.evaluate("val")
-        value = self._value(metrics, n)
+        value = np.where(active, self._value(metrics, n), self.value)
         rewards = value - self.value
         self.value = value
         diverged = pop.diverged[:n].cpu().numpy().copy()
@@ -238,10 +248,15 @@ class EpisodeBatch:
             # A diverged twin leaves no reference: the member's episode ends with it.
             diverged |= pop.diverged[n:].cpu().numpy()
         obs = self._observe(list(range(n)), stats, metrics)
+        obs[~np.array(active)] = self.last_obs[~np.array(active)]
+        self.last_obs = obs.copy()
         infos: list[dict] = []
         terminated = np.zeros(n, dtype=bool)
         params_cpu = self.params.cpu().numpy()
         for i in range(n):
+            if self.done[i]:
+                infos.append({})
+                continue
             self.steps[i] += 1
             task = self.tasks[i]
             assert task is not None

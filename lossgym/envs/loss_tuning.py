@@ -169,6 +169,8 @@ class LossTuningEnv(gym.Env):
         return obs, {"task": task.to_dict()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.batch.done[0]:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
         actions = self.batch.check_actions(action)
         obs, rewards, terminated, infos = self.batch.step(actions)
         return obs[0], float(rewards[0]), bool(terminated[0]), False, infos[0]

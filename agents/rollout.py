@@ -1,0 +1,147 @@
+"""Run policies and loss methods on fixed lists of tasks, batched, and record the episodes.
+
+Every method a report compares runs through here on the same task list, so seed s of a task
+gives every method the same training pool, initialisation and data order (paired results).
+
+* :func:`rollout_policy` runs a :class:`Policy` (an RL agent, a hand schedule, a feedback
+  rule, a replay) through the environment's own episode logic (:class:`EpisodeBatch`), one
+  batched population per group of compatible tasks.
+* :func:`rollout_method` runs a built-in loss rule of :mod:`lossgym.methods` (LDAM-DRW,
+  FLSD-53, AdaFocal, class-balanced...) that the action space cannot express.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from lossgym.actions import ActionMapping
+from lossgym.envs.core import TEST_METRICS, EpisodeBatch, metric_value
+from lossgym.methods import MethodMix, make_method
+from lossgym.population import SHARED_FIELDS, Population, resolve_device
+from lossgym.tasks import TaskSpec
+
+
+class Policy(Protocol):
+    """Anything that maps a batch of observations to actions in [−1, 1]^d.
+
+    Attributes:
+        parameters: the loss parameters its actions control, in action order.
+        mode: the action mode it speaks ("absolute" or "delta").
+    """
+
+    parameters: tuple[str, ...]
+    mode: str
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions ``[N, d]`` for observations ``[N, D]``."""
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode.
+
+    Attributes:
+        task: the task it ran on.
+        method: the name of the policy or method.
+        params: loss parameters chosen at each step, ``[H, d]`` (empty for methods).
+        actions: the raw actions, ``[H, d]`` (empty for methods).
+        val_curve: the validation metric at reset and after each step, ``[H + 1]``.
+        test: final test metrics (see :data:`lossgym.envs.core.TEST_METRICS`).
+        diverged: whether the inner training diverged.
+    """
+
+    task: TaskSpec
+    method: str
+    params: np.ndarray
+    actions: np.ndarray
+    val_curve: np.ndarray
+    test: dict[str, float]
+    diverged: bool = False
+    parameters: tuple[str, ...] = field(default_factory=tuple)
+
+
+def group_tasks(tasks: Sequence[TaskSpec]) -> list[list[int]]:
+    """Indices of ``tasks`` grouped so that each group can share one population (same
+    :data:`SHARED_FIELDS` and horizon), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, task in enumerate(tasks):
+        key = tuple(getattr(task, f) for f in SHARED_FIELDS) + (task.horizon,)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def rollout_policy(
+    policy: Policy,
+    tasks: Sequence[TaskSpec],
+    name: str = "policy",
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> list[EpisodeRecord]:
+    """One episode of ``policy`` on each task; records in task order."""
+    mapping = ActionMapping(tuple(policy.parameters), policy.mode)
+    records: list[EpisodeRecord | None] = [None] * len(tasks)
+    for group in group_tasks(tasks):
+        for start in range(0, len(group), max_members):
+            ids = group[start : start + max_members]
+            batch = EpisodeBatch(len(ids), mapping, metric, "none", 1.0,
+                                 resolve_device(device), 1024)
+            obs = batch.reset(range(len(ids)), [tasks[i] for i in ids])
+            policy.reset(len(ids))
+            curves = [batch.value.copy()]
+            params, actions, tests = [], [], [None] * len(ids)
+            diverged = np.zeros(len(ids), dtype=bool)
+            while not all(batch.done):
+                action = np.asarray(policy.act(obs), dtype=np.float32).reshape(len(ids), -1)
+                actions.append(np.clip(action, -1.0, 1.0))
+                obs, _, terminated, infos = batch.step(batch.check_actions(action))
+                params.append(batch.params.cpu().numpy().copy())
+                curves.append(batch.value.copy())
+                for k, info in enumerate(infos):
+                    if info.get("test") is not None:
+                        tests[k] = info["test"]
+                        diverged[k] = info["diverged"]
+            for k, i in enumerate(ids):
+                records[i] = EpisodeRecord(
+                    task=tasks[i], method=name,
+                    params=np.array(params)[:, k], actions=np.array(actions)[:, k],
+                    val_curve=np.array(curves)[:, k], test=tests[k], diverged=bool(diverged[k]),
+                    parameters=mapping.parameters,
+                )
+    return [r for r in records if r is not None]
+
+
+def rollout_method(
+    method: str,
+    tasks: Sequence[TaskSpec],
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+) -> list[EpisodeRecord]:
+    """One training run of the built-in loss ``method`` on each task; records in task order."""
+    dev = resolve_device(device)
+    records: list[EpisodeRecord | None] = [None] * len(tasks)
+    for group in group_tasks(tasks):
+        pop = Population([tasks[i] for i in group], device=dev)
+        mix = MethodMix([make_method(method, len(group), pop.num_classes, dev)])
+        curves = [metric_value(pop.evaluate("val"), metric).cpu().numpy()]
+        for _ in range(tasks[group[0]].horizon):
+            pop.train(mix)
+            mix.observe_validation(pop.logits("val"), pop.targets("val"))
+            curves.append(metric_value(pop.evaluate("val"), metric).cpu().numpy())
+        test = pop.evaluate("test")
+        diverged = pop.diverged.cpu().numpy()
+        for k, i in enumerate(group):
+            records[i] = EpisodeRecord(
+                task=tasks[i], method=method, params=np.zeros((0, 0)),
+                actions=np.zeros((0, 0)), val_curve=np.array(curves)[:, k],
+                test={m: float(test[m][k]) for m in TEST_METRICS}, diverged=bool(diverged[k]),
+            )
+    return [r for r in records if r is not None]
