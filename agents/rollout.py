@@ -136,7 +136,7 @@ def rollout_method(
             pop.train(mix)
             mix.observe_validation(pop.logits("val"), pop.targets("val"))
             curves.append(metric_value(pop.evaluate("val"), metric).cpu().numpy())
-        test = pop.evaluate("test")
+        test = pop.final_metrics()
         diverged = pop.diverged.cpu().numpy()
         for k, i in enumerate(group):
             records[i] = EpisodeRecord(

@@ -38,6 +38,7 @@ __all__ = [
     "classification_metrics",
     "confusion_matrix",
     "expected_calibration_error",
+    "fit_temperature",
     "metrics_from_confusion",
 ]
 
@@ -288,3 +289,40 @@ def classification_metrics(
     metrics["ece"] = ece
     metrics["nll"] = nll
     return metrics
+
+
+@torch.no_grad()
+def fit_temperature(val_logits: Tensor, val_targets: Tensor, steps: int = 48) -> Tensor:
+    """Temperature scaling (Guo et al., ICML 2017): per member, the T > 0 that minimises the
+    validation NLL of ``logits / T``.
+
+    A log-spaced grid over [0.05, 20] is refined twice around its best point (the NLL is
+    unimodal in log T), batched over the leading member dims.
+
+    Args:
+        val_logits: ``[..., V, C]``.
+        val_targets: ``[V]`` or ``[..., V]``.
+        steps: grid points per refinement.
+
+    Returns:
+        ``[...]`` temperatures.
+    """
+    logits = val_logits.detach().float()
+    targets = val_targets.expand(logits.shape[:-1]).long()
+    lead = logits.shape[:-2]
+    lo = torch.full(lead, math.log(0.05), device=logits.device)
+    hi = torch.full(lead, math.log(20.0), device=logits.device)
+    for _ in range(3):
+        frac = torch.linspace(0.0, 1.0, steps, device=logits.device)
+        grid = lo.unsqueeze(-1) + (hi - lo).unsqueeze(-1) * frac  # [..., G]
+        temps = grid.exp()
+        scaled = logits.unsqueeze(-3) / temps[..., None, None]  # [..., G, V, C]
+        logp = torch.log_softmax(scaled, dim=-1)
+        nll = -logp.gather(-1, targets.unsqueeze(-2).unsqueeze(-1).expand(
+            *scaled.shape[:-1], 1)).squeeze(-1).mean(-1)  # [..., G]
+        nll = torch.nan_to_num(nll, nan=float("inf"))
+        best = nll.argmin(-1, keepdim=True)
+        width = (hi - lo) / (steps - 1)
+        centre = grid.gather(-1, best).squeeze(-1)
+        lo, hi = centre - width, centre + width
+    return centre.exp()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lossgym.data import Dataset, load_dataset
-from lossgym.metrics import classification_metrics
+from lossgym.metrics import classification_metrics, fit_temperature
 from lossgym.models import StackedNet
 from lossgym.optim import BatchedOptimizer
 from lossgym.tasks import TaskSpec
@@ -360,3 +360,16 @@ class Population:
         """Batched metrics on ``split`` (see :mod:`lossgym.metrics`), one row per member."""
         return classification_metrics(self.logits(split, members), self._y[split],
                                       self.num_classes)
+
+    @torch.no_grad()
+    def final_metrics(self, members: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """Test metrics for final reports, plus ``ece_ts``: the test ECE after temperature
+        scaling with T (``temperature``) fitted on the validation split."""
+        test_logits = self.logits("test", members)
+        out = classification_metrics(test_logits, self._y["test"], self.num_classes)
+        temperature = fit_temperature(self.logits("val", members), self._y["val"])
+        scaled = classification_metrics(test_logits / temperature[:, None, None],
+                                        self._y["test"], self.num_classes)
+        out["ece_ts"] = scaled["ece"]
+        out["temperature"] = temperature
+        return out

@@ -335,3 +335,14 @@ def test_cuda_matches_cpu():
     for key in cpu:
         assert gpu[key].device.type == "cuda"
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_fit_temperature_recovers_a_known_temperature():
+    from lossgym.metrics import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4000, 5, generator=g) * 2
+    y = torch.distributions.Categorical(logits=z).sample()
+    t = fit_temperature(torch.stack([3 * z[0], 0.5 * z[1]]), y)
+    assert t[0].item() == pytest.approx(3.0, rel=0.1)
+    assert t[1].item() == pytest.approx(0.5, rel=0.1)

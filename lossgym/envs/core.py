@@ -25,7 +25,8 @@ from lossgym.tasks import TaskDistribution, TaskSpec
 
 METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
 REWARD_BASELINES = ("none", "paired")
-TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll", "worst_class_recall")
+TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_ts", "nll",
+                "worst_class_recall")
 
 
 def metric_value(metrics: dict[str, Tensor], metric: str) -> Tensor:
@@ -286,7 +287,7 @@ class EpisodeBatch:
         """Test metrics of env i's member (and its twin's, when paired): final reports only."""
         pop = self.population
         assert pop is not None
-        test = pop.evaluate("test", self._members([i]))
+        test = pop.final_metrics(self._members([i]))
         out = {k: float(test[k][0]) for k in TEST_METRICS}
         if self.paired:
             out.update({f"reference_{k}": float(test[k][1]) for k in TEST_METRICS})
