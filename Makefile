@@ -5,7 +5,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+RUN ?= runs/ppo-default
+
+.PHONY: demo compare test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,agents]"
 	touch $@
 
+# The main job: train the default PPO agent, evaluate it against every baseline on held-out
+# tasks, and write $(RUN)/report.md with its plots.
 demo: $(VENV)/.installed
+	$(BIN)/python -m agents.train --algo ppo --run-dir $(RUN)
+	$(BIN)/python -m agents.evaluate --run-dir $(RUN)
+
+compare: $(VENV)/.installed
 	$(BIN)/lossgym compare
 
 test: $(VENV)/.installed
@@ -24,6 +32,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_engine.py
+	$(BIN)/python scripts/bench_env.py
 
 clean:
 	rm -rf $(VENV)

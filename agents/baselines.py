@@ -1,0 +1,984 @@
+"""Hand-written loss policies, grid tuning and black-box search: the baselines an agent must beat.
+
+Every policy here implements :class:`agents.rollout.Policy` and, unless it replays raw actions,
+speaks the ``"absolute"`` action mode of :class:`lossgym.actions.ActionMapping`: an action
+``a ∈ [−1, 1]`` sets a parameter to ``low + (a + 1) / 2 · (high − low)`` (γ ∈ [0, 5],
+α ∈ [0, 1]; α is the class-balance strength, ``w_c ∝ n_c^(−α)``). A hand policy controls
+γ and α; when it is given more ``parameters`` it holds the others at their neutral values.
+Policies read training progress from ``obs[:, 0]`` and, for feedback, the validation balanced
+accuracy (mean per-class recall, ``obs[:, 4]``) and the worst-class recall (``obs[:, 5]``); see
+:mod:`lossgym.features`. Every policy is deterministic given its configuration (a
+:class:`RandomPolicy` given its seed and the sequence of calls).
+
+Because a fixed rule can run as one member of a population, a whole grid of configurations
+costs one batched rollout: :class:`PerMemberPolicy` drives member ``i`` with its own policy and
+:func:`rollout_members` runs "policy i on task i" for any list of pairs.
+
+Tuning and search run on the tasks they are given (meant to be TRAIN tasks) and score a
+configuration by the mean final *validation* metric (``EpisodeRecord.val_curve[-1]``), never by
+the test metric. The one exception is :func:`oracle_constant`, which picks the best constant
+loss on the test metric and is an upper bound for static losses, not a baseline. Budgets are
+counted in *inner training runs*: one candidate configuration trained once on one task.
+
+Built-in methods that the action space cannot express (LDAM-DRW, FLSD-53, AdaFocal...) are named
+in :data:`METHOD_BASELINES` and run through :func:`agents.rollout.rollout_method`;
+:func:`rollout_baseline` runs any baseline by name.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, rollout_policy
+from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
+from lossgym.envs.core import METRICS
+from lossgym.features import FeatureSpec
+from lossgym.tasks import TaskSpec
+
+#: Observation columns the policies read (see :mod:`lossgym.features`).
+PROGRESS, BALANCED_ACCURACY, WORST_RECALL = 0, 4, 5
+#: Progress comparisons allow for the float32 rounding of the observation (0.7 → 0.69999999).
+PROGRESS_TOL = 1e-6
+#: Schedule shapes of :class:`SchedulePolicy`.
+SHAPES = ("linear", "cosine")
+#: Search spaces of :func:`random_search` and :func:`cma_search`.
+SEARCH_SPACES = ("constant", "schedule")
+
+GAMMA_RANGE = PARAMETER_RANGES["gamma"][:2]
+ALPHA_RANGE = PARAMETER_RANGES["alpha"][:2]
+
+Config = dict[str, Any]
+Table = list[dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_real(name: str, value: object, low: float, high: float) -> float:
+    """``value`` as a float in ``[low, high]`` (bounds may be infinite); else ``ValueError``."""
+    allowed = f"a finite number in [{low:g}, {high:g}]"
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+            or not math.isfinite(float(value))):
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{name}={value!r} is out of range: must be {allowed}")
+    return float(value)
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    """``value`` as an int ``>= low``; else ``ValueError``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid: must be an int >= {low}")
+    return int(value)
+
+
+def _check_parameters(parameters: Sequence[str], mode: str = "absolute",
+                      required: Sequence[str] = ()) -> tuple[str, ...]:
+    """Validated parameter names (via :class:`ActionMapping`) that include ``required``."""
+    if isinstance(parameters, str):
+        raise ValueError(f"parameters={parameters!r} must be a sequence of names, e.g. "
+                         f"{DEFAULT_PARAMETERS}")
+    params = ActionMapping(tuple(parameters), mode).parameters
+    missing = [p for p in required if p not in params]
+    if missing:
+        raise ValueError(f"parameters={list(params)} lacks {missing}, which this policy "
+                         "controls")
+    return params
+
+
+def _check_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """``tasks`` as a non-empty list of :class:`TaskSpec`."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("tasks is empty; pass at least one TaskSpec")
+    for i, task in enumerate(tasks):
+        if not isinstance(task, TaskSpec):
+            raise ValueError(f"tasks[{i}] is a {type(task).__name__}, not a TaskSpec")
+    return tasks
+
+
+def _check_grid(name: str, values: Sequence[float], low: float, high: float) -> list[float]:
+    """A non-empty grid of numbers in ``[low, high]``."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} is empty; give at least one value in [{low:g}, {high:g}]")
+    return [_check_real(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)]
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not known; choose one of {METRICS}")
+    return metric
+
+
+def _to_action(name: str, value: np.ndarray | float) -> np.ndarray:
+    """The absolute-mode action that sets parameter ``name`` to ``value``:
+    ``a = 2 (value − low) / (high − low) − 1``."""
+    low, high, _ = PARAMETER_RANGES[name]
+    return 2.0 * (np.asarray(value, dtype=np.float64) - low) / (high - low) - 1.0
+
+
+# ------------------------------------------------------------------------------ policies
+class _LossRule:
+    """Shared machinery of the hand policies: absolute mode, γ and α set per row, every other
+    controlled parameter held at its neutral value.
+
+    Args:
+        parameters: the controlled parameters in action order; must include ``"gamma"`` and
+            ``"alpha"``.
+    """
+
+    mode = "absolute"
+
+    def __init__(self, parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        self.parameters = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+        self._obs_dim = FeatureSpec(self.parameters).dim
+        self._neutral = np.array([_to_action(p, PARAMETER_RANGES[p][2]) for p in self.parameters])
+        self._gamma = self.parameters.index("gamma")
+        self._alpha = self.parameters.index("alpha")
+        self.num_envs = 0
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes."""
+        self.num_envs = _check_int("num_envs", num_envs, 1)
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` as a float64 ``[N, D]`` array, checked against the feature layout."""
+        array = np.asarray(obs, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != self._obs_dim:
+            raise ValueError(f"obs has shape {array.shape}; expected [N, {self._obs_dim}] for "
+                             f"parameters {self.parameters}")
+        return array
+
+    def _actions(self, gamma: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Actions ``[N, d]`` (float32) that set γ and α per row."""
+        gamma, alpha = np.broadcast_arrays(np.asarray(gamma, float), np.asarray(alpha, float))
+        out = np.tile(self._neutral, (gamma.shape[0], 1))
+        out[:, self._gamma] = _to_action("gamma", gamma)
+        out[:, self._alpha] = _to_action("alpha", alpha)
+        return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def _drw_alpha(progress: np.ndarray, switch: float, alpha: float) -> np.ndarray:
+    """Deferred re-weighting: 0 while ``progress < switch``, then ``alpha``."""
+    return np.where(progress >= switch - PROGRESS_TOL, alpha, 0.0)
+
+
+class ConstantPolicy(_LossRule):
+    """A fixed loss for the whole run: γ and α never change.
+
+    ``(0, 0)`` is cross-entropy, ``(γ, 0)`` focal loss, ``(0, α)`` class-balanced
+    cross-entropy with weights ``w_c ∝ n_c^(−α)`` and ``(γ, α)`` class-balanced focal loss.
+
+    Args:
+        gamma: focal exponent γ in [0, 5].
+        alpha: class-balance strength α in [0, 1].
+        parameters: the controlled parameters (must include γ and α; others stay neutral).
+    """
+
+    def __init__(self, gamma: float = 0.0, alpha: float = 0.0,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        super().__init__(parameters)
+        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+        self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The same action for every row: ``[N, d]``."""
+        n = self._obs(obs).shape[0]
+        return self._actions(np.full(n, self.gamma), np.full(n, self.alpha))
+
+    def __repr__(self) -> str:
+        return f"ConstantPolicy(gamma={self.gamma:g}, alpha={self.alpha:g})"
+
+
+class DRWPolicy(_LossRule):
+    """Deferred re-weighting as a schedule: α = 0 while progress < ``switch``, then ``alpha``.
+
+    The action at progress p governs training from p to p + 1/H, so on a horizon of H steps
+    the re-weighted share of training is ``1 − ⌈switch · H⌉ / H``. ``switch = 1`` never
+    re-weights; ``switch = 0`` re-weights from the start.
+
+    Args:
+        switch: progress in [0, 1] at which re-weighting starts (compared with a 1e-6
+            tolerance for the float32 observation).
+        alpha: class-balance strength α in [0, 1] after the switch.
+        gamma: constant focal exponent γ in [0, 5].
+        parameters: the controlled parameters (must include γ and α; others stay neutral).
+    """
+
+    def __init__(self, switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        super().__init__(parameters)
+        self.switch = _check_real("switch", switch, 0.0, 1.0)
+        self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
+        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """α from each row's progress ``obs[:, 0]``; γ constant."""
+        progress = self._obs(obs)[:, PROGRESS]
+        return self._actions(np.full(len(progress), self.gamma),
+                             _drw_alpha(progress, self.switch, self.alpha))
+
+    def __repr__(self) -> str:
+        return f"DRWPolicy(switch={self.switch:g}, alpha={self.alpha:g}, gamma={self.gamma:g})"
+
+
+class SchedulePolicy(_LossRule):
+    """A parametric schedule: γ anneals over progress p, α is a deferred re-weighting step.
+
+    ``γ(p) = gamma_start + (gamma_end − gamma_start) · s(p)`` with ``s(p) = p`` (linear) or
+    ``s(p) = (1 − cos πp) / 2`` (cosine), so γ(0) = gamma_start and γ(1) = gamma_end;
+    ``α(p) = drw_alpha`` once ``p ≥ drw_switch``, else 0 (as :class:`DRWPolicy`).
+
+    Args:
+        gamma_start: γ at the start of training, in [0, 5].
+        gamma_end: γ at the end of training, in [0, 5].
+        shape: ``"linear"`` or ``"cosine"``.
+        drw_switch: progress in [0, 1] at which α switches on.
+        drw_alpha: α in [0, 1] after the switch.
+        parameters: the controlled parameters (must include γ and α; others stay neutral).
+    """
+
+    def __init__(self, gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
+                 drw_switch: float = 0.8, drw_alpha: float = 1.0,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        super().__init__(parameters)
+        self.gamma_start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
+        self.gamma_end = _check_real("gamma_end", gamma_end, *GAMMA_RANGE)
+        if shape not in SHAPES:
+            raise ValueError(f"shape={shape!r} is not known; choose one of {SHAPES}")
+        self.shape = shape
+        self.drw_switch = _check_real("drw_switch", drw_switch, 0.0, 1.0)
+        self.drw_alpha = _check_real("drw_alpha", drw_alpha, *ALPHA_RANGE)
+
+    def gamma_at(self, progress: np.ndarray | float) -> np.ndarray:
+        """γ at the given progress (clipped to [0, 1])."""
+        p = np.clip(np.asarray(progress, dtype=np.float64), 0.0, 1.0)
+        s = p if self.shape == "linear" else (1.0 - np.cos(np.pi * p)) / 2.0
+        return self.gamma_start + (self.gamma_end - self.gamma_start) * s
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """γ and α from each row's progress ``obs[:, 0]``."""
+        progress = self._obs(obs)[:, PROGRESS]
+        return self._actions(self.gamma_at(progress),
+                             _drw_alpha(progress, self.drw_switch, self.drw_alpha))
+
+    def __repr__(self) -> str:
+        return (f"SchedulePolicy(gamma_start={self.gamma_start:g}, gamma_end={self.gamma_end:g},"
+                f" shape={self.shape!r}, drw_switch={self.drw_switch:g}, "
+                f"drw_alpha={self.drw_alpha:g})")
+
+
+class FeedbackPolicy(_LossRule):
+    """Raises re-weighting while the worst class lags behind the average class.
+
+    Each episode starts at α = 0. After every evaluation of the trained network (every
+    observation with progress > 0) each row updates
+    ``α ← clip(α + eta · (mean recall − worst-class recall − margin), 0, alpha_max)``
+    with mean recall = validation balanced accuracy ``obs[:, 4]`` and worst-class recall
+    ``obs[:, 5]``. A row whose progress is 0 starts a new episode (α back to 0), so the rule
+    also works under a vector env's autoreset; :meth:`reset` restarts every row.
+
+    Args:
+        eta: step size η >= 0 (α per unit of recall gap).
+        margin: recall gap in [−1, 1] that is tolerated; a smaller gap lowers α.
+        alpha_max: the largest α, in [0, 1].
+        gamma: constant focal exponent γ in [0, 5].
+        parameters: the controlled parameters (must include γ and α; others stay neutral).
+    """
+
+    def __init__(self, eta: float = 1.0, margin: float = 0.0, alpha_max: float = 1.0,
+                 gamma: float = 0.0, parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        super().__init__(parameters)
+        self.eta = _check_real("eta", eta, 0.0, math.inf)
+        self.margin = _check_real("margin", margin, -1.0, 1.0)
+        self.alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
+        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+        self.alpha = np.zeros(0)
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes, each at α = 0."""
+        super().reset(num_envs)
+        self.alpha = np.zeros(self.num_envs)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Update each row's α from its observation, then act."""
+        array = self._obs(obs)
+        if array.shape[0] != self.num_envs:
+            raise ValueError(f"obs has {array.shape[0]} rows but reset() started "
+                             f"{self.num_envs} episodes; call reset(num_envs) first")
+        progress = array[:, PROGRESS]
+        gap = array[:, BALANCED_ACCURACY] - array[:, WORST_RECALL] - self.margin
+        updated = np.clip(self.alpha + self.eta * gap, 0.0, self.alpha_max)
+        self.alpha = np.where(progress > PROGRESS_TOL, updated, 0.0)
+        return self._actions(np.full(len(progress), self.gamma), self.alpha)
+
+    def __repr__(self) -> str:
+        return (f"FeedbackPolicy(eta={self.eta:g}, margin={self.margin:g}, "
+                f"alpha_max={self.alpha_max:g}, gamma={self.gamma:g})")
+
+
+class RandomPolicy:
+    """Uniform actions in [−1, 1]^d from its own ``np.random.default_rng(seed)``.
+
+    The generator is created once, so a fresh ``RandomPolicy(seed)`` replays the same actions
+    for the same sequence of calls; later episodes continue the stream.
+
+    Args:
+        seed: seed of the generator, an int >= 0.
+        parameters: the controlled parameters.
+        mode: ``"absolute"`` or ``"delta"``.
+    """
+
+    def __init__(self, seed: int = 0, parameters: Sequence[str] = DEFAULT_PARAMETERS,
+                 mode: str = "absolute") -> None:
+        self.seed = _check_int("seed", seed, 0)
+        self.parameters = _check_parameters(parameters, mode)
+        self.mode = mode
+        self.rng = np.random.default_rng(self.seed)
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes (the generator is not re-seeded)."""
+        _check_int("num_envs", num_envs, 1)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``[N, d]`` uniform draws (float32)."""
+        n = np.asarray(obs).shape[0]
+        return self.rng.uniform(-1.0, 1.0, (n, len(self.parameters))).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"RandomPolicy(seed={self.seed})"
+
+
+class ConstantActionPolicy:
+    """The same raw action at every step and for every row (e.g. an agent's mean action).
+
+    Args:
+        action: ``[d]`` finite values; values outside [−1, 1] are clipped to it.
+        parameters: the controlled parameters, ``d`` of them.
+        mode: ``"absolute"`` or ``"delta"``.
+    """
+
+    def __init__(self, action: Sequence[float] | np.ndarray,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "absolute") -> None:
+        self.parameters = _check_parameters(parameters, mode)
+        self.mode = mode
+        array = np.asarray(action, dtype=np.float64).reshape(-1)
+        if array.shape != (len(self.parameters),) or not np.all(np.isfinite(array)):
+            raise ValueError(f"action={np.asarray(action).tolist()} is invalid: must be "
+                             f"{len(self.parameters)} finite values (one per parameter "
+                             f"{self.parameters}), in [-1, 1]")
+        self.action = np.clip(array, -1.0, 1.0).astype(np.float32)
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes (nothing to do)."""
+        _check_int("num_envs", num_envs, 1)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``action`` repeated for every row."""
+        return np.tile(self.action, (np.asarray(obs).shape[0], 1))
+
+
+class ReplayPolicy:
+    """Open-loop replay of recorded action trajectories, one per member.
+
+    At step t (the t-th :meth:`act` since :meth:`reset`) member i gets ``actions[i, t]``. It
+    needs ``reset(N)`` with N = ``actions.shape[0]``, so with :func:`rollout_policy` all tasks
+    must form one population; for any task list run single-member replays through
+    :func:`rollout_members` (``[ReplayPolicy(a[None]) for a in actions]``).
+
+    Args:
+        actions: ``[N, H, d]`` finite actions (clipped to [−1, 1]).
+        parameters: the controlled parameters, ``d`` of them.
+        mode: the action mode the actions were recorded in.
+    """
+
+    def __init__(self, actions: np.ndarray, parameters: Sequence[str] = DEFAULT_PARAMETERS,
+                 mode: str = "absolute") -> None:
+        self.parameters = _check_parameters(parameters, mode)
+        self.mode = mode
+        array = np.asarray(actions, dtype=np.float64)
+        if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1 \
+                or array.shape[2] != len(self.parameters):
+            raise ValueError(f"actions has shape {array.shape}; expected [N >= 1, H >= 1, "
+                             f"{len(self.parameters)}] for parameters {self.parameters}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError("actions hold NaN or infinite values; they must be finite")
+        self.actions = np.clip(array, -1.0, 1.0).astype(np.float32)
+        self.step = 0
+
+    @classmethod
+    def from_records(cls, records: Sequence[EpisodeRecord], mode: str = "absolute"
+                     ) -> ReplayPolicy:
+        """Replay the actions of recorded episodes (same horizon and parameters).
+
+        Args:
+            records: episodes from :func:`agents.rollout.rollout_policy`.
+            mode: the action mode they were recorded in.
+        """
+        records = list(records)
+        if not records:
+            raise ValueError("records is empty; pass at least one EpisodeRecord")
+        params = {tuple(r.parameters) for r in records}
+        shapes = {np.asarray(r.actions).shape for r in records}
+        if len(params) != 1 or len(shapes) != 1:
+            raise ValueError(f"records mix parameters {sorted(params)} or action shapes "
+                             f"{sorted(shapes)}; replay needs one of each")
+        return cls(np.stack([r.actions for r in records]), params.pop(), mode)
+
+    def reset(self, num_envs: int) -> None:
+        """Rewind to step 0 for ``num_envs`` = N members."""
+        if num_envs != self.actions.shape[0]:
+            raise ValueError(f"num_envs={num_envs} but the replay holds "
+                             f"{self.actions.shape[0]} trajectories")
+        self.step = 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The recorded actions of the current step, ``[N, d]``."""
+        n, horizon = self.actions.shape[:2]
+        if np.asarray(obs).shape[0] != n:
+            raise ValueError(f"obs has {np.asarray(obs).shape[0]} rows; the replay holds {n}")
+        if self.step >= horizon:
+            raise ValueError(f"step {self.step} is past the {horizon} recorded steps")
+        self.step += 1
+        return self.actions[:, self.step - 1].copy()
+
+
+class PerMemberPolicy:
+    """Member i of the population is driven by ``policies[i]``.
+
+    Each sub-policy is reset with ``num_envs=1`` and acts on its own observation row, so member
+    i behaves exactly as ``policies[i]`` alone on that member's task — and a whole grid of
+    fixed rules runs as one batched population.
+
+    Args:
+        policies: one policy per member, distinct objects, all with the same ``parameters``
+            and ``mode``.
+    """
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self.policies = list(policies)
+        if not self.policies:
+            raise ValueError("policies is empty; pass one policy per member")
+        first = self.policies[0]
+        self.parameters = tuple(first.parameters)
+        self.mode = first.mode
+        seen: dict[int, int] = {}
+        for i, policy in enumerate(self.policies):
+            if (tuple(policy.parameters), policy.mode) != (self.parameters, self.mode):
+                raise ValueError(
+                    f"policies[{i}] controls {tuple(policy.parameters)} in mode "
+                    f"{policy.mode!r} but policies[0] controls {self.parameters} in mode "
+                    f"{self.mode!r}; all must agree")
+            if id(policy) in seen:
+                raise ValueError(f"policies[{i}] is the same object as policies[{seen[id(policy)]}]"
+                                 "; pass a separate instance per member")
+            seen[id(policy)] = i
+
+    def reset(self, num_envs: int) -> None:
+        """Start one episode per sub-policy; ``num_envs`` must equal ``len(policies)``."""
+        if num_envs != len(self.policies):
+            raise ValueError(f"num_envs={num_envs} but PerMemberPolicy holds "
+                             f"{len(self.policies)} policies (one per member)")
+        for policy in self.policies:
+            policy.reset(1)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Row i from ``policies[i].act(obs[i:i+1])``, ``[N, d]``."""
+        array = np.asarray(obs)
+        if array.shape[0] != len(self.policies):
+            raise ValueError(f"obs has {array.shape[0]} rows; PerMemberPolicy holds "
+                             f"{len(self.policies)} policies")
+        d = len(self.parameters)
+        return np.concatenate([
+            np.asarray(p.act(array[i : i + 1]), dtype=np.float32).reshape(1, d)
+            for i, p in enumerate(self.policies)
+        ])
+
+
+# ------------------------------------------------------------------------------ registry
+#: Fixed hand baselines: name → factory of a fresh policy.
+HAND_BASELINES: dict[str, Callable[[], Policy]] = {
+    "ce": partial(ConstantPolicy, 0.0, 0.0),
+    "focal_0.5": partial(ConstantPolicy, 0.5, 0.0),
+    "focal_1": partial(ConstantPolicy, 1.0, 0.0),
+    "focal_2": partial(ConstantPolicy, 2.0, 0.0),
+    "focal_3": partial(ConstantPolicy, 3.0, 0.0),
+    "focal_5": partial(ConstantPolicy, 5.0, 0.0),
+    "class_balanced": partial(ConstantPolicy, 0.0, 1.0),
+    "cb_focal": partial(ConstantPolicy, 1.0, 1.0),
+    "random": partial(RandomPolicy, 0),
+}
+
+#: Built-in methods of :mod:`lossgym.methods` run with :func:`agents.rollout.rollout_method`.
+METHOD_BASELINES: tuple[str, ...] = (
+    "ldam_drw", "flsd53", "adafocal", "ce_drw", "logit_adjusted", "poly1",
+)
+
+
+def rollout_baseline(
+    name: str,
+    tasks: Sequence[TaskSpec],
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> list[EpisodeRecord]:
+    """One episode of the baseline ``name`` (a key of :data:`HAND_BASELINES` or a name in
+    :data:`METHOD_BASELINES`) on each task; records in task order.
+
+    Args:
+        name: the baseline.
+        tasks: the tasks.
+        metric: the validation metric recorded in ``val_curve``.
+        device: torch device (``"auto"``: CUDA when available).
+        max_members: largest population of one batched rollout (hand baselines only).
+    """
+    if name in HAND_BASELINES:
+        return rollout_policy(HAND_BASELINES[name](), _check_tasks(tasks), name, metric,
+                              device, max_members)
+    if name in METHOD_BASELINES:
+        return rollout_method(name, _check_tasks(tasks), metric, device)
+    raise ValueError(f"baseline {name!r} is not known; choose from "
+                     f"{sorted(HAND_BASELINES) + list(METHOD_BASELINES)}")
+
+
+def rollout_members(
+    policies: Sequence[Policy],
+    tasks: Sequence[TaskSpec],
+    name: str | Sequence[str] = "per_member",
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> list[EpisodeRecord]:
+    """One episode of ``policies[i]`` on ``tasks[i]`` for every i, batched.
+
+    Pairs whose tasks can share a population (:func:`agents.rollout.group_tasks`) run as one
+    :func:`rollout_policy` of a :class:`PerMemberPolicy`, in chunks of at most
+    ``max_members``; that is one inner training run per pair.
+
+    Args:
+        policies: one distinct policy object per task.
+        tasks: the tasks, as many as policies.
+        name: the records' ``method``: one name, or one per pair.
+        metric: the validation metric recorded in ``val_curve``.
+        device: torch device (``"auto"``: CUDA when available).
+        max_members: largest population of one batched rollout.
+
+    Returns:
+        the records, in task order.
+    """
+    policies, tasks = list(policies), _check_tasks(tasks)
+    if len(policies) != len(tasks):
+        raise ValueError(f"{len(policies)} policies for {len(tasks)} tasks; pass one per task")
+    names = [name] * len(tasks) if isinstance(name, str) else list(name)
+    if len(names) != len(tasks):
+        raise ValueError(f"{len(names)} names for {len(tasks)} tasks; pass one or one per task")
+    max_members = _check_int("max_members", max_members, 1)
+    records: list[EpisodeRecord | None] = [None] * len(tasks)
+    for group in group_tasks(tasks):
+        for start in range(0, len(group), max_members):
+            ids = group[start : start + max_members]
+            chunk = rollout_policy(PerMemberPolicy([policies[i] for i in ids]),
+                                   [tasks[i] for i in ids], "per_member", metric, device,
+                                   len(ids))
+            for i, record in zip(ids, chunk):
+                record.method = names[i]
+                records[i] = record
+    return [r for r in records if r is not None]
+
+
+# ------------------------------------------------------------------------ scoring/search
+def _floor(metric: str) -> float:
+    """The worst value of ``metric``: what a diverged or non-finite run scores."""
+    return -1.0 if metric == "neg_ece" else 0.0
+
+
+def final_val_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
+    """The final validation metric ``val_curve[-1]`` of a run; a diverged run, or a non-finite
+    value, scores the metric's worst value (0, or −1 for ``neg_ece``)."""
+    value = float(record.val_curve[-1]) if len(record.val_curve) else math.nan
+    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+
+
+def final_test_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
+    """The final test metric of a run (``−ece`` for ``neg_ece``); a diverged run, or a
+    non-finite value, scores the metric's worst value."""
+    value = -record.test["ece"] if metric == "neg_ece" else record.test[metric]
+    value = float(value)
+    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+
+
+def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
+    """A fresh policy from a configuration returned by tuning or search.
+
+    Args:
+        space: ``"constant"`` (:class:`ConstantPolicy`), ``"schedule"``
+            (:class:`SchedulePolicy`), ``"drw"`` (:class:`DRWPolicy`) or ``"feedback"``
+            (:class:`FeedbackPolicy`).
+        config: the constructor's keyword arguments.
+    """
+    factories: dict[str, Callable[..., Policy]] = {
+        "constant": ConstantPolicy, "schedule": SchedulePolicy, "drw": DRWPolicy,
+        "feedback": FeedbackPolicy,
+    }
+    if space not in factories:
+        raise ValueError(f"space={space!r} is not known; choose one of {tuple(factories)}")
+    return factories[space](**config)
+
+
+def evaluate_configs(
+    space: str,
+    configs: Sequence[Mapping[str, Any]],
+    tasks: Sequence[TaskSpec],
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Table, list[list[EpisodeRecord]]]:
+    """Run every configuration on every task as members of one batched rollout.
+
+    Uses exactly ``len(configs) · len(tasks)`` inner training runs.
+
+    Args:
+        space: the policy family (see :func:`policy_from_config`).
+        configs: the configurations.
+        tasks: the tasks each configuration is trained on.
+        metric: the validation metric that scores a run.
+        device: torch device (``"auto"``: CUDA when available).
+        max_members: largest population of one batched rollout.
+
+    Returns:
+        one row per configuration (its keys plus ``score``, the mean validation score of
+        :func:`final_val_score` over tasks, and ``task_scores``), and the records per
+        configuration, in task order.
+    """
+    tasks = _check_tasks(tasks)
+    metric = _check_metric(metric)
+    configs = [dict(c) for c in configs]
+    policies = [policy_from_config(space, c) for c in configs for _ in tasks]
+    records = rollout_members(policies, tasks * len(configs), f"search_{space}", metric,
+                              device, max_members)
+    table: Table = []
+    per_config: list[list[EpisodeRecord]] = []
+    for k, config in enumerate(configs):
+        recs = records[k * len(tasks) : (k + 1) * len(tasks)]
+        scores = [final_val_score(r, metric) for r in recs]
+        table.append({**config, "score": float(np.mean(scores)), "task_scores": scores})
+        per_config.append(recs)
+    return table, per_config
+
+
+def _best(table: Table, keys: Sequence[str], score: str = "score") -> Config:
+    """The configuration of the highest-scoring row (the first one on ties)."""
+    best = max(range(len(table)), key=lambda i: (table[i][score], -i))
+    return {k: table[best][k] for k in keys}
+
+
+def tune_drw(
+    tasks: Sequence[TaskSpec],
+    switches: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
+    alphas: Sequence[float] = (0.5, 1.0),
+    gamma: float = 0.0,
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """Grid-tune :class:`DRWPolicy` on ``tasks`` by mean final validation metric.
+
+    Uses ``len(switches) · len(alphas) · len(tasks)`` inner training runs, batched.
+
+    Args:
+        tasks: the tuning (train) tasks.
+        switches: switch points in [0, 1].
+        alphas: post-switch α values in [0, 1].
+        gamma: the constant γ of every candidate, in [0, 5].
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best config (``DRWPolicy(**config)``) and the table of scores in grid order.
+    """
+    gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+    configs = [{"switch": s, "alpha": a, "gamma": gamma}
+               for s in _check_grid("switches", switches, 0.0, 1.0)
+               for a in _check_grid("alphas", alphas, *ALPHA_RANGE)]
+    table, _ = evaluate_configs("drw", configs, tasks, metric=metric, device=device,
+                                max_members=max_members)
+    return _best(table, ("switch", "alpha", "gamma")), table
+
+
+def tune_feedback(
+    tasks: Sequence[TaskSpec],
+    etas: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
+    margins: Sequence[float] = (0.0, 0.05),
+    alpha_max: float = 1.0,
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """Grid-tune :class:`FeedbackPolicy` on ``tasks`` by mean final validation metric.
+
+    Uses ``len(etas) · len(margins) · len(tasks)`` inner training runs, batched.
+
+    Args:
+        tasks: the tuning (train) tasks.
+        etas: step sizes η >= 0.
+        margins: tolerated recall gaps in [−1, 1].
+        alpha_max: the α cap of every candidate, in [0, 1].
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best config (``FeedbackPolicy(**config)``) and the table of scores in grid order.
+    """
+    alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
+    configs = [{"eta": e, "margin": m, "alpha_max": alpha_max}
+               for e in _check_grid("etas", etas, 0.0, math.inf)
+               for m in _check_grid("margins", margins, -1.0, 1.0)]
+    table, _ = evaluate_configs("feedback", configs, tasks, metric=metric, device=device,
+                                max_members=max_members)
+    return _best(table, ("eta", "margin", "alpha_max")), table
+
+
+def _constant_grid(gammas: Sequence[float], alphas: Sequence[float]) -> list[Config]:
+    return [{"gamma": g, "alpha": a}
+            for g in _check_grid("gammas", gammas, *GAMMA_RANGE)
+            for a in _check_grid("alphas", alphas, *ALPHA_RANGE)]
+
+
+def tune_constant(
+    tasks: Sequence[TaskSpec],
+    gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
+    alphas: Sequence[float] = (0.0, 0.5, 1.0),
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """Grid-tune a static loss (:class:`ConstantPolicy`) by mean final validation metric.
+
+    Uses ``len(gammas) · len(alphas) · len(tasks)`` inner training runs, batched.
+
+    Args:
+        tasks: the tuning (train) tasks.
+        gammas: focal exponents in [0, 5].
+        alphas: class-balance strengths in [0, 1].
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best config (``ConstantPolicy(**config)``) and the table of scores in grid order.
+    """
+    table, _ = evaluate_configs("constant", _constant_grid(gammas, alphas), tasks,
+                                metric=metric, device=device, max_members=max_members)
+    return _best(table, ("gamma", "alpha")), table
+
+
+def oracle_constant(
+    tasks: Sequence[TaskSpec],
+    gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
+    alphas: Sequence[float] = (0.0, 0.5, 1.0),
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """The best constant loss chosen on the TEST metric of ``tasks`` themselves.
+
+    This peeks at the test split, so it is not a baseline but an upper bound on what any
+    static loss from the grid can reach on these tasks. Uses
+    ``len(gammas) · len(alphas) · len(tasks)`` inner training runs, batched.
+
+    Args:
+        tasks: the evaluation tasks.
+        gammas: focal exponents in [0, 5].
+        alphas: class-balance strengths in [0, 1].
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best config and the table: each row's ``score`` / ``task_scores`` are the mean and
+        per-task test metric (:func:`final_test_score`), ``val_score`` the mean validation metric.
+    """
+    table, records = evaluate_configs("constant", _constant_grid(gammas, alphas), tasks,
+                                      metric=metric, device=device, max_members=max_members)
+    for row, recs in zip(table, records):
+        row["val_score"] = row["score"]
+        row["task_scores"] = [final_test_score(r, metric) for r in recs]
+        row["score"] = float(np.mean(row["task_scores"]))
+    return _best(table, ("gamma", "alpha")), table
+
+
+def _space_keys(space: str) -> tuple[str, ...]:
+    if space == "constant":
+        return ("gamma", "alpha")
+    if space == "schedule":
+        return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha")
+    raise ValueError(f"space={space!r} is not known; choose one of {SEARCH_SPACES}")
+
+
+def _check_budget(budget: int, tasks: list[TaskSpec]) -> int:
+    """Candidates that ``budget`` inner runs buy: budget must be a multiple of len(tasks)."""
+    budget = _check_int("budget", budget, 1)
+    if budget % len(tasks):
+        raise ValueError(f"budget={budget} is invalid: it counts inner training runs "
+                         f"(candidates × tasks) and must be a positive multiple of "
+                         f"len(tasks)={len(tasks)}")
+    return budget // len(tasks)
+
+
+def random_search(
+    tasks: Sequence[TaskSpec],
+    budget: int,
+    rng: np.random.Generator,
+    space: str = "constant",
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """Random search over a policy family, scored by mean final validation metric.
+
+    ``budget`` counts inner training runs: each candidate is trained once on every task, so
+    ``budget // len(tasks)`` candidates run (budget must be a multiple of len(tasks)), all in
+    one batched rollout.
+
+    Spaces (uniform draws): ``"constant"``: γ ∈ [0, 5], α ∈ [0, 1]; ``"schedule"``:
+    gamma_start, gamma_end ∈ [0, 5], shape ∈ {linear, cosine} (categorical), drw_switch ∈
+    [0, 1], drw_alpha ∈ [0, 1].
+
+    Args:
+        tasks: the search (train) tasks.
+        budget: inner training runs, a positive multiple of ``len(tasks)``.
+        rng: source of the candidates; advanced by the call.
+        space: ``"constant"`` or ``"schedule"``.
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best config (``policy_from_config(space, config)``) and the history: one row per
+        candidate in draw order, with ``candidate``, the config, ``score`` and ``task_scores``.
+    """
+    tasks = _check_tasks(tasks)
+    keys = _space_keys(space)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    count = _check_budget(budget, tasks)
+    configs: list[Config] = []
+    for _ in range(count):
+        if space == "constant":
+            configs.append({"gamma": float(rng.uniform(*GAMMA_RANGE)),
+                            "alpha": float(rng.uniform(*ALPHA_RANGE))})
+        else:
+            configs.append({"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
+                            "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
+                            "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+                            "drw_switch": float(rng.uniform(0.0, 1.0)),
+                            "drw_alpha": float(rng.uniform(*ALPHA_RANGE))})
+    table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
+                                max_members=max_members)
+    history = [{"candidate": k, **row} for k, row in enumerate(table)]
+    return _best(history, keys), history
+
+
+def _unit_to_config(space: str, x: np.ndarray) -> Config:
+    """Map a point of the unit box to a configuration (CMA's genotype → phenotype)."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    g_low, g_high = GAMMA_RANGE
+    a_low, a_high = ALPHA_RANGE
+    if space == "constant":
+        return {"gamma": float(g_low + x[0] * (g_high - g_low)),
+                "alpha": float(a_low + x[1] * (a_high - a_low))}
+    return {"gamma_start": float(g_low + x[0] * (g_high - g_low)),
+            "gamma_end": float(g_low + x[1] * (g_high - g_low)), "shape": "cosine",
+            "drw_switch": float(x[2]), "drw_alpha": float(a_low + x[3] * (a_high - a_low))}
+
+
+def default_popsize(candidates: int, dim: int) -> int:
+    """CMA population size for ``candidates`` evaluations in ``dim`` dimensions: the largest
+    divisor of ``candidates`` in [2, 4 + ⌊3 ln dim⌋] (CMA-ES's default size), or
+    ``candidates`` itself (one generation) when there is none."""
+    cap = 4 + int(3 * math.log(dim))
+    divisors = [p for p in range(2, min(cap, candidates) + 1) if candidates % p == 0]
+    return max(divisors) if divisors else candidates
+
+
+def cma_search(
+    tasks: Sequence[TaskSpec],
+    budget: int,
+    seed: int = 0,
+    space: str = "constant",
+    popsize: int | None = None,
+    sigma0: float = 0.3,
+    *,
+    metric: str = "balanced_accuracy",
+    device: str | torch.device = "auto",
+    max_members: int = 256,
+) -> tuple[Config, Table]:
+    """CMA-ES (the ``cma`` package, ask/tell) over a policy family, maximising the mean final
+    validation metric.
+
+    ``budget`` counts inner training runs: each candidate is trained once on every task, so
+    ``budget // len(tasks)`` candidates run (budget must be a multiple of len(tasks)), in
+    ``candidates / popsize`` generations of ``popsize`` candidates; a generation is one batched
+    rollout. CMA searches the unit box (bounds [0, 1], start at its centre, step ``sigma0``),
+    mapped linearly to ``"constant"``: (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``:
+    (gamma_start, gamma_end ∈ [0, 5], drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape.
+    numpy's global random state, which pycma seeds and draws from, is restored afterwards.
+
+    Args:
+        tasks: the search (train) tasks.
+        budget: inner training runs, a positive multiple of ``len(tasks)`` that buys at least
+            2 candidates.
+        seed: int >= 0; pycma gets ``seed + 1`` (it reads 0 as "seed from the clock").
+        space: ``"constant"`` or ``"schedule"``.
+        popsize: candidates per generation, >= 2 and dividing the candidate count; None picks
+            :func:`default_popsize`.
+        sigma0: initial step size in the unit box, in (0, 1].
+        metric, device, max_members: as :func:`evaluate_configs`.
+
+    Returns:
+        the best evaluated config (``policy_from_config(space, config)``) and the history: one
+        row per candidate with ``candidate``, ``generation``, the config, ``score`` and
+        ``task_scores``.
+    """
+    import cma
+
+    tasks = _check_tasks(tasks)
+    keys = _space_keys(space)
+    seed = _check_int("seed", seed, 0)
+    sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
+    if sigma0 == 0.0:
+        raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
+    count = _check_budget(budget, tasks)
+    dim = 2 if space == "constant" else 4
+    if count < 2:
+        raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
+                         f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
+    if popsize is None:
+        popsize = default_popsize(count, dim)
+    popsize = _check_int("popsize", popsize, 2)
+    if count % popsize:
+        raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
+                         f"budget={budget} buys on {len(tasks)} tasks")
+    state = np.random.get_state()
+    try:
+        es = cma.CMAEvolutionStrategy(
+            [0.5] * dim, sigma0,
+            {"popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
+             "verb_log": 0, "verb_disp": 0},
+        )
+        history: Table = []
+        for generation in range(count // popsize):
+            points = es.ask()
+            configs = [_unit_to_config(space, x) for x in points]
+            table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
+                                        max_members=max_members)
+            es.tell(points, [-row["score"] for row in table])
+            for row in table:
+                history.append({"candidate": len(history), "generation": generation, **row})
+    finally:
+        np.random.set_state(state)
+    return _best(history, keys), history

@@ -1,0 +1,686 @@
+"""Markdown report and figures comparing an agent with baselines on held-out tasks.
+
+:func:`write_report` turns the :class:`~agents.rollout.EpisodeRecord` s of an evaluation (every
+method run on the same held-out tasks and seeds) into ``report.md`` plus ``learning_curve.png``,
+``trajectories.png`` and ``bars.png`` in one folder. Records of different methods on equal
+:class:`~lossgym.tasks.TaskSpec` s (seed included) are paired.
+
+All files are staged as temporary files in the target folder and moved into place with
+:func:`os.replace` only once every one of them has been written, so a failure part-way leaves
+the previous report untouched and no temporary files behind.
+
+Statistics come from :mod:`agents.stats`; every interval uses its own generator seeded with
+``rng_seed``, so any number in the report can be recomputed on its own, e.g. the balanced-accuracy
+interval of a method is ``summarise(values, np.random.default_rng(rng_seed))["mean_ci"]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agents.stats import paired_difference, summarise
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from agents.rollout import EpisodeRecord
+    from lossgym.tasks import TaskSpec
+
+__all__ = ["REPORT_METRICS", "SPLIT_TITLES", "write_report"]
+
+#: Test metrics in the method tables: (key in ``EpisodeRecord.test``, column title).
+REPORT_METRICS: tuple[tuple[str, str], ...] = (
+    ("balanced_accuracy", "Bal. acc."),
+    ("macro_f1", "Macro-F1"),
+    ("accuracy", "Accuracy"),
+    ("ece", "ECE"),
+)
+
+#: Section titles of the known splits, in report order.
+SPLIT_TITLES: dict[str, str] = {
+    "held_out_id": "Held-out tasks, in distribution (`held_out_id`)",
+    "held_out_ood": "Held-out tasks, out of distribution (`held_out_ood`)",
+}
+
+ALL_SPLITS = "all"
+PRIMARY = "balanced_accuracy"
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100.0 * x:.2f}"
+
+
+def _signed(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{100.0 * x:+.2f}"
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    fmt = _signed if signed else _pct
+    return "n/a" if not (math.isfinite(low) and math.isfinite(high)) else (
+        f"[{fmt(low)}, {fmt(high)}]")
+
+
+def _pvalue(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def _ratio(r: float) -> str:
+    return f"{r:g}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# --------------------------------------------------------------------------- data access
+
+
+def _metric(record: EpisodeRecord, key: str) -> float:
+    test = record.test or {}
+    value = test.get(key, float("nan"))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def _per_task(records: Iterable[EpisodeRecord], method: str, key: str) -> dict[TaskSpec, float]:
+    """Test ``key`` of ``method`` per task (the mean when a task has several records)."""
+    sums: dict[TaskSpec, list[float]] = {}
+    for r in records:
+        if r.method == method:
+            sums.setdefault(r.task, []).append(_metric(r, key))
+    return {task: float(np.mean(v)) for task, v in sums.items()}
+
+
+def _pairs(
+    records: Sequence[EpisodeRecord], a: str, b: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``a`` and ``b`` on the tasks both ran (finite pairs only), in ``a``'s order."""
+    va, vb = _per_task(records, a, key), _per_task(records, b, key)
+    xs, ys = [], []
+    for task, x in va.items():
+        y = vb.get(task)
+        if y is not None and math.isfinite(x) and math.isfinite(y):
+            xs.append(x)
+            ys.append(y)
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- staging
+
+
+class _Staging:
+    """Temporary files beside their targets, moved into place together by :meth:`commit`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.items: list[tuple[str, Path]] = []
+
+    def temp_for(self, name: str) -> str:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        self.items.append((tmp, self.folder / name))
+        return tmp
+
+    def write_text(self, name: str, text: str) -> None:
+        tmp = self.temp_for(name)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_figure(self, name: str, fig: Figure) -> None:
+        tmp = self.temp_for(name)
+        fig.savefig(tmp, format="png", dpi=120)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self) -> None:
+        """Move every staged file into place, in staging order."""
+        for tmp, target in self.items:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+
+    def discard(self) -> None:
+        """Delete whatever staged files are still there."""
+        for tmp, _ in self.items:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _learning_curve_figure(curve: np.ndarray) -> Figure:
+    fig = _new_figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    ax.plot(curve[:, 0], curve[:, 1], color="C0", lw=1.5)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean episode return")
+    ax.set_title("Agent learning curve")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _trajectory_data(
+    records: Sequence[EpisodeRecord], methods: Sequence[str]
+) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """Parameter names, and per method the per-record trajectories ``[R, H]`` of each one."""
+    names: list[str] = []
+    data: dict[str, dict[str, list[np.ndarray]]] = {}
+    for method in methods:
+        for r in records:
+            params = np.asarray(r.params, dtype=np.float64)
+            if r.method != method or params.size == 0:
+                continue
+            params = params.reshape(params.shape[0], -1)
+            labels = list(r.parameters) or [f"param{j}" for j in range(params.shape[1])]
+            for j, name in enumerate(labels[: params.shape[1]]):
+                if name not in names:
+                    names.append(name)
+                data.setdefault(method, {}).setdefault(name, []).append(params[:, j])
+    padded: dict[str, dict[str, np.ndarray]] = {}
+    for method, by_name in data.items():
+        padded[method] = {}
+        for name, rows in by_name.items():
+            out = np.full((len(rows), max(len(row) for row in rows)), np.nan)
+            for i, row in enumerate(rows):
+                out[i, : len(row)] = row
+            padded[method][name] = out
+    return names, padded
+
+
+def _trajectories_figure(
+    records: Sequence[EpisodeRecord], methods: Sequence[str], agent: str | None
+) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
+    names, data = _trajectory_data(records, methods)
+    if not names:
+        fig = _new_figure(6.0, 2.5)
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no method chose loss parameters", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    fig = _new_figure(4.5 * len(names), 3.8)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        for i, method in enumerate(methods):
+            traj = data.get(method, {}).get(name)
+            if traj is None:
+                continue
+            steps = np.arange(1, traj.shape[1] + 1)
+            count = np.sum(np.isfinite(traj), axis=0)
+            mean = np.nanmean(traj, axis=0)
+            std = np.sqrt(np.nansum((traj - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
+            is_agent = method == agent
+            ax.plot(steps, mean, color=f"C{i % 10}", lw=2.2 if is_agent else 1.2,
+                    ls="-" if is_agent else "--", label=method)
+            ax.fill_between(steps, mean - std, mean + std, color=f"C{i % 10}", alpha=0.12, lw=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("environment step")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} (mean ± s.d. over runs)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def _bars_figure(
+    summaries: dict[str, dict[str, dict[str, dict[str, object]]]],
+    splits: Sequence[str],
+    methods: Sequence[str],
+) -> Figure:
+    fig = _new_figure(max(6.0, 1.1 * len(methods) * max(1, len(splits)) ** 0.5 + 2.0), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(splits)
+    x = np.arange(len(methods))
+    for k, split in enumerate(splits):
+        means, lows, highs = [], [], []
+        for method in methods:
+            s = summaries[split].get(method, {}).get(PRIMARY)
+            mean = float(s["mean"]) if s else float("nan")
+            low, high = s["mean_ci"] if s else (float("nan"), float("nan"))
+            means.append(100 * mean)
+            lows.append(100 * (mean - low) if math.isfinite(low) else 0.0)
+            highs.append(100 * (high - mean) if math.isfinite(high) else 0.0)
+        ax.bar(x + (k - (len(splits) - 1) / 2) * width, means, width,
+               yerr=np.array([lows, highs]), capsize=3, label=_short_split(split), color=f"C{k}")
+    ax.set_xticks(x, methods, rotation=30, ha="right")
+    ax.set_ylabel("test balanced accuracy (%)")
+    ax.set_title("Mean test balanced accuracy with 95 % bootstrap CI")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _short_split(split: str) -> str:
+    return {"held_out_id": "held-out ID", "held_out_ood": "held-out OOD",
+            ALL_SPLITS: "all held-out"}.get(split, split)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _method_order(records: Sequence[EpisodeRecord], agent: str | None) -> list[str]:
+    methods: list[str] = []
+    for r in records:
+        if r.method not in methods:
+            methods.append(r.method)
+    if agent is not None:
+        methods.remove(agent)
+        methods.insert(0, agent)
+    return methods
+
+
+def _split_order(names: Iterable[str]) -> list[str]:
+    present = set(names)
+    known = [s for s in SPLIT_TITLES if s in present]
+    return known + sorted(present - set(known))
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    records: Sequence[EpisodeRecord],
+    *,
+    reference: str = "ce",
+    best_baseline: str | None = None,
+    agent: str | None = None,
+    static_methods: Sequence[str] = (),
+    budget_note: str = "",
+    learning_curve: np.ndarray | None = None,
+    split_of: Callable[[TaskSpec], str] | None = None,
+    rng_seed: int = 0,
+    title: str = "lossgym evaluation report",
+    margin: float = 1.5,
+    min_ratio: float = 10.0,
+) -> Path:
+    """Write ``report.md`` and its figures comparing ``agent`` with the other methods.
+
+    The report has, for each held-out split (``split_of(task)``: ``"held_out_id"``,
+    ``"held_out_ood"``, any other name in its own section) and for all records together: a
+    table per method of test balanced accuracy, macro-F1, accuracy and ECE (percent; mean with
+    95 % percentile-bootstrap CI, and IQM with CI), runs and divergences; then the agent's paired
+    differences against ``best_baseline``, the best static loss and ``reference`` (mean, 95 % CI,
+    paired t-test and Wilcoxon p-values). Then agent − ``reference`` balanced accuracy per
+    ``task.imbalance_ratio``, and a verdict with three targets, each PASS/FAIL (N/A when it
+    cannot be evaluated), all on the pooled held-out records:
+
+    1. the agent beats the best baseline: the CI of the mean paired difference in balanced
+       accuracy lies above zero;
+    2. the agent beats the best static loss (the method of ``static_methods`` with the highest
+       mean balanced accuracy) by at least ``margin`` points of mean paired difference;
+    3. the agent beats ``reference`` at every imbalance ratio >= ``min_ratio``: a positive mean
+       paired difference at each.
+
+    Figures: ``learning_curve.png`` (only when ``learning_curve`` is given),
+    ``trajectories.png`` (mean loss parameters per step for methods that chose parameters, one
+    panel per parameter) and ``bars.png`` (mean balanced accuracy per method and split with CI).
+
+    Args:
+        run_dir: output folder (created if missing).
+        records: the evaluation records; records of different methods on equal tasks are paired.
+        reference: the reference method (plain cross-entropy); comparisons with it are skipped
+            when it has no records.
+        best_baseline: the baseline to beat; None picks the non-agent method with the highest
+            mean test balanced accuracy over all records.
+        agent: the method under evaluation, listed first; None writes only the method tables and
+            figures.
+        static_methods: names of the static-loss methods (those absent from ``records`` are
+            ignored).
+        budget_note: free text placed under the title (compute budget, seeds, ...).
+        learning_curve: ``[K, 2]`` array of (timesteps, mean episode return).
+        split_of: the held-out split of a task; None puts every record in one section.
+        rng_seed: seed of every bootstrap (each interval gets a fresh generator from it).
+        title: the report's title.
+        margin: points of balanced accuracy by which target 2 requires beating static losses.
+        min_ratio: smallest imbalance ratio that target 3 covers.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        ValueError: no records, a named ``agent`` or ``best_baseline`` without records, or a
+            malformed ``learning_curve``.
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("write_report needs at least one record")
+    present = {r.method for r in records}
+    if agent is not None and agent not in present:
+        raise ValueError(f"agent {agent!r} has no records; methods: {sorted(present)}")
+    if best_baseline is not None and best_baseline not in present:
+        raise ValueError(f"best_baseline {best_baseline!r} has no records; "
+                         f"methods: {sorted(present)}")
+    curve = None
+    if learning_curve is not None:
+        curve = np.asarray(learning_curve, dtype=np.float64)
+        if curve.ndim != 2 or curve.shape[1] != 2:
+            raise ValueError(f"learning_curve must be [K, 2], got shape {curve.shape}")
+
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = _method_order(records, agent)
+
+    def rng() -> np.random.Generator:
+        return np.random.default_rng(rng_seed)
+
+    # Records per section.
+    by_split: dict[str, list[EpisodeRecord]] = {}
+    if split_of is not None:
+        for r in records:
+            by_split.setdefault(str(split_of(r.task)), []).append(r)
+    sections = _split_order(by_split)
+    by_split[ALL_SPLITS] = records
+    sections.append(ALL_SPLITS)
+
+    # Per section, method and metric: summaries of the finite values.
+    summaries: dict[str, dict[str, dict[str, dict[str, object]]]] = {}
+    for split in sections:
+        summaries[split] = {}
+        for method in methods:
+            recs = [r for r in by_split[split] if r.method == method]
+            if recs:
+                summaries[split][method] = {
+                    key: summarise(_finite(_metric(r, key) for r in recs), rng())
+                    for key, _ in REPORT_METRICS
+                }
+
+    def overall_mean(method: str) -> float:
+        value = float(summaries[ALL_SPLITS][method][PRIMARY]["mean"])
+        return value if math.isfinite(value) else -math.inf
+
+    others = [m for m in methods if m != agent]
+    baseline_auto = best_baseline is None
+    if baseline_auto and others:
+        best_baseline = max(others, key=overall_mean)
+    statics = [m for m in static_methods if m in present and m != agent]
+    best_static = max(statics, key=overall_mean) if statics else None
+    has_reference = reference in present and reference != agent
+
+    comparisons: list[tuple[str, str]] = []
+    if agent is not None:
+        if best_baseline is not None:
+            comparisons.append(("best baseline", best_baseline))
+        if best_static is not None:
+            comparisons.append(("best static loss", best_static))
+        if has_reference:
+            comparisons.append(("reference", reference))
+
+    lines: list[str] = [f"# {title}", ""]
+    if budget_note:
+        lines += [budget_note.strip(), ""]
+    lines += _preamble(agent, reference, has_reference, best_baseline, baseline_auto,
+                       statics, best_static, rng_seed)
+
+    for split in sections:
+        recs = by_split[split]
+        heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
+            split, f"Split `{split}`")
+        n_tasks = len({r.task for r in recs})
+        lines += [f"## {heading}", "", f"{len(recs)} runs on {n_tasks} tasks.", "",
+                  "### Test metrics (%)", ""]
+        lines += _method_table(recs, summaries[split], methods)
+        if comparisons:
+            lines += ["", f"### Paired differences: `{agent}` − baseline (points)", ""]
+            lines += _paired_table(recs, agent, comparisons, rng)
+        lines.append("")
+
+    ratio_rows: list[tuple[float, dict[str, float]]] = []
+    if agent is not None and has_reference:
+        lines += [f"## `{agent}` − `{reference}` balanced accuracy by imbalance ratio", ""]
+        table, ratio_rows = _ratio_table(records, agent, reference, split_of, rng)
+        lines += table + [""]
+
+    lines += _verdict(records, agent, best_baseline, best_static, reference, has_reference,
+                      ratio_rows, margin, min_ratio, rng)
+
+    figures = []
+    if curve is not None:
+        figures.append(("learning_curve.png", "Learning curve"))
+    figures += [("trajectories.png", "Loss-parameter trajectories"),
+                ("bars.png", "Test balanced accuracy")]
+    lines += ["", "## Figures", ""]
+    for name, caption in figures:
+        lines += [f"![{caption}]({name})", ""]
+
+    staging = _Staging(folder)
+    try:
+        if curve is not None:
+            staging.write_figure("learning_curve.png", _learning_curve_figure(curve))
+        staging.write_figure("trajectories.png", _trajectories_figure(records, methods, agent))
+        staging.write_figure("bars.png", _bars_figure(summaries, sections, methods))
+        staging.write_text("report.md", "\n".join(lines).rstrip() + "\n")
+        staging.commit()
+    finally:
+        staging.discard()
+    return folder / "report.md"
+
+
+def _preamble(
+    agent: str | None,
+    reference: str,
+    has_reference: bool,
+    best_baseline: str | None,
+    baseline_auto: bool,
+    statics: Sequence[str],
+    best_static: str | None,
+    rng_seed: int,
+) -> list[str]:
+    lines = []
+    if agent is not None:
+        lines.append(f"- Agent: `{agent}`")
+    lines.append(f"- Reference: `{reference}`" + ("" if has_reference else " (no records)"))
+    if best_baseline is not None:
+        how = (" (the non-agent method with the highest mean test balanced accuracy on all "
+               "held-out tasks)" if baseline_auto else "")
+        lines.append(f"- Best baseline: `{best_baseline}`{how}")
+    if statics:
+        lines.append("- Static losses: " + ", ".join(f"`{m}`" for m in statics)
+                     + f"; best: `{best_static}`")
+    lines += [
+        "",
+        "Metrics are test-set percentages. *mean [CI]*: mean over runs with a 95 % percentile "
+        "bootstrap interval (2000 resamples); *IQM*: interquartile mean (mean of the middle "
+        "50 %). Paired differences compare runs on the same task and seed, in percentage points "
+        "(for ECE, negative is better). Every bootstrap uses a generator seeded with "
+        f"{rng_seed}.",
+        "",
+    ]
+    return lines
+
+
+def _method_table(
+    records: Sequence[EpisodeRecord],
+    summaries: dict[str, dict[str, dict[str, object]]],
+    methods: Sequence[str],
+) -> list[str]:
+    header = ["Method", "Runs", "Diverged"]
+    for _, label in REPORT_METRICS:
+        header += [f"{label} mean [95% CI]", f"{label} IQM [95% CI]"]
+    rows = []
+    for method in methods:
+        if method not in summaries:
+            continue
+        recs = [r for r in records if r.method == method]
+        row = [f"`{method}`", str(len(recs)), str(sum(bool(r.diverged) for r in recs))]
+        for key, _ in REPORT_METRICS:
+            s = summaries[method][key]
+            row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}")
+            row.append(f"{_pct(s['iqm'])} {_interval(*s['iqm_ci'])}")
+        rows.append(row)
+    lines = _table(header, rows)
+    dropped = sum(1 for r in records for key, _ in REPORT_METRICS
+                  if not math.isfinite(_metric(r, key)))
+    if dropped:
+        lines += ["", f"{dropped} non-finite metric values were left out of the statistics."]
+    return lines
+
+
+def _paired_table(
+    records: Sequence[EpisodeRecord],
+    agent: str,
+    comparisons: Sequence[tuple[str, str]],
+    rng: Callable[[], np.random.Generator],
+) -> list[str]:
+    header = ["Baseline", "Metric", "Pairs", "Mean diff.", "95% CI", "t-test p", "Wilcoxon p"]
+    rows = []
+    seen: set[str] = set()
+    for _, other in comparisons:
+        if other in seen:
+            continue
+        roles = [r for r, m in comparisons if m == other]
+        seen.add(other)
+        for key, label in REPORT_METRICS:
+            a, b = _pairs(records, agent, other, key)
+            if a.size == 0:
+                rows.append([f"`{other}` ({', '.join(roles)})", label, "0", "n/a", "n/a",
+                             "n/a", "n/a"])
+                continue
+            d = paired_difference(a, b, rng())
+            rows.append([f"`{other}` ({', '.join(roles)})", label, str(d["n"]),
+                         _signed(d["mean"]), _interval(d["ci_low"], d["ci_high"], True),
+                         _pvalue(d["t_pvalue"]), _pvalue(d["wilcoxon_pvalue"])])
+    return _table(header, rows)
+
+
+def _ratio_table(
+    records: Sequence[EpisodeRecord],
+    agent: str,
+    reference: str,
+    split_of: Callable[[TaskSpec], str] | None,
+    rng: Callable[[], np.random.Generator],
+) -> tuple[list[str], list[tuple[float, dict[str, float]]]]:
+    ratios = sorted({float(r.task.imbalance_ratio) for r in records if r.method == agent})
+    header = ["Imbalance ratio", "Splits", "Pairs", f"`{agent}`", f"`{reference}`",
+              "Mean diff.", "95% CI", "t-test p", "Wilcoxon p"]
+    rows, results = [], []
+    for ratio in ratios:
+        recs = [r for r in records if float(r.task.imbalance_ratio) == ratio]
+        splits = ", ".join(_short_split(s) for s in _split_order(
+            {split_of(r.task) for r in recs})) if split_of is not None else "all"
+        a, b = _pairs(recs, agent, reference, PRIMARY)
+        if a.size == 0:
+            rows.append([_ratio(ratio), splits, "0"] + ["n/a"] * 6)
+            continue
+        d = paired_difference(a, b, rng())
+        results.append((ratio, d))
+        rows.append([_ratio(ratio), splits, str(d["n"]), _pct(float(a.mean())),
+                     _pct(float(b.mean())), _signed(d["mean"]),
+                     _interval(d["ci_low"], d["ci_high"], True), _pvalue(d["t_pvalue"]),
+                     _pvalue(d["wilcoxon_pvalue"])])
+    return _table(header, rows), results
+
+
+def _verdict(
+    records: Sequence[EpisodeRecord],
+    agent: str | None,
+    best_baseline: str | None,
+    best_static: str | None,
+    reference: str,
+    has_reference: bool,
+    ratio_rows: Sequence[tuple[float, dict[str, float]]],
+    margin: float,
+    min_ratio: float,
+    rng: Callable[[], np.random.Generator],
+) -> list[str]:
+    lines = ["## Verdict", ""]
+    if agent is None:
+        return lines + ["No agent was named, so no targets were evaluated."]
+    lines += ["Balanced accuracy on all held-out tasks, agent minus baseline on paired runs.", ""]
+    outcomes: list[str] = []
+
+    def paired(other: str) -> dict[str, float] | None:
+        a, b = _pairs(records, agent, other, PRIMARY)
+        return paired_difference(a, b, rng()) if a.size else None
+
+    # 1. Best baseline, CI above zero.
+    d = paired(best_baseline) if best_baseline is not None else None
+    if d is None:
+        outcomes.append("N/A")
+        lines.append("1. **N/A**: beats the best baseline (no baseline with paired runs).")
+    else:
+        ok = math.isfinite(d["ci_low"]) and d["ci_low"] > 0
+        outcomes.append("PASS" if ok else "FAIL")
+        lines.append(
+            f"1. **{outcomes[-1]}**: `{agent}` beats the best baseline `{best_baseline}` "
+            f"with a 95 % CI above zero: {_signed(d['mean'])} points "
+            f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}, "
+            f"t-test p = {_pvalue(d['t_pvalue'])}, Wilcoxon p = {_pvalue(d['wilcoxon_pvalue'])}."
+        )
+
+    # 2. Best static loss by the margin.
+    d = paired(best_static) if best_static is not None else None
+    if d is None:
+        outcomes.append("N/A")
+        lines.append(f"2. **N/A**: beats the best static loss by >= {margin:g} points "
+                     "(no static loss with paired runs).")
+    else:
+        ok = math.isfinite(d["mean"]) and 100.0 * d["mean"] >= margin
+        outcomes.append("PASS" if ok else "FAIL")
+        lines.append(
+            f"2. **{outcomes[-1]}**: `{agent}` beats the best static loss `{best_static}` by "
+            f">= {margin:g} points: {_signed(d['mean'])} points "
+            f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}."
+        )
+
+    # 3. Reference at every ratio >= min_ratio.
+    covered = [(r, d) for r, d in ratio_rows if r >= min_ratio]
+    if not has_reference or not covered:
+        outcomes.append("N/A")
+        why = "no reference records" if not has_reference else (
+            f"no paired runs at ratio >= {min_ratio:g}")
+        lines.append(f"3. **N/A**: beats `{reference}` at every held-out imbalance ratio "
+                     f">= {min_ratio:g} ({why}).")
+    else:
+        failed = [r for r, d in covered if not (math.isfinite(d["mean"]) and d["mean"] > 0)]
+        outcomes.append("FAIL" if failed else "PASS")
+        detail = "; ".join(
+            f"{_ratio(r)}: {_signed(d['mean'])} {_interval(d['ci_low'], d['ci_high'], True)}"
+            for r, d in covered)
+        n_excl = sum(1 for _, d in covered if d["ci_low"] > 0)
+        lines.append(
+            f"3. **{outcomes[-1]}**: `{agent}` beats `{reference}` (positive mean difference) at "
+            f"every held-out imbalance ratio >= {min_ratio:g}: {detail}"
+            + (f"; worse or equal at {', '.join(_ratio(r) for r in failed)}" if failed else "")
+            + f". The CI lies above zero at {n_excl} of {len(covered)} ratios."
+        )
+
+    passed = outcomes.count("PASS")
+    evaluated = len(outcomes) - outcomes.count("N/A")
+    lines += ["", f"**Overall: {passed} of {evaluated} evaluated targets hold.**"]
+    return lines

@@ -1,0 +1,304 @@
+"""Statistics for reports: robust aggregates, bootstrap intervals, paired tests, calibration.
+
+Everything here is plain numpy/scipy. Functions that resample take a seeded
+:class:`numpy.random.Generator` (or an int seed, turned into one with
+:func:`numpy.random.default_rng`) and never touch global random state, so a report is
+reproducible from its seed.
+
+* :func:`iqm`: interquartile mean, the aggregate recommended by Agarwal et al. (2021),
+  "Deep RL at the edge of the statistical precipice" (rliable): the mean of the middle 50 %.
+* :func:`bootstrap_ci`: percentile bootstrap confidence interval of any statistic.
+* :func:`summarise`: mean and IQM with bootstrap intervals, standard deviation, count.
+* :func:`paired_difference`: mean paired difference with a bootstrap interval, paired t-test and
+  Wilcoxon signed-rank p-values.
+* :func:`fit_temperature`, :func:`ece_after_temperature`: temperature scaling (Guo et al. 2017)
+  and the expected calibration error (15 equal-width bins) before and after it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from scipy import optimize, special
+from scipy import stats as sps
+
+__all__ = [
+    "bootstrap_ci",
+    "ece_after_temperature",
+    "expected_calibration_error",
+    "fit_temperature",
+    "iqm",
+    "paired_difference",
+    "summarise",
+    "temperature_nll",
+]
+
+RngLike = np.random.Generator | int | None
+
+#: Search range of log T in :func:`fit_temperature` (T from about 0.01 to 100).
+LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
+
+
+def _as_1d(values: object, name: str = "values") -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+
+def iqm(values: object, axis: int | None = None) -> float | np.ndarray:
+    """Interquartile mean: the mean after trimming 25 % of the values from each end.
+
+    As in rliable (``scipy.stats.trim_mean(x, 0.25)``): with ``n`` values, ``int(0.25 n)`` are
+    dropped from each side of the sorted values, e.g. ``iqm(range(1, 9)) = mean(3, 4, 5, 6)``.
+
+    Args:
+        values: the values (any shape; flattened when ``axis`` is None).
+        axis: the axis to reduce over; None reduces over all values.
+
+    Returns:
+        A float when ``axis`` is None, otherwise an array; NaN for no values.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        arr = arr.reshape(-1)
+        if arr.size == 0:
+            return float("nan")
+        return float(sps.trim_mean(arr, 0.25))
+    return np.asarray(sps.trim_mean(arr, 0.25, axis=axis), dtype=np.float64)
+
+
+def _apply_rows(stat: Callable[..., object], samples: np.ndarray) -> np.ndarray:
+    """``stat`` of each row of ``samples`` ``[B, n]``, vectorised when ``stat`` takes ``axis``."""
+    try:
+        out = np.asarray(stat(samples, axis=1), dtype=np.float64)
+        if out.shape == (samples.shape[0],):
+            return out
+    except TypeError:
+        pass
+    return np.array([float(stat(row)) for row in samples], dtype=np.float64)
+
+
+def bootstrap_ci(
+    values: object,
+    stat: Callable[..., object] = np.mean,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    *,
+    rng: RngLike = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``stat(values)``.
+
+    Draws ``n_boot`` resamples of the values with replacement, computes ``stat`` of each and
+    returns the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those.
+
+    Args:
+        values: one-dimensional sample.
+        stat: the statistic; called as ``stat(samples, axis=1)`` on all resamples at once when it
+            accepts ``axis`` (``np.mean``, ``np.median``, :func:`iqm`), otherwise per resample.
+        level: confidence level in (0, 1).
+        n_boot: number of bootstrap resamples.
+        rng: seeded generator (or seed) for the resampling. Pass one explicitly for
+            reproducibility; None draws fresh OS entropy.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` for no values; both equal to ``stat(values)`` for one.
+    """
+    _check_level(level)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    arr = _as_1d(values)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    if arr.size == 1:
+        value = float(np.asarray(stat(arr), dtype=np.float64))
+        return value, value
+    gen = np.random.default_rng(rng)
+    idx = gen.integers(0, arr.size, size=(n_boot, arr.size))
+    boot = _apply_rows(stat, arr[idx])
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def summarise(values: object, rng: RngLike = None, level: float = 0.95,
+              n_boot: int = 2000) -> dict[str, object]:
+    """Mean and IQM with percentile-bootstrap intervals, sample standard deviation, count.
+
+    Args:
+        values: one-dimensional sample.
+        rng: seeded generator (or seed); one integer is drawn from it to seed the resampling,
+            and the mean's and the IQM's intervals use the same resamples.
+        level: confidence level.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        ``{"mean", "mean_ci": (low, high), "iqm", "iqm_ci": (low, high), "std" (ddof=1, 0 for
+        one value), "n"}``; NaNs for an empty sample.
+    """
+    arr = _as_1d(values)
+    gen = np.random.default_rng(rng)
+    seed = int(gen.integers(0, 2**63 - 1))
+    n = int(arr.size)
+    nan = float("nan")
+    return {
+        "mean": float(arr.mean()) if n else nan,
+        "mean_ci": bootstrap_ci(arr, np.mean, level, n_boot, rng=np.random.default_rng(seed)),
+        "iqm": iqm(arr),
+        "iqm_ci": bootstrap_ci(arr, iqm, level, n_boot, rng=np.random.default_rng(seed)),
+        "std": float(arr.std(ddof=1)) if n > 1 else (0.0 if n == 1 else nan),
+        "n": n,
+    }
+
+
+def paired_difference(
+    a: object, b: object, rng: RngLike = None, level: float = 0.95, n_boot: int = 2000
+) -> dict[str, float]:
+    """Compare paired samples ``a[i]`` and ``b[i]`` (e.g. two methods on the same task and seed).
+
+    Args:
+        a: first sample, one value per pair.
+        b: second sample, same length.
+        rng: seeded generator (or seed) for the bootstrap.
+        level: confidence level of the interval.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        ``mean``: mean of ``a - b``; ``ci_low``/``ci_high``: percentile bootstrap interval of that
+        mean (resampling pairs); ``t_pvalue``: two-sided paired t-test
+        (:func:`scipy.stats.ttest_rel`); ``wilcoxon_pvalue``: two-sided Wilcoxon signed-rank test
+        (:func:`scipy.stats.wilcoxon`); ``n``: number of pairs. When every difference is zero both
+        p-values are 1; when all differences are equal and non-zero the t-test p-value is 0 (zero
+        variance); p-values are NaN with fewer than two pairs.
+    """
+    x = _as_1d(a, "a")
+    y = _as_1d(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need equal lengths, got {x.size} and {y.size}")
+    d = x - y
+    n = int(d.size)
+    nan = float("nan")
+    low, high = bootstrap_ci(d, np.mean, level, n_boot, rng=rng)
+    out = {"mean": float(d.mean()) if n else nan, "ci_low": low, "ci_high": high,
+           "t_pvalue": nan, "wilcoxon_pvalue": nan, "n": n}
+    if n < 2:
+        return out
+    if np.all(d == 0):
+        out["t_pvalue"] = 1.0
+        out["wilcoxon_pvalue"] = 1.0
+        return out
+    if np.ptp(d) == 0:  # constant non-zero difference: t is infinite
+        out["t_pvalue"] = 0.0
+    else:
+        out["t_pvalue"] = float(sps.ttest_rel(x, y).pvalue)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small-sample / ties notes
+        out["wilcoxon_pvalue"] = float(sps.wilcoxon(d, zero_method="wilcox").pvalue)
+    return out
+
+
+def _check_logits(logits: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be [V, C], got shape {z.shape}")
+    if y.shape != (z.shape[0],):
+        raise ValueError(f"targets must be [{z.shape[0]}], got shape {y.shape}")
+    if z.shape[0] == 0:
+        raise ValueError("need at least one sample")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"targets must lie in [0, {z.shape[1]})")
+    return z, y
+
+
+def temperature_nll(logits: object, targets: object, temperature: float) -> float:
+    """Mean negative log-likelihood of ``targets`` under ``softmax(logits / temperature)``."""
+    z, y = _check_logits(logits, targets)
+    scaled = z / temperature
+    log_norm = special.logsumexp(scaled, axis=1)
+    return float(np.mean(log_norm - scaled[np.arange(y.size), y]))
+
+
+def fit_temperature(val_logits: object, val_targets: object) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising validation NLL of ``logits / T``.
+
+    A bounded one-dimensional search over ``log T`` in :data:`LOG_T_BOUNDS`.
+
+    Args:
+        val_logits: validation logits ``[V, C]``.
+        val_targets: validation labels ``[V]``.
+
+    Returns:
+        The fitted temperature (> 1 softens overconfident predictions).
+    """
+    z, y = _check_logits(val_logits, val_targets)
+    rows = np.arange(y.size)
+    target_logit = z[rows, y]
+
+    def nll(log_t: float) -> float:
+        inv_t = np.exp(-log_t)
+        return float(np.mean(special.logsumexp(z * inv_t, axis=1) - target_logit * inv_t))
+
+    res = optimize.minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded",
+                                   options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(logits: object, targets: object, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-class softmax confidence.
+
+    Equal-width bins over [0, 1], right-closed ``(lo, hi]`` with the first also taking 0 (the
+    binning of :func:`lossgym.metrics.calibration_bins`); ``sum_b |acc_b - conf_b| n_b / V``.
+    Predictions are the arg-max class (first on ties).
+
+    Args:
+        logits: logits ``[V, C]``.
+        targets: labels ``[V]``.
+        n_bins: number of bins.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    z, y = _check_logits(logits, targets)
+    probs = special.softmax(z, axis=1)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    inner = np.arange(1, n_bins, dtype=np.float64) / n_bins
+    bins = np.clip(np.searchsorted(inner, conf, side="left"), 0, n_bins - 1)
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    return float(np.sum(np.abs(correct_sum - conf_sum)) / y.size)
+
+
+def ece_after_temperature(
+    val_logits: object,
+    val_targets: object,
+    test_logits: object,
+    test_targets: object,
+    n_bins: int = 15,
+) -> float:
+    """Test ECE after temperature scaling fitted on validation.
+
+    Fits T with :func:`fit_temperature` on ``(val_logits, val_targets)`` and returns
+    :func:`expected_calibration_error` of ``test_logits / T``. The ECE before scaling is
+    ``expected_calibration_error(test_logits, test_targets)``.
+
+    Args:
+        val_logits: validation logits ``[V, C]``.
+        val_targets: validation labels ``[V]``.
+        test_logits: test logits ``[N, C]``.
+        test_targets: test labels ``[N]``.
+        n_bins: number of ECE bins.
+    """
+    temperature = fit_temperature(val_logits, val_targets)
+    z, y = _check_logits(test_logits, test_targets)
+    return expected_calibration_error(z / temperature, y, n_bins)

@@ -1,0 +1,456 @@
+import numpy as np
+import pytest
+import torch
+
+from agents import baselines
+from agents.baselines import (
+    HAND_BASELINES,
+    METHOD_BASELINES,
+    ConstantActionPolicy,
+    ConstantPolicy,
+    DRWPolicy,
+    FeedbackPolicy,
+    PerMemberPolicy,
+    RandomPolicy,
+    ReplayPolicy,
+    SchedulePolicy,
+    cma_search,
+    default_popsize,
+    final_val_score,
+    oracle_constant,
+    policy_from_config,
+    random_search,
+    rollout_baseline,
+    rollout_members,
+    tune_constant,
+    tune_drw,
+    tune_feedback,
+)
+from agents.rollout import rollout_policy
+from lossgym import TaskSpec
+from lossgym.actions import ActionMapping
+from lossgym.features import FeatureSpec
+from lossgym.methods import BUILTIN_METHODS
+
+SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
+                 minibatches_per_step=3, horizon=4)
+TASKS = [SMALL.replace(seed=1), SMALL.replace(seed=2)]
+DIM = FeatureSpec(("gamma", "alpha")).dim
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny populations run fastest (and steadiest on a shared machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def obs(progress, balanced=0.5, worst=0.5, n=None):
+    """Observations with the given progress / balanced accuracy / worst recall columns."""
+    progress = np.atleast_1d(np.asarray(progress, dtype=np.float32))
+    n = len(progress) if n is None else n
+    out = np.zeros((n, DIM), dtype=np.float32)
+    out[:, 0] = progress
+    out[:, 4] = balanced
+    out[:, 5] = worst
+    return out
+
+
+def params_of(actions, parameters=("gamma", "alpha")):
+    """Loss parameters the env sets from absolute-mode actions."""
+    mapping = ActionMapping(tuple(parameters))
+    a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+    return mapping.apply(a, torch.zeros_like(a)).numpy()
+
+
+def assert_records_close(a, b, atol=1e-5):
+    assert a.task == b.task
+    np.testing.assert_allclose(a.val_curve, b.val_curve, atol=atol, rtol=0)
+    np.testing.assert_allclose(a.params, b.params, atol=atol, rtol=0)
+    np.testing.assert_allclose(a.actions, b.actions, atol=atol, rtol=0)
+    assert a.test.keys() == b.test.keys()
+    for key in a.test:
+        assert a.test[key] == pytest.approx(b.test[key], abs=atol)
+    assert a.diverged == b.diverged
+
+
+class Counter:
+    """Wraps rollout_policy: counts inner training runs (members) and hides test metrics."""
+
+    def __init__(self, hide_test=True):
+        self.runs = 0
+        self.calls = 0
+        self.hide_test = hide_test
+
+    def __call__(self, policy, tasks, *args, **kwargs):
+        self.calls += 1
+        self.runs += len(tasks)
+        records = rollout_policy(policy, tasks, *args, **kwargs)
+        if self.hide_test:
+            for r in records:
+                r.test = None  # any use of the test metric would raise
+        return records
+
+
+# ----------------------------------------------------------------------------- policies
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.0, 5.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_constant_policy_maps_to_its_gamma_and_alpha(gamma, alpha):
+    policy = ConstantPolicy(gamma, alpha)
+    assert policy.parameters == ("gamma", "alpha") and policy.mode == "absolute"
+    policy.reset(3)
+    actions = policy.act(obs([0.0, 0.5, 0.9]))
+    assert actions.shape == (3, 2) and actions.dtype == np.float32
+    np.testing.assert_allclose(params_of(actions), [[gamma, alpha]] * 3, atol=1e-6)
+
+
+def test_hand_baseline_registry():
+    expected = {"ce": (0, 0), "focal_0.5": (0.5, 0), "focal_1": (1, 0), "focal_2": (2, 0),
+                "focal_3": (3, 0), "focal_5": (5, 0), "class_balanced": (0, 1),
+                "cb_focal": (1, 1)}
+    assert set(HAND_BASELINES) == set(expected) | {"random"}
+    for name, (gamma, alpha) in expected.items():
+        policy = HAND_BASELINES[name]()
+        policy.reset(1)
+        np.testing.assert_allclose(params_of(policy.act(obs(0.3))), [[gamma, alpha]], atol=1e-6)
+    assert HAND_BASELINES["random"]() is not HAND_BASELINES["random"]()
+    assert set(METHOD_BASELINES) <= set(BUILTIN_METHODS)
+
+
+def test_extra_parameters_stay_neutral():
+    parameters = ("tau", "gamma", "alpha", "poly_epsilon")
+    policy = ConstantPolicy(2.0, 0.5, parameters=parameters)
+    x = np.zeros((2, FeatureSpec(parameters).dim), dtype=np.float32)
+    np.testing.assert_allclose(params_of(policy.act(x), parameters), [[0, 2, 0.5, 0]] * 2,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="lacks"):
+        ConstantPolicy(parameters=("gamma", "tau"))
+    with pytest.raises(ValueError, match="shape"):
+        policy.act(obs(0.0))  # observation of a two-parameter env
+
+
+@pytest.mark.parametrize("switch", [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0])
+def test_drw_switches_exactly_at_the_switch_progress(switch):
+    horizon = 10
+    k = np.arange(horizon)
+    progress = (k / horizon).astype(np.float32)  # as the env observes it (0.7 -> 0.69999999)
+    policy = DRWPolicy(switch=switch, alpha=0.75, gamma=1.0)
+    policy.reset(horizon)
+    p = params_of(policy.act(obs(progress)))
+    expected_alpha = np.where(k >= round(switch * horizon), 0.75, 0.0)
+    np.testing.assert_allclose(p[:, 1], expected_alpha, atol=1e-6)
+    np.testing.assert_allclose(p[:, 0], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_schedule_endpoints_and_shape(shape):
+    policy = SchedulePolicy(gamma_start=4.0, gamma_end=1.0, shape=shape, drw_switch=0.6,
+                            drw_alpha=0.5)
+    policy.reset(5)
+    p = params_of(policy.act(obs([0.0, 0.25, 0.5, 0.6, 1.0])))
+    s = np.array([0.0, 0.25, 0.5, 0.6, 1.0])
+    if shape == "cosine":
+        s = (1 - np.cos(np.pi * s)) / 2
+    np.testing.assert_allclose(p[:, 0], 4.0 - 3.0 * s, atol=1e-5)
+    assert p[2, 0] == pytest.approx(2.5, abs=1e-5)  # both shapes cross the midpoint at p=0.5
+    np.testing.assert_allclose(p[:, 1], [0.0, 0.0, 0.0, 0.5, 0.5], atol=1e-6)
+    # monotone between the endpoints
+    g = policy.gamma_at(np.linspace(0, 1, 21))
+    assert np.all(np.diff(g) <= 1e-12) and g[0] == 4.0 and g[-1] == pytest.approx(1.0)
+
+
+def test_schedule_increasing_gamma():
+    policy = SchedulePolicy(gamma_start=0.0, gamma_end=5.0, shape="linear", drw_switch=1.0)
+    p = params_of(policy.act(obs([0.0, 0.5, 0.95])))
+    np.testing.assert_allclose(p, [[0.0, 0.0], [2.5, 0.0], [4.75, 0.0]], atol=1e-5)
+
+
+def test_feedback_raises_alpha_when_worst_recall_lags_and_stays_clipped():
+    policy = FeedbackPolicy(eta=2.0, margin=0.0, alpha_max=0.6)
+    policy.reset(2)
+    # at reset (progress 0) alpha starts at 0 whatever the gap
+    a0 = params_of(policy.act(obs([0.0, 0.0], balanced=[0.5, 0.5], worst=[0.0, 0.5])))
+    np.testing.assert_allclose(a0[:, 1], [0.0, 0.0], atol=1e-6)
+    # row 0: gap 0.1 -> alpha 0.2; row 1: no gap -> stays 0
+    a1 = params_of(policy.act(obs([0.25, 0.25], balanced=[0.6, 0.5], worst=[0.5, 0.5])))
+    np.testing.assert_allclose(a1[:, 1], [0.2, 0.0], atol=1e-6)
+    a2 = params_of(policy.act(obs([0.5, 0.5], balanced=[0.6, 0.5], worst=[0.5, 0.5])))
+    np.testing.assert_allclose(a2[:, 1], [0.4, 0.0], atol=1e-6)
+    # a large gap saturates at alpha_max
+    a3 = params_of(policy.act(obs([0.75, 0.75], balanced=[0.9, 0.5], worst=[0.0, 0.5])))
+    np.testing.assert_allclose(a3[:, 1], [0.6, 0.0], atol=1e-6)
+    np.testing.assert_allclose(a3[:, 0], [0.0, 0.0], atol=1e-6)
+    # a new episode (progress 0 or reset) restarts at 0
+    a4 = params_of(policy.act(obs([0.0, 0.25], balanced=[0.9, 0.9], worst=[0.0, 0.0])))
+    np.testing.assert_allclose(a4[:, 1], [0.0, 0.6], atol=1e-6)
+    policy.reset(2)
+    np.testing.assert_allclose(policy.alpha, [0.0, 0.0])
+
+
+def test_feedback_margin_lowers_alpha_and_clips_at_zero():
+    policy = FeedbackPolicy(eta=1.0, margin=0.1, alpha_max=1.0)
+    policy.reset(1)
+    policy.act(obs(0.0))
+    a = params_of(policy.act(obs(0.25, balanced=0.8, worst=0.4)))[0, 1]
+    assert a == pytest.approx(0.3, abs=1e-6)
+    a = params_of(policy.act(obs(0.5, balanced=0.8, worst=0.75)))[0, 1]
+    assert a == pytest.approx(0.25, abs=1e-6)
+    a = params_of(policy.act(obs(0.75, balanced=0.8, worst=0.8)))[0, 1]
+    assert a == pytest.approx(0.15, abs=1e-6)
+    for p in (0.8, 0.85, 0.9):
+        a = params_of(policy.act(obs(p, balanced=0.8, worst=0.8)))[0, 1]
+    assert a == 0.0
+    with pytest.raises(ValueError, match="rows"):
+        policy.act(obs([0.1, 0.2]))
+
+
+def test_random_policy_is_reproducible_per_seed():
+    def draw(seed):
+        policy = RandomPolicy(seed)
+        policy.reset(3)
+        return np.stack([policy.act(obs([0.1] * 3)) for _ in range(4)])
+
+    a, b, c = draw(7), draw(7), draw(8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.shape == (4, 3, 2) and a.dtype == np.float32
+    assert np.all(np.abs(a) <= 1.0)
+
+
+def test_constant_action_policy():
+    policy = ConstantActionPolicy([0.2, 1.5])
+    policy.reset(2)
+    np.testing.assert_allclose(policy.act(obs([0.0, 0.5])), [[0.2, 1.0]] * 2, atol=1e-7)
+    delta = ConstantActionPolicy([0.1, -0.1, 0.0], ("gamma", "alpha", "tau"), mode="delta")
+    assert delta.mode == "delta"
+    with pytest.raises(ValueError, match="3 finite values"):
+        ConstantActionPolicy([0.1, 0.2], ("gamma", "alpha", "tau"))
+    with pytest.raises(ValueError, match="finite"):
+        ConstantActionPolicy([np.nan, 0.0])
+
+
+def test_replay_policy_steps_and_checks():
+    actions = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2) / 20.0
+    policy = ReplayPolicy(actions)
+    policy.reset(2)
+    for t in range(3):
+        np.testing.assert_array_equal(policy.act(obs([0.0, 0.0])), actions[:, t])
+    with pytest.raises(ValueError, match="past the 3 recorded"):
+        policy.act(obs([0.0, 0.0]))
+    policy.reset(2)
+    np.testing.assert_array_equal(policy.act(obs([0.0, 0.0])), actions[:, 0])
+    with pytest.raises(ValueError, match="num_envs=3"):
+        policy.reset(3)
+    with pytest.raises(ValueError, match="shape"):
+        ReplayPolicy(actions[0])
+
+
+def test_per_member_policy_checks():
+    with pytest.raises(ValueError, match="empty"):
+        PerMemberPolicy([])
+    same = ConstantPolicy()
+    with pytest.raises(ValueError, match="same object"):
+        PerMemberPolicy([same, same])
+    with pytest.raises(ValueError, match="all must agree"):
+        PerMemberPolicy([ConstantPolicy(), RandomPolicy(0, ("gamma",))])
+    policy = PerMemberPolicy([ConstantPolicy(1.0), DRWPolicy(0.5, 1.0)])
+    with pytest.raises(ValueError, match="num_envs=3"):
+        policy.reset(3)
+    policy.reset(2)
+    p = params_of(policy.act(obs([0.6, 0.6])))
+    np.testing.assert_allclose(p, [[1.0, 0.0], [0.0, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ConstantPolicy(gamma=6.0), r"gamma=6\.0 is out of range.*\[0, 5\]"),
+    (lambda: ConstantPolicy(alpha=-0.1), r"alpha=-0\.1 .*\[0, 1\]"),
+    (lambda: ConstantPolicy(gamma=float("nan")), "gamma=nan is invalid"),
+    (lambda: DRWPolicy(switch=1.2), r"switch=1\.2 .*\[0, 1\]"),
+    (lambda: SchedulePolicy(shape="step"), "shape='step'.*linear"),
+    (lambda: SchedulePolicy(gamma_end=-1.0), r"gamma_end=-1\.0"),
+    (lambda: SchedulePolicy(drw_alpha=2.0), r"drw_alpha=2\.0"),
+    (lambda: FeedbackPolicy(eta=-1.0), r"eta=-1\.0 .*\[0, inf\]"),
+    (lambda: FeedbackPolicy(alpha_max=1.5), r"alpha_max=1\.5"),
+    (lambda: FeedbackPolicy(margin=2.0), r"margin=2\.0 .*\[-1, 1\]"),
+    (lambda: RandomPolicy(seed=-1), "seed=-1"),
+    (lambda: RandomPolicy(mode="relative"), "relative"),
+    (lambda: RandomPolicy(parameters=("beta",)), "beta"),
+    (lambda: policy_from_config("grid", {}), "grid"),
+])
+def test_config_validation(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_search_argument_validation():
+    with pytest.raises(ValueError, match="multiple of len"):
+        random_search(TASKS, 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="space='mixed'"):
+        random_search(TASKS, 4, np.random.default_rng(0), space="mixed")
+    with pytest.raises(ValueError, match="numpy.random.Generator"):
+        random_search(TASKS, 4, 0)
+    with pytest.raises(ValueError, match="at least 2"):
+        cma_search(TASKS, 2)
+    with pytest.raises(ValueError, match="popsize=3 must divide"):
+        cma_search(TASKS, 8, popsize=3)
+    with pytest.raises(ValueError, match=r"switches\[1\]=1\.5"):
+        tune_drw(TASKS, switches=(0.5, 1.5))
+    with pytest.raises(ValueError, match="empty"):
+        tune_constant(TASKS, gammas=())
+    with pytest.raises(ValueError, match="baseline 'nope'"):
+        rollout_baseline("nope", TASKS)
+
+
+def test_default_popsize():
+    assert default_popsize(12, 2) == 6
+    assert default_popsize(4, 2) == 4
+    assert default_popsize(7, 2) == 7  # prime above the default: one generation
+    assert default_popsize(16, 4) == 8
+    assert default_popsize(2, 4) == 2
+
+
+# ----------------------------------------------------------------------------- rollouts
+def test_per_member_policy_equals_each_policy_alone():
+    tasks = [SMALL.replace(seed=s) for s in (0, 1, 2)]
+
+    def make():
+        return [ConstantPolicy(2.0, 0.5), DRWPolicy(switch=0.5, alpha=1.0),
+                FeedbackPolicy(eta=2.0)]
+
+    together = rollout_policy(PerMemberPolicy(make()), tasks, device="cpu")
+    for i, (policy, task) in enumerate(zip(make(), tasks)):
+        alone = rollout_policy(policy, [task], device="cpu")[0]
+        assert_records_close(together[i], alone)
+    # the DRW member switched exactly at progress 0.5 (step 2 of 4)
+    np.testing.assert_allclose(together[1].params[:, 1], [0, 0, 1, 1], atol=1e-6)
+    # the feedback member starts at alpha 0 and never lowers it (margin 0)
+    alpha = together[2].params[:, 1]
+    assert alpha[0] == 0.0 and np.all(np.diff(alpha) >= 0) and alpha[-1] > 0
+
+
+def test_replay_reproduces_a_recorded_rollout_exactly():
+    tasks = [SMALL.replace(seed=5), SMALL.replace(seed=6)]
+    recorded = rollout_policy(RandomPolicy(3), tasks, device="cpu")
+    replayed = rollout_policy(ReplayPolicy.from_records(recorded), tasks, device="cpu")
+    for a, b in zip(recorded, replayed):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.params, b.params)
+        np.testing.assert_array_equal(a.val_curve, b.val_curve)
+        assert a.test == b.test
+
+
+def test_rollout_members_spans_populations_in_task_order(monkeypatch):
+    counter = Counter(hide_test=False)
+    monkeypatch.setattr(baselines, "rollout_policy", counter)
+    narrow = SMALL.replace(width=16, horizon=2)
+    tasks = [SMALL.replace(seed=1, horizon=2), narrow, SMALL.replace(seed=2, horizon=2),
+             narrow.replace(seed=3)]
+    policies = [ConstantPolicy(g, 0.0) for g in (0.0, 1.0, 2.0, 3.0)]
+    records = rollout_members(policies, tasks, name=["a", "b", "c", "d"], device="cpu",
+                              max_members=1)
+    assert [r.task for r in records] == tasks
+    assert [r.method for r in records] == ["a", "b", "c", "d"]
+    np.testing.assert_allclose([r.params[0, 0] for r in records], [0, 1, 2, 3], atol=1e-6)
+    assert counter.runs == 4 and counter.calls == 4  # max_members=1: one run per call
+    with pytest.raises(ValueError, match="2 policies for 4 tasks"):
+        rollout_members(policies[:2], tasks)
+
+
+def test_rollout_baseline_hand_and_method():
+    task = [SMALL.replace(seed=4, horizon=2)]
+    hand = rollout_baseline("focal_2", task, device="cpu")[0]
+    np.testing.assert_allclose(hand.params, [[2.0, 0.0]] * 2, atol=1e-6)
+    assert hand.method == "focal_2"
+    method = rollout_baseline("ce_drw", task, device="cpu")[0]
+    assert method.method == "ce_drw" and len(method.val_curve) == 3
+    assert 0.0 <= method.test["balanced_accuracy"] <= 1.0
+
+
+def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):
+    counter = Counter()
+    monkeypatch.setattr(baselines, "rollout_policy", counter)
+    best, table = tune_drw(TASKS, switches=(0.5, 0.75), alphas=(1.0,), device="cpu")
+    assert counter.runs == 2 * 1 * 2 and counter.calls == 1
+    assert best["switch"] in (0.5, 0.75) and best["alpha"] == 1.0 and best["gamma"] == 0.0
+    assert len(table) == 2 and all(0.0 <= row["score"] <= 1.0 for row in table)
+    assert max(row["score"] for row in table) == next(
+        row["score"] for row in table if row["switch"] == best["switch"])
+    DRWPolicy(**best)
+
+    best, table = tune_feedback(TASKS, etas=(1.0, 5.0), margins=(0.0,), device="cpu")
+    assert counter.runs == 4 + 4
+    assert best["eta"] in (1.0, 5.0) and best["margin"] == 0.0 and best["alpha_max"] == 1.0
+    FeedbackPolicy(**best)
+
+    best, table = tune_constant(TASKS, gammas=(0.0, 2.0), alphas=(0.0, 1.0), device="cpu")
+    assert counter.runs == 8 + 8 and counter.calls == 3
+    assert best["gamma"] in (0.0, 2.0) and best["alpha"] in (0.0, 1.0)
+    assert [(r["gamma"], r["alpha"]) for r in table] == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    for row in table:
+        assert row["score"] == pytest.approx(np.mean(row["task_scores"]))
+
+
+def test_tuning_scores_the_final_validation_metric():
+    best, table = tune_constant(TASKS, gammas=(1.0,), alphas=(0.5,), device="cpu")
+    alone = rollout_policy(ConstantPolicy(1.0, 0.5), TASKS, device="cpu")
+    np.testing.assert_allclose(table[0]["task_scores"], [r.val_curve[-1] for r in alone],
+                               atol=1e-5)
+    assert final_val_score(alone[0]) == pytest.approx(alone[0].val_curve[-1])
+
+    oracle, otable = oracle_constant(TASKS, gammas=(1.0,), alphas=(0.5,), device="cpu")
+    assert oracle == {"gamma": 1.0, "alpha": 0.5}
+    np.testing.assert_allclose(otable[0]["task_scores"],
+                               [r.test["balanced_accuracy"] for r in alone], atol=1e-5)
+    assert otable[0]["val_score"] == pytest.approx(table[0]["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("space", ["constant", "schedule"])
+def test_random_search_within_bounds_and_exact_budget(monkeypatch, space):
+    counter = Counter()
+    monkeypatch.setattr(baselines, "rollout_policy", counter)
+    best, history = random_search(TASKS, 6, np.random.default_rng(0), space=space,
+                                  device="cpu")
+    assert counter.runs == 6 and len(history) == 3 and counter.calls == 1
+    assert [row["candidate"] for row in history] == [0, 1, 2]
+    for config in [best] + history:
+        if space == "constant":
+            assert 0 <= config["gamma"] <= 5 and 0 <= config["alpha"] <= 1
+        else:
+            assert 0 <= config["gamma_start"] <= 5 and 0 <= config["gamma_end"] <= 5
+            assert config["shape"] in ("linear", "cosine")
+            assert 0 <= config["drw_switch"] <= 1 and 0 <= config["drw_alpha"] <= 1
+    assert best in [{k: row[k] for k in best} for row in history]
+    assert max(row["score"] for row in history) == next(
+        row["score"] for row in history if {k: row[k] for k in best} == best)
+    policy_from_config(space, best)
+    again, _ = random_search(TASKS, 6, np.random.default_rng(0), space=space, device="cpu")
+    assert again == best
+
+
+@pytest.mark.parametrize("space", ["constant", "schedule"])
+def test_cma_search_within_bounds_and_exact_budget(monkeypatch, space):
+    counter = Counter()
+    monkeypatch.setattr(baselines, "rollout_policy", counter)
+    state = np.random.get_state()[1].copy()
+    best, history = cma_search(TASKS, 8, seed=0, space=space, popsize=2, device="cpu")
+    assert counter.runs == 8 and len(history) == 4 and counter.calls == 2  # 2 generations
+    assert [row["generation"] for row in history] == [0, 0, 1, 1]
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+    for config in [best] + history:
+        if space == "constant":
+            assert 0 <= config["gamma"] <= 5 and 0 <= config["alpha"] <= 1
+        else:
+            assert 0 <= config["gamma_start"] <= 5 and 0 <= config["gamma_end"] <= 5
+            assert config["shape"] == "cosine"
+            assert 0 <= config["drw_switch"] <= 1 and 0 <= config["drw_alpha"] <= 1
+    policy_from_config(space, best)
+    if space == "constant":
+        again, history2 = cma_search(TASKS, 8, seed=0, space=space, popsize=2, device="cpu")
+        assert again == best
+        assert [r["gamma"] for r in history2] == [r["gamma"] for r in history]
+        # default popsize: 4 candidates -> one generation of 4
+        counter.calls = 0
+        _, history3 = cma_search(TASKS, 8, seed=1, space=space, device="cpu")
+        assert counter.calls == 1 and len(history3) == 4

@@ -1,0 +1,323 @@
+"""Tests for agents.stats (aggregates, bootstrap, paired tests, temperature scaling) and
+agents.report (report contents, figures, atomic writes)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from scipy import special
+
+from agents.report import write_report
+from agents.rollout import EpisodeRecord
+from agents.stats import (
+    bootstrap_ci,
+    ece_after_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    iqm,
+    paired_difference,
+    summarise,
+)
+from lossgym.tasks import TaskSpec
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_iqm_known_cases():
+    # 8 values: drop 2 from each end, mean of 3, 4, 5, 6.
+    assert iqm(np.arange(1, 9)) == pytest.approx(4.5)
+    assert iqm([1, 2, 3, 4, 100, -100, 5, 6]) == pytest.approx((2 + 3 + 4 + 5) / 4)
+    # Order does not matter; 4 values: drop one each side.
+    assert iqm([10.0, 0.0, 2.0, 4.0]) == pytest.approx(3.0)
+    assert iqm([7.0]) == 7.0
+    assert np.isnan(iqm([]))
+    rows = np.array([np.arange(1, 9), np.arange(1, 9) * 2.0])
+    np.testing.assert_allclose(iqm(rows, axis=1), [4.5, 9.0])
+
+
+def test_bootstrap_ci_contains_mean_narrows_and_is_reproducible():
+    gen = np.random.default_rng(1)
+    small = gen.normal(5.0, 2.0, size=20)
+    large = gen.normal(5.0, 2.0, size=2000)
+    lo_s, hi_s = bootstrap_ci(small, rng=np.random.default_rng(0))
+    lo_l, hi_l = bootstrap_ci(large, rng=np.random.default_rng(0))
+    assert lo_s < small.mean() < hi_s
+    assert lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 4
+    # Width close to the normal approximation 2 * 1.96 * s / sqrt(n).
+    expected = 2 * 1.96 * large.std(ddof=1) / np.sqrt(large.size)
+    assert hi_l - lo_l == pytest.approx(expected, rel=0.15)
+    # Same seed, same interval; another seed, another one.
+    assert bootstrap_ci(small, rng=np.random.default_rng(0)) == (lo_s, hi_s)
+    assert bootstrap_ci(small, rng=np.random.default_rng(9)) != (lo_s, hi_s)
+    # Non-vectorised statistics work too and give the same as the vectorised route.
+    slow = bootstrap_ci(small, stat=lambda v: float(np.mean(v)), rng=np.random.default_rng(0))
+    np.testing.assert_allclose(slow, (lo_s, hi_s))
+    # A higher level gives a wider interval.
+    lo9, hi9 = bootstrap_ci(small, level=0.99, rng=np.random.default_rng(0))
+    assert lo9 <= lo_s and hi9 >= hi_s
+    assert bootstrap_ci([3.0], rng=np.random.default_rng(0)) == (3.0, 3.0)
+    assert all(np.isnan(bootstrap_ci([], rng=np.random.default_rng(0))))
+    with pytest.raises(ValueError):
+        bootstrap_ci(small, level=1.5, rng=np.random.default_rng(0))
+
+
+def test_summarise_fields():
+    values = np.arange(1.0, 9.0)
+    s = summarise(values, np.random.default_rng(0))
+    assert s["n"] == 8
+    assert s["mean"] == pytest.approx(4.5)
+    assert s["iqm"] == pytest.approx(4.5)
+    assert s["std"] == pytest.approx(values.std(ddof=1))
+    assert s["mean_ci"][0] < 4.5 < s["mean_ci"][1]
+    assert s["iqm_ci"][0] <= 4.5 <= s["iqm_ci"][1]
+    assert summarise(values, np.random.default_rng(0)) == s
+
+
+def test_paired_difference_detects_shift():
+    gen = np.random.default_rng(2)
+    base = gen.normal(0.6, 0.1, size=30)  # large between-task spread ...
+    a = base + 0.02 + gen.normal(0, 0.005, size=30)  # ... small, consistent paired shift
+    d = paired_difference(a, base, np.random.default_rng(0))
+    assert d["n"] == 30
+    assert d["mean"] == pytest.approx(np.mean(a - base))
+    assert 0 < d["ci_low"] < d["mean"] < d["ci_high"]
+    assert d["t_pvalue"] < 1e-6 and d["wilcoxon_pvalue"] < 1e-4
+
+
+def test_paired_difference_no_shift():
+    gen = np.random.default_rng(3)
+    base = gen.normal(0.6, 0.1, size=30)
+    b = base + gen.normal(0, 0.01, size=30)
+    d = paired_difference(b, base, np.random.default_rng(0))
+    assert d["ci_low"] < 0 < d["ci_high"]
+    assert d["t_pvalue"] > 0.05 and d["wilcoxon_pvalue"] > 0.05
+
+
+def test_paired_difference_degenerate_cases():
+    x = np.array([0.5, 0.6, 0.7])
+    same = paired_difference(x, x, np.random.default_rng(0))
+    assert same["mean"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+    assert same["t_pvalue"] == 1.0 and same["wilcoxon_pvalue"] == 1.0
+    const = paired_difference(x + 0.1, x, np.random.default_rng(0))
+    assert const["t_pvalue"] == 0.0 and const["mean"] == pytest.approx(0.1)
+    one = paired_difference([1.0], [0.5], np.random.default_rng(0))
+    assert one["n"] == 1 and np.isnan(one["t_pvalue"])
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0], np.random.default_rng(0))
+
+
+def _overconfident(n: int, seed: int, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated logits z with labels drawn from softmax(z), returned as 3 z."""
+    gen = np.random.default_rng(seed)
+    z = gen.normal(0.0, 1.5, size=(n, classes))
+    probs = special.softmax(z, axis=1)
+    y = (probs.cumsum(axis=1) > gen.random((n, 1))).argmax(axis=1)
+    return 3.0 * z, y
+
+
+def test_temperature_scaling_recovers_temperature_and_lowers_ece():
+    val_z, val_y = _overconfident(6000, 0)
+    test_z, test_y = _overconfident(6000, 1)
+    temperature = fit_temperature(val_z, val_y)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(test_z, test_y)
+    after = ece_after_temperature(val_z, val_y, test_z, test_y)
+    assert after < before / 3
+    assert after < 0.03
+    np.testing.assert_allclose(
+        after, expected_calibration_error(test_z / temperature, test_y))
+
+
+def test_expected_calibration_error_by_hand():
+    # Two samples, confidences 0.9 (correct) and 0.6 (wrong), in different bins of 15.
+    logits = np.log(np.array([[0.9, 0.1], [0.4, 0.6]]))
+    targets = np.array([0, 0])
+    assert expected_calibration_error(logits, targets) == pytest.approx((0.1 + 0.6) / 2)
+    # One bin: |mean accuracy - mean confidence|.
+    assert expected_calibration_error(logits, targets, n_bins=1) == pytest.approx(
+        abs(0.5 - 0.75))
+
+
+# --------------------------------------------------------------------------- report
+
+RATIOS = {10.0: "held_out_id", 100.0: "held_out_id", 50.0: "held_out_ood"}
+SEEDS = range(10)
+H = 5
+
+
+def _split_of(task: TaskSpec) -> str:
+    return RATIOS[task.imbalance_ratio]
+
+
+def _record(task: TaskSpec, method: str, bal: float, params: np.ndarray | None = None,
+            diverged: bool = False) -> EpisodeRecord:
+    test = {"accuracy": bal + 0.05, "balanced_accuracy": bal, "macro_f1": bal - 0.02,
+            "ece": 0.1 - bal / 10, "nll": 1.0, "worst_class_recall": bal / 2}
+    has = params is not None
+    return EpisodeRecord(
+        task=task, method=method, params=params if has else np.zeros((0, 0)),
+        actions=np.zeros_like(params) if has else np.zeros((0, 0)),
+        val_curve=np.linspace(0.1, bal, H + 1), test=test, diverged=diverged,
+        parameters=("gamma", "alpha") if has else (),
+    )
+
+
+def _records(agent_gain: float = 0.04) -> list[EpisodeRecord]:
+    """agent > focal (static) > ldam > ce, with per-task noise shared by all methods."""
+    gen = np.random.default_rng(0)
+    records = []
+    for ratio in RATIOS:
+        for seed in SEEDS:
+            task = TaskSpec(imbalance_ratio=ratio, seed=seed)
+            base = 0.7 - ratio / 1000 + gen.normal(0, 0.03)
+            steps = np.linspace(0, 1, H)
+            agent_params = np.stack([2 * steps, 0.5 + 0 * steps], 1) + gen.normal(0, .1, (H, 2))
+            records += [
+                _record(task, "agent", base + agent_gain + gen.normal(0, 0.003), agent_params),
+                _record(task, "schedule", base + 0.01 + gen.normal(0, 0.003),
+                        np.stack([steps, 0.25 + 0 * steps], 1)),
+                _record(task, "ce", base + gen.normal(0, 0.003), diverged=seed == 3),
+                _record(task, "focal", base + 0.015 + gen.normal(0, 0.003)),
+                _record(task, "ldam", base + 0.02 + gen.normal(0, 0.003)),
+            ]
+    return records
+
+
+def _write(tmp_path, records, **kw):
+    kw = {"agent": "agent", "static_methods": ("ce", "focal"), "split_of": _split_of,
+          "budget_note": "Budget: 1M steps, 10 seeds.", "rng_seed": 0, **kw}
+    return write_report(tmp_path, records, **kw)
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _row(section: str, first_cell: str) -> list[str]:
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r}")
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
+
+
+def test_write_report_contents_and_files(tmp_path):
+    records = _records()
+    curve = np.stack([np.arange(0, 1000, 100), np.linspace(-1, 1, 10)], 1)
+    path = _write(tmp_path, records, learning_curve=curve)
+    assert path == tmp_path / "report.md"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bars.png", "learning_curve.png", "report.md", "trajectories.png"]
+    for name in ("bars.png", "learning_curve.png", "trajectories.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = path.read_text()
+    assert text.startswith("# ")
+    assert "Budget: 1M steps, 10 seeds." in text
+    for method in ("agent", "schedule", "ce", "focal", "ldam"):
+        assert f"`{method}`" in text
+    for heading in ("in distribution", "out of distribution", "## All held-out tasks",
+                    "by imbalance ratio", "## Verdict"):
+        assert heading in text
+    # ldam is the best non-agent method, focal the best static loss.
+    assert "Best baseline: `ldam`" in text and "best: `focal`" in text
+
+    # Agent listed first in each method table.
+    table = _section(text, "## All held-out tasks")
+    methods = [c.split("|")[1].strip() for c in table.splitlines() if c.startswith("| `")]
+    assert methods[:5] == ["`agent`", "`schedule`", "`ce`", "`focal`", "`ldam`"]
+
+    # Table numbers match a recomputation.
+    for heading, split in (("## All held-out tasks", None),
+                           ("## Held-out tasks, out of distribution", "held_out_ood")):
+        section = _section(text, heading)
+        for method in ("agent", "ce"):
+            recs = [r for r in records if r.method == method
+                    and (split is None or _split_of(r.task) == split)]
+            row = _row(section, f"`{method}`")
+            assert int(row[1]) == len(recs)
+            assert int(row[2]) == sum(r.diverged for r in recs)
+            for col, key in ((3, "balanced_accuracy"), (9, "ece")):
+                s = summarise([r.test[key] for r in recs], np.random.default_rng(0))
+                mean, lo, hi = _numbers(row[col])
+                np.testing.assert_allclose([mean, lo, hi],
+                                           100 * np.array([s["mean"], *s["mean_ci"]]),
+                                           atol=0.006)
+                assert _numbers(row[col + 1])[0] == pytest.approx(100 * s["iqm"], abs=0.006)
+
+    # Paired difference vs the reference on all tasks matches a recomputation.
+    ce_row = [line for line in table.splitlines()
+              if line.startswith("| `ce` (reference)") and "Bal. acc." in line][0]
+    cells = [c.strip() for c in ce_row.strip().strip("|").split("|")]
+    a = np.array([r.test["balanced_accuracy"] for r in records if r.method == "agent"])
+    b = np.array([r.test["balanced_accuracy"] for r in records if r.method == "ce"])
+    d = paired_difference(a, b, np.random.default_rng(0))
+    assert int(cells[2]) == 30
+    np.testing.assert_allclose(_numbers(cells[3] + cells[4]),
+                               100 * np.array([d["mean"], d["ci_low"], d["ci_high"]]),
+                               atol=0.006)
+
+    # Per-ratio table: one row per ratio, 10 pairs each.
+    ratio_table = _section(text, "by imbalance ratio")
+    for ratio in ("10", "50", "100"):
+        assert _row(ratio_table, ratio)[2] == "10"
+
+    verdict = _section(text, "## Verdict")
+    assert verdict.count("**PASS**") == 3 and "**FAIL**" not in verdict
+    assert "3 of 3 evaluated targets hold" in verdict
+
+
+def test_write_report_fail_verdict_without_learning_curve(tmp_path):
+    path = _write(tmp_path, _records(agent_gain=0.0), best_baseline="ldam")
+    text = path.read_text()
+    verdict = _section(text, "## Verdict")
+    assert "1. **FAIL**" in verdict and "2. **FAIL**" in verdict
+    assert "Best baseline: `ldam`" in text and "(the non-agent" not in text
+    assert not (tmp_path / "learning_curve.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "report.md",
+                                                          "trajectories.png"]
+
+
+def test_write_report_without_agent_or_splits(tmp_path):
+    records = [r for r in _records() if r.method != "agent"]
+    text = write_report(tmp_path, records).read_text()
+    assert "## All held-out tasks" in text and "in distribution" not in text
+    assert "no targets were evaluated" in text
+    with pytest.raises(ValueError, match="agent"):
+        write_report(tmp_path, records, agent="missing")
+    with pytest.raises(ValueError):
+        write_report(tmp_path, records, learning_curve=np.zeros(5))
+
+
+def test_write_report_is_atomic(tmp_path, monkeypatch):
+    path = _write(tmp_path, _records())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    real_savefig = Figure.savefig
+    calls = []
+
+    def failing_savefig(self, fname, *args, **kwargs):
+        calls.append(fname)
+        if len(calls) == 2:  # the second figure: write half a file, then fail
+            with open(fname, "wb") as handle:
+                handle.write(b"\x89PNG partial")
+            raise RuntimeError("disk full")
+        return real_savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", failing_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _write(tmp_path, _records(agent_gain=0.0), budget_note="a different note")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert "Budget: 1M steps" in path.read_text()
+    # Temporary files were beside the targets and are gone.
+    assert all(str(tmp_path) in str(f) for f in calls)
+    assert not list(tmp_path.glob(".*"))
