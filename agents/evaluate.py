@@ -156,7 +156,7 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
     say("tuning and searches done")
     for name, policy in tuned.items():
         records += rollout_policy(policy, tasks, name, **kw)
-    oracle = bl.oracle_constant(tasks, **kw)[0]
+    oracle = bl.oracle_constant(tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0), **kw)[0]
     records += rollout_policy(bl.ConstantPolicy(**oracle), tasks, "oracle_constant", **kw)
     say("held-out evaluation done")
 

@@ -41,6 +41,7 @@ REPORT_METRICS: tuple[tuple[str, str], ...] = (
     ("macro_f1", "Macro-F1"),
     ("accuracy", "Accuracy"),
     ("ece", "ECE"),
+    ("ece_ts", "ECE after T-scaling"),
 )
 
 #: Section titles of the known splits, in report order.
