@@ -191,12 +191,12 @@ class EpisodeBatch:
             rows = torch.as_tensor(ids, device=self.device)
         own = {k: v[rows] for k, v in metrics.items()}
         index = torch.as_tensor(ids, device=self.device)
-        if stats is None:
-            train_loss, gnorm, gstd = own["nll"], torch.zeros_like(own["nll"]), None
-            gstd = torch.zeros_like(gnorm)
+        if stats is None:  # at reset: no minibatch yet (see lossgym.features)
+            train_loss = own["nll"]
+            gnorm = gstd = torch.zeros_like(train_loss)
         else:
-            train_loss, gnorm, gstd = stats.ce[index], stats.grad_norm[index], \
-                stats.grad_norm_std[index]
+            train_loss = stats.ce[index]
+            gnorm, gstd = stats.grad_norm[index], stats.grad_norm_std[index]
         obs = compute_features(
             self.features,
             progress=pop.progress()[index],
