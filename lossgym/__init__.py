@@ -2,14 +2,17 @@
 
 The public API: the loss library (:mod:`lossgym.losses`), tasks and data
 (:class:`TaskSpec`, :class:`TaskDistribution`, :func:`from_arrays`), the batched engine
-(:class:`Population`) and the built-in loss methods (:mod:`lossgym.methods`).
+(:class:`Population`), the built-in loss methods (:mod:`lossgym.methods`) and exported losses
+for plain PyTorch training (:class:`AdaptiveLoss`, :mod:`lossgym.schedules`).
 """
 
 from lossgym.data import Dataset, from_arrays, load_dataset, register_dataset
+from lossgym.export import AdaptiveLoss
 from lossgym.population import MinibatchContext, Population, TrainStats
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 __all__ = [
+    "AdaptiveLoss",
     "Dataset",
     "MinibatchContext",
     "Population",
@@ -24,7 +27,10 @@ __version__ = "0.1.0"
 
 
 def _register() -> None:
-    from gymnasium.envs.registration import register, registry
+    try:
+        from gymnasium.envs.registration import register, registry
+    except ImportError:  # exported losses run without gymnasium; only the environment needs it
+        return
 
     if "LossTuning-v0" not in registry:
         register(

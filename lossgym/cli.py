@@ -35,6 +35,16 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from agents.export import run_from_args
+    except ImportError as err:
+        raise ValueError(f"lossgym export needs the agents package and its training stack "
+                         f"(pip install 'lossgym[agents]'): {err}") from err
+    print(f"wrote {run_from_args(args)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossgym`` command."""
     parser = argparse.ArgumentParser(prog="lossgym", description=__doc__)
@@ -51,7 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default=None, help="also write the results as JSON here")
     cmp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cmp.set_defaults(run=_compare)
+    exp = sub.add_parser("export", help="export a trained agent or a baseline as an "
+                                        "AdaptiveLoss for plain PyTorch training")
+    add_export_arguments(exp)
+    exp.set_defaults(run=_export)
     return parser
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``lossgym export`` (and ``python -m agents.export``); declared here so
+    that ``--help`` works without the training stack."""
+    parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
+                        help="a training run folder")
+    parser.add_argument("--baseline", default=None,
+                        help="export a baseline instead (drw, schedule, feedback, ce, focal_2, "
+                             "class_balanced, logit_adjusted, poly1, ...); needs --out")
+    parser.add_argument("--kind", default=None, choices=("schedule", "controller"),
+                        help="controller (the actor network, the default for runs) or "
+                             "schedule (its averaged parameter trajectory)")
+    parser.add_argument("--out", default=None, help="the export folder (default "
+                                                    "RUN/adaptive_loss)")
+    parser.add_argument("--task", default=None,
+                        help="a TaskSpec JSON file: the reference task (default TaskSpec())")
+    parser.add_argument("--seeds", type=int, default=5, help="reference seeds (default 5)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

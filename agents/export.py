@@ -1,0 +1,281 @@
+"""Export trained agents and baseline policies as adaptive losses for plain PyTorch training.
+
+    python -m agents.export RUN --kind schedule|controller [--out DIR]
+    python -m agents.export --baseline drw --out DIR            (lossgym export does the same)
+
+* ``kind="controller"``: the agent's actor network (from ``policy.pt``, read with
+  ``weights_only=True``), its observation normalisation and action mapping, as
+  :class:`lossgym.export.Controller`. PPO and RecurrentPPO act with the clipped mean of their
+  Gaussian, SAC with ``tanh`` of its mean, as their deterministic ``predict`` does.
+* ``kind="schedule"``: the parameters the agent chose on reference tasks (by default the default
+  task over 5 seeds), averaged over the tasks. An episode's parameters form a step function
+  over progress (step h holds from h/H to (h+1)/H), so their average is again a step function,
+  with a boundary wherever any episode changes step: exact, with no resampling.
+
+Hand baselines whose parameters depend on progress alone (constant losses, DRW, the γ/α
+schedule) export as their exact schedule, so they hold for any number of steps; feedback and
+random policies export as their averaged trajectory, as agents do. Built-in methods that the
+parametric loss expresses with constant parameters (cross-entropy, focal, logit adjustment,
+Poly-1) export as constants; the others (FLSD-53's per-sample γ, LDAM margins, AdaFocal's
+per-bin γ, effective-number weights) lie outside the parametric loss and raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from torch import Tensor, nn
+
+from agents.baselines import (
+    HAND_BASELINES,
+    ConstantPolicy,
+    DRWPolicy,
+    FeedbackPolicy,
+    SchedulePolicy,
+)
+from agents.rollout import EpisodeRecord, Policy, rollout_policy
+from agents.train import AgentPolicy
+from lossgym.actions import PARAMETER_RANGES, ActionMapping, parse_parameters
+from lossgym.cli import add_export_arguments
+from lossgym.export import Controller, write_export
+from lossgym.methods import BUILTIN_METHODS, Parametric, make_method
+from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
+from lossgym.tasks import TaskSpec
+
+KINDS = ("schedule", "controller")
+DEFAULT_SEEDS = 5
+
+#: Baselines by name: the hand baselines of :mod:`agents.baselines` and the tuned rules'
+#: default configurations.
+BASELINES: dict[str, Callable[[], Policy]] = {
+    **HAND_BASELINES,
+    "drw": DRWPolicy,
+    "schedule": SchedulePolicy,
+    "feedback": FeedbackPolicy,
+}
+
+
+def reference_tasks(task: TaskSpec | None = None, seeds: int = DEFAULT_SEEDS) -> list[TaskSpec]:
+    """``task`` (default: ``TaskSpec()``) with seeds 0 .. seeds − 1."""
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds} must be at least 1")
+    task = task or TaskSpec()
+    return [task.replace(seed=s) for s in range(seeds)]
+
+
+# ------------------------------------------------------------------------------ schedules
+def average_schedule(records: Sequence[EpisodeRecord]) -> LossSchedule:
+    """The mean over episodes of the parameters they chose, as a step schedule over progress.
+
+    Episode k with horizon H_k used ``params[h]`` from progress h/H_k to (h+1)/H_k; the
+    average is constant between consecutive points of the union of those grids. Diverged
+    episodes are left out unless all diverged.
+
+    Args:
+        records: episodes of one policy (same controlled parameters).
+    """
+    records = [r for r in records if not r.diverged] or list(records)
+    if not records:
+        raise ValueError("records is empty; roll the policy out on at least one task")
+    names = {tuple(r.parameters) for r in records}
+    if len(names) != 1:
+        raise ValueError(f"records control different parameters {sorted(names)}")
+    parameters = names.pop()
+    grids = [[h / len(r.params) for h in range(1, len(r.params))] for r in records]
+    starts = [0.0] + sorted({b for grid in grids for b in grid})
+    # values[j, p]: mean over episodes of parameter p on segment j.
+    values = np.mean([np.asarray(r.params, dtype=np.float64)[
+        [bisect.bisect_right(grid, s) for s in starts]] for r, grid in zip(records, grids)],
+        axis=0)
+    schedules: dict[str, Schedule] = {}
+    for p, name in enumerate(parameters):
+        low, high, _ = PARAMETER_RANGES[name]
+        # Parameters are float32 in the engine (0.3 rounds up); the schedule checks the range.
+        column = np.clip(values[:, p], low, high).tolist()
+        keep = [0] + [j for j in range(1, len(column)) if column[j] != column[j - 1]]
+        if len(keep) == 1:
+            schedules[name] = constant(column[0])
+        else:
+            schedules[name] = step([starts[j] for j in keep[1:]], [column[j] for j in keep])
+    return LossSchedule(schedules)
+
+
+def _drw_alpha(switch: float, alpha: float) -> Schedule:
+    if switch <= 0.0 or alpha == 0.0:
+        return constant(alpha)
+    if switch >= 1.0:
+        return constant(0.0)
+    return step([switch], [0.0, alpha])
+
+
+def policy_schedule(policy: Policy) -> LossSchedule | None:
+    """The exact schedule of a hand policy whose parameters depend on progress alone
+    (:class:`ConstantPolicy`, :class:`DRWPolicy`, :class:`SchedulePolicy`); None for others.
+    Parameters the policy holds neutral are left out."""
+    if isinstance(policy, ConstantPolicy):
+        return LossSchedule({"gamma": constant(policy.gamma), "alpha": constant(policy.alpha)})
+    if isinstance(policy, DRWPolicy):
+        return LossSchedule({"gamma": constant(policy.gamma),
+                             "alpha": _drw_alpha(policy.switch, policy.alpha)})
+    if isinstance(policy, SchedulePolicy):
+        shape = linear if policy.shape == "linear" else cosine
+        return LossSchedule({"gamma": shape(policy.gamma_start, policy.gamma_end),
+                             "alpha": _drw_alpha(policy.drw_switch, policy.drw_alpha)})
+    return None
+
+
+# ------------------------------------------------------------------------------ controllers
+def _layer(module: nn.Module, index: int, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """One SB3 module as a layer of :class:`lossgym.export.Controller` (its weights go to
+    ``tensors``)."""
+    for name, value in module.state_dict().items():
+        tensors[f"{index}.{name}"] = value.detach().to("cpu", torch.float32).clone()
+    if isinstance(module, nn.Linear):
+        return {"kind": "linear", "in_features": module.in_features,
+                "out_features": module.out_features}
+    if isinstance(module, nn.Tanh | nn.ReLU):
+        return {"kind": "tanh" if isinstance(module, nn.Tanh) else "relu"}
+    if isinstance(module, nn.LSTM) and module.num_layers == 1 and module.bias \
+            and not module.bidirectional and not module.batch_first and not module.proj_size:
+        return {"kind": "lstm", "input_size": module.input_size,
+                "hidden_size": module.hidden_size}
+    raise ValueError(f"the actor holds a {module!r}, which lossgym.export cannot express; "
+                     "use the default MlpPolicy / MlpLstmPolicy architectures")
+
+
+def agent_controller(agent: AgentPolicy, mapping: ActionMapping) -> Controller:
+    """The actor of a trained agent as a :class:`~lossgym.export.Controller`."""
+    policy = agent.model.policy
+    if agent.algo == "sac":
+        actor = policy.actor
+        if actor.use_sde:
+            raise ValueError("SAC with gSDE cannot be exported; train with use_sde=False")
+        extractor, modules, output = actor.features_extractor, [*actor.latent_pi, actor.mu], "tanh"
+    else:
+        if policy.squash_output:
+            raise ValueError("a policy with squash_output=True cannot be exported")
+        extractor = getattr(policy, "pi_features_extractor", policy.features_extractor)
+        modules = [*policy.mlp_extractor.policy_net, policy.action_net]
+        if agent.recurrent:
+            modules.insert(0, policy.lstm_actor)
+        output = "clip"
+    if not isinstance(extractor, FlattenExtractor):
+        raise ValueError(f"the actor's features extractor is {type(extractor).__name__}; "
+                         "only FlattenExtractor (the default for vector observations) exports")
+    tensors: dict[str, Tensor] = {}
+    layers = [_layer(m, i, tensors) for i, m in enumerate(modules)]
+    norm = None if agent.norm is None else {k: agent.norm[k] for k in
+                                            ("mean", "var", "epsilon", "clip_obs")}
+    return Controller(layers, tensors, mapping, output, norm, agent.algo)
+
+
+def run_mapping(run_dir: str | Path) -> ActionMapping:
+    """The action mapping a run trained with (from its ``config.json``)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    env_kwargs = dict(config["hyperparams"].get("env_kwargs") or {})
+    return ActionMapping(parse_parameters(env_kwargs.get("action_params", ("gamma", "alpha"))),
+                         env_kwargs.get("action_mode", "absolute"),
+                         float(env_kwargs.get("max_step", 0.1)))
+
+
+# ------------------------------------------------------------------------------ exports
+def export_run(run_dir: str | Path, kind: str = "controller", out: str | Path | None = None,
+               tasks: Sequence[TaskSpec] | None = None, device: str = "auto") -> Path:
+    """Export a training run (``agents.train``'s run folder) as an adaptive loss.
+
+    Args:
+        run_dir: the run folder.
+        kind: ``"controller"`` (the actor network) or ``"schedule"`` (its averaged
+            parameter trajectory on ``tasks``).
+        out: the export folder (default ``run_dir/adaptive_loss``).
+        tasks: reference tasks (default :func:`reference_tasks`); their first horizon is the
+            export's default ``total_steps``.
+        device: where the schedule's reference episodes train.
+
+    Returns:
+        the export folder.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not known; choose one of {KINDS}")
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"{run_dir} is not a training run: it has no config.json")
+    tasks = list(tasks) if tasks is not None else reference_tasks()
+    agent = AgentPolicy(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    source = {"run": str(run_dir), "algorithm": agent.algo,
+              "num_timesteps": config.get("num_timesteps")}
+    if kind == "controller":
+        rule: LossSchedule | Controller = agent_controller(agent, run_mapping(run_dir))
+    else:
+        rule = average_schedule(rollout_policy(agent, tasks, agent.algo, device=device))
+        source["tasks"] = [t.to_dict() for t in tasks]
+    return write_export(rule, out or run_dir / "adaptive_loss", total_steps=tasks[0].horizon,
+                        source=source)
+
+
+def export_policy(policy: Policy, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
+                  name: str = "policy", device: str = "auto") -> Path:
+    """Export any policy as a schedule: exact for progress-only hand policies
+    (:func:`policy_schedule`), else its averaged trajectory on ``tasks``."""
+    tasks = list(tasks) if tasks is not None else reference_tasks()
+    schedule = policy_schedule(policy)
+    source: dict[str, Any] = {"policy": name, "description": repr(policy)}
+    if schedule is None:
+        schedule = average_schedule(rollout_policy(policy, tasks, name, device=device))
+        source["tasks"] = [t.to_dict() for t in tasks]
+    return write_export(schedule, out, total_steps=tasks[0].horizon, source=source)
+
+
+def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
+                    device: str = "auto") -> Path:
+    """Export the baseline ``name`` (a key of :data:`BASELINES`, or a built-in method the
+    parametric loss expresses) as a schedule."""
+    if name in BASELINES:
+        return export_policy(BASELINES[name](), out, tasks, name, device)
+    if name not in BUILTIN_METHODS:
+        raise ValueError(f"baseline {name!r} is not known; choose from "
+                         f"{sorted(BASELINES) + sorted(BUILTIN_METHODS)}")
+    method = make_method(name, 1, 2, torch.device("cpu"))
+    if not isinstance(method, Parametric):
+        raise ValueError(f"the built-in method {name!r} lies outside the parametric loss "
+                         "(per-sample, per-bin or effective-number terms), so it has no "
+                         "schedule; export 'drw' or 'schedule' for deferred re-weighting")
+    schedule = LossSchedule({k: constant(v) for k, v in method.params.items()}
+                            or {"gamma": constant(0.0)})
+    horizon = (list(tasks)[0] if tasks else TaskSpec()).horizon
+    return write_export(schedule, out, total_steps=horizon, source={"method": name})
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m agents.export``: export a run or a baseline (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_export_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    """Run an export from parsed :func:`lossgym.cli.add_export_arguments` arguments."""
+    task = TaskSpec.from_json(Path(args.task).read_text()) if args.task else None
+    tasks = reference_tasks(task, args.seeds)
+    if (args.run_dir is None) == (args.baseline is None):
+        raise ValueError("give a run folder or --baseline NAME (one of them)")
+    if args.baseline is not None:
+        if args.out is None:
+            raise ValueError("--baseline needs --out DIR")
+        if args.kind == "controller":
+            raise ValueError("baselines have no network; they export with --kind schedule")
+        return export_baseline(args.baseline, args.out, tasks, args.device)
+    return export_run(args.run_dir, args.kind or "controller", args.out, tasks, args.device)
+
+
+if __name__ == "__main__":
+    print(main())

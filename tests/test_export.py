@@ -1,0 +1,519 @@
+"""Exported losses: same decisions as SB3, the env's episode from a plain loop, no training stack
+at run time, safe loading, checkpoints, schedules from agents and baselines, the CLI."""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import agents.train as train_mod
+from agents.baselines import DRWPolicy
+from agents.export import average_schedule, export_baseline, export_run
+from agents.rollout import EpisodeRecord, rollout_policy
+from agents.train import AgentPolicy, TrainArgs, train
+from lossgym import AdaptiveLoss, TaskSpec, load_dataset
+from lossgym.cli import main as cli_main
+from lossgym.export import _digest, read_export, write_export
+from lossgym.features import FeatureSpec
+from lossgym.losses import parametric_loss
+from lossgym.metrics import classification_metrics
+from lossgym.models import StackedNet
+from lossgym.schedules import LossSchedule, constant, cosine, step
+
+SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32, minibatches_per_step=2,
+                 horizon=4)
+TINY = {
+    "ppo": {"n_steps": 8, "batch_size": 32},
+    "recurrentppo": {"n_steps": 8, "batch_size": 32},
+    "sac": {"learning_starts": 16, "batch_size": 32},
+}
+COUNTS = torch.tensor([50.0, 20.0, 5.0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny trained runs of every algorithm (as tests/test_train.py makes them)."""
+    original = train_mod.make_env
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "make_env",
+                   lambda n, seed, run_dir, kw, tasks=None: original(n, seed, run_dir, kw,
+                                                                     tasks=SMALL))
+        return {algo: train(TrainArgs(algo=algo, run_dir=str(root / algo), timesteps=32,
+                                      num_envs=4, checkpoint_every=10**6, progress=False,
+                                      overrides=overrides))
+                for algo, overrides in TINY.items()}
+
+
+@pytest.fixture(scope="module")
+def controller_export(runs, tmp_path_factory):
+    return export_run(runs["ppo"], "controller", tmp_path_factory.mktemp("exp") / "ppo",
+                      tasks=[SMALL])
+
+
+def copy_export(src, tmp_path):
+    return shutil.copytree(src, tmp_path / "copy")
+
+
+def resign(folder, edit):
+    """Rewrite an export's manifest through ``edit`` with a valid checksum, as a forger or a
+    future version of lossgym would."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("sha256")
+    edit(manifest)
+    manifest["sha256"] = _digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def train_briefly(criterion, periods, seed=0, minibatches=3, model=None):
+    """A tiny plain loop on random 3-class data; returns the model."""
+    gen = torch.Generator().manual_seed(seed)
+    if model is None:
+        model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(periods):
+        for _ in range(minibatches):
+            x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+            opt.zero_grad()
+            criterion(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            criterion.step(model(torch.randn(30, 4, generator=gen)), torch.arange(30) % 3)
+    return model
+
+
+# -------------------------------------------------------------------------- same decisions
+@pytest.mark.parametrize("algo", ["ppo", "sac", "recurrentppo"])
+def test_controller_acts_like_sb3_predict(runs, tmp_path, algo):
+    out = export_run(runs[algo], "controller", tmp_path / algo, tasks=[SMALL])
+    controller, manifest = read_export(out)
+    assert sorted(p.name for p in out.iterdir()) == ["actor.safetensors", "manifest.json"]
+    assert manifest["features"]["names"] == list(FeatureSpec(("gamma", "alpha")).names)
+    assert manifest["controller"]["recurrent_state_size"] == (64 if algo == "recurrentppo"
+                                                              else 0)
+    assert manifest["controller"]["obs_normalization"] is not None
+    agent = AgentPolicy(runs[algo])  # SB3's deterministic predict with VecNormalize's stats
+    low, high = FeatureSpec(("gamma", "alpha")).bounds()
+    rng = np.random.default_rng(0)
+    agent.reset(8)
+    state = None
+    for _ in range(4):  # a sequence, so the recurrent state is compared too
+        obs = rng.uniform(low, high, size=(8, len(low))).astype(np.float32)
+        expected = agent.act(obs)
+        actions, state = controller(torch.from_numpy(obs), state)
+        np.testing.assert_allclose(actions.numpy(), expected, atol=1e-5, rtol=0)
+    assert np.any(np.abs(expected) < 0.999)  # not every action is at the clip
+
+
+# -------------------------------------------------------------------------------- same run
+class Recorder:
+    """A policy wrapper that keeps the observations the env showed."""
+
+    def __init__(self, policy):
+        self.policy, self.parameters, self.mode = policy, policy.parameters, policy.mode
+        self.obs = []
+
+    def reset(self, num_envs):
+        self.policy.reset(num_envs)
+
+    def act(self, obs):
+        self.obs.append(np.array(obs))
+        return self.policy.act(obs)
+
+
+def plain_model(task, num_features, num_classes):
+    """An nn.Sequential MLP with the engine's initialisation of ``task``."""
+    net = StackedNet(task.arch, num_features, num_classes, task.width, task.depth)
+    p = net.views(net.init_member(torch.Generator().manual_seed(task.derive_seed("init")))[None])
+    model = nn.Sequential(nn.Linear(num_features, task.width), nn.ReLU(),
+                          nn.Linear(task.width, task.width), nn.ReLU(),
+                          nn.Linear(task.width, num_classes))
+    with torch.no_grad():
+        for layer, (w, b) in zip((model[0], model[2], model[4]),
+                                 [("w0", "b0"), ("w1", "b1"), ("w_out", "b_out")]):
+            # The engine stores weights [in, out], with the head padded to 16 columns.
+            layer.weight.copy_(p[w][0][:, :layer.out_features].T)
+            layer.bias.copy_(p[b][0][:layer.out_features])
+    return model
+
+
+def minibatches(num_samples, batch_size, seed):
+    """Indices of consecutive minibatches over epochs of random permutations, continued
+    across epochs: the engine's data order."""
+    gen = torch.Generator().manual_seed(seed)
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(num_samples, generator=gen)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "recurrentppo"])
+def test_plain_loop_with_the_exported_controller_reproduces_the_env_episode(runs, tmp_path,
+                                                                             algo):
+    task = SMALL.replace(seed=3, horizon=5, minibatches_per_step=3)
+    recorder = Recorder(AgentPolicy(runs[algo]))
+    [record] = rollout_policy(recorder, [task], device="cpu")
+    export = export_run(runs[algo], "controller", tmp_path / "loss", tasks=[task])
+
+    # A plain PyTorch loop: nn.Sequential, torch.optim.AdamW, a sampler, the exported loss.
+    ds = load_dataset(task.dataset)
+    pool = task.train_pool(ds)
+    x_train = torch.tensor(ds.x_train)[torch.as_tensor(pool.indices)]
+    y_train = torch.as_tensor(pool.labels)
+    x_val, y_val = torch.tensor(ds.x_val), torch.tensor(ds.y_val)
+    model = plain_model(task, ds.num_features, ds.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr,
+                                  weight_decay=task.weight_decay)
+    batches = minibatches(len(y_train), task.batch_size, task.derive_seed("order"))
+    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(pool.class_counts),
+                                  total_steps=task.horizon)
+    criterion.watch(model)
+    with torch.no_grad():
+        logits = model(x_val)
+    criterion.begin(logits, y_val)
+    observations = [criterion.observation]
+    val = [classification_metrics(logits, y_val)["balanced_accuracy"]]
+    for _ in range(task.horizon):
+        for _ in range(task.minibatches_per_step):
+            idx = next(batches)
+            optimizer.zero_grad()
+            criterion(model(x_train[idx]), y_train[idx]).backward()
+            optimizer.step()
+        with torch.no_grad():
+            logits = model(x_val)
+        criterion.step(val_logits=logits, val_targets=y_val)
+        observations.append(criterion.observation)
+        val.append(classification_metrics(logits, y_val)["balanced_accuracy"])
+
+    params = np.array([[h["gamma"], h["alpha"]] for h in criterion.history[:task.horizon]])
+    np.testing.assert_allclose(params, record.params, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(torch.stack(observations[:task.horizon]).numpy(),
+                               np.concatenate(recorder.obs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(torch.stack(val).numpy(), record.val_curve, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        test = classification_metrics(model(torch.tensor(ds.x_test)), torch.tensor(ds.y_test))
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
+        assert float(test[name]) == pytest.approx(record.test[name], abs=1e-5)
+
+
+# ---------------------------------------------------------------- no training stack needed
+def test_exports_load_and_train_without_the_training_stack(controller_export, tmp_path):
+    schedule = export_baseline("schedule", tmp_path / "schedule")
+    script = textwrap.dedent("""
+        import pickle, sys
+        for name in ("gymnasium", "stable_baselines3", "sb3_contrib", "agents"):
+            sys.modules[name] = None  # import raises ImportError
+        import torch
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("something was unpickled")
+        pickle.load = pickle.loads = torch.load = refuse
+        from lossgym import AdaptiveLoss
+        import lossgym.cli
+        for path in sys.argv[1:]:
+            criterion = AdaptiveLoss.load(path, class_counts=torch.tensor([50., 20., 5.]),
+                                          total_steps=3)
+            model = torch.nn.Linear(4, 3)
+            criterion.watch(model)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for _ in range(3):
+                for _ in range(2):
+                    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+                    opt.zero_grad()
+                    criterion(model(x), y).backward()
+                    opt.step()
+                with torch.no_grad():
+                    criterion.step(model(torch.randn(30, 4)), torch.arange(30) % 3)
+            print(criterion.kind, len(criterion.history))
+        print("cli", lossgym.cli.main(["export", "some_run"]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(controller_export), str(schedule)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["controller 4", "schedule 4", "cli 2"]
+    assert "needs the agents package" in result.stderr
+
+
+# ---------------------------------------------------------------------------------- safety
+def test_loading_never_unpickles(controller_export, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    criterion = AdaptiveLoss.load(controller_export)
+    assert criterion.kind == "controller"
+
+
+def test_truncated_tampered_and_wrong_version_files_raise(controller_export, tmp_path):
+    folder = copy_export(controller_export, tmp_path)
+    manifest, weights = folder / "manifest.json", folder / "actor.safetensors"
+    good_manifest, good_weights = manifest.read_bytes(), weights.read_bytes()
+
+    def check(match, path=manifest):
+        with pytest.raises(ValueError, match=match) as info:
+            AdaptiveLoss.load(folder)
+        assert str(path) in str(info.value)  # the message names the file
+        manifest.write_bytes(good_manifest)
+        weights.write_bytes(good_weights)
+
+    manifest.write_bytes(good_manifest[: len(good_manifest) // 2])
+    check("truncated")
+    manifest.write_text(good_manifest.decode().replace('"total_steps": 4', '"total_steps": 5'))
+    check("checksum mismatch")
+    manifest.write_text(good_manifest.decode().replace('"format_version": 1',
+                                                       '"format_version": 2'))
+    check("format_version 2 is not supported")
+    weights.write_bytes(good_weights[:-100])
+    check("truncated, modified", weights)
+    flipped = bytearray(good_weights)
+    flipped[len(flipped) // 2] ^= 0xFF
+    weights.write_bytes(bytes(flipped))
+    check("truncated, modified", weights)
+    # Garbage behind a valid checksum still fails cleanly.
+    weights.write_bytes(b"\x00" * 64)
+    resign(folder, lambda m: m["controller"]["weights"].update(
+        sha256=__import__("hashlib").sha256(b"\x00" * 64).hexdigest()))
+    with pytest.raises(ValueError, match="cannot be read"):
+        AdaptiveLoss.load(folder)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["features"]["names"].__setitem__(3, "gpu_temperature"),
+     r"unknown features \['gpu_temperature'\]"),
+    (lambda m: m["features"].update(version=2), "features version 2"),
+    (lambda m: m["mapping"].update(parameters=["gamma", "alpha", "tau"]), "unknown features"),
+    (lambda m: m["controller"]["layers"][0].update(in_features=16), "takes 16 inputs"),
+    (lambda m: m["controller"]["layers"].insert(1, {"kind": "softmax"}), "kind 'softmax'"),
+    (lambda m: m["controller"].update(recurrent_state_size=64), "recurrent_state_size"),
+    (lambda m: m["controller"]["weights"].update(file="../manifest.json"), "file name"),
+    (lambda m: m.update(kind="pickle"), "kind 'pickle'"),
+    (lambda m: m.update(class_counts=[3, -1]), "counts"),
+])
+def test_manifests_asking_for_what_lossgym_cannot_do_are_refused(controller_export, tmp_path,
+                                                                  edit, match):
+    folder = copy_export(controller_export, tmp_path)
+    resign(folder, edit)
+    with pytest.raises(ValueError, match=match):
+        AdaptiveLoss.load(folder)
+
+
+def test_mismatched_class_counts_are_refused(tmp_path):
+    out = write_export(LossSchedule({"alpha": constant(1.0)}), tmp_path / "bound",
+                       total_steps=4, class_counts=[10, 5, 1])
+    with pytest.raises(ValueError, match="bound to 3 classes but class_counts has 4"):
+        AdaptiveLoss.load(out, class_counts=[4, 3, 2, 1])
+    criterion = AdaptiveLoss.load(out)
+    assert criterion.class_counts.tolist() == [10, 5, 1]
+    with pytest.raises(ValueError, match="logits have 4 classes but this loss has 3"):
+        criterion(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(FileNotFoundError):
+        AdaptiveLoss.load(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- the module
+def test_forward_is_the_parametric_loss():
+    params = {"gamma": 1.5, "alpha": 0.7, "tau": 0.5, "label_smoothing": 0.1,
+              "poly_epsilon": 0.5, "gate": 2.0}
+    counts = torch.tensor([40.0, 9.0, 3.0, 0.0])
+    logits = torch.randn(32, 4, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 4, (32,))
+    for reduction in ("mean", "sum", "none"):
+        criterion = AdaptiveLoss(LossSchedule(params), class_counts=counts, total_steps=4,
+                                 reduction=reduction)
+        ours = criterion(logits, targets)
+        theirs = parametric_loss(logits, targets, counts, reduction=reduction, **params)
+        torch.testing.assert_close(ours, theirs)
+        g_ours, = torch.autograd.grad(ours.sum(), logits)
+        g_theirs, = torch.autograd.grad(theirs.sum(), logits)
+        torch.testing.assert_close(g_ours, g_theirs)
+    neutral = AdaptiveLoss(LossSchedule({"gamma": 0.0, "alpha": 0.0}), class_counts=counts,
+                           total_steps=4)
+    assert torch.equal(neutral(logits, targets), F.cross_entropy(logits, targets))
+
+
+def test_schedule_steps_history_and_repr():
+    schedule = LossSchedule({"gamma": cosine(2.0, 0.0), "alpha": step([0.5], [0.0, 1.0])})
+    criterion = AdaptiveLoss(schedule, class_counts=COUNTS, total_steps=4)
+    assert criterion.params == {} and "not started" in repr(criterion)
+    train_briefly(criterion, periods=5)  # one step past the end: progress stays at 1
+    expected = [schedule(min(t / 4, 1.0)) for t in range(6)]
+    assert [h.keys() for h in criterion.history] == [e.keys() for e in expected]
+    for h, e in zip(criterion.history, expected):
+        assert h == pytest.approx(e, abs=1e-6)
+    assert "step=5/4" in repr(criterion) and "gamma=0, alpha=1" in repr(criterion)
+
+
+@pytest.mark.parametrize("kind", ["schedule", "controller"])
+def test_state_dict_round_trips_mid_period(controller_export, tmp_path, kind):
+    export = controller_export if kind == "controller" else write_export(
+        LossSchedule({"gamma": cosine(3.0, 0.0)}), tmp_path / "s", total_steps=6)
+    criterion = AdaptiveLoss.load(export, class_counts=COUNTS, total_steps=6)
+    model = nn.Linear(4, 3)
+    criterion.watch(model)
+    train_briefly(criterion, periods=2, model=model)
+    # Half a period more, then checkpoint: the period's statistics travel with the state.
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    criterion(model(x), y).backward()
+    torch.save(criterion.state_dict(), tmp_path / "ckpt.pt")
+    twin = AdaptiveLoss.load(export, class_counts=COUNTS, total_steps=6)
+    twin.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert repr(twin) == repr(criterion) and twin.history == criterion.history
+    twin_model = nn.Linear(4, 3)
+    twin_model.load_state_dict(model.state_dict())
+    twin.watch(twin_model)
+    val = torch.randn(30, 4)
+    for c, m in ((criterion, model), (twin, twin_model)):
+        with torch.no_grad():
+            c.step(m(val), torch.arange(30) % 3)
+        train_briefly(c, periods=2, seed=1, model=m)
+    assert twin.history == criterion.history
+    other = AdaptiveLoss(LossSchedule({"gamma": constant(1.0)}), total_steps=6)
+    with pytest.raises(ValueError, match="saved by the adaptive loss of export"):
+        other.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+
+
+def test_defaults_for_what_the_user_does_not_supply(controller_export):
+    criterion = AdaptiveLoss.load(controller_export)  # the README's call, as written
+    assert criterion.total_steps == SMALL.horizon  # the reference task's
+    model = nn.Linear(4, 3)
+    x = torch.randn(60, 4)
+    y = torch.tensor([0] * 40 + [1] * 15 + [2] * 5)
+    with pytest.warns(UserWarning, match="class_counts"):
+        criterion(model(x[:30]), y[:30]).backward()
+    criterion(model(x[30:]), y[30:]).backward()
+    with pytest.warns(UserWarning, match="watch"):
+        criterion.step()  # no metrics: the documented defaults
+    assert criterion.class_counts.tolist() == [40, 15, 5]
+    with torch.no_grad():
+        ce = torch.stack([F.cross_entropy(model(x[:30]), y[:30]),
+                          F.cross_entropy(model(x[30:]), y[30:])]).mean()
+    assert criterion.observation[1] == pytest.approx(float(torch.log(ce + 1e-6)), abs=1e-5)
+    assert criterion.observation[8] == pytest.approx(np.log(1e-6))  # zero gradient
+    assert len(criterion.history) == 2
+
+
+def test_the_readme_snippet_works_as_written(controller_export):
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(3)]
+    x_val, y_val = torch.randn(30, 4), torch.arange(30) % 3
+    epochs = 3
+    with pytest.warns(UserWarning):  # class counts counted, no gradient norms: said so
+        criterion = AdaptiveLoss.load(controller_export)
+        for epoch in range(epochs):  # noqa: B007 (the snippet, as written)
+            for x, y in loader:
+                loss = criterion(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            criterion.step(val_logits=model(x_val), val_targets=y_val, train_loss=loss)
+    assert len(criterion.history) == epochs + 1 and criterion.steps_done == epochs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda_like_on_the_cpu(controller_export):
+    histories = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        criterion = AdaptiveLoss.load(controller_export, class_counts=COUNTS,
+                                      total_steps=4).to(device)
+        model = nn.Linear(4, 3).to(device)
+        criterion.watch(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            for _ in range(2):
+                x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+                opt.zero_grad()
+                criterion(model(x.to(device)), y.to(device)).backward()
+                opt.step()
+            with torch.no_grad():
+                criterion.step(model(torch.randn(30, 4, generator=gen).to(device)),
+                               (torch.arange(30) % 3).to(device))
+        histories.append(criterion.history)
+    for cpu, cuda in zip(*histories):
+        assert cpu == pytest.approx(cuda, abs=1e-4)
+
+
+# ------------------------------------------------------------- schedules from policies
+def test_average_schedule_is_exact_over_mixed_horizons():
+    def record(params):
+        params = np.array(params, dtype=np.float32)
+        return EpisodeRecord(task=SMALL, method="x", params=params, actions=params,
+                             val_curve=np.zeros(len(params) + 1), test={},
+                             parameters=("gamma", "alpha"))
+
+    schedule = average_schedule([record([[1.0, 0.0], [3.0, 0.0]]),
+                                 record([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])])
+    assert schedule.to_dict() == {
+        "gamma": {"kind": "step", "boundaries": [0.5], "values": [1.0, 2.0]},
+        "alpha": {"kind": "step", "boundaries": [0.5], "values": [0.0, 0.5]},
+    }
+
+
+def test_run_exports_its_averaged_trajectory_as_a_schedule(runs, tmp_path):
+    tasks = [SMALL.replace(seed=s) for s in range(2)]
+    out = export_run(runs["ppo"], "schedule", tmp_path / "schedule", tasks=tasks)
+    records = rollout_policy(AgentPolicy(runs["ppo"]), tasks, device="cpu")
+    criterion = AdaptiveLoss.load(out, class_counts=COUNTS)
+    for _ in range(SMALL.horizon - 1):
+        criterion.step()
+    got = np.array([[h["gamma"], h["alpha"]] for h in criterion.history])
+    np.testing.assert_allclose(got, np.mean([r.params for r in records], axis=0), atol=1e-5)
+
+
+def test_baselines_export_as_their_exact_schedules(tmp_path):
+    task = SMALL.replace(horizon=5)
+    [record] = rollout_policy(DRWPolicy(switch=0.6, alpha=0.8), [task], device="cpu")
+    out = tmp_path / "drw"
+    from agents.export import export_policy
+
+    export_policy(DRWPolicy(switch=0.6, alpha=0.8), out, tasks=[task], name="drw")
+    criterion = AdaptiveLoss.load(out, class_counts=COUNTS)
+    for _ in range(task.horizon - 1):
+        criterion.step()
+    got = np.array([[h["gamma"], h["alpha"]] for h in criterion.history])
+    np.testing.assert_allclose(got, record.params, atol=1e-6)
+    la, _ = read_export(export_baseline("logit_adjusted", tmp_path / "la"))
+    assert la.to_dict() == {"tau": {"kind": "constant", "value": 1.0}}
+    with pytest.raises(ValueError, match="outside the parametric loss"):
+        export_baseline("flsd53", tmp_path / "flsd")
+    with pytest.raises(ValueError, match="not known"):
+        export_baseline("nope", tmp_path / "nope")
+
+
+def test_cli_export(runs, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli_main(["export", str(runs["sac"]), "--kind", "controller", "--out", str(out)]) == 0
+    assert AdaptiveLoss.load(out).controller.algorithm == "sac"
+    assert cli_main(["export", "--baseline", "drw", "--out", str(tmp_path / "drw")]) == 0
+    schedule, _ = read_export(tmp_path / "drw")
+    assert schedule.to_dict()["alpha"] == step([0.8], [0.0, 1.0]).to_dict()
+    assert cli_main(["export", "--baseline", "drw", "--kind", "controller",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert cli_main(["export", str(tmp_path / "not_a_run")]) == 2
+    assert "no config.json" in capsys.readouterr().err
