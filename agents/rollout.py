@@ -31,7 +31,8 @@ class Policy(Protocol):
 
     Attributes:
         parameters: the loss parameters its actions control, in action order.
-        mode: the action mode it speaks ("absolute" or "delta").
+        mode: the action mode it speaks ("absolute" or "delta"); a policy may also carry
+            ``max_step`` (delta mode's step, default 0.1).
     """
 
     parameters: tuple[str, ...]
@@ -87,7 +88,8 @@ def rollout_policy(
     max_members: int = 256,
 ) -> list[EpisodeRecord]:
     """One episode of ``policy`` on each task; records in task order."""
-    mapping = ActionMapping(tuple(policy.parameters), policy.mode)
+    mapping = ActionMapping(tuple(policy.parameters), policy.mode,
+                            getattr(policy, "max_step", 0.1))
     records: list[EpisodeRecord | None] = [None] * len(tasks)
     for group in group_tasks(tasks):
         for start in range(0, len(group), max_members):

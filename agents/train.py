@@ -267,9 +267,11 @@ class AgentPolicy:
 
         mapping = ActionMapping(parse_parameters(env_kwargs.get("action_params",
                                                                 ("gamma", "alpha"))),
-                                env_kwargs.get("action_mode", "absolute"))
+                                env_kwargs.get("action_mode", "absolute"),
+                                float(env_kwargs.get("max_step", 0.1)))
         self.parameters = mapping.parameters
         self.mode = mapping.mode
+        self.max_step = mapping.max_step
         spaces_env = LossTuningSB3VecEnv(num_envs=1, **{k: v for k, v in env_kwargs.items()
                                                         if k != "reward_baseline"})
         with warnings.catch_warnings():
