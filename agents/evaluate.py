@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from agents import baselines as bl
 from agents.report import write_report
@@ -160,28 +159,47 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
     records += rollout_policy(bl.ConstantPolicy(**oracle), tasks, "oracle_constant", **kw)
     say("held-out evaluation done")
 
-    baselines = sorted({r.method for r in records} - set(NOT_BASELINES))
-    mean_bacc = {m: np.mean([r.test["balanced_accuracy"] for r in records if r.method == m])
-                 for m in baselines}
-    best = max(mean_bacc, key=mean_bacc.get)
-    note = (f"Agent: {run_dir.name}, trained on {agent_episodes(run_dir)} episodes. "
+    episodes = agent_episodes(run_dir)
+    equal = ("equal to the agent's training episodes" if budget >= episodes else
+             f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
+             "searches are handicapped")
+    note = (f"Agent: {run_dir.name}, trained on {episodes} episodes. "
             f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
             f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES): {budget} inner runs "
-            f"each, equal to the agent's training episodes. Best baseline = highest mean "
-            f"held-out balanced accuracy among baselines (excluding the oracle): {best}. "
-            f"Wall time of the evaluation: {time.time() - start:.0f} s.")
-    path = write_report(run_dir, records, reference="ce", best_baseline=best, agent="agent",
-                        budget_note=note, learning_curve=learning_curve(run_dir),
-                        split_of=dist.split_of, static_methods=STATIC_METHODS)
+            f"each, {equal}. Wall time of the evaluation: {time.time() - start:.0f} s.")
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
                                   "records": [record_to_dict(r) for r in records]}))
+    path = report_from_json(run_dir, dist)
     say(f"report written: {path}")
     return path
 
 
-def parse_args(argv: Sequence[str] | None = None) -> EvalArgs:
-    """Command-line arguments as :class:`EvalArgs`."""
+def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) -> Path:
+    """(Re)write the report from ``evaluation.json``, without running anything again."""
+    run_dir = Path(run_dir)
+    data = json.loads((run_dir / "evaluation.json").read_text())
+    records = [
+        EpisodeRecord(task=TaskSpec.from_dict(r["task"]), method=r["method"],
+                      params=np.asarray(r["params"]), actions=np.zeros((0, 0)),
+                      val_curve=np.asarray(r["val_curve"]), test=r["test"],
+                      diverged=r["diverged"], parameters=tuple(r["parameters"]))
+        for r in data["records"]
+    ]
+    baselines = sorted({r.method for r in records} - set(NOT_BASELINES))
+    mean_bacc = {m: np.mean([r.test["balanced_accuracy"] for r in records if r.method == m])
+                 for m in baselines}
+    best = max(mean_bacc, key=mean_bacc.get)
+    note = (f"{data['note']} Best baseline = highest mean held-out balanced accuracy among "
+            f"baselines (the oracle excluded): {best}.")
+    return write_report(run_dir, records, reference="ce", best_baseline=best, agent="agent",
+                        budget_note=note, learning_curve=learning_curve(run_dir),
+                        split_of=(dist or TaskDistribution.default()).split_of,
+                        static_methods=STATIC_METHODS)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (the fields of :class:`EvalArgs` and ``report_only``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/ppo-default")
     parser.add_argument("--seeds", type=int, default=10)
@@ -190,12 +208,18 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalArgs:
     parser.add_argument("--search-budget", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite report.md from evaluation.json without running anything")
     ns = parser.parse_args(argv)
     if ns.seeds < 1:
         parser.error(f"--seeds={ns.seeds} must be at least 1")
-    return EvalArgs(**{k.replace("-", "_"): v for k, v in vars(ns).items()})
+    return ns
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(torch.get_num_threads())
-    print(evaluate(parse_args()))
+    ns = parse_args()
+    if ns.report_only:
+        print(report_from_json(ns.run_dir))
+    else:
+        fields = {k: v for k, v in vars(ns).items() if k != "report_only"}
+        print(evaluate(EvalArgs(**fields)))
