@@ -38,13 +38,7 @@ TASKS = [SMALL.replace(seed=1), SMALL.replace(seed=2)]
 DIM = FeatureSpec(("gamma", "alpha")).dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny populations run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def obs(progress, balanced=0.5, worst=0.5, n=None):

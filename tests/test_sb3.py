@@ -8,7 +8,6 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO, SAC
@@ -31,14 +30,7 @@ SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32, minib
 N = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only add synchronisation (and stall badly on a busy
-    # machine). One thread also makes the in-process results comparable to the workers'.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_adapter(num_envs: int = N, **kwargs) -> LossTuningSB3VecEnv:
