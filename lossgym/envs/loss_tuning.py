@@ -16,6 +16,19 @@ from lossgym.envs.core import EpisodeBatch, TaskSource, as_task
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 
+def _build(num_envs: int, tasks: TaskSpec | TaskDistribution | None, split: str,
+           action_params: str | Sequence[str], action_mode: str, max_step: float, metric: str,
+           reward_baseline: str, divergence_penalty: float, device: str | torch.device,
+           eval_chunk: int, render_mode: str | None) -> tuple[TaskSource, EpisodeBatch]:
+    """The task source and episode logic shared by the single and the vector env."""
+    if render_mode not in (None, "ansi"):
+        raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
+    mapping = ActionMapping(parse_parameters(action_params), action_mode, max_step)
+    batch = EpisodeBatch(num_envs, mapping, metric, reward_baseline, divergence_penalty, device,
+                         eval_chunk)
+    return TaskSource(tasks, split), batch
+
+
 def _spaces(batch: EpisodeBatch) -> tuple[spaces.Box, spaces.Box]:
     low, high = batch.features.bounds()
     obs = spaces.Box(np.array(low, dtype=np.float32), np.array(high, dtype=np.float32),
@@ -141,13 +154,10 @@ class LossTuningEnv(gym.Env):
         eval_chunk: int = 1024,
         render_mode: str | None = None,
     ):
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
+        self.source, self.batch = _build(1, tasks, split, action_params, action_mode, max_step,
+                                         metric, reward_baseline, divergence_penalty, device,
+                                         eval_chunk, render_mode)
         self.render_mode = render_mode
-        self.source = TaskSource(tasks, split)
-        mapping = ActionMapping(parse_parameters(action_params), action_mode, max_step)
-        self.batch = EpisodeBatch(1, mapping, metric, reward_baseline, divergence_penalty,
-                                  device, eval_chunk)
         self.observation_space, self.action_space = _spaces(self.batch)
 
     @property
@@ -212,24 +222,22 @@ class LossTuningVectorEnv(VectorEnv):
     ):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r} must be a positive integer")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1 or None")
+        self.source, self.batch = _build(num_envs, tasks, split, action_params, action_mode,
+                                         max_step, metric, reward_baseline, divergence_penalty,
+                                         device, eval_chunk, render_mode)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps
-        self.source = TaskSource(tasks, split)
-        mapping = ActionMapping(parse_parameters(action_params), action_mode, max_step)
-        self.batch = EpisodeBatch(num_envs, mapping, metric, reward_baseline,
-                                  divergence_penalty, device, eval_chunk)
         self.single_observation_space, self.single_action_space = _spaces(self.batch)
         self.observation_space = spaces.Box(
             np.tile(self.single_observation_space.low, (num_envs, 1)),
             np.tile(self.single_observation_space.high, (num_envs, 1)),
             dtype=np.float32,
         )
-        self.action_space = spaces.Box(-1.0, 1.0, (num_envs, mapping.dim), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (num_envs, self.batch.mapping.dim),
+                                       dtype=np.float32)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
 
     def _draw_tasks(self, ids: Sequence[int]) -> list[TaskSpec]:
