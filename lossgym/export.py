@@ -46,6 +46,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from torch import Tensor, nn
 from lossgym.actions import ActionMapping
 from lossgym.features import FEATURE_VERSION, FeatureSpec, compute_features, log_imbalance
 from lossgym.io import atomic_write, atomic_write_text
-from lossgym.losses import parametric_loss, power_class_weights
+from lossgym.losses import _modulated_ce, power_class_weights
 from lossgym.metrics import classification_metrics
 from lossgym.schedules import LossSchedule
 
@@ -459,27 +460,38 @@ class GradientWatch:
     """Feeds the L2 norm of a model's gradient, once per backward pass, to an
     :class:`AdaptiveLoss` (made by :meth:`AdaptiveLoss.watch`); ``remove()`` stops it.
 
-    Each parameter's post-accumulate hook queues one callback for the end of the backward
-    pass, which reads the ``.grad``s. This costs about half of what
-    ``torch.autograd.graph.register_multi_grad_hook`` does (measured on the default MLP:
-    1.05× against 1.11× a plain training step).
+    Each parameter's post-accumulate-grad hook (public autograd API) ticks it off; once every
+    watched parameter has its gradient, the pass is complete and the norm of all ``.grad``s is
+    recorded (one ``foreach_norm``). A parameter that gets no gradient in a pass (unused by the
+    forward) would leave the pass incomplete: when a parameter comes round a second time, the
+    incomplete pass is dropped, with a warning naming how many parameters it missed.
     """
 
     def __init__(self, loss: AdaptiveLoss, params: list[Tensor]) -> None:
         self._loss = loss
         self._params = params
-        self._queued = False
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+        self._seen = [False] * len(params)
+        self._count = 0
+        self._handles = [p.register_post_accumulate_grad_hook(partial(self._on_grad, i))
+                         for i, p in enumerate(params)]
 
-    def _on_grad(self, _param: Tensor) -> None:
-        if not self._queued:
-            self._queued = True
-            # The autograd engine's end-of-backward callback, as DistributedDataParallel uses.
-            torch.autograd.Variable._execution_engine.queue_callback(self._record)
-
-    def _record(self) -> None:
-        self._queued = False
-        self._loss._record_norm([p.grad for p in self._params if p.grad is not None])
+    def _on_grad(self, i: int, _param: Tensor) -> None:
+        if self._seen[i]:
+            missing = len(self._params) - self._count
+            self._seen = [False] * len(self._params)
+            self._count = 0
+            if "unused" not in self._loss._warned:
+                self._loss._warned.add("unused")
+                warnings.warn(f"watch(): {missing} watched parameter(s) got no gradient in a "
+                              "backward pass, so its gradient norm was not recorded; watch "
+                              "only the parameters the loss depends on", UserWarning,
+                              stacklevel=2)
+        self._seen[i] = True
+        self._count += 1
+        if self._count == len(self._params):
+            self._seen = [False] * len(self._params)
+            self._count = 0
+            self._loss._record_norm([p.grad for p in self._params if p.grad is not None])
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -584,7 +596,8 @@ class AdaptiveLoss(nn.Module):
         self.steps_done = 0
         self._params: Tensor | None = None
         self._kwargs: dict[str, float] = {}
-        self._weights: Tensor | None = None
+        self._terms: tuple[tuple[torch.device, torch.dtype], Tensor | None, Tensor | None] \
+            | None = None
         self.history: list[dict[str, float]] = []
         self.observation: Tensor | None = None
         self._last_change = torch.zeros(len(self.controlled))
@@ -651,21 +664,29 @@ class AdaptiveLoss(nn.Module):
         if self.controller is not None and self._is_training_forward(logits):
             self._ce.append(F.cross_entropy(logits.detach().reshape(-1, num_classes),
                                             targets.reshape(-1)))
-        alpha = self._kwargs.get("alpha", 0.0)
-        if alpha == 0.0 or self._counts is None:
-            return parametric_loss(logits, targets, counts, reduction=self.reduction,
-                                   **self._kwargs)
-        # The class-balance weights change only at step(), so they are computed once per
-        # period (with the function parametric_loss uses) and gathered here: this is
-        # parametric_loss up to float rounding, at a third of α's cost.
-        if self._weights is None or self._weights.device != logits.device:
-            self._weights = power_class_weights(counts, alpha)
-        rest = {k: v for k, v in self._kwargs.items() if k != "alpha"}
-        loss = parametric_loss(logits, targets, counts, reduction="none", **rest) \
-            * self._weights[targets]
-        if self.reduction == "mean":
-            return loss.mean()
-        return loss.sum() if self.reduction == "sum" else loss
+        shift, weights = self._class_terms(counts, logits)
+        k = self._kwargs
+        # parametric_loss with host-number parameters, its class terms computed once a period.
+        return _modulated_ce(logits if shift is None else logits + shift, targets,
+                             gamma=k.get("gamma", 0.0),
+                             label_smoothing=k.get("label_smoothing", 0.0),
+                             poly_epsilon=k.get("poly_epsilon", 0.0),
+                             class_weight_t=None if weights is None else weights.take(targets),
+                             gate=k.get("gate", 0.0), reduction=self.reduction)
+
+    def _class_terms(self, counts: Tensor, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The logit shift τ log m and the class weights w ∝ m^(−α) ``[C]`` of
+        :func:`~lossgym.losses.parametric_loss`. They change only at ``step()``, so they are
+        kept for the period, unless the class counts are still being counted."""
+        key = (like.device, like.dtype)
+        if self._terms is not None and self._terms[0] == key and self._counts is not None:
+            return self._terms[1], self._terms[2]
+        alpha, tau = self._kwargs.get("alpha", 0.0), self._kwargs.get("tau", 0.0)
+        counts = counts.to(like.device, like.dtype)
+        shift = None if tau == 0.0 else tau * counts.clamp_min(1.0).log()
+        weights = None if alpha == 0.0 else power_class_weights(counts, alpha)
+        self._terms = (key, shift, weights)
+        return shift, weights
 
     def _is_training_forward(self, logits: Tensor) -> bool:
         return self.training and logits.requires_grad and torch.is_grad_enabled()
@@ -755,7 +776,7 @@ class AdaptiveLoss(nn.Module):
             self._decide(t, loss, g_mean, g_std, metrics)
         if self._counts_inferred and self._counts is None and self._seen is not None:
             self._counts = self._seen
-            self._weights = None
+            self._terms = None
         self._clear_period()
         self.history.append(self.params)
 
@@ -767,7 +788,7 @@ class AdaptiveLoss(nn.Module):
     def _set_params(self, params: Tensor) -> None:
         self._params = params.detach().to("cpu", torch.float32)
         self._kwargs = dict(zip(self.controlled, self._params.tolist()))
-        self._weights = None
+        self._terms = None
 
     def _val_metrics(self, val_logits: Tensor | None, val_targets: Tensor | None
                      ) -> dict[str, Tensor]:
