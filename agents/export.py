@@ -16,8 +16,10 @@ Hand baselines whose parameters depend on progress alone (constant losses, DRW, 
 schedule) export as their exact schedule, so they hold for any number of steps; feedback and
 random policies export as their averaged trajectory, as agents do. Built-in methods that the
 parametric loss expresses with constant parameters (cross-entropy, focal, logit adjustment,
-Poly-1) export as constants; the others (FLSD-53's per-sample γ, LDAM margins, AdaFocal's
-per-bin γ, effective-number weights) lie outside the parametric loss and raise ``ValueError``.
+Poly-1) export as constants; the others (class-balanced and CE-DRW's effective-number weights,
+LDAM-DRW's margins, FLSD-53's per-sample γ, AdaFocal's per-bin γ, AdaLoss, the gradient gate)
+export as ``kind="method"``: the manifest names the loss and its hyperparameters, and
+:class:`lossgym.export.AdaptiveLoss` applies it as the engine does.
 """
 
 from __future__ import annotations
@@ -45,12 +47,25 @@ from agents.rollout import EpisodeRecord, Policy, rollout_policy
 from agents.train import AgentPolicy
 from lossgym.actions import PARAMETER_RANGES, ActionMapping, parse_parameters
 from lossgym.cli import add_export_arguments
-from lossgym.export import Controller, write_export
-from lossgym.methods import BUILTIN_METHODS, Parametric, make_method
+from lossgym.export import BuiltinLoss, Controller, write_export
+from lossgym.methods import (
+    BUILTIN_METHODS,
+    FLSD53,
+    LDAMDRW,
+    AdaFocal,
+    AdaLossMethod,
+    ClassBalanced,
+    GradientGate,
+    LossMethod,
+    Parametric,
+    make_method,
+)
 from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
 from lossgym.tasks import TaskSpec
 
 KINDS = ("schedule", "controller")
+#: Names a built-in method where a hand baseline has the same name ("method:class_balanced").
+METHOD_PREFIX = "method:"
 DEFAULT_SEEDS = 5
 
 #: Baselines by name: the hand baselines of :mod:`agents.baselines` and the tuned rules'
@@ -235,24 +250,54 @@ def export_policy(policy: Policy, out: str | Path, tasks: Sequence[TaskSpec] | N
     return write_export(schedule, out, total_steps=tasks[0].horizon, source=source)
 
 
+def builtin_loss(method: LossMethod, minibatches_per_step: int) -> BuiltinLoss:
+    """The exportable form of a built-in method outside the parametric loss, with the
+    hyperparameters the engine's method object holds."""
+    params: dict[str, float]
+    if isinstance(method, ClassBalanced):
+        name, params = "class_balanced", {"gamma": method.gamma, "beta": method.beta,
+                                          "switch": method.switch}
+    elif isinstance(method, LDAMDRW):
+        name, params = "ldam_drw", {"switch": method.switch, "scale": method.scale}
+    elif isinstance(method, FLSD53):
+        name, params = "flsd53", {}
+    elif isinstance(method, AdaFocal):
+        module = method.module
+        name, params = "adafocal", {"num_bins": module.n_bins, "lam": module.lam,
+                                    "gamma0": float(module.gamma_bins.flatten()[0])}
+    elif isinstance(method, AdaLossMethod):
+        name, params = "adaloss", {"momentum": method.module.momentum}
+    elif isinstance(method, GradientGate):
+        name, params = "gradient_gate", {"strength": method.strength}
+    else:
+        raise ValueError(f"the method {type(method).__name__} has no export form")
+    return BuiltinLoss(name, params, minibatches_per_step)
+
+
 def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
                     device: str = "auto") -> Path:
-    """Export the baseline ``name`` (a key of :data:`BASELINES`, or a built-in method the
-    parametric loss expresses) as a schedule."""
+    """Export the baseline ``name``: a key of :data:`BASELINES` or of
+    :data:`lossgym.methods.BUILTIN_METHODS`; ``"method:NAME"`` names the built-in method where
+    a hand baseline has the same name (``class_balanced``, ``cb_focal``: the hand baselines'
+    are power-law weights, the methods' effective-number weights). Built-in methods the
+    parametric loss expresses export as constant schedules, the others as ``kind="method"``
+    for the first reference task's horizon and minibatches per step."""
+    builtin = name.removeprefix(METHOD_PREFIX)
     if name in BASELINES:
         return export_policy(BASELINES[name](), out, tasks, name, device)
-    if name not in BUILTIN_METHODS:
+    if builtin not in BUILTIN_METHODS:
         raise ValueError(f"baseline {name!r} is not known; choose from "
-                         f"{sorted(BASELINES) + sorted(BUILTIN_METHODS)}")
+                         f"{sorted(BASELINES) + sorted(BUILTIN_METHODS)} (built-in methods "
+                         f"also as '{METHOD_PREFIX}NAME')")
+    name = builtin
     method = make_method(name, 1, 2, torch.device("cpu"))
+    task = list(tasks)[0] if tasks else TaskSpec()
     if not isinstance(method, Parametric):
-        raise ValueError(f"the built-in method {name!r} lies outside the parametric loss "
-                         "(per-sample, per-bin or effective-number terms), so it has no "
-                         "schedule; export 'drw' or 'schedule' for deferred re-weighting")
+        return write_export(builtin_loss(method, task.minibatches_per_step), out,
+                            total_steps=task.horizon, source={"method": name})
     schedule = LossSchedule({k: constant(v) for k, v in method.params.items()}
                             or {"gamma": constant(0.0)})
-    horizon = (list(tasks)[0] if tasks else TaskSpec()).horizon
-    return write_export(schedule, out, total_steps=horizon, source={"method": name})
+    return write_export(schedule, out, total_steps=task.horizon, source={"method": name})
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -272,7 +317,8 @@ def run_from_args(args: argparse.Namespace) -> Path:
         if args.out is None:
             raise ValueError("--baseline needs --out DIR")
         if args.kind == "controller":
-            raise ValueError("baselines have no network; they export with --kind schedule")
+            raise ValueError("baselines have no network; they export as a schedule or, for "
+                             "built-in methods outside the parametric loss, as a method")
         return export_baseline(args.baseline, args.out, tasks, args.device)
     return export_run(args.run_dir, args.kind or "controller", args.out, tasks, args.device)
 

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lossgym import losses
 from lossgym.actions import ActionMapping
 from lossgym.features import FEATURE_VERSION, FeatureSpec, compute_features, log_imbalance
 from lossgym.io import atomic_write, atomic_write_text
@@ -74,7 +75,7 @@ FORMAT = "lossgym-adaptive-loss"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "actor.safetensors"
-KINDS = ("schedule", "controller")
+KINDS = ("schedule", "controller", "method")
 LAYER_KINDS = ("linear", "tanh", "relu", "lstm")
 #: How the actor's last layer becomes an action in [-1, 1]: SB3's PPO clips its Gaussian mean,
 #: SAC squashes its mean with tanh.
@@ -298,14 +299,158 @@ class Controller(nn.Module):
         return {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
 
 
+# ------------------------------------------------------------------- built-in loss methods
+#: The built-in losses a ``"method"`` export may name, with their hyperparameters and the
+#: defaults of :data:`lossgym.methods.BUILTIN_METHODS`' rules: class-balanced focal loss with
+#: deferred re-weighting (Cui et al. 2019; Cao et al. 2019: CB, CB-focal, CE-DRW), LDAM-DRW,
+#: FLSD-53, AdaFocal, AdaLoss and the gradient gate.
+METHOD_PARAMS: dict[str, dict[str, float]] = {
+    "class_balanced": {"gamma": 0.0, "beta": 0.9999, "switch": 0.0},
+    "ldam_drw": {"switch": 0.8, "scale": 30.0},
+    "flsd53": {},
+    "adafocal": {"num_bins": 15, "gamma0": 1.0, "lam": 1.0},
+    "adaloss": {"momentum": 0.9},
+    "gradient_gate": {"strength": 4.0},
+}
+#: Each hyperparameter's range (inclusive); num_bins is an integer.
+_METHOD_RANGES: dict[str, tuple[float, float]] = {
+    "gamma": (0.0, 20.0), "beta": (0.0, 1.0 - 1e-12), "switch": (0.0, 1.0),
+    "scale": (1e-6, 1e4), "num_bins": (1, 1000), "gamma0": (-2.0, 20.0), "lam": (0.0, 100.0),
+    "momentum": (0.0, 1.0 - 1e-12), "strength": (-100.0, 100.0),
+}
+
+
+class BuiltinLoss:
+    """A built-in loss method (:mod:`lossgym.methods`) applied by :class:`AdaptiveLoss` with
+    the functions of :mod:`lossgym.losses`, as the engine applies it to one member.
+
+    Deferred re-weighting switches on at the first minibatch whose progress
+    ``(steps · M + k) / (total_steps · M)`` (``k`` training minibatches into period ``steps``,
+    ``M`` minibatches a period) reaches ``switch``, in float32 like the engine. AdaFocal's
+    per-bin γ is updated at every ``step()`` from the validation logits, and AdaLoss's running
+    class means in every training forward.
+
+    Args:
+        name: a key of :data:`METHOD_PARAMS`.
+        params: its hyperparameters (default: the built-in method's).
+        minibatches_per_step: ``M``, the minibatches of one period (for the DRW switch).
+    """
+
+    def __init__(self, name: str, params: Mapping[str, Any] | None = None,
+                 minibatches_per_step: int = 1) -> None:
+        if name not in METHOD_PARAMS:
+            raise ValueError(f"method {name!r} is not known; a method export names one of "
+                             f"{sorted(METHOD_PARAMS)}")
+        defaults = METHOD_PARAMS[name]
+        given = dict(params or {})
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(f"method {name!r} has no hyperparameters {unknown}; it takes "
+                             f"{sorted(defaults)}")
+        self.name = name
+        self.params: dict[str, float] = {}
+        for key, default in defaults.items():
+            low, high = _METHOD_RANGES[key]
+            value = given.get(key, default)
+            self.params[key] = _count(value, f"method.params.{key}", int(low)) \
+                if key == "num_bins" else _real(value, f"method.params.{key}", low, high)
+        self.minibatches_per_step = _count(minibatches_per_step, "method.minibatches_per_step")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``method`` entry."""
+        return {"name": self.name, "params": dict(self.params),
+                "minibatches_per_step": self.minibatches_per_step}
+
+    @classmethod
+    def from_dict(cls, values: object) -> BuiltinLoss:
+        v = _keys(values, ("name", "params", "minibatches_per_step"), "method")
+        if not isinstance(v["params"], dict):
+            raise ValueError(f"method.params must be a JSON object, got {v['params']!r}")
+        return cls(v["name"], v["params"], v["minibatches_per_step"])
+
+    @property
+    def uses_progress(self) -> bool:
+        return "switch" in self.params
+
+    @property
+    def uses_validation(self) -> bool:
+        return self.name == "adafocal"
+
+    def new_module(self, num_classes: int | None) -> nn.Module | None:
+        """The method's learned state at the start of a run, as the module of
+        :mod:`lossgym.losses` that holds it (AdaFocal's γ per bin and bin edges, AdaLoss's
+        running class means); None for stateless methods (and AdaLoss before the number of
+        classes is known)."""
+        if self.name == "adafocal":
+            return losses.AdaFocalLoss(int(self.params["num_bins"]), self.params["gamma0"],
+                                       lam=self.params["lam"])
+        if self.name == "adaloss" and num_classes is not None:
+            return losses.AdaLoss(num_classes, self.params["momentum"])
+        return None
+
+    def reweighted(self, steps: int, minibatch: int, total_steps: int,
+                   minibatches_per_step: int) -> bool:
+        """Whether DRW's class-balanced weights are on for this minibatch (the engine's
+        float32 progress against the switch)."""
+        switch = self.params["switch"]
+        if switch <= 0.0:
+            return True
+        m = minibatches_per_step
+        progress = torch.tensor(float(steps * m + minibatch)) / float(total_steps * m)
+        return bool(progress >= switch)
+
+    def loss(self, logits: Tensor, targets: Tensor, counts: Tensor, module: nn.Module | None,
+             reweighted: bool, training: bool, reduction: str) -> Tensor:
+        """The method's loss; AdaLoss's running means advance when ``training``."""
+        p = self.params
+        if self.name in ("class_balanced", "ldam_drw"):
+            cb = losses.class_balanced_weights(counts, p.get("beta", 0.9999))
+            weights = cb if reweighted else torch.ones_like(cb)
+            if self.name == "ldam_drw":
+                return losses.ldam_loss(logits, targets, counts, scale=p["scale"],
+                                        weight=weights, reduction=reduction)
+            return losses.focal_loss(logits, targets, gamma=p["gamma"], alpha=weights,
+                                     reduction=reduction)
+        if self.name == "flsd53":
+            return losses.flsd53_loss(logits, targets, reduction=reduction)
+        if self.name == "gradient_gate":
+            return losses.gradient_gated_cross_entropy(logits, targets, p["strength"],
+                                                       reduction=reduction)
+        assert module is not None
+        if isinstance(module, losses.AdaFocalLoss):
+            return losses.adafocal_loss(logits, targets, module.gamma_bins, module.bin_edges,
+                                        reduction)
+        module.train(training)
+        module.reduction = reduction
+        return module(logits, targets)
+
+    def update(self, module: nn.Module | None, val_logits: Tensor, val_targets: Tensor
+               ) -> None:
+        """AdaFocal's γ update from the validation logits ``[V, C]`` (the others learn
+        nothing from them)."""
+        if isinstance(module, losses.AdaFocalLoss):
+            module.update(val_logits.detach(), val_targets.to(val_logits.device))
+
+    def describe(self, module: nn.Module | None, reweighted: bool) -> dict[str, float]:
+        """The method's parameters in use, for ``AdaptiveLoss.params`` and its history."""
+        out = dict(self.params)
+        if self.uses_progress:
+            out["reweighted"] = float(reweighted)
+        if isinstance(module, losses.AdaFocalLoss):
+            out.update({f"gamma_bin{i}": float(g)
+                        for i, g in enumerate(module.gamma_bins.tolist())})
+        return out
+
+
 # ------------------------------------------------------------------------------ the format
-def write_export(rule: LossSchedule | Controller, out: str | Path, *, total_steps: int,
+def write_export(rule: LossSchedule | Controller | BuiltinLoss, out: str | Path, *,
+                 total_steps: int,
                  class_counts: Sequence[float] | Tensor | None = None,
                  source: Mapping[str, Any] | None = None) -> Path:
     """Write an export folder that :meth:`AdaptiveLoss.load` reads; returns its path.
 
     Args:
-        rule: a schedule (open loop) or a controller (closed loop).
+        rule: a schedule (open loop), a controller (closed loop) or a built-in method.
         out: the folder (created; files in it are replaced atomically).
         total_steps: default number of ``step()`` calls in a training run (a controller's
             progress feature is ``steps / total_steps``), e.g. the reference task's horizon.
@@ -319,7 +464,8 @@ def write_export(rule: LossSchedule | Controller, out: str | Path, *, total_step
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lossgym_version": __version__,
-        "kind": "schedule" if isinstance(rule, LossSchedule) else "controller",
+        "kind": "schedule" if isinstance(rule, LossSchedule)
+        else "method" if isinstance(rule, BuiltinLoss) else "controller",
         "total_steps": _count(total_steps, "total_steps"),
         "class_counts": None if class_counts is None
         else _check_counts(class_counts, "class_counts").tolist(),
@@ -327,6 +473,8 @@ def write_export(rule: LossSchedule | Controller, out: str | Path, *, total_step
     }
     if isinstance(rule, LossSchedule):
         manifest["schedule"] = rule.to_dict()
+    elif isinstance(rule, BuiltinLoss):
+        manifest["method"] = rule.to_dict()
     elif isinstance(rule, Controller):
         from safetensors.torch import save
 
@@ -337,11 +485,11 @@ def write_export(rule: LossSchedule | Controller, out: str | Path, *, total_step
         manifest["controller"] = {**rule.describe(), "weights": {
             "file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}}
     else:
-        raise ValueError(f"rule must be a LossSchedule or a Controller, got "
+        raise ValueError(f"rule must be a LossSchedule, a Controller or a BuiltinLoss, got "
                          f"{type(rule).__name__}")
     manifest["sha256"] = _digest(manifest)
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
-    if isinstance(rule, LossSchedule):
+    if not isinstance(rule, Controller):
         # A controller exported here before left its weights; the new manifest ignores them.
         (folder / WEIGHTS).unlink(missing_ok=True)
     return folder
@@ -356,7 +504,8 @@ def _manifest_path(path: str | Path) -> Path:
     return file
 
 
-def read_export(path: str | Path) -> tuple[LossSchedule | Controller, dict[str, Any]]:
+def read_export(path: str | Path
+                ) -> tuple[LossSchedule | Controller | BuiltinLoss, dict[str, Any]]:
     """Read and check an export written by :func:`write_export`.
 
     Args:
@@ -392,7 +541,7 @@ def read_export(path: str | Path) -> tuple[LossSchedule | Controller, dict[str, 
         raise ValueError(f"{file}: {err}") from err
 
 
-def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller:
+def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | BuiltinLoss:
     kind = manifest.get("kind")
     common = ("format", "format_version", "lossgym_version", "kind", "total_steps",
               "class_counts", "source")
@@ -400,6 +549,8 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller:
         _keys(manifest, common + ("schedule",), "the manifest")
     elif kind == "controller":
         _keys(manifest, common + ("mapping", "features", "controller"), "the manifest")
+    elif kind == "method":
+        _keys(manifest, common + ("method",), "the manifest")
     else:
         raise ValueError(f"kind {kind!r} is not known; an export is one of {KINDS}")
     _count(manifest["total_steps"], "total_steps")
@@ -407,6 +558,8 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller:
         _check_counts(manifest["class_counts"], "class_counts")
     if kind == "schedule":
         return LossSchedule.from_dict(manifest["schedule"])
+    if kind == "method":
+        return BuiltinLoss.from_dict(manifest["method"])
     mapping_values = manifest["mapping"]
     if not isinstance(mapping_values, dict):
         raise ValueError("mapping must be a JSON object")
@@ -538,29 +691,38 @@ class AdaptiveLoss(nn.Module):
       environment shows before training; a warning says so).
     """
 
-    def __init__(self, rule: LossSchedule | Controller, *,
+    def __init__(self, rule: LossSchedule | Controller | BuiltinLoss, *,
                  class_counts: Sequence[float] | Tensor | None = None, total_steps: int,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", minibatches_per_step: int | None = None) -> None:
         super().__init__()
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be one of ('none', 'mean', 'sum'), got "
                              f"{reduction!r}")
         self.reduction = reduction
         self.total_steps = _count(total_steps, "total_steps")
+        self.schedule: LossSchedule | None = None
+        self.controller: Controller | None = None
+        self.method: BuiltinLoss | None = None
         if isinstance(rule, LossSchedule):
-            self.schedule: LossSchedule | None = rule
-            self.controller: Controller | None = None
+            self.schedule = rule
             self.controlled = rule.parameters
             identity: Any = {"schedule": rule.to_dict()}
+        elif isinstance(rule, BuiltinLoss):
+            self.method = rule
+            self.controlled = tuple(rule.params)
+            identity = {"method": rule.to_dict()}
         elif isinstance(rule, Controller):
-            self.schedule = None
             self.controller = rule
             self.controlled = rule.mapping.parameters
             identity = {"controller": rule.describe(), "mapping": rule.mapping.to_dict(),
                         "weights": _tensor_digest(rule.tensors())}
         else:
-            raise ValueError(f"rule must be a LossSchedule or a Controller, got "
-                             f"{type(rule).__name__}")
+            raise ValueError(f"rule must be a LossSchedule, a Controller or a BuiltinLoss, "
+                             f"got {type(rule).__name__}")
+        #: Minibatches per period, for a method's deferred re-weighting.
+        self.minibatches_per_step = rule.minibatches_per_step if isinstance(rule, BuiltinLoss) \
+            and minibatches_per_step is None else _count(minibatches_per_step or 1,
+                                                         "minibatches_per_step")
         #: Identifies the rule, so a checkpoint cannot be loaded into another export's loss.
         self.export_id = _digest(identity)
         self._counts = None if class_counts is None \
@@ -576,7 +738,8 @@ class AdaptiveLoss(nn.Module):
     # ----------------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | Path, *, class_counts: Sequence[float] | Tensor | None = None,
-             total_steps: int | None = None, reduction: str = "mean") -> AdaptiveLoss:
+             total_steps: int | None = None, reduction: str = "mean",
+             minibatches_per_step: int | None = None) -> AdaptiveLoss:
         """An adaptive loss from an export folder (or its ``manifest.json``) that lossgym
         wrote; see the class docstring for the arguments. Counts that do not match the counts
         bound in the export raise ``ValueError``."""
@@ -589,7 +752,7 @@ class AdaptiveLoss(nn.Module):
                                  f"{len(bound)} classes but class_counts has {given.numel()}")
         counts = class_counts if class_counts is not None else bound
         return cls(rule, class_counts=counts, total_steps=total_steps or manifest["total_steps"],
-                   reduction=reduction)
+                   reduction=reduction, minibatches_per_step=minibatches_per_step)
 
     # ----------------------------------------------------------------------- state
     def _reset_run(self) -> None:
@@ -603,16 +766,21 @@ class AdaptiveLoss(nn.Module):
         self._last_change = torch.zeros(len(self.controlled))
         self._state: tuple[Tensor, Tensor] | None = None
         self._last_metrics: dict[str, Tensor] | None = None
+        # A method's learned state (AdaFocal's, AdaLoss's module; made at the first use).
+        self._module: nn.Module | None = None
         self._clear_period()
 
     def _clear_period(self) -> None:
         # One 0-d tensor per minibatch, reduced at step(): no kernel or host sync per forward.
         self._ce: list[Tensor] = []
         self._grad_norms: list[Tensor] = []
+        self._minibatch = 0  # training forwards in this period
 
     @property
     def kind(self) -> str:
-        """``"schedule"`` or ``"controller"``."""
+        """``"schedule"``, ``"controller"`` or ``"method"``."""
+        if self.method is not None:
+            return "method"
         return "schedule" if self.schedule is not None else "controller"
 
     @property
@@ -661,6 +829,8 @@ class AdaptiveLoss(nn.Module):
         counts = self._counts_for(logits, targets)
         if self._params is None:
             self.begin()
+        if self.method is not None:
+            return self._method_loss(logits, targets, counts)
         if self.controller is not None and self._is_training_forward(logits):
             self._ce.append(F.cross_entropy(logits.detach().reshape(-1, num_classes),
                                             targets.reshape(-1)))
@@ -687,6 +857,30 @@ class AdaptiveLoss(nn.Module):
         weights = None if alpha == 0.0 else power_class_weights(counts, alpha)
         self._terms = (key, shift, weights)
         return shift, weights
+
+    def _method_loss(self, logits: Tensor, targets: Tensor, counts: Tensor) -> Tensor:
+        method = self.method
+        assert method is not None
+        training = self._is_training_forward(logits)
+        module = self._method_module(logits.shape[-1], logits.device)
+        reweighted = method.uses_progress and method.reweighted(
+            self.steps_done, self._minibatch, self.total_steps, self.minibatches_per_step)
+        loss = method.loss(logits, targets, counts.to(logits.dtype), module, reweighted,
+                           training, self.reduction)
+        if training:
+            self._minibatch += 1
+        return loss
+
+    def _method_module(self, num_classes: int | None, device: torch.device
+                       ) -> nn.Module | None:
+        # Kept out of the submodules: its state travels in the extra state, made on first use.
+        if self._module is None:
+            assert self.method is not None
+            self.__dict__["_module"] = self.method.new_module(num_classes)
+        module = self._module
+        if module is not None and next(module.buffers()).device != device:
+            module = module.to(device)
+        return module
 
     def _is_training_forward(self, logits: Tensor) -> bool:
         return self.training and logits.requires_grad and torch.is_grad_enabled()
@@ -727,10 +921,14 @@ class AdaptiveLoss(nn.Module):
         A schedule takes its value at progress 0. A controller decides from the observation
         the environment shows at reset: the untrained model's validation metrics (from
         ``val_logits`` / ``val_targets``, or the defaults), a train loss equal to the
-        validation NLL and a zero gradient. Called by the first forward if not called before.
+        validation NLL and a zero gradient. A method starts from its initial state (AdaFocal:
+        γ0 in every bin). Called by the first forward if not called before.
         """
         self._reset_run()
-        if self.controller is None:
+        if self.method is not None:
+            self._method_module(self._num_classes, self._device())
+            self._describe_method()
+        elif self.controller is None:
             self._set_params(self._scheduled(0.0))
         else:
             metrics = self._val_metrics(val_logits, val_targets)
@@ -754,7 +952,12 @@ class AdaptiveLoss(nn.Module):
                 recorded one).
             grad_norm_std: its standard deviation over those minibatches (default: the
                 recorded one, or 0 when ``grad_norm`` is given).
-            progress: the fraction of training done (default ``steps done / total_steps``).
+            progress: the fraction of training done (default ``steps done / total_steps``;
+                a method's deferred re-weighting counts minibatches instead, see
+                :class:`BuiltinLoss`).
+
+        A method export learns from ``val_logits`` / ``val_targets`` where the method does
+        (AdaFocal's γ update; required there) and ignores the other arguments.
         """
         if self._params is None:
             self.begin()
@@ -762,7 +965,14 @@ class AdaptiveLoss(nn.Module):
         t = self.steps_done / self.total_steps if progress is None \
             else _real(progress, "progress")
         t = min(max(t, 0.0), 1.0)
-        if self.controller is None:
+        if self.method is not None:
+            if self.method.uses_validation:
+                if val_logits is None or val_targets is None:
+                    raise ValueError(f"the method {self.method.name!r} learns from the "
+                                     "validation set: pass val_logits and val_targets to step()")
+                module = self._method_module(val_logits.shape[-1], val_logits.device)
+                self.method.update(module, val_logits, val_targets)
+        elif self.controller is None:
             self._set_params(self._scheduled(t))
         else:
             metrics = self._val_metrics(val_logits, val_targets)
@@ -778,7 +988,18 @@ class AdaptiveLoss(nn.Module):
             self._counts = self._seen
             self._terms = None
         self._clear_period()
+        if self.method is not None:
+            self._describe_method()
         self.history.append(self.params)
+
+    def _describe_method(self) -> None:
+        """A method's parameters in use at the start of the period (``params``)."""
+        method = self.method
+        assert method is not None
+        reweighted = method.uses_progress and method.reweighted(
+            self.steps_done, 0, self.total_steps, self.minibatches_per_step)
+        self._params = torch.tensor(list(method.params.values()), dtype=torch.float32)
+        self._kwargs = method.describe(self._module, reweighted)
 
     def _scheduled(self, t: float) -> Tensor:
         assert self.schedule is not None
@@ -890,6 +1111,10 @@ class AdaptiveLoss(nn.Module):
             "observation": floats(self.observation),
             "ce": [float(v) for v in self._ce],
             "grad_norms": [float(v) for v in self._grad_norms],
+            "minibatch": self._minibatch,
+            "minibatches_per_step": self.minibatches_per_step,
+            "module": None if self._module is None else {
+                k: v.detach().cpu().tolist() for k, v in self._module.state_dict().items()},
         }
 
     def set_extra_state(self, state: Any) -> None:
@@ -925,6 +1150,17 @@ class AdaptiveLoss(nn.Module):
         self.observation = tensor(state["observation"])
         self._ce = [torch.tensor(v) for v in state["ce"]]
         self._grad_norms = [torch.tensor(v) for v in state["grad_norms"]]
+        self._minibatch = state["minibatch"]
+        self.minibatches_per_step = state["minibatches_per_step"]
+        self.__dict__["_module"] = None
+        if state["module"] is not None and self.method is not None:
+            module = self.method.new_module(self._num_classes)
+            assert module is not None
+            module.load_state_dict({k: torch.tensor(v, dtype=module.state_dict()[k].dtype)
+                                    for k, v in state["module"].items()})
+            self.__dict__["_module"] = module
+        if self.method is not None and params is not None:
+            self._describe_method()
 
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v:.4g}" for k, v in self._kwargs.items()) or "not started"

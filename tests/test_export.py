@@ -20,11 +20,12 @@ from agents.baselines import DRWPolicy
 from agents.export import average_schedule, export_baseline, export_run
 from agents.rollout import EpisodeRecord, rollout_policy
 from agents.train import AgentPolicy, TrainArgs, train
-from lossgym import AdaptiveLoss, TaskSpec, load_dataset
+from lossgym import AdaptiveLoss, Population, TaskSpec, load_dataset
 from lossgym.cli import main as cli_main
 from lossgym.export import _digest, read_export, write_export
 from lossgym.features import FeatureSpec
 from lossgym.losses import parametric_loss
+from lossgym.methods import make_method
 from lossgym.metrics import classification_metrics
 from lossgym.models import StackedNet
 from lossgym.schedules import LossSchedule, constant, cosine, step
@@ -512,3 +513,60 @@ def test_cli_export(runs, tmp_path, capsys):
                      "--out", str(tmp_path / "x")]) == 2
     assert cli_main(["export", str(tmp_path / "not_a_run")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ built-in methods
+OUTSIDE_PARAMETRIC = ["method:class_balanced", "method:cb_focal", "ce_drw", "ldam_drw", "flsd53", "adafocal",
+                      "adaloss", "gradient_gate"]
+
+
+@pytest.mark.parametrize("name", OUTSIDE_PARAMETRIC)
+def test_plain_loop_with_an_exported_method_reproduces_the_engine_run(tmp_path, name):
+    # 4 periods of 3 minibatches: DRW's switch at 80 % falls inside period 3 (minibatch 10).
+    task = SMALL.replace(seed=3, horizon=4, minibatches_per_step=3)
+    population = Population([task], device="cpu")
+    method = make_method(name.removeprefix("method:"), 1, population.num_classes,
+                         torch.device("cpu"))
+    engine_val = [float(population.evaluate("val")["balanced_accuracy"][0])]
+    for _ in range(task.horizon):
+        population.train(method)
+        method.observe_validation(population.logits("val"), population.targets("val"))
+        engine_val.append(float(population.evaluate("val")["balanced_accuracy"][0]))
+    engine_test = population.evaluate("test")
+
+    export = export_baseline(name, tmp_path / "export", tasks=[task])
+    assert read_export(export)[1]["kind"] == "method"
+    ds = load_dataset(task.dataset)
+    pool = task.train_pool(ds)
+    x_train = torch.tensor(ds.x_train)[torch.as_tensor(pool.indices)]
+    y_train = torch.as_tensor(pool.labels)
+    x_val, y_val = torch.tensor(ds.x_val), torch.tensor(ds.y_val)
+    model = plain_model(task, ds.num_features, ds.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr,
+                                  weight_decay=task.weight_decay)
+    batches = minibatches(len(y_train), task.batch_size, task.derive_seed("order"))
+    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(pool.class_counts))
+    assert criterion.kind == "method" and criterion.total_steps == task.horizon
+    val = []
+    for _ in range(task.horizon):
+        with torch.no_grad():
+            logits = model(x_val)
+        val.append(float(classification_metrics(logits, y_val)["balanced_accuracy"]))
+        for _ in range(task.minibatches_per_step):
+            idx = next(batches)
+            optimizer.zero_grad()
+            criterion(model(x_train[idx]), y_train[idx]).backward()
+            optimizer.step()
+        with torch.no_grad():
+            criterion.step(model(x_val), y_val)
+    with torch.no_grad():
+        val.append(float(classification_metrics(model(x_val), y_val)["balanced_accuracy"]))
+        test = classification_metrics(model(torch.tensor(ds.x_test)), torch.tensor(ds.y_test))
+    np.testing.assert_allclose(val, engine_val, atol=1e-5, rtol=0)
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
+        assert float(test[metric]) == pytest.approx(float(engine_test[metric][0]), abs=1e-5)
+    if name in ("ce_drw", "ldam_drw"):  # the history holds each period's start
+        assert [h["reweighted"] for h in criterion.history] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    if name == "adafocal":
+        assert criterion.history[0]["gamma_bin0"] == 1.0
+        assert criterion.history[-1] != criterion.history[0]  # γ learned from validation
