@@ -496,10 +496,64 @@ def test_baselines_export_as_their_exact_schedules(tmp_path):
     np.testing.assert_allclose(got, record.params, atol=1e-6)
     la, _ = read_export(export_baseline("logit_adjusted", tmp_path / "la"))
     assert la.to_dict() == {"tau": {"kind": "constant", "value": 1.0}}
-    with pytest.raises(ValueError, match="outside the parametric loss"):
-        export_baseline("flsd53", tmp_path / "flsd")
+    flsd, manifest = read_export(export_baseline("flsd53", tmp_path / "flsd"))
+    assert manifest["kind"] == "method" and flsd.to_dict() == {
+        "name": "flsd53", "params": {}, "minibatches_per_step": TaskSpec().minibatches_per_step}
+    cb, _ = read_export(export_baseline("method:class_balanced", tmp_path / "cb"))
+    assert cb.to_dict()["params"] == {"gamma": 0.0, "beta": 0.9999, "switch": 0.0}
     with pytest.raises(ValueError, match="not known"):
         export_baseline("nope", tmp_path / "nope")
+    with pytest.raises(ValueError, match="not known"):
+        export_baseline("method:drw", tmp_path / "nope")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["method"].update(name="focal_pickle"),
+     r"method 'focal_pickle' is not known; a method export names one of \['adafocal'"),
+    (lambda m: m["method"]["params"].update(margin=0.5),
+     r"method 'ldam_drw' has no hyperparameters \['margin'\]; it takes \['scale', 'switch'\]"),
+    (lambda m: m["method"]["params"].update(switch=1.5),
+     r"method.params.switch=1.5 must be a finite number in \[0, 1\]"),
+    (lambda m: m["method"]["params"].update(scale="30"), r"method.params.scale='30'"),
+    (lambda m: m["method"].update(minibatches_per_step=0), "minibatches_per_step=0"),
+    (lambda m: m["method"].pop("params"), "method lacks"),
+    (lambda m: m.update(schedule={}), "unknown keys"),
+])
+def test_method_manifests_with_unknown_or_bad_values_are_refused(tmp_path, edit, match):
+    folder = export_baseline("ldam_drw", tmp_path / "ldam")
+    resign(folder, edit)
+    with pytest.raises(ValueError, match=match) as info:
+        AdaptiveLoss.load(folder)
+    assert str(folder / "manifest.json") in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["adafocal", "adaloss", "ce_drw"])
+def test_method_state_round_trips_mid_period(tmp_path, name):
+    export = export_baseline(name, tmp_path / name, tasks=[SMALL.replace(horizon=3,
+                                                                         minibatches_per_step=3)])
+    criterion = AdaptiveLoss.load(export, class_counts=COUNTS)
+    model = nn.Linear(4, 3)
+    train_briefly(criterion, periods=2, model=model)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    criterion(model(x), y).backward()  # a minibatch into the period
+    torch.save(criterion.state_dict(), tmp_path / "ckpt.pt")
+    twin = AdaptiveLoss.load(export, class_counts=COUNTS)
+    twin.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert repr(twin) == repr(criterion) and twin.history == criterion.history
+    twin_model = nn.Linear(4, 3)
+    twin_model.load_state_dict(model.state_dict())
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for c, m in ((criterion, model), (twin, twin_model)):
+        losses = [c(m(x), y) for _ in range(2)]  # AdaLoss's running means move in between
+        with torch.no_grad():
+            c.step(m(x), y)
+        train_briefly(c, periods=2, seed=1, model=m)
+        c.losses = losses
+    torch.testing.assert_close(twin.losses, criterion.losses)
+    assert twin.history == criterion.history
+    if name == "adafocal":
+        with pytest.raises(ValueError, match="pass val_logits and val_targets"):
+            criterion.step()
 
 
 def test_cli_export(runs, tmp_path, capsys):
@@ -509,6 +563,9 @@ def test_cli_export(runs, tmp_path, capsys):
     assert cli_main(["export", "--baseline", "drw", "--out", str(tmp_path / "drw")]) == 0
     schedule, _ = read_export(tmp_path / "drw")
     assert schedule.to_dict()["alpha"] == step([0.8], [0.0, 1.0]).to_dict()
+    assert cli_main(["export", "--baseline", "ldam_drw", "--out", str(tmp_path / "ldam")]) == 0
+    method, _ = read_export(tmp_path / "ldam")
+    assert method.to_dict()["name"] == "ldam_drw"
     assert cli_main(["export", "--baseline", "drw", "--kind", "controller",
                      "--out", str(tmp_path / "x")]) == 2
     assert cli_main(["export", str(tmp_path / "not_a_run")]) == 2
@@ -516,8 +573,8 @@ def test_cli_export(runs, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ built-in methods
-OUTSIDE_PARAMETRIC = ["method:class_balanced", "method:cb_focal", "ce_drw", "ldam_drw", "flsd53", "adafocal",
-                      "adaloss", "gradient_gate"]
+OUTSIDE_PARAMETRIC = ["method:class_balanced", "method:cb_focal", "ce_drw", "ldam_drw", "flsd53",
+                      "adafocal", "adaloss", "gradient_gate"]
 
 
 @pytest.mark.parametrize("name", OUTSIDE_PARAMETRIC)

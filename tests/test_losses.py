@@ -805,3 +805,86 @@ def test_modules_wrap_functions():
     _close(ld(logits, targets), ldam_loss(logits, targets, COUNTS, 0.3, 10.0))
     assert "max_margin=0.3" in repr(ld)
     assert "momentum=0.9" in repr(AdaLoss(C))
+
+
+# ---------------------------------------------------------------------------------------------
+# The closed-form gradient of host-number parameters
+# ---------------------------------------------------------------------------------------------
+
+TERMS = ("gamma", "alpha", "tau", "label_smoothing", "poly_epsilon")
+NONZERO = {"gamma": 1.5, "alpha": 0.7, "tau": 0.8, "label_smoothing": 0.1, "poly_epsilon": -0.5}
+
+
+def _as_tensors(params, dtype):
+    # Tensor parameters take the autograd path: the reference.
+    return {k: torch.tensor(v, dtype=dtype) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("on", [(), *[(t,) for t in TERMS], ("gamma", "alpha"),
+                                ("gamma", "poly_epsilon", "label_smoothing"), TERMS])
+@pytest.mark.parametrize("shape, counts", [((B,), COUNTS), ((N, B), COUNTS_NC)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_closed_form_gradient_matches_autograd(on, shape, counts, reduction):
+    params = {t: NONZERO[t] if t in on else 0.0 for t in TERMS}
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        logits, targets = _data(shape, dtype)
+        logits.requires_grad_()
+        ours = parametric_loss(logits, targets, counts, reduction=reduction, **params)
+        ref = parametric_loss(logits, targets, counts, reduction=reduction,
+                              **_as_tensors(params, dtype))
+        weight = torch.randn_like(ours)
+        (g_ours,) = torch.autograd.grad(ours, logits, weight)
+        (g_ref,) = torch.autograd.grad(ref, logits, weight)
+        _close(ours, ref, tol)
+        _close(g_ours, g_ref, tol)
+    if reduction == "none":
+        logits64 = logits.detach().double().requires_grad_()
+        _gradcheck(lambda z: parametric_loss(z, targets, counts, reduction="none", **params),
+                   logits64)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 1.0, 2.0])
+def test_closed_form_gradient_where_p_t_is_one(gamma):
+    # Confident samples (1 − p_t below the 1e-6 floor) next to ordinary ones.
+    logits, targets = _data((B,), torch.float64)
+    logits[:4] = 0.0
+    logits[torch.arange(4), targets[:4]] = 40.0
+    logits.requires_grad_()
+    ours = focal_loss(logits, targets, gamma, alpha=COUNTS.double() / 10, reduction="sum")
+    ref = focal_loss(logits, targets, torch.tensor(gamma, dtype=torch.float64),
+                     alpha=COUNTS.double() / 10, reduction="sum")
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    assert torch.isfinite(g_ours).all()
+    _close(ours, ref, 1e-12)
+    _close(g_ours, g_ref, 1e-9)
+
+
+def test_per_member_tensor_parameters_match_per_member_host_numbers():
+    # Per-member tensors (the engine: autograd) against one host-number call per member
+    # (AdaptiveLoss: the closed form), values and gradients.
+    logits, targets = _data()
+    p = {k: v.float() for k, v in _param_tensors().items()}
+    logits.requires_grad_()
+    batched = parametric_loss(logits, targets, COUNTS_NC, reduction="none", **p)
+    weight = torch.randn_like(batched)
+    (g_batched,) = torch.autograd.grad(batched, logits, weight)
+    for i in range(N):
+        member = logits[i].detach().requires_grad_()
+        single = parametric_loss(member, targets[i], COUNTS_NC[i], reduction="none",
+                                 **{k: float(v[i]) for k, v in p.items()})
+        (g_single,) = torch.autograd.grad(single, member, weight[i])
+        _close(batched[i], single, 1e-6)
+        _close(g_batched[i], g_single, 1e-6)
+
+
+def test_closed_form_gradient_refuses_double_backward_and_learnable_weights():
+    logits, targets = _data((B,), torch.float64)
+    logits.requires_grad_()
+    loss = focal_loss(logits, targets, 2.0)
+    with pytest.raises(RuntimeError, match="closed-form first derivative"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+    # Class weights that require grad keep autograd, so they get their gradient.
+    weights = torch.ones(C, dtype=torch.float64, requires_grad=True)
+    focal_loss(logits, targets, 2.0, alpha=weights).backward()
+    assert weights.grad is not None and weights.grad.abs().sum() > 0
