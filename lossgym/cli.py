@@ -74,8 +74,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
                         help="a training run folder")
     parser.add_argument("--baseline", default=None,
-                        help="export a baseline instead (drw, schedule, feedback, ce, focal_2, "
-                             "class_balanced, logit_adjusted, poly1, ...); needs --out")
+                        help="export a baseline instead: a hand baseline (drw, schedule, "
+                             "feedback, ce, focal_2, class_balanced, ...) or a built-in method "
+                             "(logit_adjusted, poly1, ldam_drw, ce_drw, flsd53, adafocal, "
+                             "adaloss, gradient_gate, method:class_balanced, "
+                             "method:cb_focal); needs --out")
     parser.add_argument("--kind", default=None, choices=("schedule", "controller"),
                         help="controller (the actor network, the default for runs) or "
                              "schedule (its averaged parameter trajectory)")

@@ -1,13 +1,13 @@
 """Learned and hand-written losses as drop-in modules for plain PyTorch training.
 
-What an agent learned leaves the gym in one of two forms. Both load with torch alone (no
-stable-baselines3, no gymnasium, no environment), and :class:`AdaptiveLoss` runs either of
-them inside an ordinary training loop::
+What an agent learned leaves the gym in one of two forms, and a built-in baseline in a third.
+All load with torch alone (no stable-baselines3, no gymnasium, no environment), and
+:class:`AdaptiveLoss` runs any of them inside an ordinary training loop::
 
     from lossgym import AdaptiveLoss
     criterion = AdaptiveLoss.load("runs/ppo-default/adaptive_loss", total_steps=epochs,
                                   class_counts=torch.bincount(train_labels))
-    criterion.watch(model)                       # optional: gradient-norm features
+    criterion.watch(optimizer)                   # optional: gradient-norm features
     for epoch in range(epochs):
         for x, y in loader:
             loss = criterion(model(x), y)
@@ -21,6 +21,11 @@ them inside an ordinary training loop::
   with the environment's own code (:func:`lossgym.features.compute_features`), normalises it
   with the training run's statistics, runs the actor and maps its action to parameters with
   :class:`lossgym.actions.ActionMapping`.
+* **Built-in method** (``kind="method"``): a loss of :mod:`lossgym.methods` that the
+  parametric loss cannot express (class-balanced, CE-DRW, LDAM-DRW, FLSD-53, AdaFocal,
+  AdaLoss, the gradient gate), named with its hyperparameters (:class:`BuiltinLoss`) and
+  applied with the functions of :mod:`lossgym.losses` as the engine applies it; AdaFocal
+  learns its γ per bin from the validation logits given to ``step()``.
 
 File format (version 1)
 -----------------------
@@ -28,14 +33,16 @@ An export is a folder holding ``manifest.json`` and, for controllers, ``actor.sa
 (the actor's float32 tensors). The manifest holds ``format``, ``format_version``, ``kind``,
 ``total_steps`` (the default number of ``step()`` calls in a training run), ``class_counts``
 (bound training-set counts, or null), ``source`` (free-form provenance) and either
-``schedule`` or ``mapping``, ``features`` (version and names) and ``controller`` (algorithm,
-layer list, output squashing, recurrent state size, observation-normalisation statistics, and
-the weights file's name and SHA-256). The manifest ends with the SHA-256 of its own content.
+``schedule``, ``method`` (name, hyperparameters, minibatches per period) or ``mapping``,
+``features`` (version and names) and ``controller`` (algorithm, layer list, output squashing,
+recurrent state size, observation-normalisation statistics, and the weights file's name and
+SHA-256). The manifest ends with the SHA-256 of its own content.
 
 Loading never unpickles anything: the manifest is JSON and the weights are safetensors. A
 truncated, modified or damaged file, an unsupported ``format_version``, features this version
-of lossgym does not compute, or class counts that do not match raise ``ValueError`` naming the
-file and the problem. Files are written atomically.
+of lossgym does not compute, an unknown method or hyperparameter, a value out of range, or
+class counts that do not match raise ``ValueError`` naming the file, the bad value and what is
+allowed. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -614,10 +621,10 @@ class GradientWatch:
     :class:`AdaptiveLoss` (made by :meth:`AdaptiveLoss.watch`); ``remove()`` stops it.
 
     Each parameter's post-accumulate-grad hook (public autograd API) ticks it off; once every
-    watched parameter has its gradient, the pass is complete and the norm of all ``.grad``s is
-    recorded (one ``foreach_norm``). A parameter that gets no gradient in a pass (unused by the
-    forward) would leave the pass incomplete: when a parameter comes round a second time, the
-    incomplete pass is dropped, with a warning naming how many parameters it missed.
+    watched parameter has its gradient, the pass is complete and the norm of all ``.grad``s
+    is recorded. A parameter that gets no gradient in a
+    pass (unused by the forward) would leave the pass incomplete: when a parameter comes
+    round a second time, the incomplete pass is dropped, with a warning.
     """
 
     def __init__(self, loss: AdaptiveLoss, params: list[Tensor]) -> None:
@@ -657,7 +664,8 @@ def _on(metrics: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor
 
 class AdaptiveLoss(nn.Module):
     """The engine's parametric loss (:func:`lossgym.losses.parametric_loss`) with parameters
-    set by an exported schedule or controller, stepped like a learning-rate scheduler.
+    set by an exported schedule or controller, or a built-in method (:class:`BuiltinLoss`),
+    stepped like a learning-rate scheduler.
 
     Each ``step()`` ends one period of training (one environment step of the agent: an epoch
     in the usual loop) and sets the parameters for the next one; :meth:`begin` (optional, or
@@ -675,6 +683,9 @@ class AdaptiveLoss(nn.Module):
             ``steps done / total_steps`` (clipped to 1). :meth:`load` defaults to the
             export's (the horizon of the task it was exported for).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in ``parametric_loss``.
+        minibatches_per_step: training minibatches per ``step()`` (e.g. ``len(loader)``),
+            which places a method's deferred re-weighting switch within a period as the
+            engine does. :meth:`load` defaults to the export's (its reference task's).
 
     What a controller observes at ``step()`` (:mod:`lossgym.features`), and the defaults for
     what it is not given:
@@ -689,6 +700,9 @@ class AdaptiveLoss(nn.Module):
       minibatches of the L2 norm of the gradient of all model parameters; default: what
       :meth:`watch` or :meth:`record_gradients` recorded, else 0 (a zero gradient, as the
       environment shows before training; a warning says so).
+
+    With host-number parameters the loss runs :func:`~lossgym.losses.parametric_loss`'s
+    closed-form gradient, and the class terms (τ log n, n^(−α)) are computed once a period.
     """
 
     def __init__(self, rule: LossSchedule | Controller | BuiltinLoss, *,
@@ -794,11 +808,19 @@ class AdaptiveLoss(nn.Module):
         return self._counts if self._counts is not None else self._seen
 
     # ----------------------------------------------------------------------- training
-    def watch(self, model: nn.Module | Iterable[Tensor]) -> GradientWatch:
-        """Record the L2 norm of ``model``'s gradient (all its ``.grad``s) at the end of every
-        backward pass: one norm per minibatch, as the environment measures it. Call it once;
-        with gradient accumulation each backward records the gradient accumulated so far.
-        Returns a handle with ``remove()``."""
+    def watch(self, model: nn.Module | torch.optim.Optimizer | Iterable[Tensor]
+              ) -> GradientWatch | torch.utils.hooks.RemovableHandle:
+        """Record the L2 norm of the gradient (all the ``.grad``s) once per minibatch, as the
+        environment measures it. Call it once. Returns a handle with ``remove()``.
+
+        Given the optimiser, the norm of its parameters' gradients is read just before each
+        ``optimizer.step()`` (one hook call per update: the cheaper choice, and with gradient
+        accumulation one norm per update). Given the model or its parameters, the norm is
+        read at the end of every backward pass (:class:`GradientWatch`: one hook per
+        parameter; with gradient accumulation each backward records the gradient accumulated
+        so far)."""
+        if isinstance(model, torch.optim.Optimizer):
+            return model.register_step_pre_hook(self._on_optimizer_step)
         params = list(model.parameters() if isinstance(model, nn.Module) else model)
         params = [p for p in params if p.requires_grad]
         if not params:
@@ -813,10 +835,16 @@ class AdaptiveLoss(nn.Module):
             grads = (p.grad for p in grads.parameters())
         self._record_norm([g for g in grads if g is not None])
 
+    def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any
+                           ) -> None:
+        self._record_norm([p.grad for group in optimizer.param_groups for p in group["params"]
+                           if p.grad is not None])
+
     def _record_norm(self, grads: list[Tensor]) -> None:
         if grads:
-            self._grad_norms.append(
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            # As torch.nn.utils.get_total_norm computes it, without its per-call grouping.
+            self._grad_norms.append(torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm(grads))))
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
@@ -832,8 +860,10 @@ class AdaptiveLoss(nn.Module):
         if self.method is not None:
             return self._method_loss(logits, targets, counts)
         if self.controller is not None and self._is_training_forward(logits):
-            self._ce.append(F.cross_entropy(logits.detach().reshape(-1, num_classes),
-                                            targets.reshape(-1)))
+            flat = logits.ndim == 2
+            self._ce.append(F.cross_entropy(
+                logits.detach() if flat else logits.detach().reshape(-1, num_classes),
+                targets if flat else targets.reshape(-1)))
         shift, weights = self._class_terms(counts, logits)
         k = self._kwargs
         # parametric_loss with host-number parameters, its class terms computed once a period.

@@ -3,7 +3,7 @@
 The default task's classifier (40-128-128-10 MLP, batch 128, AdamW) trains with each
 criterion in turn; one training step is zero_grad, forward, loss, backward and the optimiser
 update. Times are the thread's CPU time (``time.thread_time``), so other processes on a busy
-machine do not count. Contenders alternate in blocks of --steps steps; each block's time is
+machine count less. Contenders alternate in blocks of --steps steps; each block's time is
 divided by the cross-entropy block of the same round, and the table shows the medians over
 --repeats rounds of the time per step and of that paired ratio. Then one ``step()`` call (the
 period's end: metrics and a decision) is timed and set against the default task's 40
@@ -11,10 +11,13 @@ minibatches per period.
 
     python scripts/bench_adaptive_loss.py [--repeats 60] [--steps 25] [--threads 1]
 
-Contenders: plain cross-entropy; an AdaptiveLoss schedule at its neutral point (plain
-cross-entropy through the fused path); the same at γ = 2, α = 0.5 (class-balanced focal);
-closed-loop controllers at the neutral point and at γ = 2, α = 0.5, which also record each
-minibatch's cross-entropy and, through ``watch(model)``, its gradient norm.
+Contenders: plain cross-entropy; AdaptiveLoss schedules at the neutral point (plain
+cross-entropy through the fused kernel), at γ = 2, α = 0.5 (class-balanced focal), with logit
+adjustment τ = 1 added, and with every term of the parametric loss but the gate; closed-loop
+controllers (γ, α) and (γ, α, τ), which also record each minibatch's cross-entropy and its
+gradient norm, through ``watch(optimizer)`` (one hook per update) or ``watch(model)`` (one hook
+per parameter); and one baseline exported as a method (LDAM-DRW
+after its switch). Each row names the parameters the loss used.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lossgym.actions import ActionMapping
-from lossgym.export import AdaptiveLoss, Controller
+from lossgym.actions import PARAMETER_RANGES, ActionMapping
+from lossgym.export import AdaptiveLoss, BuiltinLoss, Controller
 from lossgym.features import FeatureSpec
 from lossgym.schedules import LossSchedule, constant
 
@@ -42,24 +45,27 @@ def make_model() -> nn.Module:
                          nn.ReLU(), nn.Linear(WIDTH, CLASSES))
 
 
-def controller_at(gamma: float, alpha: float) -> Controller:
-    """A 64-64 controller whose output is constant: its action sets (gamma, alpha)."""
-    mapping = ActionMapping(("gamma", "alpha"))
+def controller_at(**params: float) -> Controller:
+    """A 64-64 controller whose output is constant: its action sets ``params`` (absolute)."""
+    mapping = ActionMapping(tuple(params), mode="absolute")
     dim = FeatureSpec(mapping.parameters).dim
     layers = [{"kind": "linear", "in_features": dim, "out_features": 64}, {"kind": "tanh"},
               {"kind": "linear", "in_features": 64, "out_features": 64}, {"kind": "tanh"},
-              {"kind": "linear", "in_features": 64, "out_features": 2}]
-    tensors = {f"{i}.{k}": torch.zeros(64 if i < 4 else 2, *(([dim] if i == 0 else [64])
-                                                             if k == "weight" else []))
+              {"kind": "linear", "in_features": 64, "out_features": len(params)}]
+    tensors = {f"{i}.{k}": torch.zeros((64 if i < 4 else len(params)),
+                                       *(([dim] if i == 0 else [64]) if k == "weight" else []))
                for i in (0, 2, 4) for k in ("weight", "bias")}
-    tensors["4.bias"] = torch.tensor([gamma / 2.5 - 1.0, alpha * 2.0 - 1.0])
+    tensors["4.bias"] = torch.tensor([2.0 * (v - PARAMETER_RANGES[p][0])
+                                      / (PARAMETER_RANGES[p][1] - PARAMETER_RANGES[p][0]) - 1.0
+                                      for p, v in params.items()])
     return Controller(layers, tensors, mapping)
 
 
 class Contender:
     """A model, an optimiser and a criterion, trained on one fixed minibatch."""
 
-    def __init__(self, name: str, criterion: Callable[[Tensor, Tensor], Tensor]):
+    def __init__(self, name: str, criterion: Callable[[Tensor, Tensor], Tensor],
+                 watch: str = "optimizer"):
         torch.manual_seed(0)
         self.name = name
         self.model = make_model()
@@ -68,7 +74,7 @@ class Contender:
         self.x = torch.randn(BATCH, FEATURES)
         self.y = torch.randint(0, CLASSES, (BATCH,))
         if isinstance(criterion, AdaptiveLoss) and criterion.kind == "controller":
-            criterion.watch(self.model)
+            criterion.watch(self.model if watch == "model" else self.optimizer)
         self.times: list[float] = []
 
     def run(self, steps: int) -> float:
@@ -99,27 +105,37 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     total = args.repeats * args.steps * 10
+
+    def schedule(**params: float) -> AdaptiveLoss:
+        return AdaptiveLoss(LossSchedule({k: constant(v) for k, v in params.items()}),
+                            class_counts=COUNTS, total_steps=total)
+
+    def controller(**params: float) -> AdaptiveLoss:
+        return AdaptiveLoss(controller_at(**params), class_counts=COUNTS, total_steps=total)
+
     contenders = [
         Contender("F.cross_entropy", F.cross_entropy),
-        Contender("AdaptiveLoss, schedule, neutral (CE)",
-                  AdaptiveLoss(LossSchedule({"gamma": constant(0.0), "alpha": constant(0.0)}),
-                               class_counts=COUNTS, total_steps=total)),
-        Contender("AdaptiveLoss, schedule, γ=2 α=0.5",
-                  AdaptiveLoss(LossSchedule({"gamma": constant(2.0), "alpha": constant(0.5)}),
-                               class_counts=COUNTS, total_steps=total)),
-        Contender("AdaptiveLoss, controller, neutral + watch",
-                  AdaptiveLoss(controller_at(0.0, 0.0), class_counts=COUNTS,
-                               total_steps=total)),
-        Contender("AdaptiveLoss, controller, γ=2 α=0.5 + watch",
-                  AdaptiveLoss(controller_at(2.0, 0.5), class_counts=COUNTS,
-                               total_steps=total)),
+        Contender("schedule, neutral", schedule(gamma=0.0, alpha=0.0)),
+        Contender("schedule", schedule(gamma=2.0, alpha=0.5)),
+        Contender("schedule", schedule(gamma=2.0, alpha=0.5, tau=1.0)),
+        Contender("schedule, all terms", schedule(gamma=2.0, alpha=0.5, tau=1.0,
+                                                  label_smoothing=0.1, poly_epsilon=1.0)),
+        Contender("controller + watch(optimizer)", controller(gamma=2.0, alpha=0.5)),
+        Contender("controller + watch(model)", controller(gamma=2.0, alpha=0.5), "model"),
+        Contender("controller + watch(optimizer)", controller(gamma=2.0, alpha=0.5, tau=1.0)),
+        # Progress past DRW's switch from the first minibatch: the reweighted loss is timed.
+        Contender("method ldam_drw", AdaptiveLoss(BuiltinLoss("ldam_drw", {"switch": 0.0}),
+                                                  class_counts=COUNTS, total_steps=total)),
     ]
     for c in contenders:  # warm-up: allocations, first-call dispatch
         c.run(20)
-    for c in contenders[-2:]:  # leave the warm-up's period: the timed ones record their own
-        assert isinstance(c.criterion, AdaptiveLoss)
-        c.criterion.step()
-    controller = contenders[-1].criterion
+    for c in contenders:  # leave the warm-up's period: the timed ones record their own
+        if isinstance(c.criterion, AdaptiveLoss) and c.criterion.kind == "controller":
+            c.criterion.step()
+        if isinstance(c.criterion, AdaptiveLoss) and c.criterion.kind != "method":
+            used = ", ".join(f"{k}={v:.3g}" for k, v in c.criterion.params.items())
+            c.name = f"{c.name} ({used})"
+    controller_loss = contenders[5].criterion
     for _ in range(args.repeats):
         for c in contenders:
             c.times.append(c.run(args.steps))
@@ -127,13 +143,15 @@ def main() -> None:
     print(f"default MLP {FEATURES}-{WIDTH}-{WIDTH}-{CLASSES}, batch {BATCH}, AdamW, "
           f"{torch.get_num_threads()} thread(s); medians of {args.repeats} rounds of "
           f"{args.steps} training steps (zero_grad, forward, loss, backward, update), CPU time\n")
-    print("| criterion | µs per training step | × F.cross_entropy (paired) |")
+    print("| criterion (AdaptiveLoss unless named) | µs per training step | "
+          "× F.cross_entropy (paired) |")
     print("|---|---|---|")
     for c in contenders:
         ratio = statistics.median(t / b for t, b in zip(c.times, base))
         print(f"| {c.name} | {statistics.median(c.times) * 1e6:.0f} | {ratio:.3f}× |")
-    call = time_step_call(controller, args.repeats)
-    period = statistics.median(contenders[-1].times) * MINIBATCHES_PER_STEP
+    assert isinstance(controller_loss, AdaptiveLoss)
+    call = time_step_call(controller_loss, args.repeats)
+    period = statistics.median(contenders[5].times) * MINIBATCHES_PER_STEP
     print(f"\none controller step() (1000 validation logits): {call * 1e6:.0f} µs, "
           f"{call / period * 100:.1f} % of a {MINIBATCHES_PER_STEP}-minibatch period")
 

@@ -42,7 +42,9 @@ def make_criterion(export: str | None, train_labels: torch.Tensor, epochs: int
                    ) -> AdaptiveLoss:
     counts = torch.bincount(train_labels).float()
     if export:
-        return AdaptiveLoss.load(export, class_counts=counts, total_steps=epochs)
+        # One step() per epoch of minibatches of 128 (where a method's DRW switch falls).
+        return AdaptiveLoss.load(export, class_counts=counts, total_steps=epochs,
+                                 minibatches_per_step=-(-len(train_labels) // 128))
     schedule = LossSchedule({"gamma": cosine(2.0, 0.0), "alpha": step([0.7], [0.0, 1.0])})
     return AdaptiveLoss(schedule, class_counts=counts, total_steps=epochs)
 
@@ -57,7 +59,7 @@ def train(criterion: nn.Module, data: dict[str, torch.Tensor], epochs: int, seed
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     adaptive = isinstance(criterion, AdaptiveLoss)
     if adaptive:
-        criterion.watch(model)
+        criterion.watch(optimizer)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(data["y_train"]), generator=order).split(128):

@@ -627,3 +627,40 @@ def test_plain_loop_with_an_exported_method_reproduces_the_engine_run(tmp_path, 
     if name == "adafocal":
         assert criterion.history[0]["gamma_bin0"] == 1.0
         assert criterion.history[-1] != criterion.history[0]  # γ learned from validation
+
+
+def test_watching_the_optimizer_or_the_model_records_the_same_norms():
+    norms = []
+    for target in ("model", "optimizer"):
+        torch.manual_seed(0)
+        criterion = AdaptiveLoss(LossSchedule({"gamma": constant(1.0)}), class_counts=COUNTS,
+                                 total_steps=4)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        handle = criterion.watch(model if target == "model" else opt)
+        expected = []
+        for _ in range(3):
+            x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+            opt.zero_grad()
+            criterion(model(x), y).backward()
+            expected.append(torch.linalg.vector_norm(
+                torch.cat([p.grad.flatten() for p in model.parameters()])))
+            opt.step()
+        torch.testing.assert_close(torch.stack(criterion._grad_norms), torch.stack(expected))
+        norms.append(torch.stack(criterion._grad_norms))
+        handle.remove()
+        criterion(model(x), y).backward()
+        opt.step()
+        assert len(criterion._grad_norms) == 3  # removed: nothing more recorded
+    torch.testing.assert_close(norms[0], norms[1])
+
+
+def test_watch_warns_about_parameters_without_gradient():
+    criterion = AdaptiveLoss(LossSchedule({"gamma": constant(1.0)}), class_counts=COUNTS,
+                             total_steps=4)
+    used, unused = nn.Linear(4, 3), nn.Linear(4, 3)
+    criterion.watch(list(used.parameters()) + list(unused.parameters()))
+    with pytest.warns(UserWarning, match="got no gradient"):
+        for _ in range(2):
+            criterion(used(torch.randn(16, 4)), torch.randint(0, 3, (16,))).backward()
+    assert criterion._grad_norms == []  # incomplete passes are not recorded
