@@ -203,13 +203,13 @@ class _FusedModulatedCE(torch.autograd.Function):
     gradient computed in the forward pass (the backward pass is one multiplication). On small
     batches the cost is the number of kernels, and this launches about half of autograd's.
 
-    With :math:`q = 1 - p_t`, :math:`f = \max(q, \epsilon)^\gamma` (1 for :math:`\gamma = 0`),
-    the smoothed base :math:`b` and the target's class weight :math:`w`, the loss is
-    :math:`w\,[f b + \varepsilon_{poly} q]` and its gradient with respect to the logits is
+    With :math:`q = 1 - p_t`, :math:`s = \max(q, \epsilon)^{\gamma - 1}`,
+    :math:`f = s \max(q, \epsilon)` (1 for :math:`\gamma = 0`), the smoothed base :math:`b`
+    and the target's class weight :math:`w`, the loss is :math:`w\,[f b + \varepsilon_{poly} q]`
+    and its gradient with respect to the logits is
 
     .. math:: w\,\big[(f - k)\,(p - e_y) + \varepsilon_{ls} f\,(e_y - \tfrac1C)\big],
-              \qquad k = -p_t\,\big(b\,\gamma \max(q, \epsilon)^{\gamma - 1}
-              + \varepsilon_{poly}\big).
+              \qquad k = -p_t\,\big(b\,\gamma s + \varepsilon_{poly}\big).
 
     Autograd's derivative through ``clamp_min`` also zeroes the :math:`\gamma` term of
     :math:`k` where :math:`q < \epsilon`; that term is left in here (one kernel less), which
@@ -221,7 +221,8 @@ class _FusedModulatedCE(torch.autograd.Function):
     def forward(ctx: Any, logits: Tensor, targets: Tensor, weight_t: Tensor | None,
                 gamma: float, label_smoothing: float, poly_epsilon: float, eps: float,
                 reduction: str) -> Tensor:
-        # Per-sample values stay [..., B, 1] columns: no squeeze/unsqueeze kernels.
+        # Per-sample values stay [..., B, 1] columns (no squeeze/unsqueeze kernels), and the
+        # weight w / n of "mean" is folded in early, so the loss and its gradient share it.
         index = targets.unsqueeze(-1)
         logp = F.log_softmax(logits, dim=-1)
         logp_t = logp.gather(-1, index)
@@ -229,46 +230,40 @@ class _FusedModulatedCE(torch.autograd.Function):
         ls = label_smoothing
         # The negated base: (1 − ε_ls) log p_t + ε_ls mean_c log p_c.
         neg_base = logp_t if ls == 0.0 else torch.lerp(logp_t, logp.mean(-1, keepdim=True), ls)
-        neg_loss, modulation = neg_base, None
+        scale: Tensor | float = 1.0 / max(targets.numel(), 1) if reduction == "mean" else 1.0
+        if weight_t is not None:
+            column = weight_t.unsqueeze(-1)
+            scale = column if scale == 1.0 else column * scale
+        slope = None  # w s / n
+        modulation: Tensor | float = scale  # w f / n
         if gamma != 0.0:
             q_floor = p_t_minus_1.neg().clamp_min_(eps)
-            slope = q_floor.pow(gamma - 1.0)  # f = q^γ = q · q^(γ−1): one pow for both
+            slope = q_floor.pow(gamma - 1.0)
+            slope = slope if isinstance(scale, float) and scale == 1.0 else slope * scale
             modulation = slope * q_floor
-            neg_loss = modulation * neg_base
+        terms = neg_base * modulation  # −w f b / n
         if poly_epsilon != 0.0:
-            neg_loss = torch.add(neg_loss, p_t_minus_1, alpha=poly_epsilon)
-        # w / n for "mean", so that the loss and its gradient share one scaled weight.
-        n = max(targets.numel(), 1)
-        scale: Tensor | float = 1.0 / n if reduction == "mean" else 1.0
-        if weight_t is not None:
-            scale = weight_t.unsqueeze(-1) * scale if reduction == "mean" \
-                else weight_t.unsqueeze(-1)
-        if reduction == "none":
-            loss = (neg_loss * scale).squeeze(-1).neg_()
-        elif isinstance(scale, Tensor):
-            loss = torch.vdot(neg_loss.view(-1), scale.view(-1)).neg_()
-        else:
-            loss = neg_loss.sum().mul_(-scale)
+            terms = torch.addcmul(terms, p_t_minus_1, scale, value=poly_epsilon) \
+                if isinstance(scale, Tensor) else terms.add(p_t_minus_1, alpha=poly_epsilon * scale)
+        loss = terms.squeeze(-1).neg() if reduction == "none" else terms.sum().neg()
         if ctx.needs_input_grad[0]:
-            # coef = w (f − k), the coefficient of p − e_y.
-            coef: Tensor | float
-            if gamma != 0.0:
-                assert modulation is not None
+            # coef = w (f − k) / n, the coefficient of p − e_y.
+            coef: Tensor | float = modulation
+            if slope is not None or poly_epsilon != 0.0:
                 p_t = p_t_minus_1 + 1.0
-                slope = slope * neg_base
-                if poly_epsilon == 0.0:
-                    coef = torch.addcmul(modulation, slope, p_t, value=-gamma)
+                if slope is None:
+                    coef = torch.addcmul(scale, scale, p_t, value=poly_epsilon) \
+                        if isinstance(scale, Tensor) else (p_t * (poly_epsilon * scale)).add_(scale)
+                elif poly_epsilon == 0.0:
+                    coef = torch.addcmul(modulation, neg_base * slope, p_t, value=-gamma)
                 else:
-                    coef = modulation - (slope * gamma - poly_epsilon) * p_t
-            elif poly_epsilon != 0.0:
-                coef = (p_t_minus_1 + 1.0).mul_(poly_epsilon).add_(1.0)
-            else:
-                coef = 1.0
-            coef = coef * scale
+                    inner = (neg_base * slope).mul_(gamma).sub_(poly_epsilon * scale)
+                    coef = torch.addcmul(modulation, inner, p_t, value=-1.0)
             grad = logp.exp_().scatter_(-1, index, p_t_minus_1)
-            grad = grad.mul_(coef) if isinstance(coef, Tensor) or coef != 1.0 else grad
+            if isinstance(coef, Tensor) or coef != 1.0:
+                grad.mul_(coef)
             if ls != 0.0:
-                smooth = (1.0 if modulation is None else modulation) * (ls * scale)
+                smooth = modulation * ls
                 if not isinstance(smooth, Tensor):
                     smooth = torch.full_like(logp_t, smooth)
                 grad.sub_(smooth / logits.shape[-1]).scatter_add_(-1, index, smooth)
