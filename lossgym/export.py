@@ -859,20 +859,26 @@ class AdaptiveLoss(nn.Module):
             self.begin()
         if self.method is not None:
             return self._method_loss(logits, targets, counts)
-        if self.controller is not None and self._is_training_forward(logits):
-            flat = logits.ndim == 2
-            self._ce.append(F.cross_entropy(
-                logits.detach() if flat else logits.detach().reshape(-1, num_classes),
-                targets if flat else targets.reshape(-1)))
+        # A controller observes the period's mean cross-entropy: the closed form computes it
+        # on the way where the logits are not adjusted, else it is computed here.
+        record = self.controller is not None and self._is_training_forward(logits)
+        recorded = len(self._ce)
         shift, weights = self._class_terms(counts, logits)
         k = self._kwargs
         # parametric_loss with host-number parameters, its class terms computed once a period.
-        return _modulated_ce(logits if shift is None else logits + shift, targets,
+        loss = _modulated_ce(logits if shift is None else logits + shift, targets,
                              gamma=k.get("gamma", 0.0),
                              label_smoothing=k.get("label_smoothing", 0.0),
                              poly_epsilon=k.get("poly_epsilon", 0.0),
                              class_weight_t=None if weights is None else weights.take(targets),
-                             gate=k.get("gate", 0.0), reduction=self.reduction)
+                             gate=k.get("gate", 0.0), reduction=self.reduction,
+                             ce_out=self._ce if record and shift is None else None)
+        if record and len(self._ce) == recorded:
+            flat = logits.ndim == 2
+            self._ce.append(F.cross_entropy(
+                logits.detach() if flat else logits.detach().reshape(-1, num_classes),
+                targets if flat else targets.reshape(-1)))
+        return loss
 
     def _class_terms(self, counts: Tensor, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """The logit shift τ log m and the class weights w ∝ m^(−α) ``[C]`` of

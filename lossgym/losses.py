@@ -220,13 +220,15 @@ class _FusedModulatedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Tensor, targets: Tensor, weight_t: Tensor | None,
                 gamma: float, label_smoothing: float, poly_epsilon: float, eps: float,
-                reduction: str) -> Tensor:
+                reduction: str, ce_out: list[Tensor] | None) -> Tensor:
         # Per-sample values stay [..., B, 1] columns (no squeeze/unsqueeze kernels), and the
         # weight w / n of "mean" is folded in early, so the loss and its gradient share it.
         index = targets.unsqueeze(-1)
         logp = F.log_softmax(logits, dim=-1)
         logp_t = logp.gather(-1, index)
         p_t_minus_1 = torch.expm1(logp_t)  # −q, accurate where p_t is close to 1
+        if ce_out is not None:
+            ce_out.append(logp_t.mean().neg())
         ls = label_smoothing
         # The negated base: (1 − ε_ls) log p_t + ε_ls mean_c log p_c.
         neg_base = logp_t if ls == 0.0 else torch.lerp(logp_t, logp.mean(-1, keepdim=True), ls)
@@ -278,7 +280,7 @@ class _FusedModulatedCE(torch.autograd.Function):
                                "higher derivatives pass its parameters as tensors")
         (grad,) = ctx.saved_tensors
         scale = grad_out if ctx.reduction != "none" else grad_out.unsqueeze(-1)
-        return grad * scale, None, None, None, None, None, None, None
+        return grad * scale, None, None, None, None, None, None, None, None
 
 
 def _modulated_ce(
@@ -292,8 +294,12 @@ def _modulated_ce(
     gate: float | Tensor = 0.0,
     eps: float = _FOCAL_EPS,
     reduction: str = "none",
+    ce_out: list[Tensor] | None = None,
 ) -> Tensor:
     """Loss shared by all softmax losses; parameters must already be aligned.
+
+    Where the closed form runs, it appends the (detached) mean cross-entropy of ``logits`` to
+    ``ce_out``, which it computes on the way.
 
     loss_i = w_i * [(1 - p_t)^gamma * base_i + poly_epsilon * (1 - p_t)], optionally gated.
     Python-float zeros skip their branch entirely (the hot path is plain cross-entropy).
@@ -313,7 +319,7 @@ def _modulated_ce(
         # Host-number parameters: the closed-form gradient, a third of autograd's kernels.
         return _FusedModulatedCE.apply(
             logits, targets, class_weight_t, float(gamma), float(label_smoothing),
-            float(poly_epsilon), eps, reduction,
+            float(poly_epsilon), eps, reduction, ce_out,
         )
     logp = F.log_softmax(logits, dim=-1)
     logp_t = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
