@@ -775,6 +775,8 @@ class AdaptiveLoss(nn.Module):
         self._kwargs: dict[str, float] = {}
         self._terms: tuple[tuple[torch.device, torch.dtype], Tensor | None, Tensor | None] \
             | None = None
+        # (batch size, the class weights, the weights / batch size) of the last forward.
+        self._scaled_weights: tuple[int, Tensor, Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.observation: Tensor | None = None
         self._last_change = torch.zeros(len(self.controlled))
@@ -864,6 +866,14 @@ class AdaptiveLoss(nn.Module):
         record = self.controller is not None and self._is_training_forward(logits)
         recorded = len(self._ce)
         shift, weights = self._class_terms(counts, logits)
+        reduction = self.reduction
+        if weights is not None and reduction == "mean":
+            # The mean of w·ℓ is the sum of (w / n)·ℓ: the division happens once per batch size.
+            n = targets.numel()
+            if self._scaled_weights is None or self._scaled_weights[0] != n \
+                    or self._scaled_weights[1] is not weights:
+                self._scaled_weights = (n, weights, weights * (1.0 / max(n, 1)))
+            weights, reduction = self._scaled_weights[2], "sum"
         k = self._kwargs
         # parametric_loss with host-number parameters, its class terms computed once a period.
         loss = _modulated_ce(logits if shift is None else logits + shift, targets,
@@ -871,7 +881,7 @@ class AdaptiveLoss(nn.Module):
                              label_smoothing=k.get("label_smoothing", 0.0),
                              poly_epsilon=k.get("poly_epsilon", 0.0),
                              class_weight_t=None if weights is None else weights.take(targets),
-                             gate=k.get("gate", 0.0), reduction=self.reduction,
+                             gate=k.get("gate", 0.0), reduction=reduction,
                              ce_out=self._ce if record and shift is None else None)
         if record and len(self._ce) == recorded:
             flat = logits.ndim == 2
