@@ -151,6 +151,39 @@ def plain_model(task, num_features, num_classes):
     return model
 
 
+class PlainLoop:
+    """A plain PyTorch loop on ``task``'s data: nn.Sequential with the engine's initialisation,
+    torch.optim.AdamW and the engine's data order."""
+
+    def __init__(self, task):
+        self.ds = ds = load_dataset(task.dataset)
+        self.pool = task.train_pool(ds)
+        self.x_train = torch.tensor(ds.x_train)[torch.as_tensor(self.pool.indices)]
+        self.y_train = torch.as_tensor(self.pool.labels)
+        self.x_val, self.y_val = torch.tensor(ds.x_val), torch.tensor(ds.y_val)
+        self.model = plain_model(task, ds.num_features, ds.num_classes)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.lr,
+                                           weight_decay=task.weight_decay)
+        self.batches = minibatches(len(self.y_train), task.batch_size,
+                                   task.derive_seed("order"))
+
+    def train(self, criterion, count):
+        for _ in range(count):
+            idx = next(self.batches)
+            self.optimizer.zero_grad()
+            criterion(self.model(self.x_train[idx]), self.y_train[idx]).backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def val_logits(self):
+        return self.model(self.x_val)
+
+    @torch.no_grad()
+    def test_metrics(self):
+        return classification_metrics(self.model(torch.tensor(self.ds.x_test)),
+                                      torch.tensor(self.ds.y_test))
+
+
 def minibatches(num_samples, batch_size, seed):
     """Indices of consecutive minibatches over epochs of random permutations, continued
     across epochs: the engine's data order."""
@@ -172,42 +205,27 @@ def test_plain_loop_with_the_exported_controller_reproduces_the_env_episode(runs
     export = export_run(runs[algo], "controller", tmp_path / "loss", tasks=[task])
 
     # A plain PyTorch loop: nn.Sequential, torch.optim.AdamW, a sampler, the exported loss.
-    ds = load_dataset(task.dataset)
-    pool = task.train_pool(ds)
-    x_train = torch.tensor(ds.x_train)[torch.as_tensor(pool.indices)]
-    y_train = torch.as_tensor(pool.labels)
-    x_val, y_val = torch.tensor(ds.x_val), torch.tensor(ds.y_val)
-    model = plain_model(task, ds.num_features, ds.num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr,
-                                  weight_decay=task.weight_decay)
-    batches = minibatches(len(y_train), task.batch_size, task.derive_seed("order"))
-    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(pool.class_counts),
+    loop = PlainLoop(task)
+    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(loop.pool.class_counts),
                                   total_steps=task.horizon)
-    criterion.watch(model)
-    with torch.no_grad():
-        logits = model(x_val)
-    criterion.begin(logits, y_val)
+    criterion.watch(loop.model)
+    logits = loop.val_logits()
+    criterion.begin(logits, loop.y_val)
     observations = [criterion.observation]
-    val = [classification_metrics(logits, y_val)["balanced_accuracy"]]
+    val = [classification_metrics(logits, loop.y_val)["balanced_accuracy"]]
     for _ in range(task.horizon):
-        for _ in range(task.minibatches_per_step):
-            idx = next(batches)
-            optimizer.zero_grad()
-            criterion(model(x_train[idx]), y_train[idx]).backward()
-            optimizer.step()
-        with torch.no_grad():
-            logits = model(x_val)
-        criterion.step(val_logits=logits, val_targets=y_val)
+        loop.train(criterion, task.minibatches_per_step)
+        logits = loop.val_logits()
+        criterion.step(val_logits=logits, val_targets=loop.y_val)
         observations.append(criterion.observation)
-        val.append(classification_metrics(logits, y_val)["balanced_accuracy"])
+        val.append(classification_metrics(logits, loop.y_val)["balanced_accuracy"])
 
     params = np.array([[h["gamma"], h["alpha"]] for h in criterion.history[:task.horizon]])
     np.testing.assert_allclose(params, record.params, atol=1e-5, rtol=0)
     np.testing.assert_allclose(torch.stack(observations[:task.horizon]).numpy(),
                                np.concatenate(recorder.obs), atol=1e-5, rtol=0)
     np.testing.assert_allclose(torch.stack(val).numpy(), record.val_curve, atol=1e-5, rtol=0)
-    with torch.no_grad():
-        test = classification_metrics(model(torch.tensor(ds.x_test)), torch.tensor(ds.y_test))
+    test = loop.test_metrics()
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
         assert float(test[name]) == pytest.approx(record.test[name], abs=1e-5)
 
@@ -593,32 +611,16 @@ def test_plain_loop_with_an_exported_method_reproduces_the_engine_run(tmp_path, 
 
     export = export_baseline(name, tmp_path / "export", tasks=[task])
     assert read_export(export)[1]["kind"] == "method"
-    ds = load_dataset(task.dataset)
-    pool = task.train_pool(ds)
-    x_train = torch.tensor(ds.x_train)[torch.as_tensor(pool.indices)]
-    y_train = torch.as_tensor(pool.labels)
-    x_val, y_val = torch.tensor(ds.x_val), torch.tensor(ds.y_val)
-    model = plain_model(task, ds.num_features, ds.num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr,
-                                  weight_decay=task.weight_decay)
-    batches = minibatches(len(y_train), task.batch_size, task.derive_seed("order"))
-    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(pool.class_counts))
+    loop = PlainLoop(task)
+    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(loop.pool.class_counts))
     assert criterion.kind == "method" and criterion.total_steps == task.horizon
-    val = []
+    val = [float(classification_metrics(loop.val_logits(), loop.y_val)["balanced_accuracy"])]
     for _ in range(task.horizon):
-        with torch.no_grad():
-            logits = model(x_val)
-        val.append(float(classification_metrics(logits, y_val)["balanced_accuracy"]))
-        for _ in range(task.minibatches_per_step):
-            idx = next(batches)
-            optimizer.zero_grad()
-            criterion(model(x_train[idx]), y_train[idx]).backward()
-            optimizer.step()
-        with torch.no_grad():
-            criterion.step(model(x_val), y_val)
-    with torch.no_grad():
-        val.append(float(classification_metrics(model(x_val), y_val)["balanced_accuracy"]))
-        test = classification_metrics(model(torch.tensor(ds.x_test)), torch.tensor(ds.y_test))
+        loop.train(criterion, task.minibatches_per_step)
+        logits = loop.val_logits()
+        criterion.step(logits, loop.y_val)
+        val.append(float(classification_metrics(logits, loop.y_val)["balanced_accuracy"]))
+    test = loop.test_metrics()
     np.testing.assert_allclose(val, engine_val, atol=1e-5, rtol=0)
     for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
         assert float(test[metric]) == pytest.approx(float(engine_test[metric][0]), abs=1e-5)
