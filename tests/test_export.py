@@ -473,6 +473,36 @@ def test_runs_on_cuda_like_on_the_cpu(controller_export):
         assert cpu == pytest.approx(cuda, abs=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["adafocal", "adaloss", "ldam_drw"])
+def test_methods_run_on_cuda_like_on_the_cpu(tmp_path, name):
+    export = export_baseline(name, tmp_path / name, tasks=[SMALL.replace(horizon=3)])
+    runs = []
+    for device in ("cpu", "cuda"):
+        criterion = AdaptiveLoss.load(export, class_counts=COUNTS).to(device)
+        model = nn.Linear(4, 3).to(device)
+        torch.manual_seed(0)
+        model.reset_parameters()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(0)
+        losses = []
+        for _ in range(3):
+            for _ in range(2):
+                x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+                opt.zero_grad()
+                loss = criterion(model(x.to(device)), y.to(device))
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            with torch.no_grad():
+                criterion.step(model(torch.randn(30, 4, generator=gen).to(device)),
+                               (torch.arange(30) % 3).to(device))
+        runs.append((losses, criterion.history))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], atol=1e-4)
+    for cpu, cuda in zip(runs[0][1], runs[1][1]):
+        assert cpu == pytest.approx(cuda, abs=1e-4)
+
+
 # ------------------------------------------------------------- schedules from policies
 def test_average_schedule_is_exact_over_mixed_horizons():
     def record(params):
