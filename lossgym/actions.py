@@ -14,6 +14,8 @@ over a fixed range:
 | `label_smoothing` | [0, 0.3]     | 0       | label smoothing                              |
 | `poly_epsilon`    | [−1, 2]      | 0       | Poly-1 ε                                     |
 | `gate`            | [−5, 5]      | 0       | gradient-gate strength                       |
+| `margin`          | [0, 1]       | 0       | LDAM margin of the rarest class (∝ n^(−1/4)) |
+| `scale`           | [1, 30]      | 1       | logit scale s (LDAM's s)                     |
 
 ``mode="absolute"``: parameter = low + (a + 1) / 2 · (high − low).
 ``mode="delta"``: parameter ← clip(parameter + a · max_step · (high − low), low, high).
@@ -37,6 +39,8 @@ PARAMETER_RANGES: dict[str, tuple[float, float, float]] = {
     "label_smoothing": (0.0, 0.3, 0.0),
     "poly_epsilon": (-1.0, 2.0, 0.0),
     "gate": (-5.0, 5.0, 0.0),
+    "margin": (0.0, 1.0, 0.0),
+    "scale": (1.0, 30.0, 1.0),
 }
 ACTION_MODES = ("absolute", "delta")
 DEFAULT_PARAMETERS = ("gamma", "alpha")

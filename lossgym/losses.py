@@ -968,11 +968,16 @@ def parametric_loss(
     poly_epsilon: float | Tensor = 0.0,
     gate: float | Tensor = 0.0,
     reduction: str = "mean",
+    *,
+    margin: float | Tensor = 0.0,
+    scale: float | Tensor = 1.0,
 ) -> Tensor:
     r"""The single parametric family the lossgym engine trains with every minibatch.
 
     .. math::
-        z' &= z + \tau \log \pi, \qquad \pi_c = m_c / \textstyle\sum_k m_k,\ m_c = \max(n_c,1)
+        \tilde z &= s\,(z - \Delta\,u_{y}\,e_{y}), \qquad u_c = m_c^{-1/4} / \max_k m_k^{-1/4}
+        \quad\text{(LDAM margin and scale, Cao et al. NeurIPS 2019)}\\
+        z' &= \tilde z + \tau \log \pi, \qquad \pi_c = m_c / \textstyle\sum_k m_k,\ m_c = \max(n_c,1)
         \quad\text{(logit adjustment, Menon et al. ICLR 2021)}\\
         \log p &= \mathrm{log\_softmax}(z'), \qquad p_t = \exp(\log p_{y})\\
         \mathrm{base}_i &= -\big[(1 - \varepsilon_{ls})\log p_{t} + \varepsilon_{ls}\,
@@ -980,8 +985,10 @@ def parametric_loss(
         \ell_i &= w_{y_i}\big[(1 - p_t)^{\gamma}\,\mathrm{base}_i + \varepsilon_{poly}(1 - p_t)
         \big] \quad\text{(focal, Lin et al. 2017; Poly-1, Leng et al. 2022)}
 
-    with :math:`w =` :func:`power_class_weights` ``(class_counts, alpha)`` (mean weight over the
-    member's training-pool samples is 1).  If ``gate != 0`` the terms are then reweighted by the
+    with :math:`\Delta =` ``margin`` (the rarest class's margin, as :func:`ldam_margins`),
+    :math:`s =` ``scale`` (LDAM's s; a plain scale of the raw logits, which sharpens the
+    softmax) and :math:`w =` :func:`power_class_weights` ``(class_counts, alpha)`` (mean weight
+    over the member's training-pool samples is 1).  If ``gate != 0`` the terms are then reweighted by the
     normalised gradient gate of :func:`gradient_gated_cross_entropy`, computed from the
     :math:`p_t` of the adjusted logits ``z'``: :math:`\ell_i \leftarrow \ell_i\, w^g_i
     B / \sum_j w^g_j`.  The focal base :math:`1 - p_t` is floored at 1e-6 inside the power
@@ -989,19 +996,30 @@ def parametric_loss(
 
     Every parameter is a float or a tensor aligned per the module convention (per member
     ``[N]`` or per sample ``[N, B]``); ``class_counts`` is ``[C]`` or ``[N, C]``.  Parameters
-    that are exactly ``0`` as Python numbers cost nothing; tensors never trigger host syncs.
+    that are exactly ``0`` (``scale``: ``1``) as Python numbers cost nothing; tensors never
+    trigger host syncs.
     """
     _check_reduction(reduction)
     _check_logits_targets(logits, targets)
     shape = targets.shape
     num_classes = logits.shape[-1]
-    need_counts = not (_is_zero(alpha) and _is_zero(tau))
+    need_counts = not (_is_zero(alpha) and _is_zero(tau) and _is_zero(margin))
     log_m = log_n = None
     if need_counts:
         counts = _align_class(class_counts, shape, num_classes, "class_counts", logits)
         log_m = counts.clamp_min(1.0).log()
         log_n = counts.log()
     z = logits
+    if not _is_zero(margin):
+        # u_c = m_c^(-1/4) / max_k m_k^(-1/4), so the rarest class gets the whole margin.
+        unit = (-0.25 * (log_m - log_m.amin(dim=-1, keepdim=True))).exp()
+        d = _align(margin, shape, "margin", logits)
+        d = d * _gather_class(unit, targets)
+        onehot = torch.zeros_like(z).scatter_(-1, targets.unsqueeze(-1), 1.0)
+        z = z - onehot * d.unsqueeze(-1)
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale == 1):
+        s_ = _align(scale, shape, "scale", logits)
+        z = z * (s_.unsqueeze(-1) if isinstance(s_, Tensor) else s_)
     if not _is_zero(tau):
         t = _align(tau, shape, "tau", logits)
         # log pi and log m differ by a per-row constant, which log_softmax ignores.
@@ -1070,6 +1088,9 @@ class ParametricLoss(nn.Module):
         poly_epsilon: float | Tensor = 0.0,
         gate: float | Tensor = 0.0,
         reduction: str = "mean",
+        *,
+        margin: float | Tensor = 0.0,
+        scale: float | Tensor = 1.0,
     ) -> None:
         super().__init__()
         _check_reduction(reduction)
@@ -1081,6 +1102,8 @@ class ParametricLoss(nn.Module):
             ("label_smoothing", label_smoothing),
             ("poly_epsilon", poly_epsilon),
             ("gate", gate),
+            ("margin", margin),
+            ("scale", scale),
         ):
             _store(self, name, value)
         self.reduction = reduction
@@ -1096,11 +1119,14 @@ class ParametricLoss(nn.Module):
             label_smoothing=self.label_smoothing,
             poly_epsilon=self.poly_epsilon,
             gate=self.gate,
+            margin=self.margin,
+            scale=self.scale,
             reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
-        names = ("gamma", "alpha", "tau", "label_smoothing", "poly_epsilon", "gate")
+        names = ("gamma", "alpha", "tau", "label_smoothing", "poly_epsilon", "gate", "margin",
+                 "scale")
         parts = [f"{n}={_fmt(getattr(self, n))}" for n in names]
         parts.append(f"class_counts={_fmt(self.class_counts)}")
         parts.append(f"reduction={self.reduction!r}")

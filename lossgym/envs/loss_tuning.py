@@ -61,6 +61,8 @@ class LossTuningEnv(gym.Env):
     | `label_smoothing` | [0, 0.3] | label smoothing                            |
     | `poly_epsilon`    | [−1, 2]  | Poly-1 ε                                   |
     | `gate`            | [−5, 5]  | gradient-gate strength                     |
+    | `margin`          | [0, 1]   | LDAM margin of the rarest class            |
+    | `scale`           | [1, 30]  | logit scale s                              |
 
     ``action_mode="absolute"`` sets the parameters (low + (a + 1)/2 · (high − low));
     ``"delta"`` moves them by at most ``max_step`` of their range per step. Values outside
