@@ -286,9 +286,9 @@ def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None
     if name in BASELINES:
         return export_policy(BASELINES[name](), out, tasks, name, device)
     if builtin not in BUILTIN_METHODS:
-        raise ValueError(f"baseline {name!r} is not known; choose from "
-                         f"{sorted(BASELINES) + sorted(BUILTIN_METHODS)} (built-in methods "
-                         f"also as '{METHOD_PREFIX}NAME')")
+        raise ValueError(f"baseline {name!r} is not known; choose a hand baseline "
+                         f"{sorted(BASELINES)} or a built-in method {sorted(BUILTIN_METHODS)} "
+                         f"(also as '{METHOD_PREFIX}NAME')")
     name = builtin
     method = make_method(name, 1, 2, torch.device("cpu"))
     task = list(tasks)[0] if tasks else TaskSpec()

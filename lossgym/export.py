@@ -1196,10 +1196,11 @@ class AdaptiveLoss(nn.Module):
         self.observation = tensor(state["observation"])
         self._ce = [torch.tensor(v) for v in state["ce"]]
         self._grad_norms = [torch.tensor(v) for v in state["grad_norms"]]
-        self._minibatch = state["minibatch"]
-        self.minibatches_per_step = state["minibatches_per_step"]
+        # Checkpoints from before method exports lack the last three entries.
+        self._minibatch = state.get("minibatch", 0)
+        self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)
         self.__dict__["_module"] = None
-        if state["module"] is not None and self.method is not None:
+        if state.get("module") is not None and self.method is not None:
             module = self.method.new_module(self._num_classes)
             assert module is not None
             module.load_state_dict({k: torch.tensor(v, dtype=module.state_dict()[k].dtype)
