@@ -124,21 +124,44 @@ def _to_action(name: str, value: np.ndarray | float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ policies
+def _check_fixed(fixed: Mapping[str, float]) -> dict[str, float]:
+    """Constant values of parameters other than γ and α, each checked against its range."""
+    out: dict[str, float] = {}
+    for name, value in fixed.items():
+        if name in ("gamma", "alpha") or name not in PARAMETER_RANGES:
+            allowed = [p for p in PARAMETER_RANGES if p not in ("gamma", "alpha")]
+            raise ValueError(f"fixed parameter {name!r} is not known; choose from {allowed}")
+        low, high, _ = PARAMETER_RANGES[name]
+        out[name] = _check_real(name, value, low, high)
+    return out
+
+
 class _LossRule:
     """Shared machinery of the hand policies: absolute mode, γ and α set per row, every other
-    controlled parameter held at its neutral value.
+    controlled parameter held at a constant: its value in ``fixed``, else its neutral value.
 
     Args:
         parameters: the controlled parameters in action order; must include ``"gamma"`` and
-            ``"alpha"``.
+            ``"alpha"`` and every name of ``fixed``. None: γ, α, then the names of ``fixed`` in
+            the order of :data:`lossgym.actions.PARAMETER_RANGES`.
+        fixed: constant values of other parameters (e.g. ``{"tau": 1.0}``).
     """
 
     mode = "absolute"
 
-    def __init__(self, parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+    def __init__(self, parameters: Sequence[str] | None = None,
+                 fixed: Mapping[str, float] | None = None) -> None:
+        self.fixed = _check_fixed(fixed or {})
+        if parameters is None:
+            parameters = DEFAULT_PARAMETERS + tuple(p for p in PARAMETER_RANGES if p in self.fixed)
         self.parameters = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+        missing = [p for p in self.fixed if p not in self.parameters]
+        if missing:
+            raise ValueError(f"fixed parameters {missing} are not among the controlled "
+                             f"parameters {list(self.parameters)}")
         self._obs_dim = FeatureSpec(self.parameters).dim
-        self._neutral = np.array([_to_action(p, PARAMETER_RANGES[p][2]) for p in self.parameters])
+        self._neutral = np.array([_to_action(p, self.fixed.get(p, PARAMETER_RANGES[p][2]))
+                                  for p in self.parameters])
         self._gamma = self.parameters.index("gamma")
         self._alpha = self.parameters.index("alpha")
         self.num_envs = 0
@@ -154,6 +177,9 @@ class _LossRule:
             raise ValueError(f"obs has shape {array.shape}; expected [N, {self._obs_dim}] for "
                              f"parameters {self.parameters}")
         return array
+
+    def _fixed_repr(self) -> str:
+        return "".join(f", {k}={v:g}" for k, v in self.fixed.items())
 
     def _actions(self, gamma: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         """Actions ``[N, d]`` (float32) that set γ and α per row."""
@@ -178,12 +204,13 @@ class ConstantPolicy(_LossRule):
     Args:
         gamma: focal exponent γ in [0, 5].
         alpha: class-balance strength α in [0, 1].
-        parameters: the controlled parameters (must include γ and α; others stay neutral).
+        parameters: the controlled parameters (see :class:`_LossRule`).
+        **fixed: constant values of other parameters (τ, margin, scale, ...).
     """
 
     def __init__(self, gamma: float = 0.0, alpha: float = 0.0,
-                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
-        super().__init__(parameters)
+                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
+        super().__init__(parameters, fixed)
         self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
         self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
 
@@ -193,7 +220,7 @@ class ConstantPolicy(_LossRule):
         return self._actions(np.full(n, self.gamma), np.full(n, self.alpha))
 
     def __repr__(self) -> str:
-        return f"ConstantPolicy(gamma={self.gamma:g}, alpha={self.alpha:g})"
+        return f"ConstantPolicy(gamma={self.gamma:g}, alpha={self.alpha:g}{self._fixed_repr()})"
 
 
 class DRWPolicy(_LossRule):
@@ -208,12 +235,13 @@ class DRWPolicy(_LossRule):
             tolerance for the float32 observation).
         alpha: class-balance strength α in [0, 1] after the switch.
         gamma: constant focal exponent γ in [0, 5].
-        parameters: the controlled parameters (must include γ and α; others stay neutral).
+        parameters: the controlled parameters (see :class:`_LossRule`).
+        **fixed: constant values of other parameters.
     """
 
     def __init__(self, switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
-                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
-        super().__init__(parameters)
+                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
+        super().__init__(parameters, fixed)
         self.switch = _check_real("switch", switch, 0.0, 1.0)
         self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
         self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
@@ -225,7 +253,8 @@ class DRWPolicy(_LossRule):
                              _drw_alpha(progress, self.switch, self.alpha))
 
     def __repr__(self) -> str:
-        return f"DRWPolicy(switch={self.switch:g}, alpha={self.alpha:g}, gamma={self.gamma:g})"
+        return (f"DRWPolicy(switch={self.switch:g}, alpha={self.alpha:g}, gamma={self.gamma:g}"
+                f"{self._fixed_repr()})")
 
 
 class SchedulePolicy(_LossRule):
@@ -241,13 +270,14 @@ class SchedulePolicy(_LossRule):
         shape: ``"linear"`` or ``"cosine"``.
         drw_switch: progress in [0, 1] at which α switches on.
         drw_alpha: α in [0, 1] after the switch.
-        parameters: the controlled parameters (must include γ and α; others stay neutral).
+        parameters: the controlled parameters (see :class:`_LossRule`).
+        **fixed: constant values of other parameters.
     """
 
     def __init__(self, gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
                  drw_switch: float = 0.8, drw_alpha: float = 1.0,
-                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
-        super().__init__(parameters)
+                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
+        super().__init__(parameters, fixed)
         self.gamma_start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
         self.gamma_end = _check_real("gamma_end", gamma_end, *GAMMA_RANGE)
         if shape not in SHAPES:
@@ -271,7 +301,7 @@ class SchedulePolicy(_LossRule):
     def __repr__(self) -> str:
         return (f"SchedulePolicy(gamma_start={self.gamma_start:g}, gamma_end={self.gamma_end:g},"
                 f" shape={self.shape!r}, drw_switch={self.drw_switch:g}, "
-                f"drw_alpha={self.drw_alpha:g})")
+                f"drw_alpha={self.drw_alpha:g}{self._fixed_repr()})")
 
 
 class FeedbackPolicy(_LossRule):
@@ -289,11 +319,11 @@ class FeedbackPolicy(_LossRule):
         margin: recall gap in [−1, 1] that is tolerated; a smaller gap lowers α.
         alpha_max: the largest α, in [0, 1].
         gamma: constant focal exponent γ in [0, 5].
-        parameters: the controlled parameters (must include γ and α; others stay neutral).
+        parameters: the controlled parameters (see :class:`_LossRule`).
     """
 
     def __init__(self, eta: float = 1.0, margin: float = 0.0, alpha_max: float = 1.0,
-                 gamma: float = 0.0, parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+                 gamma: float = 0.0, parameters: Sequence[str] | None = None) -> None:
         super().__init__(parameters)
         self.eta = _check_real("eta", eta, 0.0, math.inf)
         self.margin = _check_real("margin", margin, -1.0, 1.0)
@@ -812,11 +842,19 @@ def oracle_constant(
     return _best(table, ("gamma", "alpha")), table
 
 
-def _space_keys(space: str) -> tuple[str, ...]:
+def _extra_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
+    """The searched parameters besides γ and α (held constant over a run), checked."""
+    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+    return tuple(p for p in params if p not in ("gamma", "alpha"))
+
+
+def _space_keys(space: str, parameters: Sequence[str] = DEFAULT_PARAMETERS
+                ) -> tuple[str, ...]:
+    extra = _extra_parameters(parameters)
     if space == "constant":
-        return ("gamma", "alpha")
+        return ("gamma", "alpha") + extra
     if space == "schedule":
-        return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha")
+        return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha") + extra
     raise ValueError(f"space={space!r} is not known; choose one of {SEARCH_SPACES}")
 
 
@@ -836,6 +874,7 @@ def random_search(
     rng: np.random.Generator,
     space: str = "constant",
     *,
+    parameters: Sequence[str] = DEFAULT_PARAMETERS,
     metric: str = "balanced_accuracy",
     device: str | torch.device = "auto",
     max_members: int = 256,
@@ -848,13 +887,15 @@ def random_search(
 
     Spaces (uniform draws): ``"constant"``: γ ∈ [0, 5], α ∈ [0, 1]; ``"schedule"``:
     gamma_start, gamma_end ∈ [0, 5], shape ∈ {linear, cosine} (categorical), drw_switch ∈
-    [0, 1], drw_alpha ∈ [0, 1].
+    [0, 1], drw_alpha ∈ [0, 1]. Every parameter of ``parameters`` besides γ and α (τ, margin,
+    scale, ...) is searched too, as a constant uniform over its range, in both spaces.
 
     Args:
         tasks: the search (train) tasks.
         budget: inner training runs, a positive multiple of ``len(tasks)``.
         rng: source of the candidates; advanced by the call.
         space: ``"constant"`` or ``"schedule"``.
+        parameters: the searched loss parameters (γ and α at least): an agent's action set.
         metric, device, max_members: as :func:`evaluate_configs`.
 
     Returns:
@@ -862,38 +903,49 @@ def random_search(
         candidate in draw order, with ``candidate``, the config, ``score`` and ``task_scores``.
     """
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space)
+    keys = _space_keys(space, parameters)
+    extra = _extra_parameters(parameters)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     count = _check_budget(budget, tasks)
     configs: list[Config] = []
     for _ in range(count):
         if space == "constant":
-            configs.append({"gamma": float(rng.uniform(*GAMMA_RANGE)),
-                            "alpha": float(rng.uniform(*ALPHA_RANGE))})
+            config: Config = {"gamma": float(rng.uniform(*GAMMA_RANGE)),
+                              "alpha": float(rng.uniform(*ALPHA_RANGE))}
         else:
-            configs.append({"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
-                            "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
-                            "shape": SHAPES[int(rng.integers(len(SHAPES)))],
-                            "drw_switch": float(rng.uniform(0.0, 1.0)),
-                            "drw_alpha": float(rng.uniform(*ALPHA_RANGE))})
+            config = {"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
+                      "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
+                      "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+                      "drw_switch": float(rng.uniform(0.0, 1.0)),
+                      "drw_alpha": float(rng.uniform(*ALPHA_RANGE))}
+        for name in extra:
+            config[name] = float(rng.uniform(*PARAMETER_RANGES[name][:2]))
+        configs.append(config)
     table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                 max_members=max_members)
     history = [{"candidate": k, **row} for k, row in enumerate(table)]
     return _best(history, keys), history
 
 
-def _unit_to_config(space: str, x: np.ndarray) -> Config:
-    """Map a point of the unit box to a configuration (CMA's genotype → phenotype)."""
+def _unit_to_config(space: str, x: np.ndarray, extra: Sequence[str] = ()) -> Config:
+    """Map a point of the unit box to a configuration (CMA's genotype → phenotype); the last
+    ``len(extra)`` coordinates are the constant parameters ``extra``."""
     x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
     g_low, g_high = GAMMA_RANGE
     a_low, a_high = ALPHA_RANGE
     if space == "constant":
-        return {"gamma": float(g_low + x[0] * (g_high - g_low)),
-                "alpha": float(a_low + x[1] * (a_high - a_low))}
-    return {"gamma_start": float(g_low + x[0] * (g_high - g_low)),
-            "gamma_end": float(g_low + x[1] * (g_high - g_low)), "shape": "cosine",
-            "drw_switch": float(x[2]), "drw_alpha": float(a_low + x[3] * (a_high - a_low))}
+        config: Config = {"gamma": float(g_low + x[0] * (g_high - g_low)),
+                          "alpha": float(a_low + x[1] * (a_high - a_low))}
+    else:
+        config = {"gamma_start": float(g_low + x[0] * (g_high - g_low)),
+                  "gamma_end": float(g_low + x[1] * (g_high - g_low)), "shape": "cosine",
+                  "drw_switch": float(x[2]), "drw_alpha": float(a_low + x[3] * (a_high - a_low))}
+    base = len(x) - len(extra)
+    for j, name in enumerate(extra):
+        low, high, _ = PARAMETER_RANGES[name]
+        config[name] = float(low + x[base + j] * (high - low))
+    return config
 
 
 def default_popsize(candidates: int, dim: int) -> int:
@@ -913,6 +965,7 @@ def cma_search(
     popsize: int | None = None,
     sigma0: float = 0.3,
     *,
+    parameters: Sequence[str] = DEFAULT_PARAMETERS,
     metric: str = "balanced_accuracy",
     device: str | torch.device = "auto",
     max_members: int = 256,
@@ -925,7 +978,8 @@ def cma_search(
     ``candidates / popsize`` generations of ``popsize`` candidates; a generation is one batched
     rollout. CMA searches the unit box (bounds [0, 1], start at its centre, step ``sigma0``),
     mapped linearly to ``"constant"``: (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``:
-    (gamma_start, gamma_end ∈ [0, 5], drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape.
+    (gamma_start, gamma_end ∈ [0, 5], drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape,
+    plus one coordinate per parameter of ``parameters`` besides γ and α, held constant.
     numpy's global random state, which pycma seeds and draws from, is restored afterwards.
 
     Args:
@@ -934,6 +988,7 @@ def cma_search(
             2 candidates.
         seed: int >= 0; pycma gets ``seed + 1`` (it reads 0 as "seed from the clock").
         space: ``"constant"`` or ``"schedule"``.
+        parameters: the searched loss parameters (γ and α at least): an agent's action set.
         popsize: candidates per generation, >= 2 and dividing the candidate count; None picks
             :func:`default_popsize`.
         sigma0: initial step size in the unit box, in (0, 1].
@@ -947,13 +1002,14 @@ def cma_search(
     import cma
 
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space)
+    keys = _space_keys(space, parameters)
+    extra = _extra_parameters(parameters)
     seed = _check_int("seed", seed, 0)
     sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
     if sigma0 == 0.0:
         raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
     count = _check_budget(budget, tasks)
-    dim = 2 if space == "constant" else 4
+    dim = (2 if space == "constant" else 4) + len(extra)
     if count < 2:
         raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
                          f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
@@ -973,7 +1029,7 @@ def cma_search(
         history: Table = []
         for generation in range(count // popsize):
             points = es.ask()
-            configs = [_unit_to_config(space, x) for x in points]
+            configs = [_unit_to_config(space, x, extra) for x in points]
             table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                         max_members=max_members)
             es.tell(points, [-row["score"] for row in table])

@@ -865,6 +865,15 @@ class AdaptiveLoss(nn.Module):
         # on the way where the logits are not adjusted, else it is computed here.
         record = self.controller is not None and self._is_training_forward(logits)
         recorded = len(self._ce)
+        k = self._kwargs
+        if k.get("margin", 0.0) != 0.0 or k.get("scale", 1.0) != 1.0:
+            # The LDAM margin and scale act on the logits first: the general parametric loss.
+            loss = losses.parametric_loss(logits, targets, counts.to(logits.dtype),
+                                          reduction=self.reduction, **k)
+            if record:
+                self._ce.append(F.cross_entropy(logits.detach().reshape(-1, num_classes),
+                                                targets.reshape(-1)))
+            return loss
         shift, weights = self._class_terms(counts, logits)
         reduction = self.reduction
         if weights is not None and reduction == "mean":
@@ -874,7 +883,6 @@ class AdaptiveLoss(nn.Module):
                     or self._scaled_weights[1] is not weights:
                 self._scaled_weights = (n, weights, weights * (1.0 / max(n, 1)))
             weights, reduction = self._scaled_weights[2], "sum"
-        k = self._kwargs
         # parametric_loss with host-number parameters, its class terms computed once a period.
         loss = _modulated_ce(logits if shift is None else logits + shift, targets,
                              gamma=k.get("gamma", 0.0),

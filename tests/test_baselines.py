@@ -448,3 +448,40 @@ def test_cma_search_within_bounds_and_exact_budget(monkeypatch, space):
         counter.calls = 0
         _, history3 = cma_search(TASKS, 8, seed=1, space=space, device="cpu")
         assert counter.calls == 1 and len(history3) == 4
+
+
+def test_fixed_parameters_of_hand_policies():
+    policy = ConstantPolicy(1.0, 0.5, tau=1.0, margin=0.5, scale=10.0)
+    assert policy.parameters == ("gamma", "alpha", "tau", "margin", "scale")
+    policy.reset(2)
+    x = np.zeros((2, FeatureSpec(policy.parameters).dim), dtype=np.float32)
+    np.testing.assert_allclose(params_of(policy.act(x), policy.parameters),
+                               [[1.0, 0.5, 1.0, 0.5, 10.0]] * 2, atol=1e-5)
+    assert "scale=10" in repr(policy)
+    drw = policy_from_config("drw", {"switch": 0.5, "alpha": 1.0, "tau": 1.0})
+    drw.reset(2)
+    x = np.zeros((2, FeatureSpec(drw.parameters).dim), dtype=np.float32)
+    x[:, 0] = [0.2, 0.6]
+    np.testing.assert_allclose(params_of(drw.act(x), drw.parameters),
+                               [[0, 0, 1.0], [0, 1.0, 1.0]], atol=1e-6)
+    with pytest.raises(ValueError, match="'bogus' is not known"):
+        ConstantPolicy(bogus=1.0)
+    with pytest.raises(ValueError, match="scale"):
+        ConstantPolicy(scale=100.0)
+    with pytest.raises(ValueError, match="not among the controlled"):
+        ConstantPolicy(parameters=("gamma", "alpha"), tau=1.0)
+
+
+@pytest.mark.parametrize("space", ["constant", "schedule"])
+def test_searches_cover_an_agents_extra_parameters(monkeypatch, space):
+    monkeypatch.setattr(baselines, "rollout_policy", Counter())
+    parameters = ("gamma", "alpha", "tau", "scale")
+    best, history = random_search(TASKS, 6, np.random.default_rng(0), space=space,
+                                  parameters=parameters, device="cpu")
+    best_cma, history_cma = cma_search(TASKS, 8, seed=0, space=space, popsize=2,
+                                       parameters=parameters, device="cpu")
+    for config in [best, best_cma] + history + history_cma:
+        assert 0 <= config["tau"] <= 2 and 1 <= config["scale"] <= 30
+    assert len({row["tau"] for row in history}) == 3
+    policy = policy_from_config(space, best)
+    assert set(policy.parameters) == set(parameters)

@@ -349,9 +349,10 @@ def test_mismatched_class_counts_are_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- the module
-def test_forward_is_the_parametric_loss():
+@pytest.mark.parametrize("ldam", [{}, {"margin": 0.5, "scale": 10.0}])
+def test_forward_is_the_parametric_loss(ldam):
     params = {"gamma": 1.5, "alpha": 0.7, "tau": 0.5, "label_smoothing": 0.1,
-              "poly_epsilon": 0.5, "gate": 2.0}
+              "poly_epsilon": 0.5, "gate": 2.0, **ldam}
     counts = torch.tensor([40.0, 9.0, 3.0, 0.0])
     logits = torch.randn(32, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 4, (32,))

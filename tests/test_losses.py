@@ -888,3 +888,37 @@ def test_closed_form_gradient_refuses_double_backward_and_learnable_weights():
     weights = torch.ones(C, dtype=torch.float64, requires_grad=True)
     focal_loss(logits, targets, 2.0, alpha=weights).backward()
     assert weights.grad is not None and weights.grad.abs().sum() > 0
+
+
+def test_parametric_margin_and_scale_equal_ldam():
+    """margin and scale make parametric_loss LDAM (Cao et al.) on the raw logits, and combine
+    with logit adjustment and focal terms per member exactly as host numbers do."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 5, (3, 6), generator=g)
+    counts = torch.tensor([[100.0, 40, 10, 3, 1]] * 3)
+    _close(parametric_loss(logits, targets, counts, reduction="none", margin=0.5, scale=30.0),
+           ldam_loss(logits, targets, counts, max_margin=0.5, scale=30.0, reduction="none"))
+    # Hand computed: the rarest class (count 1) gets the whole margin; scale 2.
+    z = torch.tensor([[1.0, 2.0, 0.0]])
+    expected = -2 * (0.0 - 0.5) + math.log(math.exp(2.0) + math.exp(4.0) + math.exp(-1.0))
+    _close(parametric_loss(z, torch.tensor([2]), torch.tensor([16.0, 16.0, 1.0]), margin=0.5,
+                           scale=2.0), torch.tensor(expected))
+    # Neutral values are plain cross-entropy, as tensors too.
+    _close(parametric_loss(logits, targets, counts, reduction="none",
+                           margin=torch.zeros(3, dtype=torch.float64),
+                           scale=torch.ones(3, dtype=torch.float64)),
+           F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
+    margin = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    scale = torch.tensor([1.0, 10.0, 30.0], dtype=torch.float64)
+    gamma = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
+    batched = parametric_loss(logits, targets, counts, gamma=gamma, tau=1.0, reduction="none",
+                              margin=margin, scale=scale)
+    for i in range(3):
+        alone = parametric_loss(logits[i], targets[i], counts[i], gamma=float(gamma[i]),
+                                tau=1.0, reduction="none", margin=float(margin[i]),
+                                scale=float(scale[i]))
+        _close(batched[i], alone)
+    assert torch.autograd.gradcheck(
+        lambda x: parametric_loss(x, targets, counts, gamma=gamma, alpha=0.5, tau=1.0,
+                                  margin=margin, scale=scale), (logits,))
