@@ -977,7 +977,8 @@ def parametric_loss(
     .. math::
         \tilde z &= s\,(z - \Delta\,u_{y}\,e_{y}), \qquad u_c = m_c^{-1/4} / \max_k m_k^{-1/4}
         \quad\text{(LDAM margin and scale, Cao et al. NeurIPS 2019)}\\
-        z' &= \tilde z + \tau \log \pi, \qquad \pi_c = m_c / \textstyle\sum_k m_k,\ m_c = \max(n_c,1)
+        z' &= \tilde z + \tau \log \pi, \qquad \pi_c = m_c / \textstyle\sum_k m_k,\
+        m_c = \max(n_c,1)
         \quad\text{(logit adjustment, Menon et al. ICLR 2021)}\\
         \log p &= \mathrm{log\_softmax}(z'), \qquad p_t = \exp(\log p_{y})\\
         \mathrm{base}_i &= -\big[(1 - \varepsilon_{ls})\log p_{t} + \varepsilon_{ls}\,
@@ -988,8 +989,8 @@ def parametric_loss(
     with :math:`\Delta =` ``margin`` (the rarest class's margin, as :func:`ldam_margins`),
     :math:`s =` ``scale`` (LDAM's s; a plain scale of the raw logits, which sharpens the
     softmax) and :math:`w =` :func:`power_class_weights` ``(class_counts, alpha)`` (mean weight
-    over the member's training-pool samples is 1).  If ``gate != 0`` the terms are then reweighted by the
-    normalised gradient gate of :func:`gradient_gated_cross_entropy`, computed from the
+    over the member's training-pool samples is 1).  If ``gate != 0`` the terms are then
+    reweighted by the normalised gradient gate of :func:`gradient_gated_cross_entropy`, computed from the
     :math:`p_t` of the adjusted logits ``z'``: :math:`\ell_i \leftarrow \ell_i\, w^g_i
     B / \sum_j w^g_j`.  The focal base :math:`1 - p_t` is floored at 1e-6 inside the power
     (see :func:`focal_loss`).  With every parameter 0 this is exactly ``F.cross_entropy``.
