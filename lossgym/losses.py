@@ -990,8 +990,8 @@ def parametric_loss(
     :math:`s =` ``scale`` (LDAM's s; a plain scale of the raw logits, which sharpens the
     softmax) and :math:`w =` :func:`power_class_weights` ``(class_counts, alpha)`` (mean weight
     over the member's training-pool samples is 1).  If ``gate != 0`` the terms are then
-    reweighted by the normalised gradient gate of :func:`gradient_gated_cross_entropy`, computed from the
-    :math:`p_t` of the adjusted logits ``z'``: :math:`\ell_i \leftarrow \ell_i\, w^g_i
+    reweighted by the normalised gradient gate of :func:`gradient_gated_cross_entropy`,
+    computed from the :math:`p_t` of the adjusted logits ``z'``: :math:`\ell_i \leftarrow \ell_i\, w^g_i
     B / \sum_j w^g_j`.  The focal base :math:`1 - p_t` is floored at 1e-6 inside the power
     (see :func:`focal_loss`).  With every parameter 0 this is exactly ``F.cross_entropy``.
 
