@@ -991,9 +991,10 @@ def parametric_loss(
     softmax) and :math:`w =` :func:`power_class_weights` ``(class_counts, alpha)`` (mean weight
     over the member's training-pool samples is 1).  If ``gate != 0`` the terms are then
     reweighted by the normalised gradient gate of :func:`gradient_gated_cross_entropy`,
-    computed from the :math:`p_t` of the adjusted logits ``z'``: :math:`\ell_i \leftarrow \ell_i\, w^g_i
-    B / \sum_j w^g_j`.  The focal base :math:`1 - p_t` is floored at 1e-6 inside the power
-    (see :func:`focal_loss`).  With every parameter 0 this is exactly ``F.cross_entropy``.
+    computed from the :math:`p_t` of the adjusted logits ``z'``:
+    :math:`\ell_i \leftarrow \ell_i\, w^g_i B / \sum_j w^g_j`.  The focal base :math:`1 - p_t`
+    is floored at 1e-6 inside the power (see :func:`focal_loss`).  With every parameter at its
+    neutral value (0; ``scale`` 1) this is exactly ``F.cross_entropy``.
 
     Every parameter is a float or a tensor aligned per the module convention (per member
     ``[N]`` or per sample ``[N, B]``); ``class_counts`` is ``[C]`` or ``[N, C]``.  Parameters
