@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents import distributed
 from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, rollout_policy
 from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
 from lossgym.envs.core import METRICS
@@ -609,16 +610,18 @@ def rollout_members(
     if len(names) != len(tasks):
         raise ValueError(f"{len(names)} names for {len(tasks)} tasks; pass one or one per task")
     max_members = _check_int("max_members", max_members, 1)
+    chunks = [group[start : start + max_members] for group in group_tasks(tasks)
+              for start in range(0, len(group), max_members)]
+    # The chunks are independent populations: let the executor run them side by side.
+    results = distributed.current().gather([
+        partial(rollout_policy, PerMemberPolicy([policies[i] for i in ids]),
+                [tasks[i] for i in ids], "per_member", metric, device, len(ids))
+        for ids in chunks])
     records: list[EpisodeRecord | None] = [None] * len(tasks)
-    for group in group_tasks(tasks):
-        for start in range(0, len(group), max_members):
-            ids = group[start : start + max_members]
-            chunk = rollout_policy(PerMemberPolicy([policies[i] for i in ids]),
-                                   [tasks[i] for i in ids], "per_member", metric, device,
-                                   len(ids))
-            for i, record in zip(ids, chunk):
-                record.method = names[i]
-                records[i] = record
+    for ids, chunk in zip(chunks, results):
+        for i, record in zip(ids, chunk):
+            record.method = names[i]
+            records[i] = record
     return [r for r in records if r is not None]
 
 

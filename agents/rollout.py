@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from agents import distributed
 from lossgym.actions import ActionMapping
 from lossgym.envs.core import TEST_METRICS, EpisodeBatch, metric_value
 from lossgym.methods import MethodMix, make_method
@@ -87,38 +88,53 @@ def rollout_policy(
     device: str | torch.device = "auto",
     max_members: int = 256,
 ) -> list[EpisodeRecord]:
-    """One episode of ``policy`` on each task; records in task order."""
+    """One episode of ``policy`` on each task; records in task order.
+
+    Each population (a group of compatible tasks, at most ``max_members``) is one unit of the
+    current :mod:`agents.distributed` executor and gets its own copy of ``policy``.
+    """
+    chunks = [group[start : start + max_members] for group in group_tasks(tasks)
+              for start in range(0, len(group), max_members)]
+    units = [(policy, [tasks[i] for i in ids], name, metric, device) for ids in chunks]
+    return _in_task_order(len(tasks), chunks, distributed.current().map(_policy_unit, units))
+
+
+def _in_task_order(count: int, chunks: list[list[int]],
+                   results: list[list[EpisodeRecord]]) -> list[EpisodeRecord]:
+    records: list[EpisodeRecord | None] = [None] * count
+    for ids, chunk in zip(chunks, results):
+        for i, record in zip(ids, chunk):
+            records[i] = record
+    return [r for r in records if r is not None]
+
+
+def _policy_unit(policy: Policy, tasks: list[TaskSpec], name: str, metric: str,
+                 device: str | torch.device) -> list[EpisodeRecord]:
+    """One episode of ``policy`` on each task of one population."""
     mapping = ActionMapping(tuple(policy.parameters), policy.mode,
                             getattr(policy, "max_step", 0.1))
-    records: list[EpisodeRecord | None] = [None] * len(tasks)
-    for group in group_tasks(tasks):
-        for start in range(0, len(group), max_members):
-            ids = group[start : start + max_members]
-            batch = EpisodeBatch(len(ids), mapping, metric, "none", 1.0,
-                                 resolve_device(device), 1024)
-            obs = batch.reset(range(len(ids)), [tasks[i] for i in ids])
-            policy.reset(len(ids))
-            curves = [batch.value.copy()]
-            params, actions, tests = [], [], [None] * len(ids)
-            diverged = np.zeros(len(ids), dtype=bool)
-            while not all(batch.done):
-                action = np.asarray(policy.act(obs), dtype=np.float32).reshape(len(ids), -1)
-                actions.append(np.clip(action, -1.0, 1.0))
-                obs, _, terminated, infos = batch.step(batch.check_actions(action))
-                params.append(batch.params.cpu().numpy().copy())
-                curves.append(batch.value.copy())
-                for k, info in enumerate(infos):
-                    if info.get("test") is not None:
-                        tests[k] = info["test"]
-                        diverged[k] = info["diverged"]
-            for k, i in enumerate(ids):
-                records[i] = EpisodeRecord(
-                    task=tasks[i], method=name,
-                    params=np.array(params)[:, k], actions=np.array(actions)[:, k],
-                    val_curve=np.array(curves)[:, k], test=tests[k], diverged=bool(diverged[k]),
-                    parameters=mapping.parameters,
-                )
-    return [r for r in records if r is not None]
+    n = len(tasks)
+    batch = EpisodeBatch(n, mapping, metric, "none", 1.0, resolve_device(device), 1024)
+    obs = batch.reset(range(n), tasks)
+    policy.reset(n)
+    curves = [batch.value.copy()]
+    params, actions, tests = [], [], [None] * n
+    diverged = np.zeros(n, dtype=bool)
+    while not all(batch.done):
+        action = np.asarray(policy.act(obs), dtype=np.float32).reshape(n, -1)
+        actions.append(np.clip(action, -1.0, 1.0))
+        obs, _, terminated, infos = batch.step(batch.check_actions(action))
+        params.append(batch.params.cpu().numpy().copy())
+        curves.append(batch.value.copy())
+        for k, info in enumerate(infos):
+            if info.get("test") is not None:
+                tests[k] = info["test"]
+                diverged[k] = info["diverged"]
+    return [EpisodeRecord(task=task, method=name, params=np.array(params)[:, k],
+                          actions=np.array(actions)[:, k], val_curve=np.array(curves)[:, k],
+                          test=tests[k], diverged=bool(diverged[k]),
+                          parameters=mapping.parameters)
+            for k, task in enumerate(tasks)]
 
 
 def rollout_method(
@@ -128,22 +144,26 @@ def rollout_method(
     device: str | torch.device = "auto",
 ) -> list[EpisodeRecord]:
     """One training run of the built-in loss ``method`` on each task; records in task order."""
+    chunks = group_tasks(tasks)
+    units = [(method, [tasks[i] for i in ids], metric, device) for ids in chunks]
+    return _in_task_order(len(tasks), chunks, distributed.current().map(_method_unit, units))
+
+
+def _method_unit(method: str, tasks: list[TaskSpec], metric: str,
+                 device: str | torch.device) -> list[EpisodeRecord]:
+    """One training run of ``method`` on each task of one population."""
     dev = resolve_device(device)
-    records: list[EpisodeRecord | None] = [None] * len(tasks)
-    for group in group_tasks(tasks):
-        pop = Population([tasks[i] for i in group], device=dev)
-        mix = MethodMix([make_method(method, len(group), pop.num_classes, dev)])
-        curves = [metric_value(pop.evaluate("val"), metric).cpu().numpy()]
-        for _ in range(tasks[group[0]].horizon):
-            pop.train(mix)
-            mix.observe_validation(pop.logits("val"), pop.targets("val"))
-            curves.append(metric_value(pop.evaluate("val"), metric).cpu().numpy())
-        test = pop.final_metrics()
-        diverged = pop.diverged.cpu().numpy()
-        for k, i in enumerate(group):
-            records[i] = EpisodeRecord(
-                task=tasks[i], method=method, params=np.zeros((0, 0)),
-                actions=np.zeros((0, 0)), val_curve=np.array(curves)[:, k],
-                test={m: float(test[m][k]) for m in TEST_METRICS}, diverged=bool(diverged[k]),
-            )
-    return [r for r in records if r is not None]
+    pop = Population(tasks, device=dev)
+    mix = MethodMix([make_method(method, len(tasks), pop.num_classes, dev)])
+    curves = [metric_value(pop.evaluate("val"), metric).cpu().numpy()]
+    for _ in range(tasks[0].horizon):
+        pop.train(mix)
+        mix.observe_validation(pop.logits("val"), pop.targets("val"))
+        curves.append(metric_value(pop.evaluate("val"), metric).cpu().numpy())
+    test = pop.final_metrics()
+    diverged = pop.diverged.cpu().numpy()
+    return [EpisodeRecord(task=task, method=method, params=np.zeros((0, 0)),
+                          actions=np.zeros((0, 0)), val_curve=np.array(curves)[:, k],
+                          test={m: float(test[m][k]) for m in TEST_METRICS},
+                          diverged=bool(diverged[k]))
+            for k, task in enumerate(tasks)]
