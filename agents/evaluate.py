@@ -17,6 +17,10 @@ Reads top to bottom:
    the built-in loss methods (LDAM-DRW, FLSD-53, AdaFocal, ...), and the test-set oracle.
 5. **The report**: ``report.md`` and plots in the run folder (atomically), plus
    ``evaluation.json`` with every record.
+
+With Ray (``pip install 'lossgym[ray]'``), ``--ray auto|local|ADDRESS`` runs every population
+as a Ray task (:mod:`agents.distributed`), with the same records as a local run, and a
+Population Based Training baseline (:mod:`agents.pbt`, ``pbt``) gets the searches' budget.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from agents import baselines as bl
+from agents import distributed
 from agents.report import write_report
 from agents.rollout import EpisodeRecord, rollout_method, rollout_policy
 from agents.train import AgentPolicy
@@ -61,6 +67,10 @@ class EvalArgs:
     """seed of task draws and searches."""
     device: str = "auto"
     """where inner classifiers train."""
+    ray: str | None = None
+    """run the populations as Ray tasks: "auto", "local" or a cluster address (needs Ray)."""
+    pbt: bool | None = None
+    """add the Population Based Training baseline (needs Ray); None: when Ray is installed."""
 
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
@@ -100,7 +110,35 @@ def record_to_dict(r: EpisodeRecord) -> dict:
 def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
              log: bool = True) -> Path:
     """Run the whole evaluation (on ``distribution``, by default
-    ``TaskDistribution.default()``); returns the report's path."""
+    ``TaskDistribution.default()``), on Ray with ``args.ray``; returns the report's path."""
+    executor = distributed.executor_from(args.ray)
+    try:
+        with distributed.using(executor):
+            return _evaluate(args, distribution, log)
+    finally:
+        executor.close()
+
+
+def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path
+         ) -> tuple[bl.Policy | None, str]:
+    """The PBT baseline's replay policy and its budget note (None and why, when skipped)."""
+    if args.pbt is False:
+        return None, "PBT: skipped (disabled)."
+    try:
+        from agents.pbt import LossSchedulePolicy, pbt_search
+
+        distributed.require_ray()
+    except ImportError:
+        if args.pbt:
+            raise
+        return None, f"PBT: skipped (Ray is not installed: {distributed.MISSING_RAY})."
+    result = pbt_search(tune, budget, args.seed, device=args.device)
+    schedule = result.schedule()
+    atomic_write_text(run_dir / "pbt_schedule.json", json.dumps(schedule.to_dict(), indent=1))
+    return LossSchedulePolicy(schedule), result.budget_note()
+
+
+def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) -> Path:
     start = time.time()
     run_dir = Path(args.run_dir)
     rng = np.random.default_rng(args.seed)
@@ -119,44 +157,62 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
     say(f"{len(tasks)} held-out runs per method; tuning on {len(tune)} train tasks; "
         f"search budget {budget} inner runs")
 
-    records: list[EpisodeRecord] = []
+    # Independent calls go to the executor together (in threads with Ray), in two waves: the
+    # agent, the fixed baselines and every tuning and search; then what depends on them.
+    run = distributed.current().gather
     agent = AgentPolicy(run_dir)
-    agent_records = rollout_policy(agent, tasks, "agent", **kw)
-    records += agent_records
-    actions = np.stack([r.actions for r in agent_records])
-    # Replay needs one policy row per member: run each compatible group separately.
-    records += bl.rollout_members(
-        [bl.ReplayPolicy(a[None], parameters=agent.parameters) for a in actions], tasks,
-        "agent_replay", **kw)
-    records += rollout_policy(
-        bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters),
-        tasks, "agent_mean_action", **kw)
-    say("agent and its ablations done")
 
-    for name, make in bl.HAND_BASELINES.items():
-        records += rollout_policy(make(), tasks, name, **kw)
-    for name in bl.METHOD_BASELINES:
-        records += rollout_method(name, tasks, device=args.device)
-    say("fixed baselines done")
+    def random_searches() -> list[bl.Config]:  # one after the other: they share rng
+        return [bl.random_search(tune, budget, rng, space, **kw)[0]
+                for space in ("constant", "schedule")]
+
+    def cma_searches() -> list[bl.Config]:  # pycma draws from numpy's global random state
+        return [bl.cma_search(tune, budget, args.seed, space, **kw)[0]
+                for space in ("constant", "schedule")]
+
+    first = run([
+        partial(rollout_policy, agent, tasks, "agent", **kw),
+        *[partial(rollout_policy, make(), tasks, name, **kw)
+          for name, make in bl.HAND_BASELINES.items()],
+        *[partial(rollout_method, name, tasks, device=args.device)
+          for name in bl.METHOD_BASELINES],
+        partial(bl.tune_drw, tune, **kw), partial(bl.tune_feedback, tune, **kw),
+        partial(bl.tune_constant, tune, **kw), random_searches, cma_searches,
+        partial(bl.oracle_constant, tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0),
+                **kw),
+        partial(_pbt, args, tune, budget, run_dir),
+    ])
+    agent_records, fixed = first[0], first[1 : 1 + len(bl.HAND_BASELINES) +
+                                           len(bl.METHOD_BASELINES)]
+    drw, feedback, constant, randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) :]
+    say("agent, fixed baselines, tuning and searches done")
 
     tuned = {
-        "tuned_drw": bl.DRWPolicy(**bl.tune_drw(tune, **kw)[0]),
-        "tuned_feedback": bl.FeedbackPolicy(**bl.tune_feedback(tune, **kw)[0]),
-        "tuned_constant": bl.ConstantPolicy(**bl.tune_constant(tune, **kw)[0]),
+        "tuned_drw": bl.DRWPolicy(**drw[0]),
+        "tuned_feedback": bl.FeedbackPolicy(**feedback[0]),
+        "tuned_constant": bl.ConstantPolicy(**constant[0]),
     }
-    searched = {
-        "random_search_constant": bl.random_search(tune, budget, rng, "constant", **kw)[0],
-        "random_search_schedule": bl.random_search(tune, budget, rng, "schedule", **kw)[0],
-        "cma_constant": bl.cma_search(tune, budget, args.seed, "constant", **kw)[0],
-        "cma_schedule": bl.cma_search(tune, budget, args.seed, "schedule", **kw)[0],
-    }
+    searched = dict(zip(("random_search_constant", "random_search_schedule", "cma_constant",
+                         "cma_schedule"), randoms + cmas))
     for name, config in searched.items():
         tuned[name] = bl.policy_from_config(name.rsplit("_", 1)[1], config)
-    say("tuning and searches done")
-    for name, policy in tuned.items():
-        records += rollout_policy(policy, tasks, name, **kw)
-    oracle = bl.oracle_constant(tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0), **kw)[0]
-    records += rollout_policy(bl.ConstantPolicy(**oracle), tasks, "oracle_constant", **kw)
+    if pbt is not None:
+        tuned["pbt"] = pbt
+    actions = np.stack([r.actions for r in agent_records])
+    second = run([
+        # Replay needs one policy row per member: run each compatible group separately.
+        partial(bl.rollout_members,
+                [bl.ReplayPolicy(a[None], parameters=agent.parameters) for a in actions],
+                tasks, "agent_replay", **kw),
+        partial(rollout_policy,
+                bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters),
+                tasks, "agent_mean_action", **kw),
+        *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
+        partial(rollout_policy, bl.ConstantPolicy(**oracle[0]), tasks, "oracle_constant", **kw),
+    ])
+    records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1]
+    for recs in fixed + second[2:]:
+        records += recs
     say("held-out evaluation done")
 
     episodes = agent_episodes(run_dir)
@@ -166,7 +222,8 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
     note = (f"Agent: {run_dir.name}, trained on {episodes} episodes. "
             f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
             f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES): {budget} inner runs "
-            f"each, {equal}. Wall time of the evaluation: {time.time() - start:.0f} s.")
+            f"each, {equal}. {pbt_note} Wall time of the evaluation: "
+            f"{time.time() - start:.0f} s.")
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
                                   "records": [record_to_dict(r) for r in records]}))
@@ -208,11 +265,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search-budget", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                        help="run the populations as Ray tasks: 'local' starts a Ray here, "
+                             "'auto' joins the cluster of `ray start`, or a cluster ADDRESS")
+    parser.add_argument("--pbt", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the PBT baseline (default: when Ray is installed)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
     ns = parser.parse_args(argv)
     if ns.seeds < 1:
         parser.error(f"--seeds={ns.seeds} must be at least 1")
+    if ns.ray is not None:
+        try:
+            distributed.require_ray()
+        except ImportError:
+            parser.error(distributed.MISSING_RAY)
     return ns
 
 

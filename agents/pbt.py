@@ -1,0 +1,295 @@
+"""Population Based Training of the loss parameters: a Ray Tune baseline at the agent's budget.
+
+PBT (Jaderberg et al., 2017) tunes (γ, α) *during* training: every trial trains one inner
+classifier per train task with the loss parameters of its config; every
+``perturbation_interval`` steps the bottom quarter of the trials (by mean validation metric)
+copy the state of a top-quarter trial and perturb its γ and α (Ray Tune's
+:class:`~ray.tune.schedulers.PopulationBasedTraining`, synchronous). The parameters the best
+trial used at each step, inherited prefix included, form the discovered schedule: a step
+schedule over training progress (:class:`lossgym.schedules.LossSchedule`, written as JSON),
+which :class:`LossSchedulePolicy` replays on held-out tasks like every other baseline.
+
+**Budget.** A trial is one inner training run per task, so ``trials × len(tasks)`` inner runs,
+the same count as the searches of :mod:`agents.baselines` (``budget`` must be a multiple of
+``len(tasks)``). A checkpoint holds the task list and the parameters applied so far (JSON, no
+pickle); restoring it retrains that prefix from the task seeds, which the deterministic engine
+reproduces exactly. Those replayed steps cost compute but add no information;
+:class:`PBTResult` counts them.
+
+Needs Ray (``pip install 'lossgym[ray]'``); everything is imported lazily so that this module
+imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.baselines import ALPHA_RANGE, GAMMA_RANGE, PROGRESS, PROGRESS_TOL, ConstantPolicy
+from agents.distributed import require_ray
+from agents.rollout import group_tasks
+from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
+from lossgym.envs.core import EpisodeBatch
+from lossgym.population import resolve_device
+from lossgym.schedules import LossSchedule, constant, step
+from lossgym.tasks import TaskSpec
+
+CHECKPOINT = "pbt_state.json"
+
+
+class _Run:
+    """One trial's inner training: a population per group of compatible tasks, stepped with
+    one (γ, α) for every member; ``trajectory`` holds the parameters applied so far."""
+
+    def __init__(self, tasks: Sequence[dict], metric: str, device: str) -> None:
+        self.tasks = [TaskSpec.from_dict(t) for t in tasks]
+        mapping = ActionMapping(DEFAULT_PARAMETERS, "absolute")
+        dev = resolve_device(device)
+        self.groups = group_tasks(self.tasks)
+        self.batches = []
+        for ids in self.groups:
+            batch = EpisodeBatch(len(ids), mapping, metric, "none", 1.0, dev, 1024)
+            batch.reset(range(len(ids)), [self.tasks[i] for i in ids])
+            self.batches.append(batch)
+        self.obs_dim = batch.features.dim
+        self.trajectory: list[list[float]] = []
+
+    @property
+    def horizon(self) -> int:
+        return max(t.horizon for t in self.tasks)
+
+    def step(self, gamma: float, alpha: float) -> None:
+        """One env step of every unfinished member with loss parameters (γ, α)."""
+        for batch in self.batches:
+            if all(batch.done):
+                continue
+            n = len(batch.done)
+            action = ConstantPolicy(gamma, alpha).act(np.zeros((n, self.obs_dim)))
+            batch.step(batch.check_actions(action))
+        self.trajectory.append([gamma, alpha])
+
+    def score(self) -> float:
+        """Mean current validation metric over tasks (0 for a diverged member)."""
+        values = []
+        for batch in self.batches:
+            diverged = batch.population.diverged.cpu().numpy()[: len(batch.done)]
+            values += [0.0 if d or not np.isfinite(v) else float(v)
+                       for v, d in zip(batch.value, diverged)]
+        return float(np.mean(values))
+
+
+def _trainable() -> type:
+    """The Tune trainable class (defined here so that Ray is imported lazily)."""
+    from ray import tune
+
+    class LossPBTTrainable(tune.Trainable):
+        """A PBT trial: config ``gamma``, ``alpha`` (perturbed), ``tasks``, ``metric``,
+        ``device`` and ``threads`` (fixed)."""
+
+        def setup(self, config: dict[str, Any]) -> None:
+            torch.set_num_threads(int(config["threads"]))
+            self.run = _Run(config["tasks"], config["metric"], config["device"])
+            self.replayed = 0
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            # Tune reuses this actor for another trial (then restores its checkpoint, if any):
+            # starting a process per trial would cost more than the inner training.
+            self.setup(new_config)
+            return True
+
+        def step(self) -> dict[str, Any]:
+            gamma, alpha = float(self.config["gamma"]), float(self.config["alpha"])
+            self.run.step(gamma, alpha)
+            replayed, self.replayed = self.replayed, 0
+            return {"score": self.run.score(), "gamma": gamma, "alpha": alpha,
+                    "replayed_steps": replayed,
+                    "done": len(self.run.trajectory) >= self.run.horizon}
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            (Path(checkpoint_dir) / CHECKPOINT).write_text(
+                json.dumps({"trajectory": self.run.trajectory}))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:
+            state = json.loads((Path(checkpoint_dir) / CHECKPOINT).read_text())
+            self.run = _Run(self.config["tasks"], self.config["metric"], self.config["device"])
+            for gamma, alpha in state["trajectory"]:
+                self.run.step(float(gamma), float(alpha))
+            self.replayed += len(state["trajectory"])
+
+    return LossPBTTrainable
+
+
+@dataclass
+class PBTResult:
+    """What a PBT run found and what it cost.
+
+    Attributes:
+        trajectory: ``[K, 2]`` (γ, α) the best trial used at each of its K steps.
+        score: the best trial's final mean validation metric.
+        trials: trials (population size).
+        inner_runs: ``trials × len(tasks)``, the budget in inner training runs.
+        steps: env steps of new training, ``inner_runs × horizon``.
+        replayed_steps: trial steps retrained to restore checkpoints (exploits, resumes).
+        perturbation_interval: steps between PBT's exploit/explore decisions.
+    """
+
+    trajectory: list[list[float]]
+    score: float
+    trials: int
+    inner_runs: int
+    steps: int
+    replayed_steps: int
+    perturbation_interval: int
+
+    def schedule(self) -> LossSchedule:
+        """The trajectory as a step schedule over progress: step k of K governs [k/K, (k+1)/K)."""
+        k = len(self.trajectory)
+        bounds = [j / k for j in range(1, k)]
+        columns = np.asarray(self.trajectory, dtype=np.float64).T
+        return LossSchedule({
+            name: step(bounds, list(map(float, column))) if k > 1 else constant(float(column[0]))
+            for name, column in zip(("gamma", "alpha"), columns)
+        })
+
+    def budget_note(self) -> str:
+        """One sentence on the budget, for the report."""
+        return (f"PBT (Ray Tune, synchronous): {self.trials} trials × "
+                f"{self.inner_runs // self.trials} train tasks = {self.inner_runs} inner runs, "
+                f"exploit/explore every {self.perturbation_interval} steps; restoring "
+                f"checkpoints retrained {self.replayed_steps} trial-steps on top of the "
+                f"{self.steps} new ones.")
+
+
+def pbt_search(
+    tasks: Sequence[TaskSpec],
+    budget: int,
+    seed: int = 0,
+    perturbation_interval: int | None = None,
+    *,
+    metric: str = "balanced_accuracy",
+    device: str = "cpu",
+    storage: str | Path | None = None,
+    threads: int = 1,
+) -> PBTResult:
+    """Population Based Training of (γ, α) on ``tasks`` with ``budget`` inner training runs.
+
+    Uses the Ray this process is connected to, or starts a local one for the call.
+
+    Args:
+        tasks: the train tasks every trial trains on.
+        budget: inner training runs, a positive multiple of ``len(tasks)`` buying >= 2 trials.
+        seed: seeds the initial draws and PBT's perturbations (python ``random``, restored
+            afterwards).
+        perturbation_interval: steps between exploit/explore; default a quarter of the
+            horizon (at least 1).
+        metric: the validation metric PBT maximises.
+        device: where inner classifiers train.
+        storage: Tune's results folder (default: a temporary one, deleted afterwards).
+        threads: intra-op threads per trial.
+    """
+    ray = require_ray()
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    tasks = list(tasks)
+    if not tasks or budget < 2 * len(tasks) or budget % len(tasks):
+        raise ValueError(f"budget={budget} must be a multiple of len(tasks)={len(tasks)} that "
+                         "buys at least 2 trials")
+    trials = budget // len(tasks)
+    horizon = max(t.horizon for t in tasks)
+    interval = perturbation_interval or max(horizon // 4, 1)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    state = random.getstate()
+    random.seed(seed)
+    tmp = tempfile.TemporaryDirectory(prefix="lossgym-pbt-") if storage is None else None
+    try:
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=interval,
+            hyperparam_mutations={"gamma": tune.uniform(*GAMMA_RANGE),
+                                  "alpha": tune.uniform(*ALPHA_RANGE)},
+            synch=True)
+        param_space = {"gamma": tune.uniform(*GAMMA_RANGE), "alpha": tune.uniform(*ALPHA_RANGE),
+                       "tasks": [t.to_dict() for t in tasks], "metric": metric,
+                       "device": device, "threads": threads}
+        tuner = tune.Tuner(
+            tune.with_resources(_trainable(), {"cpu": 1}),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric="score", mode="max", scheduler=scheduler, num_samples=trials,
+                search_alg=BasicVariantGenerator(random_state=seed), reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="pbt", storage_path=str(Path(storage or tmp.name).resolve()),
+                stop={"training_iteration": horizon}, verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
+        )
+        grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} PBT trials failed: {errors[0]!r}")
+        best = grid.get_best_result(metric="score", mode="max", scope="last")
+        with best.checkpoint.as_directory() as path:
+            trajectory = json.loads((Path(path) / CHECKPOINT).read_text())["trajectory"]
+        replayed = int(sum(r.metrics_dataframe["replayed_steps"].sum() for r in grid))
+        return PBTResult(trajectory=trajectory, score=float(best.metrics["score"]),
+                         trials=trials, inner_runs=budget, steps=budget * horizon,
+                         replayed_steps=replayed, perturbation_interval=interval)
+    finally:
+        random.setstate(state)
+        if tmp is not None:
+            tmp.cleanup()
+        if started:
+            ray.shutdown()
+
+
+class LossSchedulePolicy:
+    """Replays a :class:`~lossgym.schedules.LossSchedule` over training progress (absolute
+    mode): the action at progress p sets every parameter to ``schedule(p)`` (progress read
+    from ``obs[:, 0]`` with the float32 tolerance of :mod:`agents.baselines`).
+
+    Args:
+        schedule: the schedule, e.g. :meth:`PBTResult.schedule`.
+        parameters: the controlled parameters; unscheduled ones stay neutral.
+    """
+
+    mode = "absolute"
+
+    def __init__(self, schedule: LossSchedule,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
+        self.schedule = schedule
+        self.mapping = ActionMapping(tuple(parameters), "absolute")
+        self.parameters = self.mapping.parameters
+        missing = set(schedule.parameters) - set(self.parameters)
+        if missing:
+            raise ValueError(f"the schedule sets {sorted(missing)}, which parameters="
+                             f"{self.parameters} does not control")
+
+    def reset(self, num_envs: int) -> None:
+        """Nothing to reset: the schedule reads progress only."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions ``[N, d]`` from each row's progress."""
+        from lossgym.actions import PARAMETER_RANGES
+
+        rows = []
+        for p in np.asarray(obs, dtype=np.float64)[:, PROGRESS]:
+            values = self.schedule(min(p + PROGRESS_TOL, 1.0))
+            row = []
+            for name in self.parameters:
+                low, high, neutral = PARAMETER_RANGES[name]
+                row.append(2.0 * (values.get(name, neutral) - low) / (high - low) - 1.0)
+            rows.append(row)
+        return np.clip(np.asarray(rows), -1.0, 1.0).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"LossSchedulePolicy({json.dumps(self.schedule.to_dict())})"
