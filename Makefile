@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,agents]"
+	$(BIN)/pip install --quiet -e ".[dev,agents,ray]"
 	touch $@
 
 # The main job: train the default PPO agent, evaluate it against every baseline on held-out

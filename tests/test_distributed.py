@@ -1,0 +1,58 @@
+"""The executor abstraction without Ray: local units, and a clear error when Ray is missing."""
+
+import sys
+
+import pytest
+
+from agents import distributed
+from agents.baselines import ConstantPolicy, RandomPolicy
+from agents.evaluate import EvalArgs, _pbt, parse_args
+from agents.rollout import rollout_policy
+from lossgym.tasks import TaskSpec
+
+TINY = TaskSpec(imbalance_ratio=20.0, n_max=300, width=16, batch_size=32,
+                minibatches_per_step=1, horizon=3)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+
+
+def test_ray_flag_without_ray_says_what_to_install(no_ray, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--ray", "local"])
+    assert "pip install 'lossgym[ray]'" in capsys.readouterr().err
+    with pytest.raises(ImportError, match=r"lossgym\[ray\]"):
+        distributed.executor_from("local")
+    assert isinstance(distributed.executor_from(None), distributed.LocalExecutor)
+
+
+def test_pbt_is_skipped_with_the_reason_without_ray(no_ray, tmp_path):
+    policy, note = _pbt(EvalArgs(), [TINY], 2, tmp_path)
+    assert policy is None and "Ray is not installed" in note
+    with pytest.raises(ImportError):
+        _pbt(EvalArgs(pbt=True), [TINY], 2, tmp_path)
+
+
+class Recording(distributed.LocalExecutor):
+    def __init__(self):
+        self.units = 0
+
+    def map(self, fn, units):
+        self.units += len(units)
+        return super().map(fn, units)
+
+
+def test_each_population_is_one_unit_with_its_own_policy_copy(one_thread):
+    # Two architectures: two populations, each a unit that starts from the policy as given.
+    tasks = [TINY.replace(seed=1), TINY.replace(width=24, seed=1), TINY.replace(seed=2)]
+    with distributed.using(Recording()) as ex:
+        records = rollout_policy(RandomPolicy(3), tasks, "random", device="cpu")
+    assert ex.units == 2
+    assert [r.task for r in records] == tasks
+    alone = rollout_policy(RandomPolicy(3), [tasks[1]], "random", device="cpu")[0]
+    assert (alone.actions == records[1].actions).all()
+    again = rollout_policy(ConstantPolicy(1.0, 0.5), tasks, "c", device="cpu")
+    assert again[0].test == rollout_policy(ConstantPolicy(1.0, 0.5), tasks[:1], "c",
+                                           device="cpu")[0].test
