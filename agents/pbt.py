@@ -23,6 +23,7 @@ imports without it.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tempfile
 from collections.abc import Sequence
@@ -212,6 +213,10 @@ def pbt_search(
         ray.init(include_dashboard=False, log_to_driver=False)
     state = random.getstate()
     random.seed(seed)
+    # PBT logs every exploit and explore at INFO; the result holds what matters.
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    tune_logger.setLevel(logging.WARNING)
     tmp = tempfile.TemporaryDirectory(prefix="lossgym-pbt-") if storage is None else None
     try:
         scheduler = PopulationBasedTraining(
@@ -246,6 +251,7 @@ def pbt_search(
                          replayed_steps=replayed, perturbation_interval=interval)
     finally:
         random.setstate(state)
+        tune_logger.setLevel(level)
         if tmp is not None:
             tmp.cleanup()
         if started:

@@ -73,6 +73,18 @@ def test_a_killed_unit_is_retried_and_no_result_is_lost(executor, tmp_path):
         np.testing.assert_array_equal(got[0].val_curve, want[0].val_curve)
 
 
+def test_a_unit_that_raises_once_is_retried(executor, tmp_path):
+    marker = str(tmp_path / "raised")
+
+    def flaky(x):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("transient")
+        return x + 1
+
+    assert executor.map(flaky, [(1,)]) == [2]
+
+
 def test_a_unit_that_always_fails_reports_the_finished_ones(executor):
     def fails_on_two(x):
         if x == 2:
