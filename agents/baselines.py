@@ -366,6 +366,9 @@ class RandomPolicy:
         mode: ``"absolute"`` or ``"delta"``.
     """
 
+    #: Its generator runs on across populations (see :func:`agents.rollout.rollout_policy`).
+    carries_state = True
+
     def __init__(self, seed: int = 0, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute") -> None:
         self.seed = _check_int("seed", seed, 0)

@@ -12,8 +12,11 @@ anywhere.
   ``ray.wait`` as they arrive, so a finished result is never recomputed or lost when another
   unit fails.
 
-Every unit gets its own copy of its inputs (a remote worker unpickles its own), in both
-executors, and a worker trains on one intra-op thread, so a run gives identical records
+A remote unit works on its own copy of its inputs (what the worker unpickled), a local one on
+the caller's objects. A unit is a function of its inputs as long as its policy carries no state
+from one population to the next, which :func:`agents.rollout.rollout_policy` ensures by running
+the populations of such a policy (``carries_state = True``, e.g. a random policy's generator)
+as one unit, in order. A worker trains on one intra-op thread; so a run gives identical records
 wherever its units run, given the same seeds and one thread in a local run.
 
 :func:`executor_from` turns ``--ray auto|local|ADDRESS`` into an executor; :func:`using` makes
@@ -24,7 +27,6 @@ by side so that their units share the workers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -59,8 +61,8 @@ class Executor:
     workers: int = 1
 
     def map(self, fn: Callable[..., Any], units: Sequence[tuple]) -> list[Any]:
-        """``[fn(*copy(args)) for args in units]``, in order."""
-        return [fn(*copy.deepcopy(args)) for args in units]
+        """``[fn(*args) for args in units]``, in order."""
+        return [fn(*args) for args in units]
 
     def gather(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """The results of independent zero-argument ``calls``, in order."""

@@ -91,12 +91,17 @@ def rollout_policy(
     """One episode of ``policy`` on each task; records in task order.
 
     Each population (a group of compatible tasks, at most ``max_members``) is one unit of the
-    current :mod:`agents.distributed` executor and gets its own copy of ``policy``.
+    current :mod:`agents.distributed` executor, unless the policy carries state from one
+    population to the next (``policy.carries_state``): then its populations run in order as
+    one unit, so that they see the same policy state wherever they run.
     """
     chunks = [group[start : start + max_members] for group in group_tasks(tasks)
               for start in range(0, len(group), max_members)]
-    units = [(policy, [tasks[i] for i in ids], name, metric, device) for ids in chunks]
-    return _in_task_order(len(tasks), chunks, distributed.current().map(_policy_unit, units))
+    units = [(policy, [[tasks[i] for i in ids]], name, metric, device) for ids in chunks]
+    if getattr(policy, "carries_state", False):
+        units = [(policy, [unit[1][0] for unit in units], name, metric, device)]
+    results = distributed.current().map(_policy_units, units)
+    return _in_task_order(len(tasks), chunks, [chunk for result in results for chunk in result])
 
 
 def _in_task_order(count: int, chunks: list[list[int]],
@@ -106,6 +111,12 @@ def _in_task_order(count: int, chunks: list[list[int]],
         for i, record in zip(ids, chunk):
             records[i] = record
     return [r for r in records if r is not None]
+
+
+def _policy_units(policy: Policy, populations: list[list[TaskSpec]], name: str, metric: str,
+                  device: str | torch.device) -> list[list[EpisodeRecord]]:
+    """:func:`_policy_unit` on each population in turn."""
+    return [_policy_unit(policy, tasks, name, metric, device) for tasks in populations]
 
 
 def _policy_unit(policy: Policy, tasks: list[TaskSpec], name: str, metric: str,

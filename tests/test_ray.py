@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray")
 from test_evaluate import DIST, run_dir  # noqa: E402, F401
 
 from agents import distributed  # noqa: E402
-from agents.baselines import ConstantPolicy  # noqa: E402
+from agents.baselines import ConstantPolicy, RandomPolicy  # noqa: E402
 from agents.evaluate import EvalArgs, evaluate  # noqa: E402
 from agents.pbt import LossSchedulePolicy, pbt_search  # noqa: E402
 from agents.rollout import _policy_unit, rollout_policy  # noqa: E402
@@ -51,6 +51,16 @@ def test_evaluation_on_ray_equals_the_local_one(executor, run_dir):  # noqa: F81
     assert "PBT (Ray Tune, synchronous): 2 trials × 2 train tasks = 4 inner runs" in text
     schedule = json.loads((run_dir / "pbt_schedule.json").read_text())
     assert set(schedule) == {"gamma", "alpha"}
+
+
+def test_a_policy_that_carries_state_gives_the_local_records_on_ray(executor):
+    tasks = [TINY.replace(seed=1), TINY.replace(width=24, seed=1), TINY.replace(seed=2)]
+    local = rollout_policy(RandomPolicy(3), tasks, "random", device="cpu")
+    with distributed.using(executor):
+        remote = rollout_policy(RandomPolicy(3), tasks, "random", device="cpu")
+    for a, b in zip(local, remote):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        assert a.test == b.test
 
 
 def test_a_killed_unit_is_retried_and_no_result_is_lost(executor, tmp_path):
