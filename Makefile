@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 RUN ?= runs/ppo-default
 
-.PHONY: demo compare test bench clean
+.PHONY: demo compare test bench bench-ray clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_engine.py
 	$(BIN)/python scripts/bench_env.py
+
+# The evaluation sweep locally and on a local Ray with 2 workers (scripts/bench_ray.py).
+bench-ray: $(VENV)/.installed
+	$(BIN)/python scripts/bench_ray.py --workers 2
 
 clean:
 	rm -rf $(VENV)
