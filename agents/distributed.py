@@ -57,9 +57,6 @@ def run_unit(fn: Callable[..., Any], args: tuple, threads: int | None = None) ->
 class Executor:
     """Runs units ``fn(*args)``; the base class runs them here, in order."""
 
-    #: Units that can run at the same time.
-    workers: int = 1
-
     def map(self, fn: Callable[..., Any], units: Sequence[tuple]) -> list[Any]:
         """``[fn(*args) for args in units]``, in order."""
         return [fn(*args) for args in units]
@@ -119,7 +116,6 @@ class RayExecutor(Executor):
             self.started = True
         self.max_retries = max_retries
         self.threads = threads
-        self.workers = max(int(ray.cluster_resources().get("CPU", 1)), 1)
         self._remote = ray.remote(num_cpus=1, max_retries=max_retries,
                                   retry_exceptions=True)(run_unit)
 
