@@ -102,12 +102,13 @@ def test_controller_acts_like_sb3_predict(runs, tmp_path, algo):
     out = export_run(runs[algo], "controller", tmp_path / algo, tasks=[SMALL])
     controller, manifest = read_export(out)
     assert sorted(p.name for p in out.iterdir()) == ["actor.safetensors", "manifest.json"]
-    assert manifest["features"]["names"] == list(FeatureSpec(("gamma", "alpha")).names)
+    parameters = AgentPolicy(runs[algo]).parameters  # the action set of the trained run
+    assert manifest["features"]["names"] == list(FeatureSpec(parameters).names)
     assert manifest["controller"]["recurrent_state_size"] == (64 if algo == "recurrentppo"
                                                               else 0)
     assert manifest["controller"]["obs_normalization"] is not None
     agent = AgentPolicy(runs[algo])  # SB3's deterministic predict with VecNormalize's stats
-    low, high = FeatureSpec(("gamma", "alpha")).bounds()
+    low, high = FeatureSpec(parameters).bounds()
     rng = np.random.default_rng(0)
     agent.reset(8)
     state = None
@@ -220,7 +221,8 @@ def test_plain_loop_with_the_exported_controller_reproduces_the_env_episode(runs
         observations.append(criterion.observation)
         val.append(classification_metrics(logits, loop.y_val)["balanced_accuracy"])
 
-    params = np.array([[h["gamma"], h["alpha"]] for h in criterion.history[:task.horizon]])
+    params = np.array([[h[p] for p in record.parameters]
+                       for h in criterion.history[:task.horizon]])
     np.testing.assert_allclose(params, record.params, atol=1e-5, rtol=0)
     np.testing.assert_allclose(torch.stack(observations[:task.horizon]).numpy(),
                                np.concatenate(recorder.obs), atol=1e-5, rtol=0)
@@ -527,7 +529,7 @@ def test_run_exports_its_averaged_trajectory_as_a_schedule(runs, tmp_path):
     criterion = AdaptiveLoss.load(out, class_counts=COUNTS)
     for _ in range(SMALL.horizon - 1):
         criterion.step()
-    got = np.array([[h["gamma"], h["alpha"]] for h in criterion.history])
+    got = np.array([[h[p] for p in records[0].parameters] for h in criterion.history])
     np.testing.assert_allclose(got, np.mean([r.params for r in records], axis=0), atol=1e-5)
 
 
