@@ -71,6 +71,8 @@ class EvalArgs:
     """run the populations as Ray tasks: "auto", "local" or a cluster address (needs Ray)."""
     pbt: bool | None = None
     """add the Population Based Training baseline (needs Ray); None: when Ray is installed."""
+    pbt_budget: int | None = None
+    """inner training runs for PBT (default: the search budget, i.e. the agent's episodes)."""
 
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
@@ -119,9 +121,12 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
         executor.close()
 
 
-def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path
-         ) -> tuple[bl.Policy | None, str]:
-    """The PBT baseline's replay policy and its budget note (None and why, when skipped)."""
+def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
+         parameters: Sequence[str]) -> tuple[bl.Policy | None, str]:
+    """The PBT baseline's replay policy and its budget note (None and why, when skipped);
+    PBT searches the agent's ``parameters``."""
+    if args.pbt_budget is not None:
+        budget = max(args.pbt_budget // len(tune), 2) * len(tune)
     if args.pbt is False:
         return None, "PBT: skipped (disabled)."
     try:
@@ -132,10 +137,14 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path
         if args.pbt:
             raise
         return None, f"PBT: skipped (Ray is not installed: {distributed.MISSING_RAY})."
-    result = pbt_search(tune, budget, args.seed, device=args.device)
+    result = pbt_search(tune, budget, args.seed, parameters=parameters, device=args.device)
     schedule = result.schedule()
     atomic_write_text(run_dir / "pbt_schedule.json", json.dumps(schedule.to_dict(), indent=1))
-    return LossSchedulePolicy(schedule), result.budget_note()
+    episodes = agent_episodes(run_dir)
+    relation = ("equal to the agent's training episodes" if budget >= episodes else
+                f"FEWER than the agent's {episodes} training episodes (--pbt-budget)")
+    note = f"{result.budget_note()} PBT's budget is {relation}."
+    return LossSchedulePolicy(schedule, parameters), note
 
 
 def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) -> Path:
@@ -162,12 +171,15 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     run = distributed.current().gather
     agent = AgentPolicy(run_dir)
 
+    # The searches cover every loss parameter the agent controls (γ, α and the rest).
     def random_searches() -> list[bl.Config]:  # one after the other: they share rng
-        return [bl.random_search(tune, budget, rng, space, **kw)[0]
+        return [bl.random_search(tune, budget, rng, space, parameters=agent.parameters,
+                                 **kw)[0]
                 for space in ("constant", "schedule")]
 
     def cma_searches() -> list[bl.Config]:  # pycma draws from numpy's global random state
-        return [bl.cma_search(tune, budget, args.seed, space, **kw)[0]
+        return [bl.cma_search(tune, budget, args.seed, space, parameters=agent.parameters,
+                              **kw)[0]
                 for space in ("constant", "schedule")]
 
     first = run([
@@ -180,7 +192,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
         partial(bl.tune_constant, tune, **kw), random_searches, cma_searches,
         partial(bl.oracle_constant, tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0),
                 **kw),
-        partial(_pbt, args, tune, budget, run_dir),
+        partial(_pbt, args, tune, budget, run_dir, agent.parameters),
     ])
     agent_records, fixed = first[0], first[1 : 1 + len(bl.HAND_BASELINES) +
                                            len(bl.METHOD_BASELINES)]
@@ -221,8 +233,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
              "searches are handicapped")
     note = (f"Agent: {run_dir.name}, trained on {episodes} episodes. "
             f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
-            f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES): {budget} inner runs "
-            f"each, {equal}. {pbt_note} Wall time of the evaluation: "
+            f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES, over the agent's "
+            f"parameters {', '.join(agent.parameters)}): {budget} inner runs each, {equal} "
+            f"(the agent's paired reward also trained one cross-entropy twin per episode, "
+            f"not counted). {pbt_note} Wall time of the evaluation: "
             f"{time.time() - start:.0f} s.")
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
@@ -270,11 +284,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "'auto' joins the cluster of `ray start`, or a cluster ADDRESS")
     parser.add_argument("--pbt", action=argparse.BooleanOptionalAction, default=None,
                         help="add the PBT baseline (default: when Ray is installed)")
+    parser.add_argument("--pbt-budget", type=int, default=None,
+                        help="inner training runs for PBT (default: the search budget)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
     ns = parser.parse_args(argv)
     if ns.seeds < 1:
         parser.error(f"--seeds={ns.seeds} must be at least 1")
+    for flag in ("search_budget", "pbt_budget"):
+        value = getattr(ns, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')}={value} must be a positive number of "
+                         "inner training runs")
     if ns.ray is not None:
         try:
             distributed.require_ray()

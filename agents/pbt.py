@@ -1,9 +1,10 @@
 """Population Based Training of the loss parameters: a Ray Tune baseline at the agent's budget.
 
-PBT (Jaderberg et al., 2017) tunes (γ, α) *during* training: every trial trains one inner
+PBT (Jaderberg et al., 2017) tunes the loss parameters (γ, α, or an agent's whole action set)
+*during* training: every trial trains one inner
 classifier per train task with the loss parameters of its config; every
 ``perturbation_interval`` steps the bottom quarter of the trials (by mean validation metric)
-copy the state of a top-quarter trial and perturb its γ and α (Ray Tune's
+copy the state of a top-quarter trial and perturb its parameters (Ray Tune's
 :class:`~ray.tune.schedulers.PopulationBasedTraining`, synchronous). The parameters the best
 trial used at each step, inherited prefix included, form the discovered schedule: a step
 schedule over training progress (:class:`lossgym.schedules.LossSchedule`, written as JSON),
@@ -34,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.baselines import ALPHA_RANGE, GAMMA_RANGE, PROGRESS, PROGRESS_TOL, ConstantPolicy
+from agents.baselines import PROGRESS, PROGRESS_TOL, ConstantPolicy
 from agents.distributed import require_ray
 from agents.rollout import group_tasks
-from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
+from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
 from lossgym.envs.core import EpisodeBatch
 from lossgym.population import resolve_device
 from lossgym.schedules import LossSchedule, constant, step
@@ -48,11 +49,14 @@ CHECKPOINT = "pbt_state.json"
 
 class _Run:
     """One trial's inner training: a population per group of compatible tasks, stepped with
-    one (γ, α) for every member; ``trajectory`` holds the parameters applied so far."""
+    one set of loss parameters for every member; ``trajectory`` holds the parameters applied
+    so far, in the order of ``parameters``."""
 
-    def __init__(self, tasks: Sequence[dict], metric: str, device: str) -> None:
+    def __init__(self, tasks: Sequence[dict], metric: str, device: str,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
         self.tasks = [TaskSpec.from_dict(t) for t in tasks]
-        mapping = ActionMapping(DEFAULT_PARAMETERS, "absolute")
+        self.parameters = tuple(parameters)
+        mapping = ActionMapping(self.parameters, "absolute")
         dev = resolve_device(device)
         self.groups = group_tasks(self.tasks)
         self.batches = []
@@ -67,15 +71,16 @@ class _Run:
     def horizon(self) -> int:
         return max(t.horizon for t in self.tasks)
 
-    def step(self, gamma: float, alpha: float) -> None:
-        """One env step of every unfinished member with loss parameters (γ, α)."""
+    def step(self, values: Sequence[float]) -> None:
+        """One env step of every unfinished member with the loss parameters ``values``."""
+        config = dict(zip(self.parameters, map(float, values)))
+        policy = ConstantPolicy(parameters=self.parameters, **config)
         for batch in self.batches:
             if all(batch.done):
                 continue
             n = len(batch.done)
-            action = ConstantPolicy(gamma, alpha).act(np.zeros((n, self.obs_dim)))
-            batch.step(batch.check_actions(action))
-        self.trajectory.append([gamma, alpha])
+            batch.step(batch.check_actions(policy.act(np.zeros((n, self.obs_dim)))))
+        self.trajectory.append([config[p] for p in self.parameters])
 
     def score(self) -> float:
         """Mean current validation metric over tasks (0 for a diverged member)."""
@@ -92,13 +97,18 @@ def _trainable() -> type:
     from ray import tune
 
     class LossPBTTrainable(tune.Trainable):
-        """A PBT trial: config ``gamma``, ``alpha`` (perturbed), ``tasks``, ``metric``,
-        ``device`` and ``threads`` (fixed)."""
+        """A PBT trial: config holds one value per name of ``parameters`` (perturbed), and
+        ``parameters``, ``tasks``, ``metric``, ``device`` and ``threads`` (fixed)."""
 
         def setup(self, config: dict[str, Any]) -> None:
             torch.set_num_threads(int(config["threads"]))
-            self.run = _Run(config["tasks"], config["metric"], config["device"])
+            self.run = self._new_run(config)
             self.replayed = 0
+
+        @staticmethod
+        def _new_run(config: dict[str, Any]) -> _Run:
+            return _Run(config["tasks"], config["metric"], config["device"],
+                        config["parameters"])
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
             # Tune reuses this actor for another trial (then restores its checkpoint, if any):
@@ -107,11 +117,10 @@ def _trainable() -> type:
             return True
 
         def step(self) -> dict[str, Any]:
-            gamma, alpha = float(self.config["gamma"]), float(self.config["alpha"])
-            self.run.step(gamma, alpha)
+            values = {p: float(self.config[p]) for p in self.config["parameters"]}
+            self.run.step(list(values.values()))
             replayed, self.replayed = self.replayed, 0
-            return {"score": self.run.score(), "gamma": gamma, "alpha": alpha,
-                    "replayed_steps": replayed,
+            return {"score": self.run.score(), **values, "replayed_steps": replayed,
                     "done": len(self.run.trajectory) >= self.run.horizon}
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -120,9 +129,9 @@ def _trainable() -> type:
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:
             state = json.loads((Path(checkpoint_dir) / CHECKPOINT).read_text())
-            self.run = _Run(self.config["tasks"], self.config["metric"], self.config["device"])
-            for gamma, alpha in state["trajectory"]:
-                self.run.step(float(gamma), float(alpha))
+            self.run = self._new_run(self.config)
+            for values in state["trajectory"]:
+                self.run.step(values)
             self.replayed += len(state["trajectory"])
 
     return LossPBTTrainable
@@ -133,7 +142,7 @@ class PBTResult:
     """What a PBT run found and what it cost.
 
     Attributes:
-        trajectory: ``[K, 2]`` (γ, α) the best trial used at each of its K steps.
+        trajectory: ``[K, d]``: the parameters the best trial used at each of its K steps.
         score: the best trial's final mean validation metric.
         trials: trials (population size).
         inner_runs: ``trials × len(tasks)``, the budget in inner training runs.
@@ -149,6 +158,7 @@ class PBTResult:
     steps: int
     replayed_steps: int
     perturbation_interval: int
+    parameters: tuple[str, ...] = DEFAULT_PARAMETERS
 
     def schedule(self) -> LossSchedule:
         """The trajectory as a step schedule over progress: step k of K governs [k/K, (k+1)/K)."""
@@ -157,7 +167,7 @@ class PBTResult:
         columns = np.asarray(self.trajectory, dtype=np.float64).T
         return LossSchedule({
             name: step(bounds, list(map(float, column))) if k > 1 else constant(float(column[0]))
-            for name, column in zip(("gamma", "alpha"), columns)
+            for name, column in zip(self.parameters, columns)
         })
 
     def budget_note(self) -> str:
@@ -175,12 +185,14 @@ def pbt_search(
     seed: int = 0,
     perturbation_interval: int | None = None,
     *,
+    parameters: Sequence[str] = DEFAULT_PARAMETERS,
     metric: str = "balanced_accuracy",
     device: str = "cpu",
     storage: str | Path | None = None,
     threads: int = 1,
 ) -> PBTResult:
-    """Population Based Training of (γ, α) on ``tasks`` with ``budget`` inner training runs.
+    """Population Based Training of the loss parameters (γ and α by default; an agent's whole
+    action set with ``parameters``) on ``tasks`` with ``budget`` inner training runs.
 
     Uses the Ray this process is connected to, or starts a local one for the call.
 
@@ -191,6 +203,7 @@ def pbt_search(
             afterwards).
         perturbation_interval: steps between exploit/explore; default a quarter of the
             horizon (at least 1).
+        parameters: the searched parameters, each perturbed over its whole range.
         metric: the validation metric PBT maximises.
         device: where inner classifiers train.
         storage: Tune's results folder (default: a temporary one, deleted afterwards).
@@ -206,6 +219,8 @@ def pbt_search(
         raise ValueError(f"budget={budget} must be a multiple of len(tasks)={len(tasks)} that "
                          "buys at least 2 trials")
     trials = budget // len(tasks)
+    parameters = ActionMapping(tuple(parameters)).parameters  # checked names
+    ranges = {p: tune.uniform(*PARAMETER_RANGES[p][:2]) for p in parameters}
     horizon = max(t.horizon for t in tasks)
     interval = perturbation_interval or max(horizon // 4, 1)
     started = not ray.is_initialized()
@@ -221,10 +236,8 @@ def pbt_search(
     try:
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=interval,
-            hyperparam_mutations={"gamma": tune.uniform(*GAMMA_RANGE),
-                                  "alpha": tune.uniform(*ALPHA_RANGE)},
-            synch=True)
-        param_space = {"gamma": tune.uniform(*GAMMA_RANGE), "alpha": tune.uniform(*ALPHA_RANGE),
+            hyperparam_mutations=dict(ranges), synch=True)
+        param_space = {**ranges, "parameters": list(parameters),
                        "tasks": [t.to_dict() for t in tasks], "metric": metric,
                        "device": device, "threads": threads}
         tuner = tune.Tuner(
@@ -248,7 +261,8 @@ def pbt_search(
         replayed = int(sum(r.metrics_dataframe["replayed_steps"].sum() for r in grid))
         return PBTResult(trajectory=trajectory, score=float(best.metrics["score"]),
                          trials=trials, inner_runs=budget, steps=budget * horizon,
-                         replayed_steps=replayed, perturbation_interval=interval)
+                         replayed_steps=replayed, perturbation_interval=interval,
+                         parameters=parameters)
     finally:
         random.setstate(state)
         tune_logger.setLevel(level)

@@ -109,17 +109,20 @@ def test_a_unit_that_always_fails_reports_the_finished_ones(executor):
 
 def test_pbt_with_a_tiny_budget_gives_a_replayable_schedule(executor):
     tasks = [TINY.replace(seed=1), TINY.replace(seed=2)]
-    result = pbt_search(tasks, budget=6, seed=0, perturbation_interval=2, device="cpu")
+    parameters = ("gamma", "alpha", "tau")  # an agent's action set: PBT searches all of it
+    result = pbt_search(tasks, budget=6, seed=0, perturbation_interval=2, device="cpu",
+                        parameters=parameters)
     assert result.trials == 3 and result.inner_runs == 6 and result.steps == 24
     assert len(result.trajectory) == TINY.horizon
-    assert all(0 <= g <= 5 and 0 <= a <= 1 for g, a in result.trajectory)
+    assert all(0 <= g <= 5 and 0 <= a <= 1 and 0 <= t <= 2 for g, a, t in result.trajectory)
     assert 0.0 <= result.score <= 1.0
+    assert set(result.schedule().parameters) == set(parameters)
     held_out = [TINY.replace(seed=500, horizon=8)]
-    record = rollout_policy(LossSchedulePolicy(result.schedule()), held_out, "pbt",
+    record = rollout_policy(LossSchedulePolicy(result.schedule(), parameters), held_out, "pbt",
                             device="cpu")[0]
     # Step k of the 4 governs progress [k/4, (k+1)/4): twice on a horizon of 8.
     want = np.repeat(np.asarray(result.trajectory), 2, axis=0)
-    np.testing.assert_allclose(record.params[:, :2], want, atol=1e-5)
+    np.testing.assert_allclose(record.params, want, atol=1e-5)
 
 
 def test_rllib_ppo_steps_the_env_on_a_remote_worker(executor):
