@@ -126,7 +126,7 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     """The PBT baseline's replay policy and its budget note (None and why, when skipped);
     PBT searches the agent's ``parameters``."""
     if args.pbt_budget is not None:
-        budget = max(args.pbt_budget // len(tune), 2) * len(tune)
+        budget = max(-(-args.pbt_budget // len(tune)), 2) * len(tune)
     if args.pbt is False:
         return None, "PBT: skipped (disabled)."
     try:
@@ -162,7 +162,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
     # A search budget counts candidate × task inner runs: a whole number of candidates.
     budget = args.search_budget or agent_episodes(run_dir)
-    budget = max(budget // len(tune), 2) * len(tune)
+    budget = max(-(-budget // len(tune)), 2) * len(tune)  # rounded up: never fewer
     say(f"{len(tasks)} held-out runs per method; tuning on {len(tune)} train tasks; "
         f"search budget {budget} inner runs")
 
