@@ -304,10 +304,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ns
 
 
-if __name__ == "__main__":
-    ns = parse_args()
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.evaluate`` and ``lossgym evaluate``: evaluate, print the report's
+    path."""
+    ns = parse_args(argv)
     if ns.report_only:
         print(report_from_json(ns.run_dir))
     else:
         fields = {k: v for k, v in vars(ns).items() if k != "report_only"}
         print(evaluate(EvalArgs(**fields)))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -248,8 +248,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
                      progress=not ns.no_progress)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agents.train`` and ``lossgym train``: train, print the run folder."""
+    print(train(parse_args(argv)))
+    return 0
+
+
 if __name__ == "__main__":
-    print(train(parse_args()))
+    main()
 
 
 # ----------------------------------------------------------------------------- the agent

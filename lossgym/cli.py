@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "AdaptiveLoss for plain PyTorch training")
     add_export_arguments(exp)
     exp.set_defaults(run=_export)
+    for name, module in AGENT_COMMANDS.items():  # listed in --help; parsed by the module
+        sub.add_parser(name, help=f"the same as python -m {module} (see lossgym {name} -h)")
     return parser
 
 
@@ -90,8 +92,31 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
+#: Commands served by the ``agents`` package (the training stack), imported only when used.
+AGENT_COMMANDS = {"train": "agents.train", "evaluate": "agents.evaluate"}
+
+
+def _agent_command(name: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(AGENT_COMMANDS[name])
+    except ImportError as err:
+        print(f"lossgym: error: lossgym {name} needs the agents package and its training stack "
+              f"(pip install 'lossgym[agents]'): {err}", file=sys.stderr)
+        return 2
+    sys.argv[0] = f"lossgym {name}"
+    return module.main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lossgym``; errors in the user's input exit with status 2 and a message."""
+    """Entry point of ``lossgym``; errors in the user's input exit with status 2 and a message.
+
+    ``lossgym train ...`` and ``lossgym evaluate ...`` hand their arguments to
+    ``python -m agents.train`` and ``python -m agents.evaluate``."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in AGENT_COMMANDS:
+        return _agent_command(args_list[0], args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "seeds", 1) < 1:

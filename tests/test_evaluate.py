@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import sys
 
 import pytest
 
@@ -64,3 +65,21 @@ def test_held_out_tasks_are_paired_and_unseen():
 def test_learning_curve_reads_the_monitor(run_dir):
     curve = learning_curve(run_dir)
     assert curve.shape[1] == 2 and len(curve) >= 1
+
+
+def test_lossgym_train_and_evaluate_hand_over_to_the_agents_package(monkeypatch, capsys):
+    from lossgym import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--seeds", "0"])
+    assert exit_info.value.code == 2 and "--seeds=0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--algo", "bogus"])
+    assert "bogus" in capsys.readouterr().err
+    calls = []
+    monkeypatch.setattr("agents.evaluate.main", lambda argv: calls.append(argv) or 0)
+    assert cli.main(["evaluate", "--run-dir", "x", "--report-only"]) == 0
+    assert calls == [["--run-dir", "x", "--report-only"]]
+    monkeypatch.setitem(sys.modules, "agents.train", None)  # the training stack is missing
+    assert cli.main(["train"]) == 2
+    assert "pip install 'lossgym[agents]'" in capsys.readouterr().err
