@@ -29,10 +29,10 @@ def test_ray_flag_without_ray_says_what_to_install(no_ray, capsys):
 
 
 def test_pbt_is_skipped_with_the_reason_without_ray(no_ray, tmp_path):
-    policy, note = _pbt(EvalArgs(), [TINY], 2, tmp_path)
+    policy, note = _pbt(EvalArgs(), [TINY], 2, tmp_path, ("gamma", "alpha"))
     assert policy is None and "Ray is not installed" in note
     with pytest.raises(ImportError):
-        _pbt(EvalArgs(pbt=True), [TINY], 2, tmp_path)
+        _pbt(EvalArgs(pbt=True), [TINY], 2, tmp_path, ("gamma", "alpha"))
 
 
 class Recording(distributed.LocalExecutor):
