@@ -72,8 +72,11 @@ class _Run:
         return max(t.horizon for t in self.tasks)
 
     def step(self, values: Sequence[float]) -> None:
-        """One env step of every unfinished member with the loss parameters ``values``."""
-        config = dict(zip(self.parameters, map(float, values)))
+        """One env step of every unfinished member with the loss parameters ``values``, each
+        clipped into its range (PBT's perturbations multiply by 0.8 or 1.2, which can leave
+        it)."""
+        config = {p: min(max(float(v), PARAMETER_RANGES[p][0]), PARAMETER_RANGES[p][1])
+                  for p, v in zip(self.parameters, values)}
         policy = ConstantPolicy(parameters=self.parameters, **config)
         for batch in self.batches:
             if all(batch.done):

@@ -141,3 +141,11 @@ def test_rllib_ppo_steps_the_env_on_a_remote_worker(executor):
     finally:
         algo.stop()
     assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 8
+
+
+def test_pbt_run_clips_perturbed_parameters_into_their_ranges():
+    from agents.pbt import _Run
+
+    run = _Run([TINY.to_dict()], "balanced_accuracy", "cpu", ("gamma", "alpha", "scale"))
+    run.step([6.0, -0.2, 33.7])  # what PBT's ×1.2 / ×0.8 perturbations can produce
+    assert run.trajectory == [[5.0, 0.0, 30.0]]
