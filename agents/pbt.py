@@ -120,8 +120,8 @@ def _trainable() -> type:
             return True
 
         def step(self) -> dict[str, Any]:
-            values = {p: float(self.config[p]) for p in self.config["parameters"]}
-            self.run.step(list(values.values()))
+            self.run.step([self.config[p] for p in self.config["parameters"]])
+            values = dict(zip(self.run.parameters, self.run.trajectory[-1]))  # as applied
             replayed, self.replayed = self.replayed, 0
             return {"score": self.run.score(), **values, "replayed_steps": replayed,
                     "done": len(self.run.trajectory) >= self.run.horizon}
@@ -302,8 +302,6 @@ class LossSchedulePolicy:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions ``[N, d]`` from each row's progress."""
-        from lossgym.actions import PARAMETER_RANGES
-
         rows = []
         for p in np.asarray(obs, dtype=np.float64)[:, PROGRESS]:
             values = self.schedule(min(p + PROGRESS_TOL, 1.0))
