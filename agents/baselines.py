@@ -49,8 +49,9 @@ PROGRESS, BALANCED_ACCURACY, WORST_RECALL = 0, 4, 5
 PROGRESS_TOL = 1e-6
 #: Schedule shapes of :class:`SchedulePolicy`.
 SHAPES = ("linear", "cosine")
-#: Search spaces of :func:`random_search` and :func:`cma_search`.
-SEARCH_SPACES = ("constant", "schedule")
+#: Search spaces of :func:`random_search` (all three) and :func:`cma_search` (the first two):
+#: constants, schedules, and "mixed" (half constants, half schedules, as schedule configs).
+SEARCH_SPACES = ("constant", "schedule", "mixed")
 
 GAMMA_RANGE = PARAMETER_RANGES["gamma"][:2]
 ALPHA_RANGE = PARAMETER_RANGES["alpha"][:2]
@@ -191,9 +192,10 @@ class _LossRule:
         return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-def _drw_alpha(progress: np.ndarray, switch: float, alpha: float) -> np.ndarray:
-    """Deferred re-weighting: 0 while ``progress < switch``, then ``alpha``."""
-    return np.where(progress >= switch - PROGRESS_TOL, alpha, 0.0)
+def _drw_alpha(progress: np.ndarray, switch: float, alpha: float, before: float = 0.0
+               ) -> np.ndarray:
+    """Deferred re-weighting: ``before`` while ``progress < switch``, then ``alpha``."""
+    return np.where(progress >= switch - PROGRESS_TOL, alpha, before)
 
 
 class ConstantPolicy(_LossRule):
@@ -263,7 +265,9 @@ class SchedulePolicy(_LossRule):
 
     ``γ(p) = gamma_start + (gamma_end − gamma_start) · s(p)`` with ``s(p) = p`` (linear) or
     ``s(p) = (1 − cos πp) / 2`` (cosine), so γ(0) = gamma_start and γ(1) = gamma_end;
-    ``α(p) = drw_alpha`` once ``p ≥ drw_switch``, else 0 (as :class:`DRWPolicy`).
+    ``α(p) = drw_alpha`` once ``p ≥ drw_switch``, else ``alpha_start`` (0 by default, as
+    :class:`DRWPolicy`). With ``gamma_start == gamma_end`` and ``alpha_start == drw_alpha`` it
+    is a constant loss, so the family contains the static losses.
 
     Args:
         gamma_start: γ at the start of training, in [0, 5].
@@ -271,12 +275,13 @@ class SchedulePolicy(_LossRule):
         shape: ``"linear"`` or ``"cosine"``.
         drw_switch: progress in [0, 1] at which α switches on.
         drw_alpha: α in [0, 1] after the switch.
+        alpha_start: α in [0, 1] before the switch.
         parameters: the controlled parameters (see :class:`_LossRule`).
         **fixed: constant values of other parameters.
     """
 
     def __init__(self, gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
-                 drw_switch: float = 0.8, drw_alpha: float = 1.0,
+                 drw_switch: float = 0.8, drw_alpha: float = 1.0, alpha_start: float = 0.0,
                  parameters: Sequence[str] | None = None, **fixed: float) -> None:
         super().__init__(parameters, fixed)
         self.gamma_start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
@@ -286,6 +291,7 @@ class SchedulePolicy(_LossRule):
         self.shape = shape
         self.drw_switch = _check_real("drw_switch", drw_switch, 0.0, 1.0)
         self.drw_alpha = _check_real("drw_alpha", drw_alpha, *ALPHA_RANGE)
+        self.alpha_start = _check_real("alpha_start", alpha_start, *ALPHA_RANGE)
 
     def gamma_at(self, progress: np.ndarray | float) -> np.ndarray:
         """γ at the given progress (clipped to [0, 1])."""
@@ -297,12 +303,14 @@ class SchedulePolicy(_LossRule):
         """γ and α from each row's progress ``obs[:, 0]``."""
         progress = self._obs(obs)[:, PROGRESS]
         return self._actions(self.gamma_at(progress),
-                             _drw_alpha(progress, self.drw_switch, self.drw_alpha))
+                             _drw_alpha(progress, self.drw_switch, self.drw_alpha,
+                                        self.alpha_start))
 
     def __repr__(self) -> str:
         return (f"SchedulePolicy(gamma_start={self.gamma_start:g}, gamma_end={self.gamma_end:g},"
                 f" shape={self.shape!r}, drw_switch={self.drw_switch:g}, "
-                f"drw_alpha={self.drw_alpha:g}{self._fixed_repr()})")
+                f"drw_alpha={self.drw_alpha:g}, alpha_start={self.alpha_start:g}"
+                f"{self._fixed_repr()})")
 
 
 class FeedbackPolicy(_LossRule):
@@ -653,13 +661,14 @@ def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
     """A fresh policy from a configuration returned by tuning or search.
 
     Args:
-        space: ``"constant"`` (:class:`ConstantPolicy`), ``"schedule"``
+        space: ``"constant"`` (:class:`ConstantPolicy`), ``"schedule"`` or ``"mixed"``
             (:class:`SchedulePolicy`), ``"drw"`` (:class:`DRWPolicy`) or ``"feedback"``
             (:class:`FeedbackPolicy`).
         config: the constructor's keyword arguments.
     """
     factories: dict[str, Callable[..., Policy]] = {
-        "constant": ConstantPolicy, "schedule": SchedulePolicy, "drw": DRWPolicy,
+        "constant": ConstantPolicy, "schedule": SchedulePolicy, "mixed": SchedulePolicy,
+        "drw": DRWPolicy,
         "feedback": FeedbackPolicy,
     }
     if space not in factories:
@@ -859,8 +868,9 @@ def _space_keys(space: str, parameters: Sequence[str] = DEFAULT_PARAMETERS
     extra = _extra_parameters(parameters)
     if space == "constant":
         return ("gamma", "alpha") + extra
-    if space == "schedule":
-        return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha") + extra
+    if space in ("schedule", "mixed"):
+        return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha",
+                "alpha_start") + extra
     raise ValueError(f"space={space!r} is not known; choose one of {SEARCH_SPACES}")
 
 
@@ -893,14 +903,17 @@ def random_search(
 
     Spaces (uniform draws): ``"constant"``: γ ∈ [0, 5], α ∈ [0, 1]; ``"schedule"``:
     gamma_start, gamma_end ∈ [0, 5], shape ∈ {linear, cosine} (categorical), drw_switch ∈
-    [0, 1], drw_alpha ∈ [0, 1]. Every parameter of ``parameters`` besides γ and α (τ, margin,
+    [0, 1], drw_alpha, alpha_start ∈ [0, 1]; ``"mixed"``: each candidate is a constant or a
+    schedule with probability 1/2, both as schedule configs (a constant has gamma_start ==
+    gamma_end, alpha_start == drw_alpha and drw_switch 0; :func:`best_constant` picks the
+    best of them). Every parameter of ``parameters`` besides γ and α (τ, margin,
     scale, ...) is searched too, as a constant uniform over its range, in both spaces.
 
     Args:
         tasks: the search (train) tasks.
         budget: inner training runs, a positive multiple of ``len(tasks)``.
         rng: source of the candidates; advanced by the call.
-        space: ``"constant"`` or ``"schedule"``.
+        space: ``"constant"``, ``"schedule"`` or ``"mixed"``.
         parameters: the searched loss parameters (γ and α at least): an agent's action set.
         metric, device, max_members: as :func:`evaluate_configs`.
 
@@ -919,12 +932,17 @@ def random_search(
         if space == "constant":
             config: Config = {"gamma": float(rng.uniform(*GAMMA_RANGE)),
                               "alpha": float(rng.uniform(*ALPHA_RANGE))}
+        elif space == "mixed" and rng.random() < 0.5:
+            gamma, alpha = float(rng.uniform(*GAMMA_RANGE)), float(rng.uniform(*ALPHA_RANGE))
+            config = {"gamma_start": gamma, "gamma_end": gamma, "shape": "linear",
+                      "drw_switch": 0.0, "drw_alpha": alpha, "alpha_start": alpha}
         else:
             config = {"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
                       "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
                       "shape": SHAPES[int(rng.integers(len(SHAPES)))],
                       "drw_switch": float(rng.uniform(0.0, 1.0)),
-                      "drw_alpha": float(rng.uniform(*ALPHA_RANGE))}
+                      "drw_alpha": float(rng.uniform(*ALPHA_RANGE)),
+                      "alpha_start": float(rng.uniform(*ALPHA_RANGE))}
         for name in extra:
             config[name] = float(rng.uniform(*PARAMETER_RANGES[name][:2]))
         configs.append(config)
@@ -932,6 +950,26 @@ def random_search(
                                 max_members=max_members)
     history = [{"candidate": k, **row} for k, row in enumerate(table)]
     return _best(history, keys), history
+
+
+def is_constant_config(config: Mapping[str, Any]) -> bool:
+    """Whether a schedule config (``"schedule"``/``"mixed"`` space) is a constant loss."""
+    return (config["gamma_start"] == config["gamma_end"]
+            and (config["alpha_start"] == config["drw_alpha"]
+                 or config["drw_switch"] <= 0.0))
+
+
+def best_constant(history: Table, parameters: Sequence[str] = DEFAULT_PARAMETERS
+                  ) -> Config | None:
+    """The best constant of a ``"mixed"`` (or ``"schedule"``) search history, as a
+    :class:`ConstantPolicy` config; None when no candidate was a constant."""
+    extra = _extra_parameters(parameters)
+    rows = [row for row in history if is_constant_config(row)]
+    if not rows:
+        return None
+    best = _best(rows, _space_keys("schedule", parameters))
+    alpha = best["drw_alpha"] if best["drw_switch"] <= 0.0 else best["alpha_start"]
+    return {"gamma": best["gamma_start"], "alpha": alpha, **{k: best[k] for k in extra}}
 
 
 def _unit_to_config(space: str, x: np.ndarray, extra: Sequence[str] = ()) -> Config:
@@ -946,7 +984,8 @@ def _unit_to_config(space: str, x: np.ndarray, extra: Sequence[str] = ()) -> Con
     else:
         config = {"gamma_start": float(g_low + x[0] * (g_high - g_low)),
                   "gamma_end": float(g_low + x[1] * (g_high - g_low)), "shape": "cosine",
-                  "drw_switch": float(x[2]), "drw_alpha": float(a_low + x[3] * (a_high - a_low))}
+                  "drw_switch": float(x[3]), "drw_alpha": float(a_low + x[4] * (a_high - a_low)),
+                  "alpha_start": float(a_low + x[2] * (a_high - a_low))}
     base = len(x) - len(extra)
     for j, name in enumerate(extra):
         low, high, _ = PARAMETER_RANGES[name]
@@ -956,9 +995,13 @@ def _unit_to_config(space: str, x: np.ndarray, extra: Sequence[str] = ()) -> Con
 
 def default_popsize(candidates: int, dim: int) -> int:
     """CMA population size for ``candidates`` evaluations in ``dim`` dimensions: the largest
-    divisor of ``candidates`` in [2, 4 + ⌊3 ln dim⌋] (CMA-ES's default size), or
-    ``candidates`` itself (one generation) when there is none."""
-    cap = 4 + int(3 * math.log(dim))
+    divisor of ``candidates`` in [2, max(4 + ⌊3 ln dim⌋, ⌊candidates / 8⌋)], or
+    ``candidates`` itself (one generation) when there is none.
+
+    4 + ⌊3 ln dim⌋ is CMA-ES's default size; a large budget gets larger generations (about 8
+    of them), because a generation is one batched rollout and small ones batch poorly (171
+    candidates in 8 dimensions: 9 generations of 19 instead of 19 of 9)."""
+    cap = max(4 + int(3 * math.log(dim)), candidates // 8)
     divisors = [p for p in range(2, min(cap, candidates) + 1) if candidates % p == 0]
     return max(divisors) if divisors else candidates
 
@@ -984,7 +1027,8 @@ def cma_search(
     ``candidates / popsize`` generations of ``popsize`` candidates; a generation is one batched
     rollout. CMA searches the unit box (bounds [0, 1], start at its centre, step ``sigma0``),
     mapped linearly to ``"constant"``: (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``:
-    (gamma_start, gamma_end ∈ [0, 5], drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape,
+    (gamma_start, gamma_end ∈ [0, 5], alpha_start, drw_switch, drw_alpha ∈ [0, 1]) with the
+    cosine shape (which contains the constants),
     plus one coordinate per parameter of ``parameters`` besides γ and α, held constant.
     numpy's global random state, which pycma seeds and draws from, is restored afterwards.
 
@@ -1015,7 +1059,10 @@ def cma_search(
     if sigma0 == 0.0:
         raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
     count = _check_budget(budget, tasks)
-    dim = (2 if space == "constant" else 4) + len(extra)
+    if space == "mixed":
+        raise ValueError("space='mixed' is random search's; CMA-ES searches 'constant' or "
+                         "'schedule' (which contains the constants)")
+    dim = (2 if space == "constant" else 5) + len(extra)
     if count < 2:
         raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
                          f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")

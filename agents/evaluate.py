@@ -10,8 +10,10 @@ Reads top to bottom:
    initialisation and data order.
 2. **Tuning on the train split.** DRW (switch time and strength), the feedback rule (η,
    margin) and the best static (γ, α) are chosen on validation metrics of train tasks.
-3. **Search at equal budget.** Random search and CMA-ES over constants and over parametric
-   schedules get as many inner training runs as the agent's training used (its episodes).
+3. **Search at equal budget.** Random search and CMA-ES, each over constants and parametric
+   schedules together (the schedule family contains the constants), each get as many inner
+   training runs as the agent's training used (its episodes). The best constant among random
+   search's draws (half of them) is reported as a static loss too.
 4. **Everything on the held-out tasks**: the agent, its open-loop replay and its mean-action
    constant (ablations), the fixed and hand-scheduled baselines, the tuned and searched ones,
    the built-in loss methods (LDAM-DRW, FLSD-53, AdaFocal, ...), and the test-set oracle.
@@ -44,8 +46,8 @@ from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "class_balanced",
-                  "cb_focal", "tuned_constant", "random_search_constant", "cma_constant",
-                  "logit_adjusted", "poly1")
+                  "cb_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
+                  "poly1")
 NOT_BASELINES = ("agent", "agent_replay", "agent_mean_action", "oracle_constant")
 
 
@@ -171,16 +173,13 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     run = distributed.current().gather
     agent = AgentPolicy(run_dir)
 
-    # The searches cover every loss parameter the agent controls (γ, α and the rest).
-    def random_searches() -> list[bl.Config]:  # one after the other: they share rng
-        return [bl.random_search(tune, budget, rng, space, parameters=agent.parameters,
-                                 **kw)[0]
-                for space in ("constant", "schedule")]
-
-    def cma_searches() -> list[bl.Config]:  # pycma draws from numpy's global random state
-        return [bl.cma_search(tune, budget, args.seed, space, parameters=agent.parameters,
-                              **kw)[0]
-                for space in ("constant", "schedule")]
+    # The searches cover every loss parameter the agent controls (γ, α and the rest), over
+    # constants and schedules at once: each gets the agent's whole budget.
+    search_rng = np.random.default_rng([args.seed, 1])
+    random_search = partial(bl.random_search, tune, budget, search_rng, "mixed",
+                            parameters=agent.parameters, **kw)
+    cma_search = partial(bl.cma_search, tune, budget, args.seed, "schedule",
+                         parameters=agent.parameters, **kw)
 
     first = run([
         partial(rollout_policy, agent, tasks, "agent", **kw),
@@ -189,7 +188,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
         *[partial(rollout_method, name, tasks, device=args.device)
           for name in bl.METHOD_BASELINES],
         partial(bl.tune_drw, tune, **kw), partial(bl.tune_feedback, tune, **kw),
-        partial(bl.tune_constant, tune, **kw), random_searches, cma_searches,
+        partial(bl.tune_constant, tune, **kw), random_search, cma_search,
         partial(bl.oracle_constant, tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0),
                 **kw),
         partial(_pbt, args, tune, budget, run_dir, agent.parameters),
@@ -197,6 +196,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     agent_records, fixed = first[0], first[1 : 1 + len(bl.HAND_BASELINES) +
                                            len(bl.METHOD_BASELINES)]
     drw, feedback, constant, randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) :]
+    random_constant = bl.best_constant(randoms[1], agent.parameters)
     say("agent, fixed baselines, tuning and searches done")
 
     tuned = {
@@ -204,10 +204,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
         "tuned_feedback": bl.FeedbackPolicy(**feedback[0]),
         "tuned_constant": bl.ConstantPolicy(**constant[0]),
     }
-    searched = dict(zip(("random_search_constant", "random_search_schedule", "cma_constant",
-                         "cma_schedule"), randoms + cmas))
-    for name, config in searched.items():
-        tuned[name] = bl.policy_from_config(name.rsplit("_", 1)[1], config)
+    tuned["random_search"] = bl.policy_from_config("mixed", randoms[0])
+    if random_constant is not None:
+        tuned["random_search_constant"] = bl.ConstantPolicy(**random_constant)
+    tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
     if pbt is not None:
         tuned["pbt"] = pbt
     actions = np.stack([r.actions for r in agent_records])
@@ -234,7 +234,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     note = (f"Agent: {run_dir.name}, trained on {episodes} episodes. "
             f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
             f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES, over the agent's "
-            f"parameters {', '.join(agent.parameters)}): {budget} inner runs each, {equal} "
+            f"parameters {', '.join(agent.parameters)}, constants and schedules together; "
+            f"random_search_constant is the best constant among random search's draws): "
+            f"{budget} inner runs each, {equal} "
             f"(the agent's paired reward also trained one cross-entropy twin per episode, "
             f"not counted). {pbt_note} Wall time of the evaluation: "
             f"{time.time() - start:.0f} s.")

@@ -123,27 +123,31 @@ def average_schedule(records: Sequence[EpisodeRecord]) -> LossSchedule:
     return LossSchedule(schedules)
 
 
-def _drw_alpha(switch: float, alpha: float) -> Schedule:
-    if switch <= 0.0 or alpha == 0.0:
+def _drw_alpha(switch: float, alpha: float, before: float = 0.0) -> Schedule:
+    if switch <= 0.0 or alpha == before:
         return constant(alpha)
     if switch >= 1.0:
-        return constant(0.0)
-    return step([switch], [0.0, alpha])
+        return constant(before)
+    return step([switch], [before, alpha])
 
 
 def policy_schedule(policy: Policy) -> LossSchedule | None:
     """The exact schedule of a hand policy whose parameters depend on progress alone
     (:class:`ConstantPolicy`, :class:`DRWPolicy`, :class:`SchedulePolicy`); None for others.
-    Parameters the policy holds neutral are left out."""
+    Parameters the policy holds neutral are left out; those it holds at other constants
+    (``fixed``: τ, margin, scale, ...) are constant schedules."""
+    fixed = {name: constant(value) for name, value in getattr(policy, "fixed", {}).items()}
     if isinstance(policy, ConstantPolicy):
-        return LossSchedule({"gamma": constant(policy.gamma), "alpha": constant(policy.alpha)})
+        return LossSchedule({"gamma": constant(policy.gamma), "alpha": constant(policy.alpha),
+                             **fixed})
     if isinstance(policy, DRWPolicy):
         return LossSchedule({"gamma": constant(policy.gamma),
-                             "alpha": _drw_alpha(policy.switch, policy.alpha)})
+                             "alpha": _drw_alpha(policy.switch, policy.alpha), **fixed})
     if isinstance(policy, SchedulePolicy):
         shape = linear if policy.shape == "linear" else cosine
         return LossSchedule({"gamma": shape(policy.gamma_start, policy.gamma_end),
-                             "alpha": _drw_alpha(policy.drw_switch, policy.drw_alpha)})
+                             "alpha": _drw_alpha(policy.drw_switch, policy.drw_alpha,
+                                                 policy.alpha_start), **fixed})
     return None
 
 

@@ -14,6 +14,7 @@ from agents.baselines import (
     RandomPolicy,
     ReplayPolicy,
     SchedulePolicy,
+    best_constant,
     cma_search,
     default_popsize,
     final_val_score,
@@ -155,6 +156,31 @@ def test_schedule_endpoints_and_shape(shape):
     assert np.all(np.diff(g) <= 1e-12) and g[0] == 4.0 and g[-1] == pytest.approx(1.0)
 
 
+def test_schedule_alpha_before_the_switch_and_constant_special_case():
+    policy = SchedulePolicy(gamma_start=1.0, gamma_end=1.0, drw_switch=0.5, drw_alpha=0.8,
+                            alpha_start=0.3)
+    p = params_of(policy.act(obs([0.0, 0.45, 0.5, 0.9])))
+    np.testing.assert_allclose(p[:, 1], [0.3, 0.3, 0.8, 0.8], atol=1e-6)
+    assert "alpha_start=0.3" in repr(policy)
+    constant = SchedulePolicy(gamma_start=2.0, gamma_end=2.0, drw_switch=0.0, drw_alpha=0.4,
+                              alpha_start=0.4)
+    grid = obs(np.linspace(0, 1, 7))
+    np.testing.assert_allclose(constant.act(grid), ConstantPolicy(gamma=2.0, alpha=0.4).act(grid))
+
+
+def test_best_constant_of_a_mixed_history():
+    schedule = {"gamma_start": 3.0, "gamma_end": 0.0, "shape": "cosine", "drw_switch": 0.5,
+                "drw_alpha": 1.0, "alpha_start": 0.0, "tau": 0.2}
+    constants = [{"gamma_start": g, "gamma_end": g, "shape": "linear", "drw_switch": 0.0,
+                  "drw_alpha": a, "alpha_start": a, "tau": t}
+                 for g, a, t in ((1.0, 0.5, 0.7), (2.0, 0.25, 1.0))]
+    history = [{**schedule, "score": 0.9}, {**constants[0], "score": 0.5},
+               {**constants[1], "score": 0.6}]
+    assert best_constant(history, ("gamma", "alpha", "tau")) == {
+        "gamma": 2.0, "alpha": 0.25, "tau": 1.0}
+    assert best_constant(history[:1], ("gamma", "alpha", "tau")) is None
+
+
 def test_schedule_increasing_gamma():
     policy = SchedulePolicy(gamma_start=0.0, gamma_end=5.0, shape="linear", drw_switch=1.0)
     p = params_of(policy.act(obs([0.0, 0.5, 0.95])))
@@ -281,8 +307,10 @@ def test_config_validation(make, match):
 def test_search_argument_validation():
     with pytest.raises(ValueError, match="multiple of len"):
         random_search(TASKS, 3, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="space='mixed'"):
-        random_search(TASKS, 4, np.random.default_rng(0), space="mixed")
+    with pytest.raises(ValueError, match="space='grid'"):
+        random_search(TASKS, 4, np.random.default_rng(0), space="grid")
+    with pytest.raises(ValueError, match="space='mixed' is random search's"):
+        cma_search(TASKS, 4, space="mixed")
     with pytest.raises(ValueError, match="numpy.random.Generator"):
         random_search(TASKS, 4, 0)
     with pytest.raises(ValueError, match="at least 2"):
@@ -303,6 +331,7 @@ def test_default_popsize():
     assert default_popsize(7, 2) == 7  # prime above the default: one generation
     assert default_popsize(16, 4) == 8
     assert default_popsize(2, 4) == 2
+    assert default_popsize(171, 8) == 19  # a large budget: ~8 generations, not 19 of 9
 
 
 # ----------------------------------------------------------------------------- rollouts
@@ -400,7 +429,7 @@ def test_tuning_scores_the_final_validation_metric():
     assert otable[0]["val_score"] == pytest.approx(table[0]["score"], abs=1e-5)
 
 
-@pytest.mark.parametrize("space", ["constant", "schedule"])
+@pytest.mark.parametrize("space", ["constant", "schedule", "mixed"])
 def test_random_search_within_bounds_and_exact_budget(monkeypatch, space):
     counter = Counter()
     monkeypatch.setattr(baselines, "rollout_policy", counter)
@@ -415,6 +444,7 @@ def test_random_search_within_bounds_and_exact_budget(monkeypatch, space):
             assert 0 <= config["gamma_start"] <= 5 and 0 <= config["gamma_end"] <= 5
             assert config["shape"] in ("linear", "cosine")
             assert 0 <= config["drw_switch"] <= 1 and 0 <= config["drw_alpha"] <= 1
+            assert 0 <= config["alpha_start"] <= 1
     assert best in [{k: row[k] for k in best} for row in history]
     assert max(row["score"] for row in history) == next(
         row["score"] for row in history if {k: row[k] for k in best} == best)
@@ -439,6 +469,7 @@ def test_cma_search_within_bounds_and_exact_budget(monkeypatch, space):
             assert 0 <= config["gamma_start"] <= 5 and 0 <= config["gamma_end"] <= 5
             assert config["shape"] == "cosine"
             assert 0 <= config["drw_switch"] <= 1 and 0 <= config["drw_alpha"] <= 1
+            assert 0 <= config["alpha_start"] <= 1
     policy_from_config(space, best)
     if space == "constant":
         again, history2 = cma_search(TASKS, 8, seed=0, space=space, popsize=2, device="cpu")

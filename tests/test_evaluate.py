@@ -39,7 +39,7 @@ def test_evaluate_end_to_end_writes_the_report(run_dir):
                              search_budget=4), distribution=DIST, log=False)
     text = path.read_text()
     for method in ("agent", "agent_replay", "agent_mean_action", "ce", "tuned_drw",
-                   "tuned_feedback", "random_search_schedule", "cma_constant", "ldam_drw",
+                   "tuned_feedback", "random_search", "cma_es", "ldam_drw",
                    "adafocal", "oracle_constant"):
         assert method in text, method
     assert "PASS" in text or "FAIL" in text

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import agents.train as train_mod
-from agents.baselines import DRWPolicy
+from agents.baselines import DRWPolicy, SchedulePolicy
 from agents.export import average_schedule, export_baseline, export_run
 from agents.rollout import EpisodeRecord, rollout_policy
 from agents.train import AgentPolicy, TrainArgs, train
@@ -545,6 +545,17 @@ def test_baselines_export_as_their_exact_schedules(tmp_path):
         criterion.step()
     got = np.array([[h["gamma"], h["alpha"]] for h in criterion.history])
     np.testing.assert_allclose(got, record.params, atol=1e-6)
+    # The constants a policy holds besides γ and α (here τ and the logit scale) export too.
+    policy = SchedulePolicy(gamma_start=2.0, gamma_end=0.5, drw_switch=0.6, drw_alpha=0.9,
+                            alpha_start=0.2, tau=1.0, scale=10.0)
+    [record] = rollout_policy(policy, [task], device="cpu")
+    export_policy(policy, tmp_path / "schedule", tasks=[task], name="schedule")
+    criterion = AdaptiveLoss.load(tmp_path / "schedule", class_counts=COUNTS)
+    for _ in range(task.horizon - 1):
+        criterion.step()
+    got = np.array([[h[p] for p in record.parameters] for h in criterion.history])
+    assert record.parameters == ("gamma", "alpha", "tau", "scale")
+    np.testing.assert_allclose(got, record.params, atol=1e-5)
     la, _ = read_export(export_baseline("logit_adjusted", tmp_path / "la"))
     assert la.to_dict() == {"tau": {"kind": "constant", "value": 1.0}}
     flsd, manifest = read_export(export_baseline("flsd53", tmp_path / "flsd"))
