@@ -789,7 +789,8 @@ class AdaptiveLoss(nn.Module):
     def _clear_period(self) -> None:
         # One 0-d tensor per minibatch, reduced at step(): no kernel or host sync per forward.
         self._ce: list[Tensor] = []
-        self._grad_norms: list[Tensor] = []
+        # Per minibatch, the per-tensor gradient norms; reduced to one norm each at step().
+        self._grad_norms: list[tuple[Tensor, ...]] = []
         self._minibatch = 0  # training forwards in this period
 
     @property
@@ -844,9 +845,18 @@ class AdaptiveLoss(nn.Module):
 
     def _record_norm(self, grads: list[Tensor]) -> None:
         if grads:
-            # As torch.nn.utils.get_total_norm computes it, without its per-call grouping.
-            self._grad_norms.append(torch.linalg.vector_norm(
-                torch.stack(torch._foreach_norm(grads))))
+            # One kernel per minibatch; the total norm (as torch.nn.utils.get_total_norm
+            # computes it) of every minibatch of the period is taken at once, in step().
+            self._grad_norms.append(tuple(torch._foreach_norm(grads)))
+
+    def _total_grad_norms(self) -> Tensor:
+        """The period's gradient norms, one per recorded minibatch (a 1-D tensor)."""
+        sizes = {len(n) for n in self._grad_norms}
+        flat = torch.stack([x for n in self._grad_norms for x in n])
+        if len(sizes) == 1:
+            return torch.linalg.vector_norm(flat.view(len(self._grad_norms), -1), dim=1)
+        parts = flat.split([len(n) for n in self._grad_norms])
+        return torch.stack([torch.linalg.vector_norm(p) for p in parts])
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
@@ -1095,7 +1105,7 @@ class AdaptiveLoss(nn.Module):
             return mean, std
         if self._grad_norms:
             # Float64, as the engine's sums: E[g²] − E[g]² in float32 loses the spread.
-            g = torch.stack(self._grad_norms).double()
+            g = self._total_grad_norms().double()
             mean = g.mean()
             std = ((g * g).mean() - mean * mean).clamp_min(0.0).sqrt()
             return mean.reshape(1), std.reshape(1)
@@ -1164,7 +1174,8 @@ class AdaptiveLoss(nn.Module):
             else {k: floats(v) for k, v in self._last_metrics.items()},
             "observation": floats(self.observation),
             "ce": [float(v) for v in self._ce],
-            "grad_norms": [float(v) for v in self._grad_norms],
+            "grad_norms": [float(v) for v in self._total_grad_norms()]
+            if self._grad_norms else [],
             "minibatch": self._minibatch,
             "minibatches_per_step": self.minibatches_per_step,
             "module": None if self._module is None else {
@@ -1203,7 +1214,7 @@ class AdaptiveLoss(nn.Module):
             for k, v in metrics.items()}
         self.observation = tensor(state["observation"])
         self._ce = [torch.tensor(v) for v in state["ce"]]
-        self._grad_norms = [torch.tensor(v) for v in state["grad_norms"]]
+        self._grad_norms = [(torch.tensor(v),) for v in state["grad_norms"]]
         # Checkpoints from before method exports lack the last three entries.
         self._minibatch = state.get("minibatch", 0)
         self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)
