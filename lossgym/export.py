@@ -395,6 +395,21 @@ class BuiltinLoss:
             return losses.AdaLoss(num_classes, self.params["momentum"])
         return None
 
+    def _class_terms(self, counts: Tensor, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """DRW's class-balanced weights and LDAM's margins times its scale, kept while the
+        counts (the same tensor, unmodified) and the logits' device and dtype are."""
+        key = (counts, counts._version, like.device, like.dtype)
+        cached = getattr(self, "_terms", None)
+        if cached is not None and cached[0][0] is counts and cached[0][1:] == key[1:]:
+            return cached[1]
+        counts_ = counts.to(like.device, like.dtype)
+        weights = losses.class_balanced_weights(counts_, self.params.get("beta", 0.9999))
+        margins = None
+        if self.name == "ldam_drw":
+            margins = losses.ldam_margins(counts_) * self.params["scale"]
+        self._terms = (key, (weights, margins))
+        return weights, margins
+
     def reweighted(self, steps: int, minibatch: int, total_steps: int,
                    minibatches_per_step: int) -> bool:
         """Whether DRW's class-balanced weights are on for this minibatch (the engine's
@@ -411,13 +426,15 @@ class BuiltinLoss:
         """The method's loss; AdaLoss's running means advance when ``training``."""
         p = self.params
         if self.name in ("class_balanced", "ldam_drw"):
-            cb = losses.class_balanced_weights(counts, p.get("beta", 0.9999))
-            weights = cb if reweighted else torch.ones_like(cb)
-            if self.name == "ldam_drw":
-                return losses.ldam_loss(logits, targets, counts, scale=p["scale"],
-                                        weight=weights, reduction=reduction)
-            return losses.focal_loss(logits, targets, gamma=p["gamma"], alpha=weights,
-                                     reduction=reduction)
+            # losses.focal_loss / losses.ldam_loss with their class terms computed once.
+            weights, margins = self._class_terms(counts, logits)
+            weight_t = weights.take(targets) if reweighted else None
+            if self.name == "ldam_drw":  # s (z − Δ_y e_y), with the margins scaled by s
+                index = targets.unsqueeze(-1)
+                logits = (logits * p["scale"]).scatter_add(-1, index,
+                                                            margins.take(index).neg_())
+            return losses._modulated_ce(logits, targets, gamma=p.get("gamma", 0.0),
+                                        class_weight_t=weight_t, reduction=reduction)
         if self.name == "flsd53":
             return losses.flsd53_loss(logits, targets, reduction=reduction)
         if self.name == "gradient_gate":
@@ -773,8 +790,8 @@ class AdaptiveLoss(nn.Module):
         self.steps_done = 0
         self._params: Tensor | None = None
         self._kwargs: dict[str, float] = {}
-        self._terms: tuple[tuple[torch.device, torch.dtype], Tensor | None, Tensor | None] \
-            | None = None
+        self._terms: tuple[tuple[torch.device, torch.dtype],
+                           tuple[Tensor | None, Tensor | None, Tensor | None]] | None = None
         # (batch size, the class weights, the weights / batch size) of the last forward.
         self._scaled_weights: tuple[int, Tensor, Tensor] | None = None
         self.history: list[dict[str, float]] = []
@@ -876,15 +893,17 @@ class AdaptiveLoss(nn.Module):
         record = self.controller is not None and self._is_training_forward(logits)
         recorded = len(self._ce)
         k = self._kwargs
-        if k.get("margin", 0.0) != 0.0 or k.get("scale", 1.0) != 1.0:
-            # The LDAM margin and scale act on the logits first: the general parametric loss.
-            loss = losses.parametric_loss(logits, targets, counts.to(logits.dtype),
-                                          reduction=self.reduction, **k)
-            if record:
-                self._ce.append(F.cross_entropy(logits.detach().reshape(-1, num_classes),
-                                                targets.reshape(-1)))
-            return loss
-        shift, weights = self._class_terms(counts, logits)
+        shift, weights, margins = self._class_terms(counts, logits)
+        scale = k.get("scale", 1.0)
+        # z' = s (z − Δ u_y e_y) + τ log m (parametric_loss's order) = s z + τ log m − s Δ u_y e_y
+        z = logits
+        if scale != 1.0:
+            z = logits * scale if shift is None else torch.add(shift, logits, alpha=scale)
+        elif shift is not None:
+            z = logits + shift
+        if margins is not None:  # s Δ u_c, the LDAM margin of each class, scaled
+            index = targets.unsqueeze(-1)
+            z = z.scatter_add(-1, index, margins.take(index).neg_())
         reduction = self.reduction
         if weights is not None and reduction == "mean":
             # The mean of w·ℓ is the sum of (w / n)·ℓ: the division happens once per batch size.
@@ -894,13 +913,13 @@ class AdaptiveLoss(nn.Module):
                 self._scaled_weights = (n, weights, weights * (1.0 / max(n, 1)))
             weights, reduction = self._scaled_weights[2], "sum"
         # parametric_loss with host-number parameters, its class terms computed once a period.
-        loss = _modulated_ce(logits if shift is None else logits + shift, targets,
+        loss = _modulated_ce(z, targets,
                              gamma=k.get("gamma", 0.0),
                              label_smoothing=k.get("label_smoothing", 0.0),
                              poly_epsilon=k.get("poly_epsilon", 0.0),
                              class_weight_t=None if weights is None else weights.take(targets),
                              gate=k.get("gate", 0.0), reduction=reduction,
-                             ce_out=self._ce if record and shift is None else None)
+                             ce_out=self._ce if record and z is logits else None)
         if record and len(self._ce) == recorded:
             flat = logits.ndim == 2
             self._ce.append(F.cross_entropy(
@@ -908,19 +927,27 @@ class AdaptiveLoss(nn.Module):
                 targets if flat else targets.reshape(-1)))
         return loss
 
-    def _class_terms(self, counts: Tensor, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """The logit shift τ log m and the class weights w ∝ m^(−α) ``[C]`` of
-        :func:`~lossgym.losses.parametric_loss`. They change only at ``step()``, so they are
-        kept for the period, unless the class counts are still being counted."""
+    def _class_terms(self, counts: Tensor, like: Tensor
+                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """The logit shift τ log m, the class weights w ∝ m^(−α) and the scaled LDAM margins
+        s Δ u_c ``[C]`` of :func:`~lossgym.losses.parametric_loss` (None where neutral). They
+        change only at ``step()``, so they are kept for the period, unless the class counts
+        are still being counted."""
         key = (like.device, like.dtype)
         if self._terms is not None and self._terms[0] == key and self._counts is not None:
-            return self._terms[1], self._terms[2]
-        alpha, tau = self._kwargs.get("alpha", 0.0), self._kwargs.get("tau", 0.0)
+            return self._terms[1]
+        k = self._kwargs
+        alpha, tau, margin = k.get("alpha", 0.0), k.get("tau", 0.0), k.get("margin", 0.0)
         counts = counts.to(like.device, like.dtype)
-        shift = None if tau == 0.0 else tau * counts.clamp_min(1.0).log()
+        log_m = counts.clamp_min(1.0).log()
+        shift = None if tau == 0.0 else tau * log_m
         weights = None if alpha == 0.0 else power_class_weights(counts, alpha)
-        self._terms = (key, shift, weights)
-        return shift, weights
+        margins = None
+        if margin != 0.0:
+            # u_c = m_c^(-1/4) / max_k m_k^(-1/4): the rarest class gets the whole margin.
+            margins = (-0.25 * (log_m - log_m.amin())).exp() * (margin * k.get("scale", 1.0))
+        self._terms = (key, (shift, weights, margins))
+        return shift, weights, margins
 
     def _method_loss(self, logits: Tensor, targets: Tensor, counts: Tensor) -> Tensor:
         method = self.method

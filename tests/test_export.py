@@ -351,10 +351,15 @@ def test_mismatched_class_counts_are_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- the module
-@pytest.mark.parametrize("ldam", [{}, {"margin": 0.5, "scale": 10.0}])
-def test_forward_is_the_parametric_loss(ldam):
-    params = {"gamma": 1.5, "alpha": 0.7, "tau": 0.5, "label_smoothing": 0.1,
-              "poly_epsilon": 0.5, "gate": 2.0, **ldam}
+@pytest.mark.parametrize("ldam", [{}, {"margin": 0.5, "scale": 10.0}, {"scale": 3.0},
+                                  {"margin": 0.3}])
+@pytest.mark.parametrize("terms", [
+    {"gamma": 1.5, "alpha": 0.7, "tau": 0.5, "label_smoothing": 0.1, "poly_epsilon": 0.5,
+     "gate": 2.0},
+    {"gamma": 1.5, "alpha": 0.7, "tau": 0.5, "poly_epsilon": 0.5},  # the CPU closed form
+])
+def test_forward_is_the_parametric_loss(ldam, terms):
+    params = {**terms, **ldam}
     counts = torch.tensor([40.0, 9.0, 3.0, 0.0])
     logits = torch.randn(32, 4, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 4, (32,))
