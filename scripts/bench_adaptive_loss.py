@@ -14,10 +14,10 @@ minibatches per period.
 Contenders: plain cross-entropy; AdaptiveLoss schedules at the neutral point (plain
 cross-entropy through the fused kernel), at γ = 2, α = 0.5 (class-balanced focal), with logit
 adjustment τ = 1 added, and with every term of the parametric loss but the gate; closed-loop
-controllers (γ, α) and (γ, α, τ), which also record each minibatch's cross-entropy and its
-gradient norm, through ``watch(optimizer)`` (one hook per update) or ``watch(model)`` (one hook
-per parameter); and one baseline exported as a method (LDAM-DRW
-after its switch). Each row names the parameters the loss used.
+controllers (γ, α), (γ, α, τ) and the default agent's (γ, α, τ, margin, scale), which also
+record each minibatch's cross-entropy and its gradient norm, through ``watch(optimizer)`` (one
+hook per update) or ``watch(model)`` (one hook per parameter); and one baseline exported as a
+method (LDAM-DRW after its switch). Each row names the parameters the loss used.
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def main() -> None:
         Contender("controller + watch(optimizer)", controller(gamma=2.0, alpha=0.5)),
         Contender("controller + watch(model)", controller(gamma=2.0, alpha=0.5), "model"),
         Contender("controller + watch(optimizer)", controller(gamma=2.0, alpha=0.5, tau=1.0)),
+        # The default agent's action set: LDAM's margin and logit scale as well.
+        Contender("controller + watch(optimizer)", controller(gamma=1.0, alpha=0.5, tau=1.0,
+                                                              margin=0.5, scale=10.0)),
         # Progress past DRW's switch from the first minibatch: the reweighted loss is timed.
         Contender("method ldam_drw", AdaptiveLoss(BuiltinLoss("ldam_drw", {"switch": 0.0}),
                                                   class_counts=COUNTS, total_steps=total)),
