@@ -228,6 +228,7 @@ def _trajectory_data(
 def _trajectories_figure(
     records: Sequence[EpisodeRecord], methods: Sequence[str], agent: str | None
 ) -> Figure:
+    from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
     names, data = _trajectory_data(records, methods)
@@ -237,7 +238,7 @@ def _trajectories_figure(
         ax.text(0.5, 0.5, "no method chose loss parameters", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    fig = _new_figure(4.5 * len(names), 3.8)
+    fig = _new_figure(4.5 * len(names), 3.8 + 0.2 * (len(methods) // 9 + 1))
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names):
         for i, method in enumerate(methods):
@@ -249,15 +250,20 @@ def _trajectories_figure(
             mean = np.nanmean(traj, axis=0)
             std = np.sqrt(np.nansum((traj - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
             is_agent = method == agent
-            ax.plot(steps, mean, color=f"C{i % 10}", lw=2.2 if is_agent else 1.2,
-                    ls="-" if is_agent else "--", label=method)
-            ax.fill_between(steps, mean - std, mean + std, color=f"C{i % 10}", alpha=0.12, lw=0)
+            # tab20's colours, then dotted: distinct lines for up to 40 methods.
+            color = colormaps["tab20"](i % 20)
+            ax.plot(steps, mean, color=color, lw=2.4 if is_agent else 1.2,
+                    ls="-" if is_agent else ("--" if i < 20 else ":"), label=method)
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.12, lw=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("environment step")
         ax.set_ylabel(name)
         ax.set_title(f"{name} (mean ± s.d. over runs)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    # One legend for every panel, outside them, so that no curve is hidden behind it.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 9),
+               fontsize="small")
     return fig
 
 

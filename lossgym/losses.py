@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -289,57 +288,6 @@ class _FusedModulatedCE(torch.autograd.Function):
         return grad * scale, None, None, None, None, None, None, None, None
 
 
-_NUMPY_DTYPES = (torch.float32, torch.float64)
-
-
-def _refuse_second_derivative(grad: Tensor) -> None:
-    if torch.is_grad_enabled():
-        raise RuntimeError("this loss has a closed-form first derivative only; for higher "
-                           "derivatives pass its parameters as tensors")
-
-
-def _modulated_ce_cpu(logits: Tensor, targets: Tensor, weight_t: Tensor | None, gamma: float,
-                      poly_epsilon: float, eps: float, reduction: str,
-                      ce_out: list[Tensor] | None) -> Tensor:
-    r""":class:`_FusedModulatedCE` for a CPU batch ``[B, C]``, reduced, without smoothing.
-
-    The gradient of the loss is :math:`c_i (p - e_y)` per sample (see
-    :class:`_FusedModulatedCE`, with :math:`c_i = w_i (f_i - k_i) / n`), and
-    :math:`p - e_y` is the gradient of the per-sample cross-entropy. So ``F.cross_entropy``'s
-    own fused kernels compute :math:`b_i = -\log p_t` and carry the whole backward pass, and
-    the loss is :math:`\sum_i c_i b_i` plus a constant that makes its value exact. The
-    per-sample factors are ``B``-vectors, which numpy computes on the same memory in about a
-    microsecond per operation where each torch call on such a vector costs several (its
-    dispatcher), so this costs a cross-entropy, one dot product and one addition.
-    """
-    ce = F.cross_entropy(logits, targets, reduction="none")
-    b = ce.detach().numpy()
-    p_t_minus_1 = np.expm1(-b)  # −q, accurate where p_t is close to 1
-    p_t = p_t_minus_1 + 1.0
-    scale = 1.0 / max(b.size, 1) if reduction == "mean" else 1.0
-    ws = scale if weight_t is None else weight_t.detach().numpy() * scale  # w / n
-    if gamma != 0.0:
-        q_floor = np.maximum(-p_t_minus_1, eps)
-        slope = q_floor ** (gamma - 1.0)  # s
-        modulation = slope * q_floor  # f
-        raw = modulation + p_t * (gamma * b * slope + poly_epsilon)  # f − k
-        terms = modulation * b
-    else:
-        raw = 1.0 + poly_epsilon * p_t
-        terms = b
-    if poly_epsilon:
-        terms = terms - poly_epsilon * p_t_minus_1
-    coef = raw * ws
-    value = float(np.dot(terms, ws)) if isinstance(ws, np.ndarray) else float(terms.sum()) * ws
-    if ce.requires_grad:
-        ce.register_hook(_refuse_second_derivative)
-    loss = torch.dot(ce, torch.from_numpy(coef))
-    if ce_out is not None:
-        ce_out.append(torch.from_numpy(np.asarray(b.mean(dtype=np.float64), dtype=b.dtype)))
-    correction = value - float(np.dot(b, coef))
-    return loss + correction if correction != 0.0 else loss
-
-
 def _modulated_ce(
     logits: Tensor,
     targets: Tensor,
@@ -373,10 +321,6 @@ def _modulated_ce(
         return out.reshape(targets.shape) if reduction == "none" else out
     hosted = not any(isinstance(v, Tensor) for v in (gamma, label_smoothing, poly_epsilon))
     if hosted and _is_zero(gate) and (class_weight_t is None or not class_weight_t.requires_grad):
-        if (reduction != "none" and logits.ndim == 2 and logits.device.type == "cpu"
-                and logits.dtype in _NUMPY_DTYPES and label_smoothing == 0.0):
-            return _modulated_ce_cpu(logits, targets, class_weight_t, float(gamma),
-                                     float(poly_epsilon), eps, reduction, ce_out)
         # Host-number parameters: the closed-form gradient, a third of autograd's kernels.
         return _FusedModulatedCE.apply(
             logits, targets, class_weight_t, float(gamma), float(label_smoothing),
