@@ -41,6 +41,7 @@ from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, r
 from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
+from lossgym.methods import GRID_METHODS
 from lossgym.tasks import TaskSpec
 
 #: Observation columns the policies read (see :mod:`lossgym.features`).
@@ -560,6 +561,7 @@ HAND_BASELINES: dict[str, Callable[[], Policy]] = {
 #: Built-in methods of :mod:`lossgym.methods` run with :func:`agents.rollout.rollout_method`.
 METHOD_BASELINES: tuple[str, ...] = (
     "ldam_drw", "flsd53", "adafocal", "ce_drw", "logit_adjusted", "poly1",
+    *GRID_METHODS,  # the class-balanced (effective number) β grid
 )
 
 

@@ -43,11 +43,12 @@ from agents.report import write_report
 from agents.rollout import EpisodeRecord, rollout_method, rollout_policy
 from agents.train import AgentPolicy
 from lossgym.io import atomic_write_text
+from lossgym.methods import GRID_METHODS
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "class_balanced",
                   "cb_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
-                  "poly1")
+                  "poly1", *GRID_METHODS)
 NOT_BASELINES = ("agent", "agent_replay", "agent_mean_action", "oracle_constant")
 
 
@@ -248,6 +249,36 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     return path
 
 
+def add_methods(args: EvalArgs, methods: Sequence[str],
+                distribution: TaskDistribution | None = None) -> Path:
+    """Run built-in ``methods`` on the held-out tasks of an evaluation already in
+    ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks`` and ``seeds``), add
+    their records and rewrite the report; nothing else runs again. Methods already there are
+    replaced."""
+    run_dir = Path(args.run_dir)
+    path = run_dir / "evaluation.json"
+    data = json.loads(path.read_text())
+    dist = distribution or TaskDistribution.default()
+    tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds)
+    reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
+    if reference != [t.to_dict() for t in tasks]:
+        raise ValueError(f"{path} was not made with --seed {args.seed} --id-tasks "
+                         f"{args.id_tasks} --seeds {args.seeds}: its held-out tasks differ")
+    executor = distributed.executor_from(args.ray)
+    try:
+        with distributed.using(executor):
+            added = [r for name in methods
+                     for r in rollout_method(name, tasks, device=args.device)]
+    finally:
+        executor.close()
+    records = [r for r in data["records"] if r["method"] not in set(methods)]
+    data["records"] = records + [record_to_dict(r) for r in added]
+    data["note"] += (f" Added afterwards by --add-methods on the same held-out tasks and seeds:"
+                     f" {', '.join(methods)}.")
+    atomic_write_text(path, json.dumps(data))
+    return report_from_json(run_dir, dist)
+
+
 def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) -> Path:
     """(Re)write the report from ``evaluation.json``, without running anything again."""
     run_dir = Path(run_dir)
@@ -290,6 +321,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="inner training runs for PBT (default: the search budget)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
+    parser.add_argument("--add-methods", default=None, metavar="NAME,...",
+                        help="run these built-in methods on the held-out tasks of the "
+                             "evaluation in evaluation.json, add them and rewrite the report")
     ns = parser.parse_args(argv)
     if ns.seeds < 1:
         parser.error(f"--seeds={ns.seeds} must be at least 1")
@@ -298,6 +332,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')}={value} must be a positive number of "
                          "inner training runs")
+    if ns.add_methods is not None:
+        from lossgym.methods import BUILTIN_METHODS
+
+        names = [n for n in ns.add_methods.split(",") if n]
+        known = set(BUILTIN_METHODS) | set(GRID_METHODS)
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            parser.error(f"--add-methods={ns.add_methods!r}: unknown {unknown or 'none given'};"
+                         f" built-in methods are {sorted(known)}")
+        ns.add_methods = names
     if ns.ray is not None:
         try:
             distributed.require_ray()
@@ -310,10 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.evaluate`` and ``lossgym evaluate``: evaluate, print the report's
     path."""
     ns = parse_args(argv)
+    fields = {k: v for k, v in vars(ns).items() if k not in ("report_only", "add_methods")}
     if ns.report_only:
         print(report_from_json(ns.run_dir))
+    elif ns.add_methods:
+        print(add_methods(EvalArgs(**fields), ns.add_methods))
     else:
-        fields = {k: v for k, v in vars(ns).items() if k != "report_only"}
         print(evaluate(EvalArgs(**fields)))
     return 0
 

@@ -162,12 +162,24 @@ BUILTIN_METHODS: dict[str, Callable[..., LossMethod]] = {
 }
 
 
+#: The class-balanced loss's β grid (Cui et al. 2019 searched β in {0.9, 0.99, 0.999, 0.9999}):
+#: effective-number weights from the start, no focal term. ``class_balanced`` is β = 0.9999.
+CLASS_BALANCED_BETAS = (0.9, 0.99, 0.999, 0.9999)
+GRID_METHODS: dict[str, Callable[..., LossMethod]] = {
+    f"cb_beta{beta:g}": _named(f"cb_beta{beta:g}", ClassBalanced, beta=beta)
+    for beta in CLASS_BALANCED_BETAS
+}
+
+
 def make_method(name: str, num_members: int, num_classes: int, device: torch.device
                 ) -> LossMethod:
-    """Build a built-in method by name; unknown names raise ``ValueError`` listing the known."""
-    if name not in BUILTIN_METHODS:
-        raise ValueError(f"method {name!r} is not known; choose from {sorted(BUILTIN_METHODS)}")
-    return BUILTIN_METHODS[name](num_members, num_classes, device)
+    """Build a built-in method (:data:`BUILTIN_METHODS`, or the β grid :data:`GRID_METHODS`)
+    by name; unknown names raise ``ValueError`` listing the known."""
+    factory = BUILTIN_METHODS.get(name) or GRID_METHODS.get(name)
+    if factory is None:
+        raise ValueError(f"method {name!r} is not known; choose from "
+                         f"{sorted(BUILTIN_METHODS) + sorted(GRID_METHODS)}")
+    return factory(num_members, num_classes, device)
 
 
 class MethodMix:

@@ -27,11 +27,11 @@ from agents.baselines import (
     tune_drw,
     tune_feedback,
 )
-from agents.rollout import rollout_policy
+from agents.rollout import rollout_method, rollout_policy
 from lossgym import TaskSpec
 from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec
-from lossgym.methods import BUILTIN_METHODS
+from lossgym.methods import BUILTIN_METHODS, GRID_METHODS
 
 SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
                  minibatches_per_step=3, horizon=4)
@@ -111,7 +111,20 @@ def test_hand_baseline_registry():
         policy.reset(1)
         np.testing.assert_allclose(params_of(policy.act(obs(0.3))), [[gamma, alpha]], atol=1e-6)
     assert HAND_BASELINES["random"]() is not HAND_BASELINES["random"]()
-    assert set(METHOD_BASELINES) <= set(BUILTIN_METHODS)
+    assert set(METHOD_BASELINES) <= set(BUILTIN_METHODS) | set(GRID_METHODS)
+    assert {"cb_beta0.9", "cb_beta0.99", "cb_beta0.999", "cb_beta0.9999"} <= set(METHOD_BASELINES)
+
+
+def test_class_balanced_beta_grid_is_the_class_balanced_method():
+    # β = 0.9999 is the built-in class_balanced; another β weighs the classes differently.
+    tasks = [SMALL.replace(seed=s) for s in (0, 1)]
+    same = rollout_baseline("cb_beta0.9999", tasks, device="cpu")
+    builtin = rollout_baseline("class_balanced", tasks, device="cpu")  # power-law α = 1
+    reference = rollout_method("class_balanced", tasks, device="cpu")
+    assert [r.test for r in same] == [r.test for r in reference]
+    other = rollout_baseline("cb_beta0.9", tasks, device="cpu")
+    assert [r.test for r in other] != [r.test for r in same]
+    assert all(r.method == "class_balanced" for r in builtin)
 
 
 def test_extra_parameters_stay_neutral():

@@ -83,3 +83,34 @@ def test_lossgym_train_and_evaluate_hand_over_to_the_agents_package(monkeypatch,
     monkeypatch.setitem(sys.modules, "agents.train", None)  # the training stack is missing
     assert cli.main(["train"]) == 2
     assert "pip install 'lossgym[agents]'" in capsys.readouterr().err
+
+
+def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from agents.baselines import rollout_baseline
+    from agents.evaluate import add_methods, record_to_dict
+    from agents.rollout import rollout_policy
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    tasks = held_out_tasks(DIST, np.random.default_rng(0), id_tasks=1, seeds=2)
+    records = (rollout_policy(train_mod.AgentPolicy(run), tasks, "agent", device="cpu")
+               + rollout_baseline("ce", tasks, device="cpu"))
+    (run / "evaluation.json").write_text(json.dumps(
+        {"note": "tiny.", "records": [record_to_dict(r) for r in records]}))
+    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, device="cpu"),
+                       ["cb_beta0.9"], distribution=DIST)
+    data = json.loads((run / "evaluation.json").read_text())
+    added = [r for r in data["records"] if r["method"] == "cb_beta0.9"]
+    assert [r["task"] for r in added] == [t.to_dict() for t in tasks]
+    assert len(data["records"]) == 3 * len(tasks) and "--add-methods" in data["note"]
+    assert "cb_beta0.9" in path.read_text()
+    with pytest.raises(ValueError, match="held-out tasks differ"):
+        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, device="cpu"),
+                    ["cb_beta0.9"], distribution=DIST)
+    with pytest.raises(SystemExit):
+        from agents.evaluate import parse_args
+        parse_args(["--add-methods", "nope"])
