@@ -355,6 +355,8 @@ class BuiltinLoss:
             raise ValueError(f"method {name!r} has no hyperparameters {unknown}; it takes "
                              f"{sorted(defaults)}")
         self.name = name
+        # (counts, their version, device, dtype) → (weights, margins): see _class_terms.
+        self._terms: tuple[tuple[Any, ...], tuple[Tensor, Tensor | None]] | None = None
         self.params: dict[str, float] = {}
         for key, default in defaults.items():
             low, high = _METHOD_RANGES[key]
@@ -399,7 +401,7 @@ class BuiltinLoss:
         """DRW's class-balanced weights and LDAM's margins times its scale, kept while the
         counts (the same tensor, unmodified) and the logits' device and dtype are."""
         key = (counts, counts._version, like.device, like.dtype)
-        cached = getattr(self, "_terms", None)
+        cached = self._terms
         if cached is not None and cached[0][0] is counts and cached[0][1:] == key[1:]:
             return cached[1]
         counts_ = counts.to(like.device, like.dtype)
