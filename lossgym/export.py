@@ -62,10 +62,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossgym import losses
+from lossgym._native import squared_norm
 from lossgym.actions import ActionMapping
 from lossgym.features import FEATURE_VERSION, FeatureSpec, compute_features, log_imbalance
 from lossgym.io import atomic_write, atomic_write_text
-from lossgym.losses import _modulated_ce, power_class_weights
+from lossgym.losses import (
+    COMPILED_MAX_NUMEL,
+    KernelPlan,
+    _CompiledModulatedCE,
+    _modulated_ce,
+    compiled_kernel_usable,
+    power_class_weights,
+)
 from lossgym.metrics import classification_metrics
 from lossgym.schedules import LossSchedule
 
@@ -357,6 +365,8 @@ class BuiltinLoss:
         self.name = name
         # (counts, their version, device, dtype) → (weights, margins): see _class_terms.
         self._terms: tuple[tuple[Any, ...], tuple[Tensor, Tensor | None]] | None = None
+        # The compiled loss's plans for those terms, by (reweighted, reduction, dtype).
+        self._plans: dict[tuple[Any, ...], KernelPlan] = {}
         self.params: dict[str, float] = {}
         for key, default in defaults.items():
             low, high = _METHOD_RANGES[key]
@@ -410,6 +420,7 @@ class BuiltinLoss:
         if self.name == "ldam_drw":
             margins = losses.ldam_margins(counts_) * self.params["scale"]
         self._terms = (key, (weights, margins))
+        self._plans = {}
         return weights, margins
 
     def reweighted(self, steps: int, minibatch: int, total_steps: int,
@@ -430,6 +441,16 @@ class BuiltinLoss:
         if self.name in ("class_balanced", "ldam_drw"):
             # losses.focal_loss / losses.ldam_loss with their class terms computed once.
             weights, margins = self._class_terms(counts, logits)
+            if compiled_kernel_usable(logits, targets):  # one call, its plan kept a while
+                key = (reweighted, reduction, logits.dtype)
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = KernelPlan(logits.dtype, logits.shape[-1],
+                                      weight=weights if reweighted else None, margins=margins,
+                                      scale=p.get("scale", 1.0), gamma=p.get("gamma", 0.0),
+                                      reduction=reduction)
+                    self._plans[key] = plan
+                return _CompiledModulatedCE.apply(logits, targets, plan, None)
             weight_t = weights.take(targets) if reweighted else None
             if self.name == "ldam_drw":  # s (z − Δ_y e_y), with the margins scaled by s
                 index = targets.unsqueeze(-1)
@@ -794,6 +815,8 @@ class AdaptiveLoss(nn.Module):
         self._kwargs: dict[str, float] = {}
         self._terms: tuple[tuple[torch.device, torch.dtype],
                            tuple[Tensor | None, Tensor | None, Tensor | None]] | None = None
+        # The compiled loss's arguments for the period (CPU; once the class counts are known).
+        self._plan: KernelPlan | None = None
         # (batch size, the class weights, the weights / batch size) of the last forward.
         self._scaled_weights: tuple[int, Tensor, Tensor] | None = None
         self.history: list[dict[str, float]] = []
@@ -807,9 +830,10 @@ class AdaptiveLoss(nn.Module):
 
     def _clear_period(self) -> None:
         # One 0-d tensor per minibatch, reduced at step(): no kernel or host sync per forward.
-        self._ce: list[Tensor] = []
-        # Per minibatch, the per-tensor gradient norms; reduced to one norm each at step().
-        self._grad_norms: list[tuple[Tensor, ...]] = []
+        self._ce: list[Tensor | float] = []
+        # Per minibatch, the gradient's norm (the extension's), or the per-tensor norms,
+        # reduced to one norm each at step().
+        self._grad_norms: list[float | tuple[Tensor, ...]] = []
         self._minibatch = 0  # training forwards in this period
 
     @property
@@ -864,21 +888,49 @@ class AdaptiveLoss(nn.Module):
 
     def _record_norm(self, grads: list[Tensor]) -> None:
         if grads:
+            squared = squared_norm(grads)  # one call of the extension on the CPU
+            if squared is not None:
+                self._grad_norms.append(math.sqrt(squared))
+                return
             # One kernel per minibatch; the total norm (as torch.nn.utils.get_total_norm
             # computes it) of every minibatch of the period is taken at once, in step().
             self._grad_norms.append(tuple(torch._foreach_norm(grads)))
 
+    def _period_ce(self) -> Tensor:
+        """The mean of the period's recorded minibatch cross-entropies, ``[1]`` float32."""
+        if all(isinstance(v, Tensor) for v in self._ce):  # recorded on the device
+            return torch.stack(self._ce).mean().reshape(1)
+        # Python floats from the compiled kernel (CPU), possibly beside tensors.
+        values = [v.item() if isinstance(v, Tensor) else v for v in self._ce]
+        return torch.tensor(values, dtype=torch.float32).mean().reshape(1)
+
     def _total_grad_norms(self) -> Tensor:
         """The period's gradient norms, one per recorded minibatch (a 1-D tensor)."""
-        sizes = {len(n) for n in self._grad_norms}
-        flat = torch.stack([x for n in self._grad_norms for x in n])
+        recorded = self._grad_norms
+        if all(isinstance(n, float) for n in recorded):  # total norms, from the extension
+            return torch.tensor(recorded, dtype=torch.float32)
+        if any(isinstance(n, float) for n in recorded):  # both kinds: on the CPU
+            return torch.tensor([n if isinstance(n, float)
+                                 else torch.linalg.vector_norm(torch.stack(n)).item()
+                                 for n in recorded], dtype=torch.float32)
+        sizes = {len(n) for n in recorded}
+        flat = torch.stack([x for n in recorded for x in n])
         if len(sizes) == 1:
-            return torch.linalg.vector_norm(flat.view(len(self._grad_norms), -1), dim=1)
-        parts = flat.split([len(n) for n in self._grad_norms])
+            return torch.linalg.vector_norm(flat.view(len(recorded), -1), dim=1)
+        parts = flat.split([len(n) for n in recorded])
         return torch.stack([torch.linalg.vector_norm(p) for p in parts])
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
+        plan = self._plan
+        if plan is not None and logits.dtype is plan.dtype and logits.device.type == "cpu" \
+                and logits.shape[-1] == plan.num_classes and targets.dtype is torch.int64 \
+                and 0 < logits.numel() <= COMPILED_MAX_NUMEL and plan.reduction == self.reduction:
+            # The period's compiled loss: the loss, its gradient and the recorded
+            # cross-entropy in one call, with nothing else to check or compute.
+            record = self.controller is not None and self.training \
+                and logits.requires_grad and torch.is_grad_enabled()
+            return _CompiledModulatedCE.apply(logits, targets, plan, self._ce if record else None)
         num_classes = logits.shape[-1]
         if self._num_classes is None:
             self._num_classes = num_classes
@@ -897,6 +949,20 @@ class AdaptiveLoss(nn.Module):
         k = self._kwargs
         shift, weights, margins = self._class_terms(counts, logits)
         scale = k.get("scale", 1.0)
+        gamma, smoothing = k.get("gamma", 0.0), k.get("label_smoothing", 0.0)
+        poly = k.get("poly_epsilon", 0.0)
+        plain = gamma == 0.0 and smoothing == 0.0 and poly == 0.0 and scale == 1.0 \
+            and shift is None and weights is None and margins is None
+        if not plain and k.get("gate", 0.0) == 0.0 and compiled_kernel_usable(logits, targets):
+            # Plain cross-entropy keeps torch's fused kernel (F.cross_entropy's exact values);
+            # the rest runs compiled, with a plan kept for the period once the counts are known.
+            plan = KernelPlan(logits.dtype, num_classes, weight=weights, shift=shift,
+                              margins=margins, scale=scale, gamma=gamma,
+                              label_smoothing=smoothing, poly_epsilon=poly,
+                              reduction=self.reduction)
+            if self._counts is not None:
+                self._plan = plan
+            return _CompiledModulatedCE.apply(logits, targets, plan, self._ce if record else None)
         # z' = s (z − Δ u_y e_y) + τ log m (parametric_loss's order) = s z + τ log m − s Δ u_y e_y
         z = logits
         if scale != 1.0:
@@ -1072,7 +1138,7 @@ class AdaptiveLoss(nn.Module):
             if train_loss is not None:
                 loss = torch.as_tensor(train_loss).detach().float().reshape(1)
             elif self._ce:
-                loss = torch.stack(self._ce).mean().reshape(1)
+                loss = self._period_ce()
             else:
                 loss = metrics["nll"]
             g_mean, g_std = self._gradient_stats(grad_norm, grad_norm_std)
@@ -1080,6 +1146,7 @@ class AdaptiveLoss(nn.Module):
         if self._counts_inferred and self._counts is None and self._seen is not None:
             self._counts = self._seen
             self._terms = None
+            self._plan = None
         self._clear_period()
         if self.method is not None:
             self._describe_method()
@@ -1103,6 +1170,7 @@ class AdaptiveLoss(nn.Module):
         self._params = params.detach().to("cpu", torch.float32)
         self._kwargs = dict(zip(self.controlled, self._params.tolist()))
         self._terms = None
+        self._plan = None
 
     def _val_metrics(self, val_logits: Tensor | None, val_targets: Tensor | None
                      ) -> dict[str, Tensor]:
@@ -1242,8 +1310,8 @@ class AdaptiveLoss(nn.Module):
             k: tensor(v, torch.bool if k == "class_present" else torch.float32, device)
             for k, v in metrics.items()}
         self.observation = tensor(state["observation"])
-        self._ce = [torch.tensor(v) for v in state["ce"]]
-        self._grad_norms = [(torch.tensor(v),) for v in state["grad_norms"]]
+        self._ce = [float(v) for v in state["ce"]]
+        self._grad_norms = [float(v) for v in state["grad_norms"]]
         # Checkpoints from before method exports lack the last three entries.
         self._minibatch = state.get("minibatch", 0)
         self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lossgym import _native
+
 __all__ = [
     "focal_loss",
     "sigmoid_focal_loss",
@@ -288,6 +290,112 @@ class _FusedModulatedCE(torch.autograd.Function):
         return grad * scale, None, None, None, None, None, None, None, None
 
 
+#: Inputs up to this many logits go to the compiled kernel (one thread); larger ones to the
+#: closed form in torch kernels, which use all of torch's threads.
+COMPILED_MAX_NUMEL = 1 << 16
+
+
+def compiled_kernel_usable(logits: Tensor, targets: Tensor) -> bool:
+    """Whether :class:`_CompiledModulatedCE` takes these inputs: the extension is built, and
+    the logits are CPU float32 / float64 with at most :data:`COMPILED_MAX_NUMEL` elements
+    and int64 targets."""
+    return (
+        _native.closedform is not None
+        and logits.device.type == "cpu"
+        and (logits.dtype is torch.float32 or logits.dtype is torch.float64)
+        and targets.dtype is torch.int64
+        and 0 < logits.numel() <= COMPILED_MAX_NUMEL
+    )
+
+
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+
+
+class KernelPlan:
+    """The arguments of :class:`_CompiledModulatedCE` that stay fixed while the parameters do:
+    made once a period by :class:`~lossgym.export.AdaptiveLoss`, once a call by
+    :func:`_modulated_ce`.
+
+    The logits are transformed as :func:`parametric_loss` does before the modulated
+    cross-entropy: :math:`z' = s z + h - u_y e_y` (``scale``, the class ``shift`` ``[C]`` and
+    the target's ``margins`` ``[C]``, each optional). ``weight`` is per class ``[C]`` or, with
+    ``per_sample_weight``, one per sample (flattened targets order). The tensors are kept here
+    (the kernel reads them by address), converted to ``dtype``, contiguous, on the CPU.
+    """
+
+    __slots__ = ("args", "dtype", "num_classes", "reduction", "_tensors")
+
+    def __init__(self, dtype: torch.dtype, num_classes: int, *, weight: Tensor | None = None,
+                 per_sample_weight: bool = False, shift: Tensor | None = None,
+                 margins: Tensor | None = None, scale: float = 1.0, gamma: float = 0.0,
+                 label_smoothing: float = 0.0, poly_epsilon: float = 0.0,
+                 eps: float = _FOCAL_EPS, reduction: str = "mean") -> None:
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the compiled loss takes float32 or float64 logits, got {dtype}")
+        _check_reduction(reduction)
+        tensors = []
+        for name, t in (("weight", weight), ("shift", shift), ("margins", margins)):
+            if t is not None:
+                t = t.detach().to("cpu", dtype).contiguous()
+                if name != "weight" or not per_sample_weight:
+                    if t.numel() != num_classes:
+                        raise ValueError(f"{name} must have one value per class "
+                                         f"({num_classes}), got shape {tuple(t.shape)}")
+            tensors.append(t)
+        self.dtype, self.num_classes, self.reduction = dtype, num_classes, reduction
+        self._tensors = tensors
+        address = [0 if t is None else t.data_ptr() for t in tensors]
+        self.args = (dtype is torch.float64, num_classes, address[0], per_sample_weight,
+                     address[1], address[2], float(scale), float(gamma),
+                     float(label_smoothing), float(poly_epsilon), float(eps),
+                     _REDUCTION_CODES[reduction])
+
+
+class _CompiledModulatedCE(torch.autograd.Function):
+    r""":class:`_FusedModulatedCE` with logit adjustments (see :class:`KernelPlan`), in one
+    call of the C extension (:mod:`lossgym._native`): the loss, its gradient and the plain
+    cross-entropy in one pass per row, in double precision, so a loss of a dozen small
+    kernels costs one. Inputs must pass :func:`compiled_kernel_usable` and have the plan's
+    dtype and class count. Where ``ce_out`` is a list, the mean plain cross-entropy of the
+    untransformed logits is appended to it (a Python float).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, plan: KernelPlan,
+                ce_out: list[float] | None) -> Tensor:
+        # (Inside forward autograd is off: the logits need no detach.)
+        if not logits.is_contiguous():
+            logits = logits.contiguous()
+        if not targets.is_contiguous():
+            targets = targets.contiguous()
+        n = targets.numel()
+        # The kernel reads n × C values by address: the sizes and dtype are checked here.
+        if n * plan.num_classes != logits.numel() or logits.dtype is not plan.dtype:
+            raise ValueError(f"logits {tuple(logits.shape)} {logits.dtype} and targets "
+                             f"{tuple(targets.shape)} do not fit the plan: expected "
+                             f"{plan.dtype} logits [..., B, {plan.num_classes}] and targets "
+                             "[..., B]")
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        out = logits.new_empty(targets.shape if plan.reduction == "none" else ())
+        ce = _native.closedform.modulated_ce(
+            plan.args, n, logits.data_ptr(), targets.data_ptr(),
+            0 if grad is None else grad.data_ptr(), out.data_ptr(), ce_out is not None)
+        if ce_out is not None:
+            ce_out.append(ce)
+        if grad is not None:
+            ctx.save_for_backward(grad)
+            ctx.per_sample = plan.reduction == "none"
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("this loss has a closed-form first derivative only; for "
+                               "higher derivatives pass its parameters as tensors")
+        (grad,) = ctx.saved_tensors
+        return grad * (grad_out.unsqueeze(-1) if ctx.per_sample else grad_out), None, None, None
+
+
 def _modulated_ce(
     logits: Tensor,
     targets: Tensor,
@@ -321,7 +429,15 @@ def _modulated_ce(
         return out.reshape(targets.shape) if reduction == "none" else out
     hosted = not any(isinstance(v, Tensor) for v in (gamma, label_smoothing, poly_epsilon))
     if hosted and _is_zero(gate) and (class_weight_t is None or not class_weight_t.requires_grad):
-        # Host-number parameters: the closed-form gradient, a third of autograd's kernels.
+        # Host-number parameters: the closed-form gradient, in one compiled call on small CPU
+        # inputs, else in a third of autograd's kernels.
+        if compiled_kernel_usable(logits, targets) and (
+                class_weight_t is None or class_weight_t.shape == targets.shape):
+            plan = KernelPlan(logits.dtype, logits.shape[-1], weight=class_weight_t,
+                              per_sample_weight=True, gamma=float(gamma),
+                              label_smoothing=float(label_smoothing),
+                              poly_epsilon=float(poly_epsilon), eps=eps, reduction=reduction)
+            return _CompiledModulatedCE.apply(logits, targets, plan, ce_out)
         return _FusedModulatedCE.apply(
             logits, targets, class_weight_t, float(gamma), float(label_smoothing),
             float(poly_epsilon), eps, reduction, ce_out,

@@ -1,0 +1,289 @@
+/* The closed-form modulated cross-entropy of lossgym.losses._FusedModulatedCE, for
+ * contiguous CPU float32 / float64 logits, in one call.
+ *
+ * On small batches (the default task trains on 128 x 10 logits) the cost of the loss is the
+ * number of kernels it launches, each a few microseconds, not the arithmetic: this computes the
+ * loss, its gradient with respect to the logits and the plain cross-entropy of the logits in a
+ * single pass over each row. The Python side (_CompiledModulatedCE in lossgym/losses.py) passes
+ * the raw addresses of tensors it checked (device, dtype, contiguity, sizes), so this file needs
+ * neither the torch nor the numpy headers.
+ *
+ * Per row i, with target t, scale s, class shift h_c, target margin u_t and weight w (the
+ * target class's, or the sample's; times unit: 1/n for a mean):
+ *
+ *   z'_c   = s z_c + h_c - [c == t] u_t
+ *   logp_c = z'_c - logsumexp(z')          p_c = exp(logp_c),  q = 1 - p_t = sum_{c != t} p_c
+ *   b      = -((1 - ls) logp_t + ls mean_c logp_c)
+ *   f      = max(q, eps)^gamma   (1 for gamma = 0),   d = max(q, eps)^(gamma - 1)
+ *   loss_i = w (f b + poly q)
+ *   dloss_i/dz_c = s w [(f + p_t (gamma b d + poly)) (p_c - [c == t]) + ls f ([c == t] - 1/C)]
+ *
+ * Sums and products are in double precision; the exponentials, logarithms and powers are taken
+ * in the logits' precision (torch's are float32 for float32 logits too, and expf costs half of
+ * exp), and values are stored in the logits' type.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+INLINE double load(const void *base, Py_ssize_t i, int is_double) {
+    return is_double ? ((const double *)base)[i] : (double)((const float *)base)[i];
+}
+
+INLINE void store(void *base, Py_ssize_t i, double v, int is_double) {
+    if (is_double)
+        ((double *)base)[i] = v;
+    else
+        ((float *)base)[i] = (float)v;
+}
+
+/* The transcendental functions in the logits' precision. */
+INLINE double exp_of(double x, int is_double) {
+    return is_double ? exp(x) : (double)expf((float)x);
+}
+
+INLINE double log_of(double x, int is_double) {
+    return is_double ? log(x) : (double)logf((float)x);
+}
+
+INLINE double pow_of(double x, double y, int is_double) {
+    return is_double ? pow(x, y) : (double)powf((float)x, (float)y);
+}
+
+/* What stays fixed while the loss parameters do (a period of training). */
+typedef struct {
+    int is_double;
+    Py_ssize_t C;
+    const void *weights; /* per class [C], or per sample [n] with weights_per_sample */
+    int weights_per_sample;
+    const void *shift;   /* [C] */
+    const void *margins; /* [C] */
+    double scale, gamma, ls, poly, eps;
+    int reduction; /* 0 none (per-sample values), 1 mean, 2 sum */
+} Plan;
+
+/* Returns -1 - row for a target out of [0, C), else 0. Inlined twice, for a constant dbl. */
+INLINE Py_ssize_t run_typed(const Plan *P, Py_ssize_t n, const void *logits,
+                            const int64_t *targets, void *grad, void *out, int want_ce,
+                            double *zbuf, double *ce_sum, const int dbl) {
+    const Py_ssize_t C = P->C;
+    const void *const shift = P->shift, *const margins = P->margins;
+    const double inv_c = 1.0 / (double)C, unit = P->reduction == 1 ? 1.0 / (double)n : 1.0;
+    const double scale = P->scale, gamma = P->gamma, ls = P->ls, poly = P->poly;
+    const int plain_logits = scale == 1.0 && !shift && !margins;
+    double total = 0.0, ce_total = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Py_ssize_t row = i * C;
+        const int64_t t = targets[i];
+        if (t < 0 || t >= C)
+            return -1 - i;
+        double zmax = -INFINITY, raw_max = -INFINITY, zsum = 0.0;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            const double raw = load(logits, row + c, dbl);
+            double z = scale * raw;
+            if (shift)
+                z += load(shift, c, dbl);
+            if (margins && c == t)
+                z -= load(margins, t, dbl);
+            zbuf[c] = z;
+            zsum += z;
+            if (z > zmax)
+                zmax = z;
+            if (raw > raw_max)
+                raw_max = raw;
+        }
+        const double z_t = zbuf[t];
+        double others = 0.0; /* the sum over the classes other than t, for q */
+        for (Py_ssize_t c = 0; c < C; c++) {
+            zbuf[c] = exp_of(zbuf[c] - zmax, dbl); /* unnormalised p_c */
+            others += c == t ? 0.0 : zbuf[c];
+        }
+        const double sumexp = others + zbuf[t];
+        const double lse = zmax + log_of(sumexp, dbl);
+        const double logp_t = z_t - lse;
+        /* 1 - p_t as the other classes' share: accurate where p_t is close to 1 */
+        const double q = others / sumexp;
+        const double p_t = zbuf[t] / sumexp;
+        const double base =
+            ls == 0.0 ? -logp_t : -((1.0 - ls) * logp_t + ls * (zsum * inv_c - lse));
+        double f = 1.0, d = 0.0;
+        if (gamma != 0.0) {
+            const double qf = q > P->eps ? q : P->eps;
+            d = pow_of(qf, gamma - 1.0, dbl);
+            f = d * qf;
+        }
+        double w = unit;
+        if (P->weights)
+            w *= load(P->weights, P->weights_per_sample ? i : t, dbl);
+        const double loss = w * (f * base + poly * q);
+        total += loss;
+        if (P->reduction == 0)
+            store(out, i, loss, dbl);
+        if (want_ce) {
+            if (plain_logits) {
+                ce_total -= logp_t;
+            } else {
+                double raw_sum = 0.0;
+                for (Py_ssize_t c = 0; c < C; c++)
+                    raw_sum += exp_of(load(logits, row + c, dbl) - raw_max, dbl);
+                ce_total += raw_max + log_of(raw_sum, dbl) - load(logits, row + t, dbl);
+            }
+        }
+        if (grad) {
+            const double coef = scale * w * (f + p_t * (gamma * base * d + poly));
+            const double smooth = scale * w * ls * f;
+            const double norm = coef / sumexp, flat = smooth * inv_c;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                double g = norm * zbuf[c] - flat;
+                if (c == t)
+                    g += smooth - coef;
+                store(grad, row + c, g, dbl);
+            }
+        }
+    }
+    if (P->reduction != 0)
+        store(out, 0, total, dbl);
+    *ce_sum = ce_total;
+    return 0;
+}
+
+static Py_ssize_t run(const Plan *P, Py_ssize_t n, const void *logits, const int64_t *targets,
+                      void *grad, void *out, int want_ce, double *zbuf, double *ce_sum) {
+    return P->is_double ? run_typed(P, n, logits, targets, grad, out, want_ce, zbuf, ce_sum, 1)
+                        : run_typed(P, n, logits, targets, grad, out, want_ce, zbuf, ce_sum, 0);
+}
+
+static PyObject *modulated_ce(PyObject *self, PyObject *args) {
+    PyObject *plan;
+    Plan P;
+    Py_ssize_t n, logits, targets, grad, out, weights, shift, margins;
+    int want_ce;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!nnnnnp", &PyTuple_Type, &plan, &n, &logits, &targets, &grad,
+                          &out, &want_ce))
+        return NULL;
+    if (!PyArg_ParseTuple(plan, "pnnpnndddddi", &P.is_double, &P.C, &weights,
+                          &P.weights_per_sample, &shift, &margins, &P.scale, &P.gamma, &P.ls,
+                          &P.poly, &P.eps, &P.reduction))
+        return NULL;
+    P.weights = (const void *)weights;
+    P.shift = (const void *)shift;
+    P.margins = (const void *)margins;
+    if (n < 1 || P.C < 1 || !logits || !targets || !out || P.reduction < 0 || P.reduction > 2) {
+        PyErr_Format(PyExc_ValueError, "modulated_ce: bad sizes or addresses (n=%zd, C=%zd)",
+                     n, P.C);
+        return NULL;
+    }
+    double stack[64];
+    double *zbuf = P.C <= 64 ? stack : (double *)malloc((size_t)P.C * sizeof(double));
+    if (!zbuf)
+        return PyErr_NoMemory();
+    double ce_sum = 0.0;
+    Py_ssize_t status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run(&P, n, (const void *)logits, (const int64_t *)targets, (void *)grad,
+                 (void *)out, want_ce, zbuf, &ce_sum);
+    Py_END_ALLOW_THREADS
+    if (zbuf != stack)
+        free(zbuf);
+    if (status < 0) {
+        const Py_ssize_t row = -1 - status;
+        PyErr_Format(PyExc_IndexError, "Target %lld is out of bounds [0, %zd) (sample %zd)",
+                     (long long)((const int64_t *)targets)[row], P.C, row);
+        return NULL;
+    }
+    if (!want_ce)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(ce_sum / (double)n);
+}
+
+/* Sum of squares of n floats: eight float lanes per block of 512, blocks added in double. */
+static double sum_squares_float(const float *x, Py_ssize_t n) {
+    double total = 0.0;
+    for (Py_ssize_t start = 0; start < n; start += 512) {
+        const Py_ssize_t stop = start + 512 < n ? start + 512 : n;
+        float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        Py_ssize_t i = start;
+        for (; i + 8 <= stop; i += 8)
+            for (int k = 0; k < 8; k++)
+                lane[k] += x[i + k] * x[i + k];
+        double block = 0.0;
+        for (int k = 0; k < 8; k++)
+            block += lane[k];
+        for (; i < stop; i++)
+            block += (double)x[i] * x[i];
+        total += block;
+    }
+    return total;
+}
+
+static double sum_squares_double(const double *x, Py_ssize_t n) {
+    double lane[4] = {0, 0, 0, 0};
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++)
+            lane[k] += x[i + k] * x[i + k];
+    double total = lane[0] + lane[1] + lane[2] + lane[3];
+    for (; i < n; i++)
+        total += x[i] * x[i];
+    return total;
+}
+
+static PyObject *sum_squares(PyObject *self, PyObject *args) {
+    PyObject *addresses, *counts;
+    int is_double;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!p", &PyList_Type, &addresses, &PyList_Type, &counts,
+                          &is_double))
+        return NULL;
+    const Py_ssize_t k = PyList_GET_SIZE(addresses);
+    if (PyList_GET_SIZE(counts) != k) {
+        PyErr_SetString(PyExc_ValueError, "sum_squares: one count per address");
+        return NULL;
+    }
+    double total = 0.0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        const Py_ssize_t address = PyLong_AsSsize_t(PyList_GET_ITEM(addresses, j));
+        const Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(counts, j));
+        if (PyErr_Occurred())
+            return NULL;
+        if (n < 0 || (n > 0 && !address)) {
+            PyErr_Format(PyExc_ValueError, "sum_squares: bad tensor %zd (%zd values)", j, n);
+            return NULL;
+        }
+        total += is_double ? sum_squares_double((const double *)address, n)
+                           : sum_squares_float((const float *)address, n);
+    }
+    return PyFloat_FromDouble(total);
+}
+
+static PyMethodDef methods[] = {
+    {"sum_squares", sum_squares, METH_VARARGS,
+     "sum_squares(addresses, counts, is_double) -> the sum of the squares of every value of "
+     "the contiguous arrays at these addresses (lists of integers), all float32 or all "
+     "float64."},
+    {"modulated_ce", modulated_ce, METH_VARARGS,
+     "modulated_ce(plan, n, logits, targets, grad, out, want_ce) -> mean plain cross-entropy "
+     "or None. plan = (is_double, C, weights, weights_per_sample, shift, margins, scale, gamma, "
+     "label_smoothing, poly_epsilon, eps, reduction: 0 none, 1 mean, 2 sum); addresses are "
+     "integers (0 for none; grad too); out holds n values for 'none', else 1. See "
+     "lossgym/losses.py."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "lossgym._closedform",
+    "The closed-form modulated cross-entropy in one call, and gradient norms (see "
+    "lossgym/_native.py).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__closedform(void) { return PyModule_Create(&module); }
