@@ -6,4 +6,5 @@ Everything else is configured in pyproject.toml."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("lossgym._closedform", ["lossgym/_closedform.c"],
-                             extra_compile_args=["-O3", "-fno-math-errno"], optional=True)])
+                             extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math"],
+                             optional=True)])

@@ -35,7 +35,7 @@ def squared_norm(grads: Sequence[Tensor]) -> float | None:
     if dtype is not torch.float32 and dtype is not torch.float64:
         return None
     for g in grads:
-        if g.dtype is not dtype or g.device.type != "cpu" or not g.is_contiguous():
+        if g.dtype is not dtype or not g.is_cpu or not g.is_contiguous():
             return None
     return closedform.sum_squares([g.data_ptr() for g in grads], [g.numel() for g in grads],
                                   dtype is torch.float64)

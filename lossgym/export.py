@@ -923,7 +923,7 @@ class AdaptiveLoss(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
         plan = self._plan
-        if plan is not None and logits.dtype is plan.dtype and logits.device.type == "cpu" \
+        if plan is not None and logits.dtype is plan.dtype and logits.is_cpu \
                 and logits.shape[-1] == plan.num_classes and targets.dtype is torch.int64 \
                 and 0 < logits.numel() <= COMPILED_MAX_NUMEL and plan.reduction == self.reduction:
             # The period's compiled loss: the loss, its gradient and the recorded

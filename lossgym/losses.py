@@ -290,9 +290,10 @@ class _FusedModulatedCE(torch.autograd.Function):
         return grad * scale, None, None, None, None, None, None, None, None
 
 
-#: Inputs up to this many logits go to the compiled kernel (one thread); larger ones to the
-#: closed form in torch kernels, which use all of torch's threads.
-COMPILED_MAX_NUMEL = 1 << 16
+#: Inputs up to this many logits go to the compiled kernel (one thread, about 15 ns a logit,
+#: forward and backward); larger ones to the closed form in torch kernels, which use all of
+#: torch's threads and overtake it near 12,000 logits on two cores.
+COMPILED_MAX_NUMEL = 1 << 14
 
 
 def compiled_kernel_usable(logits: Tensor, targets: Tensor) -> bool:
@@ -323,7 +324,7 @@ class KernelPlan:
     (the kernel reads them by address), converted to ``dtype``, contiguous, on the CPU.
     """
 
-    __slots__ = ("args", "dtype", "num_classes", "reduction", "_tensors")
+    __slots__ = ("args", "dtype", "num_classes", "reduction", "samples", "_tensors")
 
     def __init__(self, dtype: torch.dtype, num_classes: int, *, weight: Tensor | None = None,
                  per_sample_weight: bool = False, shift: Tensor | None = None,
@@ -343,6 +344,9 @@ class KernelPlan:
                                          f"({num_classes}), got shape {tuple(t.shape)}")
             tensors.append(t)
         self.dtype, self.num_classes, self.reduction = dtype, num_classes, reduction
+        # The number of samples that per-sample weights fix (None: any).
+        self.samples = None if tensors[0] is None or not per_sample_weight \
+            else tensors[0].numel()
         self._tensors = tensors
         address = [0 if t is None else t.data_ptr() for t in tensors]
         self.args = (dtype is torch.float64, num_classes, address[0], per_sample_weight,
@@ -370,11 +374,13 @@ class _CompiledModulatedCE(torch.autograd.Function):
             targets = targets.contiguous()
         n = targets.numel()
         # The kernel reads n × C values by address: the sizes and dtype are checked here.
-        if n * plan.num_classes != logits.numel() or logits.dtype is not plan.dtype:
+        if n * plan.num_classes != logits.numel() or logits.dtype is not plan.dtype \
+                or (plan.samples is not None and plan.samples != n):
             raise ValueError(f"logits {tuple(logits.shape)} {logits.dtype} and targets "
                              f"{tuple(targets.shape)} do not fit the plan: expected "
                              f"{plan.dtype} logits [..., B, {plan.num_classes}] and targets "
-                             "[..., B]")
+                             f"[..., B]" + ("" if plan.samples is None
+                                           else f" with {plan.samples} samples in all"))
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         out = logits.new_empty(targets.shape if plan.reduction == "none" else ())
         ce = _native.closedform.modulated_ce(

@@ -9,7 +9,7 @@ divided by the cross-entropy block of the same round, and the table shows the me
 period's end: metrics and a decision) is timed and set against the default task's 40
 minibatches per period.
 
-    python scripts/bench_adaptive_loss.py [--repeats 60] [--steps 25] [--threads 1]
+    python scripts/bench_adaptive_loss.py [--repeats 100] [--steps 40] [--threads 1]
 
 Contenders: plain cross-entropy; AdaptiveLoss schedules at the neutral point (plain
 cross-entropy through the fused kernel), at γ = 2, α = 0.5 (class-balanced focal), with logit
@@ -17,7 +17,9 @@ adjustment τ = 1 added, and with every term of the parametric loss but the gate
 controllers (γ, α), (γ, α, τ) and the default agent's (γ, α, τ, margin, scale), which also
 record each minibatch's cross-entropy and its gradient norm, through ``watch(optimizer)`` (one
 hook per update) or ``watch(model)`` (one hook per parameter); and one baseline exported as a
-method (LDAM-DRW after its switch). Each row names the parameters the loss used.
+method (LDAM-DRW after its switch). Each row names the parameters the loss used. Two rows
+repeat a contender with the C extension switched off (``lossgym._native``: the closed form
+as torch kernels), for the extension's share.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lossgym import _native
 from lossgym.actions import PARAMETER_RANGES, ActionMapping
 from lossgym.export import AdaptiveLoss, BuiltinLoss, Controller
 from lossgym.features import FeatureSpec
@@ -65,9 +68,10 @@ class Contender:
     """A model, an optimiser and a criterion, trained on one fixed minibatch."""
 
     def __init__(self, name: str, criterion: Callable[[Tensor, Tensor], Tensor],
-                 watch: str = "optimizer"):
+                 watch: str = "optimizer", extension: bool = True):
         torch.manual_seed(0)
-        self.name = name
+        self.name = name if extension else f"{name}, torch kernels (extension off)"
+        self.extension = extension
         self.model = make_model()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=1e-2)
         self.criterion = criterion
@@ -78,12 +82,18 @@ class Contender:
         self.times: list[float] = []
 
     def run(self, steps: int) -> float:
-        start = time.thread_time()
-        for _ in range(steps):
-            self.optimizer.zero_grad()
-            self.criterion(self.model(self.x), self.y).backward()
-            self.optimizer.step()
-        return (time.thread_time() - start) / steps
+        kernels = _native.closedform
+        if not self.extension:
+            _native.closedform = None
+        try:
+            start = time.thread_time()
+            for _ in range(steps):
+                self.optimizer.zero_grad()
+                self.criterion(self.model(self.x), self.y).backward()
+                self.optimizer.step()
+            return (time.thread_time() - start) / steps
+        finally:
+            _native.closedform = kernels
 
 
 def time_step_call(criterion: AdaptiveLoss, repeats: int) -> float:
@@ -99,8 +109,8 @@ def time_step_call(criterion: AdaptiveLoss, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +127,7 @@ def main() -> None:
         Contender("F.cross_entropy", F.cross_entropy),
         Contender("schedule, neutral", schedule(gamma=0.0, alpha=0.0)),
         Contender("schedule", schedule(gamma=2.0, alpha=0.5)),
+        Contender("schedule", schedule(gamma=2.0, alpha=0.5), extension=False),
         Contender("schedule", schedule(gamma=2.0, alpha=0.5, tau=1.0)),
         Contender("schedule, all terms", schedule(gamma=2.0, alpha=0.5, tau=1.0,
                                                   label_smoothing=0.1, poly_epsilon=1.0)),
@@ -126,6 +137,9 @@ def main() -> None:
         # The default agent's action set: LDAM's margin and logit scale as well.
         Contender("controller + watch(optimizer)", controller(gamma=1.0, alpha=0.5, tau=1.0,
                                                               margin=0.5, scale=10.0)),
+        Contender("controller + watch(optimizer)", controller(gamma=1.0, alpha=0.5, tau=1.0,
+                                                              margin=0.5, scale=10.0),
+                  extension=False),
         # Progress past DRW's switch from the first minibatch: the reweighted loss is timed.
         Contender("method ldam_drw", AdaptiveLoss(BuiltinLoss("ldam_drw", {"switch": 0.0}),
                                                   class_counts=COUNTS, total_steps=total)),
@@ -138,14 +152,15 @@ def main() -> None:
         if isinstance(c.criterion, AdaptiveLoss) and c.criterion.kind != "method":
             used = ", ".join(f"{k}={v:.3g}" for k, v in c.criterion.params.items())
             c.name = f"{c.name} ({used})"
-    controller_loss = contenders[5].criterion
+    controller_loss = contenders[6].criterion
     for _ in range(args.repeats):
         for c in contenders:
             c.times.append(c.run(args.steps))
     base = contenders[0].times
     print(f"default MLP {FEATURES}-{WIDTH}-{WIDTH}-{CLASSES}, batch {BATCH}, AdamW, "
           f"{torch.get_num_threads()} thread(s); medians of {args.repeats} rounds of "
-          f"{args.steps} training steps (zero_grad, forward, loss, backward, update), CPU time\n")
+          f"{args.steps} training steps (zero_grad, forward, loss, backward, update), CPU time; "
+          f"C extension: {'built' if _native.closedform is not None else 'NOT BUILT'}\n")
     print("| criterion (AdaptiveLoss unless named) | µs per training step | "
           "× F.cross_entropy (paired) |")
     print("|---|---|---|")
@@ -154,7 +169,7 @@ def main() -> None:
         print(f"| {c.name} | {statistics.median(c.times) * 1e6:.0f} | {ratio:.3f}× |")
     assert isinstance(controller_loss, AdaptiveLoss)
     call = time_step_call(controller_loss, args.repeats)
-    period = statistics.median(contenders[5].times) * MINIBATCHES_PER_STEP
+    period = statistics.median(contenders[6].times) * MINIBATCHES_PER_STEP
     print(f"\none controller step() (1000 validation logits): {call * 1e6:.0f} µs, "
           f"{call / period * 100:.1f} % of a {MINIBATCHES_PER_STEP}-minibatch period")
 

@@ -136,6 +136,9 @@ def test_compiled_loss_inputs_it_refuses_or_copes_with():
         _CompiledModulatedCE.apply(logits.double(), targets, plan, None)
     with pytest.raises(ValueError, match="do not fit the plan"):
         _CompiledModulatedCE.apply(torch.randn(8, 4), targets, plan, None)
+    per_sample = KernelPlan(torch.float32, 5, weight=torch.ones(7), per_sample_weight=True)
+    with pytest.raises(ValueError, match="with 7 samples in all"):
+        _CompiledModulatedCE.apply(logits, targets, per_sample, None)
     with pytest.raises(ValueError, match=r"shift must have one value per class \(5\)"):
         KernelPlan(torch.float32, 5, shift=torch.zeros(4))
     with pytest.raises(ValueError, match="float32 or float64"):
@@ -210,3 +213,34 @@ def test_training_with_and_without_the_extension_agrees(monkeypatch):
     assert with_ext[0] == pytest.approx(without[0], rel=1e-5)
     for a, b in zip(with_ext[1], without[1]):
         assert a == pytest.approx(b, rel=1e-5)
+
+
+@needs_extension
+def test_the_kernels_exponential_is_within_an_ulp():
+    # The kernel's own float32 e^x for x <= 0 (inline, vectorised), against float64 exp.
+    x = torch.cat([torch.linspace(-87.0, 0.0, 1_000_001), -torch.rand(10_000) * 1e-3,
+                   torch.tensor([0.0, -0.0, -1e-30, -87.0])])
+    y = x.clone()
+    _native.closedform.exp_nonpositive(y.data_ptr(), y.numel())
+    exact = torch.exp(x.double())
+    ulp = (torch.nextafter(exact.float(), torch.tensor(float("inf"))).double()
+           - exact.float().double())
+    assert ((y.double() - exact).abs() / ulp).max() <= 1.0
+    assert y[-4].item() == 1.0 and y[-3].item() == 1.0
+    # Below the range: 0 (e^-87 ~ 1.6e-38 is nothing beside a softmax term of at least 1).
+    below = torch.tensor([-87.01, -100.0, -1e30, -float("inf")])
+    _native.closedform.exp_nonpositive(below.data_ptr(), below.numel())
+    assert below.eq(0).all()
+
+
+@needs_extension
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_logits_give_what_torch_gives(bad):
+    logits = torch.randn(6, 5, dtype=torch.float32)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    logits[2, 3] = bad
+    plan = KernelPlan(torch.float32, 5, gamma=2.0, reduction="none")
+    recorded: list[float] = []
+    ours = _CompiledModulatedCE.apply(logits, targets, plan, recorded)
+    ref = _FusedModulatedCE.apply(logits, targets, None, 2.0, 0.0, 0.0, 1e-6, "none", None)
+    torch.testing.assert_close(ours, ref, equal_nan=True)
