@@ -1,6 +1,7 @@
 """The package's one compiled part: ``lossgym._closedform``, the closed-form loss kernel (see
 lossgym/_closedform.c). It is optional: where it cannot be built (no C compiler), the install
-goes on and lossgym uses torch kernels instead (the same values, slower on small batches).
+goes on and lossgym uses torch kernels instead (the same values to float precision, slower on
+small batches).
 Everything else is configured in pyproject.toml."""
 
 from setuptools import Extension, setup
