@@ -742,7 +742,11 @@ class AdaptiveLoss(nn.Module):
       environment shows before training; a warning says so).
 
     With host-number parameters the loss runs :func:`~lossgym.losses.parametric_loss`'s
-    closed-form gradient, and the class terms (τ log n, n^(−α)) are computed once a period.
+    closed-form gradient, and the class terms (τ log n, n^(−α), the margins) are computed once
+    a period. On the CPU (float32 / float64, up to
+    :data:`~lossgym.losses.COMPILED_MAX_NUMEL` logits) the loss, its gradient, the recorded
+    cross-entropy and the gradient norm are one call each of the C extension
+    (:mod:`lossgym._native`); elsewhere they are torch kernels.
     """
 
     def __init__(self, rule: LossSchedule | Controller | BuiltinLoss, *,
