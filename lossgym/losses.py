@@ -282,12 +282,17 @@ class _FusedModulatedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError("this loss has a closed-form first derivative only; for "
-                               "higher derivatives pass its parameters as tensors")
-        (grad,) = ctx.saved_tensors
-        scale = grad_out if ctx.reduction != "none" else grad_out.unsqueeze(-1)
-        return grad * scale, None, None, None, None, None, None, None, None
+        return (_stored_gradient(ctx, grad_out, ctx.reduction == "none"),) + (None,) * 8
+
+
+def _stored_gradient(ctx: Any, grad_out: Tensor, per_sample: bool) -> Tensor:
+    """The closed forms' backward: the gradient the forward pass stored, times the upstream
+    gradient (one per sample where ``per_sample``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("this loss has a closed-form first derivative only; for "
+                           "higher derivatives pass its parameters as tensors")
+    (grad,) = ctx.saved_tensors
+    return grad * (grad_out.unsqueeze(-1) if per_sample else grad_out)
 
 
 #: Inputs up to this many logits go to the compiled kernel (one thread, about 15 ns a logit,
@@ -395,11 +400,7 @@ class _CompiledModulatedCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError("this loss has a closed-form first derivative only; for "
-                               "higher derivatives pass its parameters as tensors")
-        (grad,) = ctx.saved_tensors
-        return grad * (grad_out.unsqueeze(-1) if ctx.per_sample else grad_out), None, None, None
+        return _stored_gradient(ctx, grad_out, ctx.per_sample), None, None, None
 
 
 def _modulated_ce(
