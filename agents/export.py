@@ -51,6 +51,7 @@ from lossgym.export import BuiltinLoss, Controller, write_export
 from lossgym.methods import (
     BUILTIN_METHODS,
     FLSD53,
+    GRID_METHODS,
     LDAMDRW,
     AdaFocal,
     AdaLossMethod,
@@ -280,8 +281,9 @@ def builtin_loss(method: LossMethod, minibatches_per_step: int) -> BuiltinLoss:
 
 def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
                     device: str = "auto") -> Path:
-    """Export the baseline ``name``: a key of :data:`BASELINES` or of
-    :data:`lossgym.methods.BUILTIN_METHODS`; ``"method:NAME"`` names the built-in method where
+    """Export the baseline ``name``: a key of :data:`BASELINES`, of
+    :data:`lossgym.methods.BUILTIN_METHODS` or of :data:`lossgym.methods.GRID_METHODS` (the
+    class-balanced β grid); ``"method:NAME"`` names the built-in method where
     a hand baseline has the same name (``class_balanced``, ``cb_focal``: the hand baselines'
     are power-law weights, the methods' effective-number weights). Built-in methods the
     parametric loss expresses export as constant schedules, the others as ``kind="method"``
@@ -289,9 +291,10 @@ def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None
     builtin = name.removeprefix(METHOD_PREFIX)
     if name in BASELINES:
         return export_policy(BASELINES[name](), out, tasks, name, device)
-    if builtin not in BUILTIN_METHODS:
+    if builtin not in BUILTIN_METHODS and builtin not in GRID_METHODS:
         raise ValueError(f"baseline {name!r} is not known; choose a hand baseline "
-                         f"{sorted(BASELINES)} or a built-in method {sorted(BUILTIN_METHODS)} "
+                         f"{sorted(BASELINES)} or a built-in method "
+                         f"{sorted(BUILTIN_METHODS) + sorted(GRID_METHODS)} "
                          f"(also as '{METHOD_PREFIX}NAME')")
     name = builtin
     method = make_method(name, 1, 2, torch.device("cpu"))

@@ -80,7 +80,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "feedback, ce, focal_2, class_balanced, ...) or a built-in method "
                              "(logit_adjusted, poly1, ldam_drw, ce_drw, flsd53, adafocal, "
                              "adaloss, gradient_gate, method:class_balanced, "
-                             "method:cb_focal); needs --out")
+                             "method:cb_focal, the β grid cb_beta0.9 ... cb_beta0.9999); "
+                             "needs --out")
     parser.add_argument("--kind", default=None, choices=("schedule", "controller"),
                         help="controller (the actor network, the default for runs) or "
                              "schedule (its averaged parameter trajectory)")

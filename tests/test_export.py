@@ -568,6 +568,10 @@ def test_baselines_export_as_their_exact_schedules(tmp_path):
         "name": "flsd53", "params": {}, "minibatches_per_step": TaskSpec().minibatches_per_step}
     cb, _ = read_export(export_baseline("method:class_balanced", tmp_path / "cb"))
     assert cb.to_dict()["params"] == {"gamma": 0.0, "beta": 0.9999, "switch": 0.0}
+    # The evaluation's class-balanced β grid exports by its report names.
+    grid, manifest = read_export(export_baseline("cb_beta0.99", tmp_path / "cb99"))
+    assert grid.to_dict()["name"] == "class_balanced" and grid.to_dict()["params"]["beta"] == 0.99
+    assert manifest["source"] == {"method": "cb_beta0.99"}
     with pytest.raises(ValueError, match="not known"):
         export_baseline("nope", tmp_path / "nope")
     with pytest.raises(ValueError, match="not known"):
