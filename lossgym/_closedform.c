@@ -88,116 +88,126 @@ INLINE double pow_of(double x, double y, int is_double) {
     return is_double ? pow(x, y) : (double)powf((float)x, (float)y);
 }
 
-/* What stays fixed while the loss parameters do (a period of training). */
+/* What stays fixed while the loss parameters do (a period of training). The rows are M
+ * members' blocks of n / M rows (logits [M, B, C]); each member may have its own scalars
+ * (member_params: M rows of scale, gamma, label smoothing, poly epsilon) and class terms
+ * (class_stride C: rows of [M, C] arrays; 0: one [C] array for all). */
 typedef struct {
     int is_double;
     Py_ssize_t C;
-    const void *weights; /* per class [C], or per sample [n] with weights_per_sample */
+    const void *weights; /* per class, or per sample [n] with weights_per_sample */
     int weights_per_sample;
-    const void *shift;   /* [C] */
-    const void *margins; /* [C] */
+    const void *shift;   /* per class */
+    const void *margins; /* per class */
     double scale, gamma, ls, poly, eps;
     int reduction; /* 0 none (per-sample values), 1 mean, 2 sum */
+    Py_ssize_t members, class_stride;
+    const double *member_params;
 } Plan;
 
 /* Returns -1 - row for a target out of [0, C), else 0. Inlined twice, for a constant dbl. */
 INLINE Py_ssize_t run_typed(const Plan *P, Py_ssize_t n, const void *logits,
                             const int64_t *targets, void *grad, void *out, int want_ce,
                             double *zbuf, double *ce_sum, const int dbl) {
-    const Py_ssize_t C = P->C;
+    const Py_ssize_t C = P->C, rows_per_member = n / P->members;
     float *const fbuf = (float *)(zbuf + C); /* the caller's buffer: C doubles, then C floats */
     const void *const shift = P->shift, *const margins = P->margins;
     const double inv_c = 1.0 / (double)C, unit = P->reduction == 1 ? 1.0 / (double)n : 1.0;
-    const double scale = P->scale, gamma = P->gamma, ls = P->ls, poly = P->poly;
-    const int plain_logits = scale == 1.0 && !shift && !margins;
     double total = 0.0, ce_total = 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const Py_ssize_t row = i * C;
-        const int64_t t = targets[i];
-        if (t < 0 || t >= C)
-            return -1 - i;
-        double zmax = -INFINITY, raw_max = -INFINITY, zsum = 0.0;
-        for (Py_ssize_t c = 0; c < C; c++) {
-            const double raw = load(logits, row + c, dbl);
-            double z = scale * raw;
-            if (shift)
-                z += load(shift, c, dbl);
-            if (margins && c == t)
-                z -= load(margins, t, dbl);
-            zbuf[c] = z;
-            zsum += z;
-            if (z > zmax)
-                zmax = z;
-            if (raw > raw_max)
-                raw_max = raw;
-        }
-        const double z_t = zbuf[t];
-        double others = 0.0; /* the sum over the classes other than t, for q */
-        /* NaN, or an infinite logit: libm's exponentials, which propagate them as torch does */
-        const int finite = zmax > -INFINITY && zmax < INFINITY && zsum == zsum;
-        if (dbl) {
-            for (Py_ssize_t c = 0; c < C; c++)
-                zbuf[c] = exp(zbuf[c] - zmax); /* unnormalised p_c */
-        } else if (!finite) {
-            for (Py_ssize_t c = 0; c < C; c++)
-                zbuf[c] = expf((float)(zbuf[c] - zmax));
-        } else {
-            for (Py_ssize_t c = 0; c < C; c++)
-                fbuf[c] = (float)(zbuf[c] - zmax);
-            exp_nonpositive_array(fbuf, C);
-            for (Py_ssize_t c = 0; c < C; c++)
-                zbuf[c] = fbuf[c];
-        }
-        for (Py_ssize_t c = 0; c < C; c++)
-            others += c == t ? 0.0 : zbuf[c];
-        const double sumexp = others + zbuf[t];
-        const double lse = zmax + log_of(sumexp, dbl);
-        const double logp_t = z_t - lse;
-        /* 1 - p_t as the other classes' share: accurate where p_t is close to 1 */
-        const double q = others / sumexp;
-        const double p_t = zbuf[t] / sumexp;
-        const double base =
-            ls == 0.0 ? -logp_t : -((1.0 - ls) * logp_t + ls * (zsum * inv_c - lse));
-        double f = 1.0, d = 0.0;
-        if (gamma != 0.0) {
-            const double qf = q > P->eps ? q : P->eps;
-            d = pow_of(qf, gamma - 1.0, dbl);
-            f = d * qf;
-        }
-        double w = unit;
-        if (P->weights)
-            w *= load(P->weights, P->weights_per_sample ? i : t, dbl);
-        const double loss = w * (f * base + poly * q);
-        total += loss;
-        if (P->reduction == 0)
-            store(out, i, loss, dbl);
-        if (want_ce) {
-            if (plain_logits) {
-                ce_total -= logp_t;
-            } else {
-                double raw_sum = 0.0;
-                if (dbl || !finite || !(raw_max > -INFINITY && raw_max < INFINITY)) {
-                    for (Py_ssize_t c = 0; c < C; c++)
-                        raw_sum += exp(load(logits, row + c, dbl) - raw_max);
-                } else {
-                    for (Py_ssize_t c = 0; c < C; c++)
-                        fbuf[c] = (float)(load(logits, row + c, dbl) - raw_max);
-                    exp_nonpositive_array(fbuf, C);
-                    for (Py_ssize_t c = 0; c < C; c++)
-                        raw_sum += fbuf[c];
-                }
-                ce_total += raw_max + log_of(raw_sum, dbl) - load(logits, row + t, dbl);
-            }
-        }
-        if (grad) {
-            const double coef = scale * w * (f + p_t * (gamma * base * d + poly));
-            const double smooth = scale * w * ls * f;
-            const double norm = coef / sumexp, flat = smooth * inv_c;
+    for (Py_ssize_t m = 0; m < P->members; m++) {
+        const double *const mp = P->member_params ? P->member_params + 4 * m : NULL;
+        const double scale = mp ? mp[0] : P->scale, gamma = mp ? mp[1] : P->gamma;
+        const double ls = mp ? mp[2] : P->ls, poly = mp ? mp[3] : P->poly;
+        const Py_ssize_t k = m * P->class_stride; /* this member's class terms */
+        const int plain_logits = scale == 1.0 && !shift && !margins;
+        for (Py_ssize_t i = m * rows_per_member; i < (m + 1) * rows_per_member; i++) {
+            const Py_ssize_t row = i * C;
+            const int64_t t = targets[i];
+            if (t < 0 || t >= C)
+                return -1 - i;
+            double zmax = -INFINITY, raw_max = -INFINITY, zsum = 0.0;
             for (Py_ssize_t c = 0; c < C; c++) {
-                double g = norm * zbuf[c] - flat;
-                if (c == t)
-                    g += smooth - coef;
-                store(grad, row + c, g, dbl);
+                const double raw = load(logits, row + c, dbl);
+                double z = scale * raw;
+                if (shift)
+                    z += load(shift, k + c, dbl);
+                if (margins && c == t)
+                    z -= load(margins, k + t, dbl);
+                zbuf[c] = z;
+                zsum += z;
+                if (z > zmax)
+                    zmax = z;
+                if (raw > raw_max)
+                    raw_max = raw;
+            }
+            const double z_t = zbuf[t];
+            double others = 0.0; /* the sum over the classes other than t, for q */
+            /* NaN, or an infinite logit: libm's exponentials, which propagate them as torch does */
+            const int finite = zmax > -INFINITY && zmax < INFINITY && zsum == zsum;
+            if (dbl) {
+                for (Py_ssize_t c = 0; c < C; c++)
+                    zbuf[c] = exp(zbuf[c] - zmax); /* unnormalised p_c */
+            } else if (!finite) {
+                for (Py_ssize_t c = 0; c < C; c++)
+                    zbuf[c] = expf((float)(zbuf[c] - zmax));
+            } else {
+                for (Py_ssize_t c = 0; c < C; c++)
+                    fbuf[c] = (float)(zbuf[c] - zmax);
+                exp_nonpositive_array(fbuf, C);
+                for (Py_ssize_t c = 0; c < C; c++)
+                    zbuf[c] = fbuf[c];
+            }
+            for (Py_ssize_t c = 0; c < C; c++)
+                others += c == t ? 0.0 : zbuf[c];
+            const double sumexp = others + zbuf[t];
+            const double lse = zmax + log_of(sumexp, dbl);
+            const double logp_t = z_t - lse;
+            /* 1 - p_t as the other classes' share: accurate where p_t is close to 1 */
+            const double q = others / sumexp;
+            const double p_t = zbuf[t] / sumexp;
+            const double base =
+                ls == 0.0 ? -logp_t : -((1.0 - ls) * logp_t + ls * (zsum * inv_c - lse));
+            double f = 1.0, d = 0.0;
+            if (gamma != 0.0) {
+                const double qf = q > P->eps ? q : P->eps;
+                d = pow_of(qf, gamma - 1.0, dbl);
+                f = d * qf;
+            }
+            double w = unit;
+            if (P->weights)
+                w *= load(P->weights, P->weights_per_sample ? i : k + t, dbl);
+            const double loss = w * (f * base + poly * q);
+            total += loss;
+            if (P->reduction == 0)
+                store(out, i, loss, dbl);
+            if (want_ce) {
+                if (plain_logits) {
+                    ce_total -= logp_t;
+                } else {
+                    double raw_sum = 0.0;
+                    if (dbl || !finite || !(raw_max > -INFINITY && raw_max < INFINITY)) {
+                        for (Py_ssize_t c = 0; c < C; c++)
+                            raw_sum += exp(load(logits, row + c, dbl) - raw_max);
+                    } else {
+                        for (Py_ssize_t c = 0; c < C; c++)
+                            fbuf[c] = (float)(load(logits, row + c, dbl) - raw_max);
+                        exp_nonpositive_array(fbuf, C);
+                        for (Py_ssize_t c = 0; c < C; c++)
+                            raw_sum += fbuf[c];
+                    }
+                    ce_total += raw_max + log_of(raw_sum, dbl) - load(logits, row + t, dbl);
+                }
+            }
+            if (grad) {
+                const double coef = scale * w * (f + p_t * (gamma * base * d + poly));
+                const double smooth = scale * w * ls * f;
+                const double norm = coef / sumexp, flat = smooth * inv_c;
+                for (Py_ssize_t c = 0; c < C; c++) {
+                    double g = norm * zbuf[c] - flat;
+                    if (c == t)
+                        g += smooth - coef;
+                    store(grad, row + c, g, dbl);
+                }
             }
         }
     }
@@ -216,20 +226,23 @@ static Py_ssize_t run(const Plan *P, Py_ssize_t n, const void *logits, const int
 static PyObject *modulated_ce(PyObject *self, PyObject *args) {
     PyObject *plan;
     Plan P;
-    Py_ssize_t n, logits, targets, grad, out, weights, shift, margins;
+    Py_ssize_t n, logits, targets, grad, out, weights, shift, margins, member_params;
     int want_ce;
     (void)self;
     if (!PyArg_ParseTuple(args, "O!nnnnnp", &PyTuple_Type, &plan, &n, &logits, &targets, &grad,
                           &out, &want_ce))
         return NULL;
-    if (!PyArg_ParseTuple(plan, "pnnpnndddddi", &P.is_double, &P.C, &weights,
+    if (!PyArg_ParseTuple(plan, "pnnpnndddddinnn", &P.is_double, &P.C, &weights,
                           &P.weights_per_sample, &shift, &margins, &P.scale, &P.gamma, &P.ls,
-                          &P.poly, &P.eps, &P.reduction))
+                          &P.poly, &P.eps, &P.reduction, &P.members, &P.class_stride,
+                          &member_params))
         return NULL;
+    P.member_params = (const double *)member_params;
     P.weights = (const void *)weights;
     P.shift = (const void *)shift;
     P.margins = (const void *)margins;
-    if (n < 1 || P.C < 1 || !logits || !targets || !out || P.reduction < 0 || P.reduction > 2) {
+    if (n < 1 || P.C < 1 || !logits || !targets || !out || P.reduction < 0 || P.reduction > 2
+        || P.members < 1 || n % P.members != 0 || (P.class_stride != 0 && P.class_stride != P.C)) {
         PyErr_Format(PyExc_ValueError, "modulated_ce: bad sizes or addresses (n=%zd, C=%zd)",
                      n, P.C);
         return NULL;
@@ -344,7 +357,8 @@ static PyMethodDef methods[] = {
     {"modulated_ce", modulated_ce, METH_VARARGS,
      "modulated_ce(plan, n, logits, targets, grad, out, want_ce) -> mean plain cross-entropy "
      "or None. plan = (is_double, C, weights, weights_per_sample, shift, margins, scale, gamma, "
-     "label_smoothing, poly_epsilon, eps, reduction: 0 none, 1 mean, 2 sum); addresses are "
+     "label_smoothing, poly_epsilon, eps, reduction: 0 none, 1 mean, 2 sum, members, "
+     "class_stride, member_params); addresses are "
      "integers (0 for none; grad too); out holds n values for 'none', else 1. See "
      "lossgym/losses.py."},
     {NULL, NULL, 0, NULL},

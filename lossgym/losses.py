@@ -320,44 +320,74 @@ _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 class KernelPlan:
     """The arguments of :class:`_CompiledModulatedCE` that stay fixed while the parameters do:
     made once a period by :class:`~lossgym.export.AdaptiveLoss`, once a call by
-    :func:`_modulated_ce`.
+    :func:`parametric_loss` and :func:`_modulated_ce`.
 
     The logits are transformed as :func:`parametric_loss` does before the modulated
-    cross-entropy: :math:`z' = s z + h - u_y e_y` (``scale``, the class ``shift`` ``[C]`` and
-    the target's ``margins`` ``[C]``, each optional). ``weight`` is per class ``[C]`` or, with
-    ``per_sample_weight``, one per sample (flattened targets order). The tensors are kept here
-    (the kernel reads them by address), converted to ``dtype``, contiguous, on the CPU.
+    cross-entropy: :math:`z' = s z + h - u_y e_y` (``scale``, the class ``shift`` and the
+    target's ``margins``, each optional). ``weight`` is per class or, with
+    ``per_sample_weight``, one per sample (flattened targets order). The scalars (``scale``,
+    ``gamma``, ``label_smoothing``, ``poly_epsilon``) are floats or one value per member
+    ``[M]``, and the class terms ``[C]`` or one row per member ``[M, C]``: then the logits are
+    ``[M, B, C]``. The tensors are kept here (the kernel reads them by address), converted to
+    the logits' ``dtype`` (the member scalars to float64), contiguous, on the CPU.
     """
 
-    __slots__ = ("args", "dtype", "num_classes", "reduction", "samples", "_tensors")
+    __slots__ = ("args", "dtype", "num_classes", "reduction", "samples", "members", "_tensors")
 
     def __init__(self, dtype: torch.dtype, num_classes: int, *, weight: Tensor | None = None,
                  per_sample_weight: bool = False, shift: Tensor | None = None,
-                 margins: Tensor | None = None, scale: float = 1.0, gamma: float = 0.0,
-                 label_smoothing: float = 0.0, poly_epsilon: float = 0.0,
-                 eps: float = _FOCAL_EPS, reduction: str = "mean") -> None:
+                 margins: Tensor | None = None, scale: float | Tensor = 1.0,
+                 gamma: float | Tensor = 0.0, label_smoothing: float | Tensor = 0.0,
+                 poly_epsilon: float | Tensor = 0.0, eps: float = _FOCAL_EPS,
+                 reduction: str = "mean") -> None:
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the compiled loss takes float32 or float64 logits, got {dtype}")
         _check_reduction(reduction)
-        tensors = []
-        for name, t in (("weight", weight), ("shift", shift), ("margins", margins)):
+        scalars = {"scale": scale, "gamma": gamma, "label_smoothing": label_smoothing,
+                   "poly_epsilon": poly_epsilon}
+        members = {v.numel() for v in scalars.values() if isinstance(v, Tensor)}
+        classes = {"weight": weight, "shift": shift, "margins": margins}
+        for name, t in classes.items():
+            if t is not None and not (name == "weight" and per_sample_weight):
+                if t.shape[-1:] != (num_classes,) or t.dim() > 2:
+                    raise ValueError(f"{name} must have one value per class ({num_classes}), "
+                                     f"as [C] or [M, C], got shape {tuple(t.shape)}")
+                if t.dim() == 2:
+                    members.add(t.shape[0])
+        if len(members) > 1:
+            raise ValueError(f"the member parameters disagree on the number of members: "
+                             f"{sorted(members)}")
+        m = members.pop() if members else 1
+        per_member = m > 1 and any(t is not None and t.dim() == 2 for name, t in classes.items()
+                                   if not (name == "weight" and per_sample_weight))
+        tensors: list[Tensor | None] = []
+        for name, t in classes.items():
             if t is not None:
-                t = t.detach().to("cpu", dtype).contiguous()
-                if name != "weight" or not per_sample_weight:
-                    if t.numel() != num_classes:
-                        raise ValueError(f"{name} must have one value per class "
-                                         f"({num_classes}), got shape {tuple(t.shape)}")
+                t = t.detach().to("cpu", dtype)
+                if per_member and not (name == "weight" and per_sample_weight):
+                    t = t.expand(m, num_classes)
+                t = t.contiguous()
             tensors.append(t)
-        self.dtype, self.num_classes, self.reduction = dtype, num_classes, reduction
+        member_params = None
+        if any(isinstance(v, Tensor) for v in scalars.values()):
+            member_params = torch.stack([
+                v.detach().to("cpu", torch.float64).reshape(m) if isinstance(v, Tensor)
+                else torch.full((m,), float(v), dtype=torch.float64)
+                for v in scalars.values()], dim=1).contiguous()
+        tensors.append(member_params)
+        self.dtype, self.num_classes, self.reduction, self.members = \
+            dtype, num_classes, reduction, m
         # The number of samples that per-sample weights fix (None: any).
         self.samples = None if tensors[0] is None or not per_sample_weight \
             else tensors[0].numel()
         self._tensors = tensors
         address = [0 if t is None else t.data_ptr() for t in tensors]
+        host = {k: 0.0 if isinstance(v, Tensor) else float(v) for k, v in scalars.items()}
         self.args = (dtype is torch.float64, num_classes, address[0], per_sample_weight,
-                     address[1], address[2], float(scale), float(gamma),
-                     float(label_smoothing), float(poly_epsilon), float(eps),
-                     _REDUCTION_CODES[reduction])
+                     address[1], address[2], host["scale"], host["gamma"],
+                     host["label_smoothing"], host["poly_epsilon"], float(eps),
+                     _REDUCTION_CODES[reduction], m, num_classes if per_member else 0,
+                     address[3])
 
 
 class _CompiledModulatedCE(torch.autograd.Function):
@@ -380,12 +410,15 @@ class _CompiledModulatedCE(torch.autograd.Function):
         n = targets.numel()
         # The kernel reads n × C values by address: the sizes and dtype are checked here.
         if n * plan.num_classes != logits.numel() or logits.dtype is not plan.dtype \
-                or (plan.samples is not None and plan.samples != n):
+                or (plan.samples is not None and plan.samples != n) \
+                or (plan.members > 1 and (logits.dim() != 3 or len(logits) != plan.members)):
             raise ValueError(f"logits {tuple(logits.shape)} {logits.dtype} and targets "
                              f"{tuple(targets.shape)} do not fit the plan: expected "
                              f"{plan.dtype} logits [..., B, {plan.num_classes}] and targets "
                              f"[..., B]" + ("" if plan.samples is None
-                                           else f" with {plan.samples} samples in all"))
+                                           else f" with {plan.samples} samples in all")
+                             + ("" if plan.members == 1
+                                else f", as [{plan.members}, B, {plan.num_classes}]"))
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         out = logits.new_empty(targets.shape if plan.reduction == "none" else ())
         ce = _native.closedform.modulated_ce(
@@ -1126,6 +1159,11 @@ def parametric_loss(
     """
     _check_reduction(reduction)
     _check_logits_targets(logits, targets)
+    plan = parametric_plan(logits, targets, class_counts, reduction, gamma=gamma, alpha=alpha,
+                           tau=tau, label_smoothing=label_smoothing, poly_epsilon=poly_epsilon,
+                           gate=gate, margin=margin, scale=scale)
+    if plan is not None:  # one call of the C extension: the loss and its closed-form gradient
+        return _CompiledModulatedCE.apply(logits, targets, plan, None)
     shape = targets.shape
     num_classes = logits.shape[-1]
     need_counts = not (_is_zero(alpha) and _is_zero(tau) and _is_zero(margin))
@@ -1165,6 +1203,83 @@ def parametric_loss(
         gate=_align(gate, shape, "gate", logits),
         reduction=reduction,
     )
+
+
+def parametric_plan(logits: Tensor, targets: Tensor, class_counts: Tensor,
+                    reduction: str = "mean", **params: float | Tensor) -> KernelPlan | None:
+    """:func:`parametric_loss`'s arguments (``params``: its keyword parameters) as the plan
+    of one call of the C extension (:func:`apply_plan`), or None where that call does not take
+    them: no extension, logits it does not take (:func:`compiled_kernel_usable`), all
+    parameters neutral (``F.cross_entropy`` is exact and as fast), a gate, a parameter that
+    requires grad or varies per sample. It takes numbers and per-member tensors ``[M]`` with
+    logits ``[B, C]`` or ``[M, B, C]`` and counts ``[C]`` or ``[M, C]``.
+
+    A caller that applies the same parameters to many minibatches (the environment: one
+    plan per step) builds it once; the logits and targets only need the same shape, dtype and
+    device as these.
+    """
+    unknown = set(params) - set(_PLAN_DEFAULTS) - {"gate"}
+    if unknown:
+        raise TypeError(f"parametric_plan() got unknown parameters {sorted(unknown)}")
+    gate = params.pop("gate", 0.0)
+    params = dict(_PLAN_DEFAULTS, **params)
+    neutral = all(_is_zero(v) for k, v in params.items() if k != "scale") and not (
+        isinstance(params["scale"], Tensor) or params["scale"] != 1)
+    if neutral or not _is_zero(gate) or not compiled_kernel_usable(logits, targets) \
+            or logits.dim() not in (2, 3):
+        return None
+    members = logits.shape[0] if logits.dim() == 3 else 1
+    values: dict[str, float | Tensor] = {}
+    for name, v in params.items():
+        if isinstance(v, Tensor):
+            if v.requires_grad:
+                return None
+            if v.numel() == 1:
+                v = float(v)
+            elif logits.dim() == 3 and v.numel() == members and v.shape[0] == members:
+                v = v.reshape(members)
+            else:
+                return None  # per sample
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        values[name] = v
+    num_classes = logits.shape[-1]
+    dtype = logits.dtype
+
+    def column(v: float | Tensor) -> float | Tensor:  # [M] → [M, 1] against [M, C]
+        return v.to("cpu", dtype).unsqueeze(-1) if isinstance(v, Tensor) else v
+
+    alpha, tau, margin, scale = (values[k] for k in ("alpha", "tau", "margin", "scale"))
+    shift = weights = margins = None
+    if not (_is_zero(alpha) and _is_zero(tau) and _is_zero(margin)):
+        counts = class_counts
+        if not isinstance(counts, Tensor) or counts.shape not in (
+                (num_classes,), (members, num_classes)):
+            return None
+        counts = counts.detach().to("cpu", dtype)
+        log_m = counts.clamp_min(1.0).log()
+        if not _is_zero(tau):
+            shift = column(tau) * log_m
+        if not _is_zero(alpha):
+            weights = _log_power_weights(log_m, counts.log(), column(alpha)).exp()
+        if not _is_zero(margin):  # s Δ u_c, u_c = m_c^(-1/4) / max_k m_k^(-1/4)
+            unit = (-0.25 * (log_m - log_m.amin(dim=-1, keepdim=True))).exp()
+            margins = unit * (column(margin) * column(scale))
+    return KernelPlan(dtype, num_classes, weight=weights, shift=shift, margins=margins,
+                      scale=scale, gamma=values["gamma"],
+                      label_smoothing=values["label_smoothing"],
+                      poly_epsilon=values["poly_epsilon"], reduction=reduction)
+
+
+_PLAN_DEFAULTS: dict[str, float | Tensor] = {
+    "gamma": 0.0, "alpha": 0.0, "tau": 0.0, "label_smoothing": 0.0, "poly_epsilon": 0.0,
+    "margin": 0.0, "scale": 1.0}
+
+
+def apply_plan(logits: Tensor, targets: Tensor, plan: KernelPlan) -> Tensor:
+    """The loss of a :func:`parametric_plan` (its reduction) on logits and targets of the
+    shape, dtype and device it was made for."""
+    return _CompiledModulatedCE.apply(logits, targets, plan, None)
 
 
 # ---------------------------------------------------------------------------------------------

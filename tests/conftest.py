@@ -10,3 +10,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_kernels():
+    """A context manager that switches the C extension off (lossgym._native), so that the
+    torch kernels (autograd where parameters are tensors) compute what is inside it: the
+    reference the compiled kernels are compared with."""
+    from contextlib import contextmanager
+
+    from lossgym import _native
+
+    @contextmanager
+    def off():
+        saved = _native.closedform
+        _native.closedform = None
+        try:
+            yield
+        finally:
+            _native.closedform = saved
+
+    return off

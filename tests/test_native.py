@@ -7,11 +7,13 @@ import subprocess
 import sys
 import sysconfig
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lossgym import _native
+from lossgym import TaskSpec, _native
+from lossgym.envs import LossTuningEnv
 from lossgym.export import AdaptiveLoss
 from lossgym.losses import (
     COMPILED_MAX_NUMEL,
@@ -20,6 +22,7 @@ from lossgym.losses import (
     _FusedModulatedCE,
     compiled_kernel_usable,
     parametric_loss,
+    parametric_plan,
 )
 from lossgym.schedules import LossSchedule, constant
 
@@ -248,3 +251,49 @@ def test_non_finite_logits_give_what_torch_gives(bad):
     ours = _CompiledModulatedCE.apply(logits, targets, plan, recorded)
     ref = _FusedModulatedCE.apply(logits, targets, None, 2.0, 0.0, 0.0, 1e-6, "none", None)
     torch.testing.assert_close(ours, ref, equal_nan=True)
+
+
+def test_parametric_plan_takes_numbers_and_per_member_tensors_only():
+    logits, targets = torch.randn(3, 8, 5), torch.randint(0, 5, (3, 8))
+    counts = COUNTS.expand(3, 5)
+    plan = parametric_plan(logits, targets, counts, "none", gamma=torch.tensor([0.0, 1.0, 2.0]),
+                           alpha=0.5, tau=torch.tensor([0.0, 1.0, 0.5]))
+    assert (plan is not None) == (_native.closedform is not None)
+    if plan is not None:
+        assert plan.members == 3
+    # Neutral, gated, per-sample or learnable parameters, or an unknown name: not the kernel's.
+    assert parametric_plan(logits, targets, counts, "none") is None
+    assert parametric_plan(logits, targets, counts, "none", gamma=1.0, gate=0.5) is None
+    assert parametric_plan(logits, targets, counts, "none", gamma=torch.rand(3, 8)) is None
+    assert parametric_plan(logits, targets, counts, "none",
+                           gamma=torch.ones(3, requires_grad=True)) is None
+    with pytest.raises(TypeError, match="unknown parameters"):
+        parametric_plan(logits, targets, counts, "none", gama=1.0)
+
+
+@pytest.mark.parametrize("params", [("gamma", "alpha"), ("gamma", "alpha", "tau", "margin",
+                                                            "scale")])
+def test_the_environment_runs_the_same_episode_with_and_without_the_extension(
+        params, torch_kernels):
+    task = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
+                    minibatches_per_step=3, horizon=4)
+    actions = np.random.default_rng(0).uniform(-1, 1, (4, len(params))).astype(np.float32)
+
+    def episode():
+        env = LossTuningEnv(tasks=task, action_params=params)
+        obs, _ = env.reset(seed=3)
+        trace, rewards = [obs], []
+        for a in actions:
+            obs, reward, *_ = env.step(a)
+            trace.append(obs)
+            rewards.append(reward)
+        return env, np.array(trace), np.array(rewards)
+
+    env, obs, rewards = episode()
+    # The loss's plan is made once a step, and it is the extension's where it is built.
+    assert (env.batch._loss_args[2] is not None) == (_native.closedform is not None)
+    with torch_kernels():
+        env_ref, obs_ref, rewards_ref = episode()
+    assert env_ref.batch._loss_args[2] is None
+    np.testing.assert_allclose(obs, obs_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rewards, rewards_ref, atol=1e-5)
