@@ -301,16 +301,23 @@ def _stored_gradient(ctx: Any, grad_out: Tensor, per_sample: bool) -> Tensor:
 COMPILED_MAX_NUMEL = 1 << 14
 
 
-def compiled_kernel_usable(logits: Tensor, targets: Tensor) -> bool:
+#: The same bound for :func:`parametric_plan`, whose alternative is autograd through a dozen
+#: kernels rather than the closed form: the compiled loss stays faster up to populations of
+#: 128 members × 128 × 10 logits on two cores (3.1 ms against 3.8 ms, forward and backward).
+PLAN_MAX_NUMEL = 1 << 18
+
+
+def compiled_kernel_usable(logits: Tensor, targets: Tensor,
+                           max_numel: int = COMPILED_MAX_NUMEL) -> bool:
     """Whether :class:`_CompiledModulatedCE` takes these inputs: the extension is built, and
-    the logits are CPU float32 / float64 with at most :data:`COMPILED_MAX_NUMEL` elements
-    and int64 targets."""
+    the logits are CPU float32 / float64 with at most ``max_numel`` elements and int64
+    targets."""
     return (
         _native.closedform is not None
         and logits.device.type == "cpu"
         and (logits.dtype is torch.float32 or logits.dtype is torch.float64)
         and targets.dtype is torch.int64
-        and 0 < logits.numel() <= COMPILED_MAX_NUMEL
+        and 0 < logits.numel() <= max_numel
     )
 
 
@@ -1211,8 +1218,9 @@ def parametric_plan(logits: Tensor, targets: Tensor, class_counts: Tensor,
     of one call of the C extension (:func:`apply_plan`), or None where that call does not take
     them: no extension, logits it does not take (:func:`compiled_kernel_usable`), all
     parameters neutral (``F.cross_entropy`` is exact and as fast), a gate, a parameter that
-    requires grad or varies per sample. It takes numbers and per-member tensors ``[M]`` with
-    logits ``[B, C]`` or ``[M, B, C]`` and counts ``[C]`` or ``[M, C]``.
+    requires grad or varies per sample, more than :data:`PLAN_MAX_NUMEL` logits. It takes
+    numbers and per-member tensors ``[M]`` with logits ``[B, C]`` or ``[M, B, C]`` and counts
+    ``[C]`` or ``[M, C]``.
 
     A caller that applies the same parameters to many minibatches (the environment: one
     plan per step) builds it once; the logits and targets only need the same shape, dtype and
@@ -1225,7 +1233,8 @@ def parametric_plan(logits: Tensor, targets: Tensor, class_counts: Tensor,
     params = dict(_PLAN_DEFAULTS, **params)
     neutral = all(_is_zero(v) for k, v in params.items() if k != "scale") and not (
         isinstance(params["scale"], Tensor) or params["scale"] != 1)
-    if neutral or not _is_zero(gate) or not compiled_kernel_usable(logits, targets) \
+    if neutral or not _is_zero(gate) or not compiled_kernel_usable(logits, targets,
+                                                                    PLAN_MAX_NUMEL) \
             or logits.dim() not in (2, 3):
         return None
     members = logits.shape[0] if logits.dim() == 3 else 1
