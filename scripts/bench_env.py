@@ -30,6 +30,8 @@ actions: uniform in [-1, 1] from a generator seeded with --seed, the same for ev
     end-of-episode test evaluation, which the engine does not do.
 (c) For one single ``LossTuningEnv``: the median time of one step and of one full episode
     (``reset()`` + ``horizon`` = 20 steps, including the final test evaluation).
+(d) On the CPU, one single env with the C extension (``lossgym._native``: the loss is one
+    compiled call per minibatch) against one with it switched off, stepping in turns.
 
 Targets: adapter >= 6x DummyVecEnv at N = 64; overhead <= 1.10x; step <= 100 ms; episode <= 5 s.
 The host's load average is printed before and after: other processes on the machine distort
@@ -53,6 +55,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from agents.vec_env import LossTuningSB3VecEnv, single_env_fn
+from lossgym import _native
 from lossgym.actions import ActionMapping
 from lossgym.envs import LossTuningEnv
 from lossgym.losses import parametric_loss
@@ -219,6 +222,35 @@ def bench_single(args: argparse.Namespace, device: torch.device, rng: np.random.
     return statistics.median(step_times), statistics.median(episode_times), horizon
 
 
+def bench_extension(args: argparse.Namespace, device: torch.device, rng: np.random.Generator
+                    ) -> tuple[float, float, float]:
+    """(d): two single envs on the default task, one with the C extension (the loss is one
+    compiled call per minibatch), one with it switched off (autograd through the torch
+    kernels), stepping in turns with the same actions; their median step times and the median
+    of the per-step ratios."""
+    kernels = _native.closedform
+    envs = {"on": LossTuningEnv(tasks=TaskSpec(), device=args.device),
+            "off": LossTuningEnv(tasks=TaskSpec(), device=args.device)}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for env in envs.values():
+            env.reset(seed=args.seed)
+        for k in range(1 + 4 * args.repeats):
+            action = rng.uniform(-1, 1, 2).astype(np.float32)
+            for name, env in envs.items():
+                _native.closedform = kernels if name == "on" else None
+                sync(device)
+                t0 = time.perf_counter()
+                env.step(action)
+                sync(device)
+                if k:  # the first step warms up
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        _native.closedform = kernels
+    ratio = statistics.median(off / on for on, off in zip(times["on"], times["off"]))
+    return statistics.median(times["on"]), statistics.median(times["off"]), ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1, 8, 32, 64])
@@ -267,6 +299,13 @@ def main() -> None:
     step_time, episode_time, horizon = bench_single(args, device, rng)
     print(f"(c) single env: one step {1e3 * step_time:.1f} ms, one episode ({horizon} steps, "
           f"with reset) {episode_time:.2f} s")
+    print()
+    if _native.closedform is not None and device.type == "cpu":
+        on, off, gain = bench_extension(args, device, rng)
+        print(f"(d) single env with the C extension: one step {1e3 * on:.1f} ms, with it off "
+              f"{1e3 * off:.1f} ms: {gain:.2f}x faster")
+    else:
+        print("(d) skipped: the C extension is not built, or the device is not the CPU")
     print()
     print("targets")
     checks = []
