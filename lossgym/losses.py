@@ -60,6 +60,8 @@ __all__ = [
     "gradient_gate_weights",
     "gradient_gated_cross_entropy",
     "parametric_loss",
+    "parametric_plan",
+    "apply_plan",
     "FocalLoss",
     "ParametricLoss",
     "LDAMLoss",
