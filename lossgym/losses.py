@@ -418,6 +418,10 @@ class _CompiledModulatedCE(torch.autograd.Function):
             targets = targets.contiguous()
         n = targets.numel()
         # The kernel reads n × C values by address: the sizes and dtype are checked here.
+        if not (logits.is_cpu and targets.is_cpu) or targets.dtype is not torch.int64:
+            raise ValueError(f"the compiled loss takes CPU logits and int64 targets, got "
+                             f"{logits.device} logits and {targets.dtype} targets on "
+                             f"{targets.device}")
         if n * plan.num_classes != logits.numel() or logits.dtype is not plan.dtype \
                 or (plan.samples is not None and plan.samples != n) \
                 or (plan.members > 1 and (logits.dim() != 3 or len(logits) != plan.members)):

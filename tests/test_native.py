@@ -143,6 +143,11 @@ def test_compiled_loss_inputs_it_refuses_or_copes_with():
         _CompiledModulatedCE.apply(logits.double(), targets, plan, None)
     with pytest.raises(ValueError, match="do not fit the plan"):
         _CompiledModulatedCE.apply(torch.randn(8, 4), targets, plan, None)
+    with pytest.raises(ValueError, match="int64 targets"):
+        _CompiledModulatedCE.apply(logits, targets.int(), plan, None)
+    members = KernelPlan(torch.float32, 5, gamma=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"as \[2, B, 5\]"):
+        _CompiledModulatedCE.apply(logits, targets, members, None)
     per_sample = KernelPlan(torch.float32, 5, weight=torch.ones(7), per_sample_weight=True)
     with pytest.raises(ValueError, match="with 7 samples in all"):
         _CompiledModulatedCE.apply(logits, targets, per_sample, None)
