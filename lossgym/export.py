@@ -833,7 +833,8 @@ class AdaptiveLoss(nn.Module):
         self._clear_period()
 
     def _clear_period(self) -> None:
-        # One 0-d tensor per minibatch, reduced at step(): no kernel or host sync per forward.
+        # One value per minibatch (a float from the extension, else a 0-d tensor on the
+        # logits' device), reduced at step(): no extra kernel or host sync per forward.
         self._ce: list[Tensor | float] = []
         # Per minibatch, the gradient's norm (the extension's), or the per-tensor norms,
         # reduced to one norm each at step().
