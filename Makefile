@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_engine.py
 	$(BIN)/python scripts/bench_env.py
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_adaptive_loss.py
+	$(BIN)/python scripts/bench_loss_kernel.py
 
 # The evaluation sweep locally and on a local Ray with 2 workers (scripts/bench_ray.py).
 bench-ray: $(VENV)/.installed
