@@ -1169,7 +1169,9 @@ def parametric_loss(
     Every parameter is a float or a tensor aligned per the module convention (per member
     ``[N]`` or per sample ``[N, B]``); ``class_counts`` is ``[C]`` or ``[N, C]``.  Parameters
     that are exactly ``0`` (``scale``: ``1``) as Python numbers cost nothing; tensors never
-    trigger host syncs.
+    trigger host syncs.  On the CPU, numbers and per-member tensors that need no gradient
+    make the loss and its closed-form gradient one call of the C extension
+    (:func:`parametric_plan`); the rest runs autograd through torch kernels.
     """
     _check_reduction(reduction)
     _check_logits_targets(logits, targets)
