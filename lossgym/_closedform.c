@@ -19,8 +19,9 @@
  *   dloss_i/dz_c = s w [(f + p_t (gamma b d + poly)) (p_c - [c == t]) + ls f ([c == t] - 1/C)]
  *
  * Sums and products are in double precision; the exponentials, logarithms and powers are taken
- * in the logits' precision (torch's are float32 for float32 logits too, and expf costs half of
- * exp), and values are stored in the logits' type.
+ * in the logits' precision (torch's are float32 for float32 logits too): for float32 the
+ * exponentials are the inline, vectorised exp_nonpositive below, the logarithms and powers
+ * libm's logf and powf. Values are stored in the logits' type.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
