@@ -41,7 +41,7 @@ from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, r
 from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
-from lossgym.methods import GRID_METHODS
+from lossgym.methods import METHODS
 from lossgym.tasks import TaskSpec
 
 #: Observation columns the policies read (see :mod:`lossgym.features`).
@@ -553,15 +553,15 @@ HAND_BASELINES: dict[str, Callable[[], Policy]] = {
     "focal_2": partial(ConstantPolicy, 2.0, 0.0),
     "focal_3": partial(ConstantPolicy, 3.0, 0.0),
     "focal_5": partial(ConstantPolicy, 5.0, 0.0),
-    "class_balanced": partial(ConstantPolicy, 0.0, 1.0),
-    "cb_focal": partial(ConstantPolicy, 1.0, 1.0),
+    "cb_power": partial(ConstantPolicy, 0.0, 1.0),
+    "cb_power_focal": partial(ConstantPolicy, 1.0, 1.0),
     "random": partial(RandomPolicy, 0),
 }
 
 #: Built-in methods of :mod:`lossgym.methods` run with :func:`agents.rollout.rollout_method`.
 METHOD_BASELINES: tuple[str, ...] = (
     "ldam_drw", "flsd53", "adafocal", "ce_drw", "logit_adjusted", "poly1",
-    *GRID_METHODS,  # the class-balanced (effective number) β grid
+    *(m for m in METHODS if m.startswith("cb_beta")),  # the effective-number β grid
 )
 
 

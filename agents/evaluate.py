@@ -43,12 +43,12 @@ from agents.report import write_report
 from agents.rollout import EpisodeRecord, rollout_method, rollout_policy
 from agents.train import AgentPolicy
 from lossgym.io import atomic_write_text
-from lossgym.methods import GRID_METHODS
+from lossgym.methods import METHODS
 from lossgym.tasks import TaskDistribution, TaskSpec
 
-STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "class_balanced",
-                  "cb_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
-                  "poly1", *GRID_METHODS)
+STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "cb_power",
+                  "cb_power_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
+                  "poly1", *(m for m in METHODS if m.startswith("cb_beta")))
 NOT_BASELINES = ("agent", "agent_replay", "agent_mean_action", "oracle_constant")
 
 
@@ -333,10 +333,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')}={value} must be a positive number of "
                          "inner training runs")
     if ns.add_methods is not None:
-        from lossgym.methods import BUILTIN_METHODS
-
         names = [n for n in ns.add_methods.split(",") if n]
-        known = set(BUILTIN_METHODS) | set(GRID_METHODS)
+        known = set(METHODS)
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             parser.error(f"--add-methods={ns.add_methods!r}: unknown {unknown or 'none given'};"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,28 +46,14 @@ from agents.baselines import (
 )
 from agents.rollout import EpisodeRecord, Policy, rollout_policy
 from agents.train import AgentPolicy
-from lossgym.actions import PARAMETER_RANGES, ActionMapping, parse_parameters
-from lossgym.cli import add_export_arguments
-from lossgym.export import BuiltinLoss, Controller, write_export
-from lossgym.methods import (
-    BUILTIN_METHODS,
-    FLSD53,
-    GRID_METHODS,
-    LDAMDRW,
-    AdaFocal,
-    AdaLossMethod,
-    ClassBalanced,
-    GradientGate,
-    LossMethod,
-    Parametric,
-    make_method,
-)
+from lossgym import params as loss_params
+from lossgym.actions import ActionMapping, parse_parameters
+from lossgym.export import Controller, write_export
+from lossgym.methods import METHODS, Parametric, make_method
 from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
 from lossgym.tasks import TaskSpec
 
 KINDS = ("schedule", "controller")
-#: Names a built-in method where a hand baseline has the same name ("method:class_balanced").
-METHOD_PREFIX = "method:"
 DEFAULT_SEEDS = 5
 
 #: Baselines by name: the hand baselines of :mod:`agents.baselines` and the tuned rules'
@@ -113,7 +100,7 @@ def average_schedule(records: Sequence[EpisodeRecord]) -> LossSchedule:
         axis=0)
     schedules: dict[str, Schedule] = {}
     for p, name in enumerate(parameters):
-        low, high, _ = PARAMETER_RANGES[name]
+        low, high = loss_params.param(name).low, loss_params.param(name).high
         # Parameters are float32 in the engine (0.3 rounds up); the schedule checks the range.
         column = np.clip(values[:, p], low, high).tolist()
         keep = [0] + [j for j in range(1, len(column)) if column[j] != column[j - 1]]
@@ -255,67 +242,66 @@ def export_policy(policy: Policy, out: str | Path, tasks: Sequence[TaskSpec] | N
     return write_export(schedule, out, total_steps=tasks[0].horizon, source=source)
 
 
-def builtin_loss(method: LossMethod, minibatches_per_step: int) -> BuiltinLoss:
-    """The exportable form of a built-in method outside the parametric loss, with the
-    hyperparameters the engine's method object holds."""
-    params: dict[str, float]
-    if isinstance(method, ClassBalanced):
-        name, params = "class_balanced", {"gamma": method.gamma, "beta": method.beta,
-                                          "switch": method.switch}
-    elif isinstance(method, LDAMDRW):
-        name, params = "ldam_drw", {"switch": method.switch, "scale": method.scale}
-    elif isinstance(method, FLSD53):
-        name, params = "flsd53", {}
-    elif isinstance(method, AdaFocal):
-        module = method.module
-        name, params = "adafocal", {"num_bins": module.n_bins, "lam": module.lam,
-                                    "gamma0": float(module.gamma_bins.flatten()[0])}
-    elif isinstance(method, AdaLossMethod):
-        name, params = "adaloss", {"momentum": method.module.momentum}
-    elif isinstance(method, GradientGate):
-        name, params = "gradient_gate", {"strength": method.strength}
-    else:
-        raise ValueError(f"the method {type(method).__name__} has no export form")
-    return BuiltinLoss(name, params, minibatches_per_step)
-
-
 def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
                     device: str = "auto") -> Path:
-    """Export the baseline ``name``: a key of :data:`BASELINES`, of
-    :data:`lossgym.methods.BUILTIN_METHODS` or of :data:`lossgym.methods.GRID_METHODS` (the
-    class-balanced β grid); ``"method:NAME"`` names the built-in method where
-    a hand baseline has the same name (``class_balanced``, ``cb_focal``: the hand baselines'
-    are power-law weights, the methods' effective-number weights). Built-in methods the
-    parametric loss expresses export as constant schedules, the others as ``kind="method"``
-    for the first reference task's horizon and minibatches per step."""
-    builtin = name.removeprefix(METHOD_PREFIX)
+    """Export the baseline ``name``: a hand baseline of :data:`BASELINES` or a built-in
+    method of :data:`lossgym.methods.METHODS`. Methods the parametric loss expresses export
+    as constant schedules, the others as ``kind="method"`` (the method object's own
+    :meth:`~lossgym.methods.LossMethod.to_dict`) with the first reference task's horizon and
+    minibatches per step."""
     if name in BASELINES:
         return export_policy(BASELINES[name](), out, tasks, name, device)
-    if builtin not in BUILTIN_METHODS and builtin not in GRID_METHODS:
+    if name not in METHODS:
+        make_method(name)  # names the new name of a renamed method
         raise ValueError(f"baseline {name!r} is not known; choose a hand baseline "
-                         f"{sorted(BASELINES)} or a built-in method "
-                         f"{sorted(BUILTIN_METHODS) + sorted(GRID_METHODS)} "
-                         f"(also as '{METHOD_PREFIX}NAME')")
-    name = builtin
-    method = make_method(name, 1, 2, torch.device("cpu"))
+                         f"{sorted(BASELINES)} or a built-in method {sorted(METHODS)}")
+    method = make_method(name)
     task = list(tasks)[0] if tasks else TaskSpec()
     if not isinstance(method, Parametric):
-        return write_export(builtin_loss(method, task.minibatches_per_step), out,
-                            total_steps=task.horizon, source={"method": name})
-    schedule = LossSchedule({k: constant(v) for k, v in method.params.items()}
+        return write_export(method, out, total_steps=task.horizon, source={"method": name},
+                            minibatches_per_step=task.minibatches_per_step)
+    schedule = LossSchedule({k: constant(v) for k, v in method.values.items()}
                             or {"gamma": constant(0.0)})
     return write_export(schedule, out, total_steps=task.horizon, source={"method": name})
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m agents.export``: export a run or a baseline (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``lossgym export`` (``python -m agents.export``)."""
+    parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
+                        help="a training run folder")
+    parser.add_argument("--baseline", default=None,
+                        help="export a baseline instead: a hand baseline (drw, schedule, "
+                             "feedback, ce, focal_2, cb_power, ...) or a built-in method "
+                             "(logit_adjusted, poly1, ldam_drw, ce_drw, cb_effective, "
+                             "flsd53, adafocal, adaloss, gradient_gate, the β grid "
+                             "cb_beta0.9 ... cb_beta0.9999); needs --out")
+    parser.add_argument("--kind", default=None, choices=KINDS,
+                        help="controller (the actor network, the default for runs) or "
+                             "schedule (its averaged parameter trajectory)")
+    parser.add_argument("--out", default=None, help="the export folder (default "
+                                                    "RUN/adaptive_loss)")
+    parser.add_argument("--task", default=None,
+                        help="a TaskSpec JSON file: the reference task (default TaskSpec())")
+    parser.add_argument("--seeds", type=int, default=5, help="reference seeds (default 5)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lossgym export`` / ``python -m agents.export``: export a run or a baseline (see the
+    module docstring); bad input exits with status 2 and a message."""
+    parser = argparse.ArgumentParser(prog="lossgym export", description=__doc__.splitlines()[0])
     add_export_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {run_from_args(args)}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"lossgym export: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_from_args(args: argparse.Namespace) -> Path:
-    """Run an export from parsed :func:`lossgym.cli.add_export_arguments` arguments."""
+    """Run an export from parsed :func:`add_export_arguments` arguments."""
     task = TaskSpec.from_json(Path(args.task).read_text()) if args.task else None
     tasks = reference_tasks(task, args.seeds)
     if (args.run_dir is None) == (args.baseline is None):
@@ -331,4 +317,4 @@ def run_from_args(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    print(main())
+    sys.exit(main())

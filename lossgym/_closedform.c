@@ -96,8 +96,7 @@ INLINE double pow_of(double x, double y, int is_double) {
 typedef struct {
     int is_double;
     Py_ssize_t C;
-    const void *weights; /* per class, or per sample [n] with weights_per_sample */
-    int weights_per_sample;
+    const void *weights; /* per class */
     const void *shift;   /* per class */
     const void *margins; /* per class */
     double scale, gamma, ls, poly, eps;
@@ -176,7 +175,7 @@ INLINE Py_ssize_t run_typed(const Plan *P, Py_ssize_t n, const void *logits,
             }
             double w = unit;
             if (P->weights)
-                w *= load(P->weights, P->weights_per_sample ? i : k + t, dbl);
+                w *= load(P->weights, k + t, dbl);
             const double loss = w * (f * base + poly * q);
             total += loss;
             if (P->reduction == 0)
@@ -224,30 +223,56 @@ static Py_ssize_t run(const Plan *P, Py_ssize_t n, const void *logits, const int
                         : run_typed(P, n, logits, targets, grad, out, want_ce, zbuf, ce_sum, 0);
 }
 
+/* A buffer the caller passes as (address, number of values); 0 values for none. */
+typedef struct {
+    Py_ssize_t address, len;
+} Buffer;
+
+static int check_buffer(const char *name, Buffer b, Py_ssize_t expected, int optional) {
+    if ((optional && b.address == 0 && b.len == 0) || (b.address != 0 && b.len == expected))
+        return 1;
+    PyErr_Format(PyExc_ValueError,
+                 "modulated_ce: the %s buffer holds %zd values at address %zd, but the plan "
+                 "needs %zd%s", name, b.len, b.address, expected, optional ? " (or none)" : "");
+    return 0;
+}
+
 static PyObject *modulated_ce(PyObject *self, PyObject *args) {
     PyObject *plan;
     Plan P;
-    Py_ssize_t n, logits, targets, grad, out, weights, shift, margins, member_params;
+    Py_ssize_t n;
+    Buffer logits, targets, grad, out, weights, shift, margins, member_params;
     int want_ce;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!nnnnnp", &PyTuple_Type, &plan, &n, &logits, &targets, &grad,
-                          &out, &want_ce))
+    if (!PyArg_ParseTuple(args, "O!n(nn)(nn)(nn)(nn)p", &PyTuple_Type, &plan, &n,
+                          &logits.address, &logits.len, &targets.address, &targets.len,
+                          &grad.address, &grad.len, &out.address, &out.len, &want_ce))
         return NULL;
-    if (!PyArg_ParseTuple(plan, "pnnpnndddddinnn", &P.is_double, &P.C, &weights,
-                          &P.weights_per_sample, &shift, &margins, &P.scale, &P.gamma, &P.ls,
-                          &P.poly, &P.eps, &P.reduction, &P.members, &P.class_stride,
-                          &member_params))
+    if (!PyArg_ParseTuple(plan, "pn(nn)(nn)(nn)dddddinn(nn)", &P.is_double, &P.C,
+                          &weights.address, &weights.len, &shift.address, &shift.len,
+                          &margins.address, &margins.len, &P.scale, &P.gamma, &P.ls, &P.poly,
+                          &P.eps, &P.reduction, &P.members, &P.class_stride,
+                          &member_params.address, &member_params.len))
         return NULL;
-    P.member_params = (const double *)member_params;
-    P.weights = (const void *)weights;
-    P.shift = (const void *)shift;
-    P.margins = (const void *)margins;
-    if (n < 1 || P.C < 1 || !logits || !targets || !out || P.reduction < 0 || P.reduction > 2
-        || P.members < 1 || n % P.members != 0 || (P.class_stride != 0 && P.class_stride != P.C)) {
-        PyErr_Format(PyExc_ValueError, "modulated_ce: bad sizes or addresses (n=%zd, C=%zd)",
-                     n, P.C);
+    if (n < 1 || P.C < 1 || P.reduction < 0 || P.reduction > 2 || P.members < 1
+        || n % P.members != 0 || (P.class_stride != 0 && P.class_stride != P.C)) {
+        PyErr_Format(PyExc_ValueError, "modulated_ce: bad sizes (n=%zd, C=%zd, members=%zd)",
+                     n, P.C, P.members);
         return NULL;
     }
+    const Py_ssize_t class_len = P.class_stride ? P.members * P.C : P.C;
+    if (!check_buffer("logits", logits, n * P.C, 0) || !check_buffer("targets", targets, n, 0)
+        || !check_buffer("grad", grad, n * P.C, 1)
+        || !check_buffer("out", out, P.reduction == 0 ? n : 1, 0)
+        || !check_buffer("weights", weights, class_len, 1)
+        || !check_buffer("shift", shift, class_len, 1)
+        || !check_buffer("margins", margins, class_len, 1)
+        || !check_buffer("member_params", member_params, 4 * P.members, 1))
+        return NULL;
+    P.member_params = (const double *)member_params.address;
+    P.weights = (const void *)weights.address;
+    P.shift = (const void *)shift.address;
+    P.margins = (const void *)margins.address;
     double stack[96]; /* room for C <= 64: C doubles, then C floats */
     double *zbuf = P.C <= 64 ? stack
                              : (double *)malloc((size_t)P.C * (sizeof(double) + sizeof(float)));
@@ -256,15 +281,15 @@ static PyObject *modulated_ce(PyObject *self, PyObject *args) {
     double ce_sum = 0.0;
     Py_ssize_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = run(&P, n, (const void *)logits, (const int64_t *)targets, (void *)grad,
-                 (void *)out, want_ce, zbuf, &ce_sum);
+    status = run(&P, n, (const void *)logits.address, (const int64_t *)targets.address,
+                 (void *)grad.address, (void *)out.address, want_ce, zbuf, &ce_sum);
     Py_END_ALLOW_THREADS
     if (zbuf != stack)
         free(zbuf);
     if (status < 0) {
         const Py_ssize_t row = -1 - status;
         PyErr_Format(PyExc_IndexError, "Target %lld is out of bounds [0, %zd) (sample %zd)",
-                     (long long)((const int64_t *)targets)[row], P.C, row);
+                     (long long)((const int64_t *)targets.address)[row], P.C, row);
         return NULL;
     }
     if (!want_ce)
@@ -357,11 +382,11 @@ static PyMethodDef methods[] = {
      "float64."},
     {"modulated_ce", modulated_ce, METH_VARARGS,
      "modulated_ce(plan, n, logits, targets, grad, out, want_ce) -> mean plain cross-entropy "
-     "or None. plan = (is_double, C, weights, weights_per_sample, shift, margins, scale, gamma, "
-     "label_smoothing, poly_epsilon, eps, reduction: 0 none, 1 mean, 2 sum, members, "
-     "class_stride, member_params); addresses are "
-     "integers (0 for none; grad too); out holds n values for 'none', else 1. See "
-     "lossgym/losses.py."},
+     "or None. plan = (is_double, C, weights, shift, margins, scale, gamma, label_smoothing, "
+     "poly_epsilon, eps, reduction: 0 none, 1 mean, 2 sum, members, class_stride, "
+     "member_params); every buffer is an (address, number of values) pair, (0, 0) for none, "
+     "and its size is checked against n, C and members; out holds n values for 'none', "
+     "else 1. See lossgym/losses/_kernel.py (NativePlan)."},
     {NULL, NULL, 0, NULL},
 };
 

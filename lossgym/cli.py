@@ -35,16 +35,6 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    try:
-        from agents.export import run_from_args
-    except ImportError as err:
-        raise ValueError(f"lossgym export needs the agents package and its training stack "
-                         f"(pip install 'lossgym[agents]'): {err}") from err
-    print(f"wrote {run_from_args(args)}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossgym`` command."""
     parser = argparse.ArgumentParser(prog="lossgym", description=__doc__)
@@ -61,47 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", default=None, help="also write the results as JSON here")
     cmp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     cmp.set_defaults(run=_compare)
-    exp = sub.add_parser("export", help="export a trained agent or a baseline as an "
-                                        "AdaptiveLoss for plain PyTorch training")
-    add_export_arguments(exp)
-    exp.set_defaults(run=_export)
-    for name, module in AGENT_COMMANDS.items():  # listed in --help; parsed by the module
-        sub.add_parser(name, help=f"the same as python -m {module} (see lossgym {name} -h)")
+    for name, (module, what) in AGENT_COMMANDS.items():  # listed in --help; parsed there
+        sub.add_parser(name, help=f"{what}: python -m {module} (see lossgym {name} -h)")
     return parser
 
 
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``lossgym export`` (and ``python -m agents.export``); declared here so
-    that ``--help`` works without the training stack."""
-    parser.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
-                        help="a training run folder")
-    parser.add_argument("--baseline", default=None,
-                        help="export a baseline instead: a hand baseline (drw, schedule, "
-                             "feedback, ce, focal_2, class_balanced, ...) or a built-in method "
-                             "(logit_adjusted, poly1, ldam_drw, ce_drw, flsd53, adafocal, "
-                             "adaloss, gradient_gate, method:class_balanced, "
-                             "method:cb_focal, the β grid cb_beta0.9 ... cb_beta0.9999); "
-                             "needs --out")
-    parser.add_argument("--kind", default=None, choices=("schedule", "controller"),
-                        help="controller (the actor network, the default for runs) or "
-                             "schedule (its averaged parameter trajectory)")
-    parser.add_argument("--out", default=None, help="the export folder (default "
-                                                    "RUN/adaptive_loss)")
-    parser.add_argument("--task", default=None,
-                        help="a TaskSpec JSON file: the reference task (default TaskSpec())")
-    parser.add_argument("--seeds", type=int, default=5, help="reference seeds (default 5)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-#: Commands served by the ``agents`` package (the training stack), imported only when used.
-AGENT_COMMANDS = {"train": "agents.train", "evaluate": "agents.evaluate"}
+#: Commands served by the ``agents`` package (the training stack), looked up by module name
+#: and imported only when used, so that ``lossgym`` never imports ``agents`` otherwise.
+AGENT_COMMANDS = {
+    "train": ("agents.train", "train an agent"),
+    "evaluate": ("agents.evaluate", "evaluate a run on held-out tasks against the baselines"),
+    "export": ("agents.export", "export a trained agent or a baseline as an AdaptiveLoss for "
+                                "plain PyTorch training"),
+}
 
 
 def _agent_command(name: str, argv: list[str]) -> int:
     import importlib
 
     try:
-        module = importlib.import_module(AGENT_COMMANDS[name])
+        module = importlib.import_module(AGENT_COMMANDS[name][0])
     except ImportError as err:
         print(f"lossgym: error: lossgym {name} needs the agents package and its training stack "
               f"(pip install 'lossgym[agents]'): {err}", file=sys.stderr)
@@ -113,8 +82,8 @@ def _agent_command(name: str, argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lossgym``; errors in the user's input exit with status 2 and a message.
 
-    ``lossgym train ...`` and ``lossgym evaluate ...`` hand their arguments to
-    ``python -m agents.train`` and ``python -m agents.evaluate``."""
+    ``lossgym train``, ``evaluate`` and ``export`` hand their arguments to ``python -m
+    agents.train``, ``agents.evaluate`` and ``agents.export``."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in AGENT_COMMANDS:
         return _agent_command(args_list[0], args_list[1:])

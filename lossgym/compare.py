@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lossgym.methods import BUILTIN_METHODS, MethodMix, make_method
+from lossgym.methods import COMPARED, MethodMix, check_method_name, make_method
 from lossgym.population import Population, resolve_device
 from lossgym.tasks import TaskSpec
 
@@ -88,13 +88,13 @@ def compare(
 
     Args:
         task: the task (default: :class:`TaskSpec`'s defaults, MNIST-1D at ρ = 100).
-        methods: names from :data:`lossgym.methods.BUILTIN_METHODS` (default: all).
+        methods: names from :data:`lossgym.methods.METHODS` (default: ``COMPARED``).
         seeds: task seeds; seed s is shared by all methods (paired comparison).
         device: where the population trains.
         progress: show a progress bar.
     """
     task = task or TaskSpec()
-    methods = list(methods or BUILTIN_METHODS)
+    methods = [check_method_name(m) for m in (methods or COMPARED)]
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")

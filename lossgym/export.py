@@ -23,8 +23,8 @@ All load with torch alone (no stable-baselines3, no gymnasium, no environment), 
   :class:`lossgym.actions.ActionMapping`.
 * **Built-in method** (``kind="method"``): a loss of :mod:`lossgym.methods` that the
   parametric loss cannot express (class-balanced, CE-DRW, LDAM-DRW, FLSD-53, AdaFocal,
-  AdaLoss, the gradient gate), named with its hyperparameters (:class:`BuiltinLoss`) and
-  applied with the functions of :mod:`lossgym.losses` as the engine applies it; AdaFocal
+  AdaLoss, the gradient gate): the method object itself (:class:`lossgym.methods.LossMethod`)
+  at one member, as the engine applies it to each of its members; AdaFocal
   learns its γ per bin from the validation logits given to ``step()``.
 
 File format (version 1)
@@ -58,23 +58,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lossgym import losses
 from lossgym._native import squared_norm
 from lossgym.actions import ActionMapping
 from lossgym.features import FEATURE_VERSION, FeatureSpec, compute_features, log_imbalance
 from lossgym.io import atomic_write, atomic_write_text
-from lossgym.losses import (
-    COMPILED_MAX_NUMEL,
-    KernelPlan,
-    _CompiledModulatedCE,
-    _modulated_ce,
-    compiled_kernel_usable,
-    power_class_weights,
-)
+from lossgym.losses import ParametricCriterion
+from lossgym.methods import LossMethod, method_from_dict
 from lossgym.metrics import classification_metrics
+from lossgym.population import MinibatchContext
 from lossgym.schedules import LossSchedule
 
 __all__ = [
@@ -314,195 +307,25 @@ class Controller(nn.Module):
         return {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
 
 
-# ------------------------------------------------------------------- built-in loss methods
-#: The built-in losses a ``"method"`` export may name, with their hyperparameters and the
-#: defaults of :data:`lossgym.methods.BUILTIN_METHODS`' rules: class-balanced focal loss with
-#: deferred re-weighting (Cui et al. 2019; Cao et al. 2019: CB, CB-focal, CE-DRW), LDAM-DRW,
-#: FLSD-53, AdaFocal, AdaLoss and the gradient gate.
-METHOD_PARAMS: dict[str, dict[str, float]] = {
-    "class_balanced": {"gamma": 0.0, "beta": 0.9999, "switch": 0.0},
-    "ldam_drw": {"switch": 0.8, "scale": 30.0},
-    "flsd53": {},
-    "adafocal": {"num_bins": 15, "gamma0": 1.0, "lam": 1.0},
-    "adaloss": {"momentum": 0.9},
-    "gradient_gate": {"strength": 4.0},
-}
-#: Each hyperparameter's range (inclusive); num_bins is an integer.
-_METHOD_RANGES: dict[str, tuple[float, float]] = {
-    "gamma": (0.0, 20.0), "beta": (0.0, 1.0 - 1e-12), "switch": (0.0, 1.0),
-    "scale": (1e-6, 1e4), "num_bins": (1, 1000), "gamma0": (-2.0, 20.0), "lam": (0.0, 100.0),
-    "momentum": (0.0, 1.0 - 1e-12), "strength": (-100.0, 100.0),
-}
-
-
-class BuiltinLoss:
-    """A built-in loss method (:mod:`lossgym.methods`) applied by :class:`AdaptiveLoss` with
-    the functions of :mod:`lossgym.losses`, as the engine applies it to one member.
-
-    Deferred re-weighting switches on at the first minibatch whose progress
-    ``(steps · M + k) / (total_steps · M)`` (``k`` training minibatches into period ``steps``,
-    ``M`` minibatches a period) reaches ``switch``, in float32 like the engine. AdaFocal's
-    per-bin γ is updated at every ``step()`` from the validation logits, and AdaLoss's running
-    class means in every training forward.
-
-    Args:
-        name: a key of :data:`METHOD_PARAMS`.
-        params: its hyperparameters (default: the built-in method's).
-        minibatches_per_step: ``M``, the minibatches of one period (for the DRW switch).
-    """
-
-    def __init__(self, name: str, params: Mapping[str, Any] | None = None,
-                 minibatches_per_step: int = 1) -> None:
-        if name not in METHOD_PARAMS:
-            raise ValueError(f"method {name!r} is not known; a method export names one of "
-                             f"{sorted(METHOD_PARAMS)}")
-        defaults = METHOD_PARAMS[name]
-        given = dict(params or {})
-        unknown = sorted(set(given) - set(defaults))
-        if unknown:
-            raise ValueError(f"method {name!r} has no hyperparameters {unknown}; it takes "
-                             f"{sorted(defaults)}")
-        self.name = name
-        # (counts, their version, device, dtype) → (weights, margins): see _class_terms.
-        self._terms: tuple[tuple[Any, ...], tuple[Tensor, Tensor | None]] | None = None
-        # The compiled loss's plans for those terms, by (reweighted, reduction, dtype).
-        self._plans: dict[tuple[Any, ...], KernelPlan] = {}
-        self.params: dict[str, float] = {}
-        for key, default in defaults.items():
-            low, high = _METHOD_RANGES[key]
-            value = given.get(key, default)
-            self.params[key] = _count(value, f"method.params.{key}", int(low)) \
-                if key == "num_bins" else _real(value, f"method.params.{key}", low, high)
-        self.minibatches_per_step = _count(minibatches_per_step, "method.minibatches_per_step")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``method`` entry."""
-        return {"name": self.name, "params": dict(self.params),
-                "minibatches_per_step": self.minibatches_per_step}
-
-    @classmethod
-    def from_dict(cls, values: object) -> BuiltinLoss:
-        v = _keys(values, ("name", "params", "minibatches_per_step"), "method")
-        if not isinstance(v["params"], dict):
-            raise ValueError(f"method.params must be a JSON object, got {v['params']!r}")
-        return cls(v["name"], v["params"], v["minibatches_per_step"])
-
-    @property
-    def uses_progress(self) -> bool:
-        return "switch" in self.params
-
-    @property
-    def uses_validation(self) -> bool:
-        return self.name == "adafocal"
-
-    def new_module(self, num_classes: int | None) -> nn.Module | None:
-        """The method's learned state at the start of a run, as the module of
-        :mod:`lossgym.losses` that holds it (AdaFocal's γ per bin and bin edges, AdaLoss's
-        running class means); None for stateless methods (and AdaLoss before the number of
-        classes is known)."""
-        if self.name == "adafocal":
-            return losses.AdaFocalLoss(int(self.params["num_bins"]), self.params["gamma0"],
-                                       lam=self.params["lam"])
-        if self.name == "adaloss" and num_classes is not None:
-            return losses.AdaLoss(num_classes, self.params["momentum"])
-        return None
-
-    def _class_terms(self, counts: Tensor, like: Tensor) -> tuple[Tensor, Tensor | None]:
-        """DRW's class-balanced weights and LDAM's margins times its scale, kept while the
-        counts (the same tensor, unmodified) and the logits' device and dtype are."""
-        key = (counts, counts._version, like.device, like.dtype)
-        cached = self._terms
-        if cached is not None and cached[0][0] is counts and cached[0][1:] == key[1:]:
-            return cached[1]
-        counts_ = counts.to(like.device, like.dtype)
-        weights = losses.class_balanced_weights(counts_, self.params.get("beta", 0.9999))
-        margins = None
-        if self.name == "ldam_drw":
-            margins = losses.ldam_margins(counts_) * self.params["scale"]
-        self._terms = (key, (weights, margins))
-        self._plans = {}
-        return weights, margins
-
-    def reweighted(self, steps: int, minibatch: int, total_steps: int,
-                   minibatches_per_step: int) -> bool:
-        """Whether DRW's class-balanced weights are on for this minibatch (the engine's
-        float32 progress against the switch)."""
-        switch = self.params["switch"]
-        if switch <= 0.0:
-            return True
-        m = minibatches_per_step
-        progress = torch.tensor(float(steps * m + minibatch)) / float(total_steps * m)
-        return bool(progress >= switch)
-
-    def loss(self, logits: Tensor, targets: Tensor, counts: Tensor, module: nn.Module | None,
-             reweighted: bool, training: bool, reduction: str) -> Tensor:
-        """The method's loss; AdaLoss's running means advance when ``training``."""
-        p = self.params
-        if self.name in ("class_balanced", "ldam_drw"):
-            # losses.focal_loss / losses.ldam_loss with their class terms computed once.
-            weights, margins = self._class_terms(counts, logits)
-            if compiled_kernel_usable(logits, targets):  # one call, its plan kept a while
-                key = (reweighted, reduction, logits.dtype)
-                plan = self._plans.get(key)
-                if plan is None:
-                    plan = KernelPlan(logits.dtype, logits.shape[-1],
-                                      weight=weights if reweighted else None, margins=margins,
-                                      scale=p.get("scale", 1.0), gamma=p.get("gamma", 0.0),
-                                      reduction=reduction)
-                    self._plans[key] = plan
-                return _CompiledModulatedCE.apply(logits, targets, plan, None)
-            weight_t = weights.take(targets) if reweighted else None
-            if self.name == "ldam_drw":  # s (z − Δ_y e_y), with the margins scaled by s
-                index = targets.unsqueeze(-1)
-                logits = (logits * p["scale"]).scatter_add(-1, index,
-                                                            margins.take(index).neg_())
-            return losses._modulated_ce(logits, targets, gamma=p.get("gamma", 0.0),
-                                        class_weight_t=weight_t, reduction=reduction)
-        if self.name == "flsd53":
-            return losses.flsd53_loss(logits, targets, reduction=reduction)
-        if self.name == "gradient_gate":
-            return losses.gradient_gated_cross_entropy(logits, targets, p["strength"],
-                                                       reduction=reduction)
-        assert module is not None
-        if isinstance(module, losses.AdaFocalLoss):
-            return losses.adafocal_loss(logits, targets, module.gamma_bins, module.bin_edges,
-                                        reduction)
-        module.train(training)
-        module.reduction = reduction
-        return module(logits, targets)
-
-    def update(self, module: nn.Module | None, val_logits: Tensor, val_targets: Tensor
-               ) -> None:
-        """AdaFocal's γ update from the validation logits ``[V, C]`` (the others learn
-        nothing from them)."""
-        if isinstance(module, losses.AdaFocalLoss):
-            module.update(val_logits.detach(), val_targets.to(val_logits.device))
-
-    def describe(self, module: nn.Module | None, reweighted: bool) -> dict[str, float]:
-        """The method's parameters in use, for ``AdaptiveLoss.params`` and its history."""
-        out = dict(self.params)
-        if self.uses_progress:
-            out["reweighted"] = float(reweighted)
-        if isinstance(module, losses.AdaFocalLoss):
-            out.update({f"gamma_bin{i}": float(g)
-                        for i, g in enumerate(module.gamma_bins.tolist())})
-        return out
-
 
 # ------------------------------------------------------------------------------ the format
-def write_export(rule: LossSchedule | Controller | BuiltinLoss, out: str | Path, *,
+def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, *,
                  total_steps: int,
                  class_counts: Sequence[float] | Tensor | None = None,
-                 source: Mapping[str, Any] | None = None) -> Path:
+                 source: Mapping[str, Any] | None = None,
+                 minibatches_per_step: int = 1) -> Path:
     """Write an export folder that :meth:`AdaptiveLoss.load` reads; returns its path.
 
     Args:
-        rule: a schedule (open loop), a controller (closed loop) or a built-in method.
+        rule: a schedule (open loop), a controller (closed loop) or a built-in method
+            (:mod:`lossgym.methods`).
         out: the folder (created; files in it are replaced atomically).
         total_steps: default number of ``step()`` calls in a training run (a controller's
             progress feature is ``steps / total_steps``), e.g. the reference task's horizon.
         class_counts: bind the export to these training-set class counts (optional).
         source: provenance recorded as is (JSON values).
+        minibatches_per_step: a method's minibatches per ``step()`` by default (where its
+            deferred re-weighting switches within a period).
     """
     from lossgym import __version__
 
@@ -512,7 +335,7 @@ def write_export(rule: LossSchedule | Controller | BuiltinLoss, out: str | Path,
         "format_version": FORMAT_VERSION,
         "lossgym_version": __version__,
         "kind": "schedule" if isinstance(rule, LossSchedule)
-        else "method" if isinstance(rule, BuiltinLoss) else "controller",
+        else "method" if isinstance(rule, LossMethod) else "controller",
         "total_steps": _count(total_steps, "total_steps"),
         "class_counts": None if class_counts is None
         else _check_counts(class_counts, "class_counts").tolist(),
@@ -520,8 +343,9 @@ def write_export(rule: LossSchedule | Controller | BuiltinLoss, out: str | Path,
     }
     if isinstance(rule, LossSchedule):
         manifest["schedule"] = rule.to_dict()
-    elif isinstance(rule, BuiltinLoss):
-        manifest["method"] = rule.to_dict()
+    elif isinstance(rule, LossMethod):
+        manifest["method"] = {**rule.to_dict(), "minibatches_per_step": _count(
+            minibatches_per_step, "minibatches_per_step")}
     elif isinstance(rule, Controller):
         from safetensors.torch import save
 
@@ -532,7 +356,7 @@ def write_export(rule: LossSchedule | Controller | BuiltinLoss, out: str | Path,
         manifest["controller"] = {**rule.describe(), "weights": {
             "file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}}
     else:
-        raise ValueError(f"rule must be a LossSchedule, a Controller or a BuiltinLoss, got "
+        raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, got "
                          f"{type(rule).__name__}")
     manifest["sha256"] = _digest(manifest)
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
@@ -552,7 +376,7 @@ def _manifest_path(path: str | Path) -> Path:
 
 
 def read_export(path: str | Path
-                ) -> tuple[LossSchedule | Controller | BuiltinLoss, dict[str, Any]]:
+                ) -> tuple[LossSchedule | Controller | LossMethod, dict[str, Any]]:
     """Read and check an export written by :func:`write_export`.
 
     Args:
@@ -588,7 +412,7 @@ def read_export(path: str | Path
         raise ValueError(f"{file}: {err}") from err
 
 
-def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | BuiltinLoss:
+def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | LossMethod:
     kind = manifest.get("kind")
     common = ("format", "format_version", "lossgym_version", "kind", "total_steps",
               "class_counts", "source")
@@ -606,7 +430,9 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
     if kind == "schedule":
         return LossSchedule.from_dict(manifest["schedule"])
     if kind == "method":
-        return BuiltinLoss.from_dict(manifest["method"])
+        entry = _keys(manifest["method"], ("name", "params", "minibatches_per_step"), "method")
+        _count(entry["minibatches_per_step"], "method.minibatches_per_step")
+        return method_from_dict({"name": entry["name"], "params": entry["params"]})
     mapping_values = manifest["mapping"]
     if not isinstance(mapping_values, dict):
         raise ValueError("mapping must be a JSON object")
@@ -704,7 +530,7 @@ def _on(metrics: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor
 
 class AdaptiveLoss(nn.Module):
     """The engine's parametric loss (:func:`lossgym.losses.parametric_loss`) with parameters
-    set by an exported schedule or controller, or a built-in method (:class:`BuiltinLoss`),
+    set by an exported schedule or controller, or a built-in method (:mod:`lossgym.methods`),
     stepped like a learning-rate scheduler.
 
     Each ``step()`` ends one period of training (one environment step of the agent: an epoch
@@ -741,15 +567,13 @@ class AdaptiveLoss(nn.Module):
       :meth:`watch` or :meth:`record_gradients` recorded, else 0 (a zero gradient, as the
       environment shows before training; a warning says so).
 
-    With host-number parameters the loss runs :func:`~lossgym.losses.parametric_loss`'s
-    closed-form gradient, and the class terms (τ log n, n^(−α), the margins) are computed once
-    a period. On the CPU (float32 / float64, up to
-    :data:`~lossgym.losses.COMPILED_MAX_NUMEL` logits) the loss, its gradient, the recorded
-    cross-entropy and the gradient norm are one call each of the C extension
-    (:mod:`lossgym._native`); elsewhere they are torch kernels.
+    The loss is :class:`~lossgym.losses.ParametricCriterion`, the criterion the environment
+    trains with: on the CPU (float32 / float64) the loss, its gradient, the recorded
+    cross-entropy and the gradient norm are one call each of the C extension, with the class
+    terms (τ log n, n^(−α), the margins) computed once a period; elsewhere torch kernels.
     """
 
-    def __init__(self, rule: LossSchedule | Controller | BuiltinLoss, *,
+    def __init__(self, rule: LossSchedule | Controller | LossMethod, *,
                  class_counts: Sequence[float] | Tensor | None = None, total_steps: int,
                  reduction: str = "mean", minibatches_per_step: int | None = None) -> None:
         super().__init__()
@@ -760,14 +584,14 @@ class AdaptiveLoss(nn.Module):
         self.total_steps = _count(total_steps, "total_steps")
         self.schedule: LossSchedule | None = None
         self.controller: Controller | None = None
-        self.method: BuiltinLoss | None = None
+        self.method: LossMethod | None = None
         if isinstance(rule, LossSchedule):
             self.schedule = rule
             self.controlled = rule.parameters
             identity: Any = {"schedule": rule.to_dict()}
-        elif isinstance(rule, BuiltinLoss):
+        elif isinstance(rule, LossMethod):
             self.method = rule
-            self.controlled = tuple(rule.params)
+            self.controlled = tuple(rule.hyper)
             identity = {"method": rule.to_dict()}
         elif isinstance(rule, Controller):
             self.controller = rule
@@ -775,12 +599,11 @@ class AdaptiveLoss(nn.Module):
             identity = {"controller": rule.describe(), "mapping": rule.mapping.to_dict(),
                         "weights": _tensor_digest(rule.tensors())}
         else:
-            raise ValueError(f"rule must be a LossSchedule, a Controller or a BuiltinLoss, "
+            raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, "
                              f"got {type(rule).__name__}")
         #: Minibatches per period, for a method's deferred re-weighting.
-        self.minibatches_per_step = rule.minibatches_per_step if isinstance(rule, BuiltinLoss) \
-            and minibatches_per_step is None else _count(minibatches_per_step or 1,
-                                                         "minibatches_per_step")
+        self.minibatches_per_step = _count(minibatches_per_step or 1, "minibatches_per_step")
+        self._loss = ParametricCriterion(reduction=reduction)
         #: Identifies the rule, so a checkpoint cannot be loaded into another export's loss.
         self.export_id = _digest(identity)
         self._counts = None if class_counts is None \
@@ -809,6 +632,8 @@ class AdaptiveLoss(nn.Module):
                 raise ValueError(f"{_manifest_path(path)}: the export is bound to "
                                  f"{len(bound)} classes but class_counts has {given.numel()}")
         counts = class_counts if class_counts is not None else bound
+        if minibatches_per_step is None and "method" in manifest:
+            minibatches_per_step = manifest["method"]["minibatches_per_step"]
         return cls(rule, class_counts=counts, total_steps=total_steps or manifest["total_steps"],
                    reduction=reduction, minibatches_per_step=minibatches_per_step)
 
@@ -817,19 +642,13 @@ class AdaptiveLoss(nn.Module):
         self.steps_done = 0
         self._params: Tensor | None = None
         self._kwargs: dict[str, float] = {}
-        self._terms: tuple[tuple[torch.device, torch.dtype],
-                           tuple[Tensor | None, Tensor | None, Tensor | None]] | None = None
-        # The compiled loss's arguments for the period (CPU; once the class counts are known).
-        self._plan: KernelPlan | None = None
-        # (batch size, the class weights, the weights / batch size) of the last forward.
-        self._scaled_weights: tuple[int, Tensor, Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.observation: Tensor | None = None
         self._last_change = torch.zeros(len(self.controlled))
         self._state: tuple[Tensor, Tensor] | None = None
         self._last_metrics: dict[str, Tensor] | None = None
-        # A method's learned state (AdaFocal's, AdaLoss's module; made at the first use).
-        self._module: nn.Module | None = None
+        # The method at one member for this run, with its learned state (made at first use).
+        self._live: LossMethod | None = None
         self._clear_period()
 
     def _clear_period(self) -> None:
@@ -927,15 +746,6 @@ class AdaptiveLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
-        plan = self._plan
-        if plan is not None and logits.dtype is plan.dtype and logits.is_cpu \
-                and logits.shape[-1] == plan.num_classes and targets.dtype is torch.int64 \
-                and 0 < logits.numel() <= COMPILED_MAX_NUMEL and plan.reduction == self.reduction:
-            # The period's compiled loss: the loss, its gradient and the recorded
-            # cross-entropy in one call, with nothing else to check or compute.
-            record = self.controller is not None and self.training \
-                and logits.requires_grad and torch.is_grad_enabled()
-            return _CompiledModulatedCE.apply(logits, targets, plan, self._ce if record else None)
         num_classes = logits.shape[-1]
         if self._num_classes is None:
             self._num_classes = num_classes
@@ -947,104 +757,36 @@ class AdaptiveLoss(nn.Module):
             self.begin()
         if self.method is not None:
             return self._method_loss(logits, targets, counts)
-        # A controller observes the period's mean cross-entropy: the closed form computes it
-        # on the way where the logits are not adjusted, else it is computed here.
+        # A controller observes the period's mean plain cross-entropy, recorded on the way.
         record = self.controller is not None and self._is_training_forward(logits)
-        recorded = len(self._ce)
-        k = self._kwargs
-        shift, weights, margins = self._class_terms(counts, logits)
-        scale = k.get("scale", 1.0)
-        gamma, smoothing = k.get("gamma", 0.0), k.get("label_smoothing", 0.0)
-        poly = k.get("poly_epsilon", 0.0)
-        plain = gamma == 0.0 and smoothing == 0.0 and poly == 0.0 and scale == 1.0 \
-            and shift is None and weights is None and margins is None
-        if not plain and k.get("gate", 0.0) == 0.0 and compiled_kernel_usable(logits, targets):
-            # Plain cross-entropy keeps torch's fused kernel (F.cross_entropy's exact values);
-            # the rest runs compiled, with a plan kept for the period once the counts are known.
-            plan = KernelPlan(logits.dtype, num_classes, weight=weights, shift=shift,
-                              margins=margins, scale=scale, gamma=gamma,
-                              label_smoothing=smoothing, poly_epsilon=poly,
-                              reduction=self.reduction)
-            if self._counts is not None:
-                self._plan = plan
-            return _CompiledModulatedCE.apply(logits, targets, plan, self._ce if record else None)
-        # z' = s (z − Δ u_y e_y) + τ log m (parametric_loss's order) = s z + τ log m − s Δ u_y e_y
-        z = logits
-        if scale != 1.0:
-            z = logits * scale if shift is None else torch.add(shift, logits, alpha=scale)
-        elif shift is not None:
-            z = logits + shift
-        if margins is not None:  # s Δ u_c, the LDAM margin of each class, scaled
-            index = targets.unsqueeze(-1)
-            z = z.scatter_add(-1, index, margins.take(index).neg_())
-        reduction = self.reduction
-        if weights is not None and reduction == "mean":
-            # The mean of w·ℓ is the sum of (w / n)·ℓ: the division happens once per batch size.
-            n = targets.numel()
-            if self._scaled_weights is None or self._scaled_weights[0] != n \
-                    or self._scaled_weights[1] is not weights:
-                self._scaled_weights = (n, weights, weights * (1.0 / max(n, 1)))
-            weights, reduction = self._scaled_weights[2], "sum"
-        # parametric_loss with host-number parameters, its class terms computed once a period.
-        loss = _modulated_ce(z, targets,
-                             gamma=k.get("gamma", 0.0),
-                             label_smoothing=k.get("label_smoothing", 0.0),
-                             poly_epsilon=k.get("poly_epsilon", 0.0),
-                             class_weight_t=None if weights is None else weights.take(targets),
-                             gate=k.get("gate", 0.0), reduction=reduction,
-                             ce_out=self._ce if record and z is logits else None)
-        if record and len(self._ce) == recorded:
-            flat = logits.ndim == 2
-            self._ce.append(F.cross_entropy(
-                logits.detach() if flat else logits.detach().reshape(-1, num_classes),
-                targets if flat else targets.reshape(-1)))
-        return loss
-
-    def _class_terms(self, counts: Tensor, like: Tensor
-                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """The logit shift τ log m, the class weights w ∝ m^(−α) and the scaled LDAM margins
-        s Δ u_c ``[C]`` of :func:`~lossgym.losses.parametric_loss` (None where neutral). They
-        change only at ``step()``, so they are kept for the period, unless the class counts
-        are still being counted."""
-        key = (like.device, like.dtype)
-        if self._terms is not None and self._terms[0] == key and self._counts is not None:
-            return self._terms[1]
-        k = self._kwargs
-        alpha, tau, margin = k.get("alpha", 0.0), k.get("tau", 0.0), k.get("margin", 0.0)
-        counts = counts.to(like.device, like.dtype)
-        log_m = counts.clamp_min(1.0).log()
-        shift = None if tau == 0.0 else tau * log_m
-        weights = None if alpha == 0.0 else power_class_weights(counts, alpha)
-        margins = None
-        if margin != 0.0:
-            # u_c = m_c^(-1/4) / max_k m_k^(-1/4): the rarest class gets the whole margin.
-            margins = (-0.25 * (log_m - log_m.amin())).exp() * (margin * k.get("scale", 1.0))
-        self._terms = (key, (shift, weights, margins))
-        return shift, weights, margins
+        return self._loss(logits, targets, self._kwargs, counts.to(logits.dtype),
+                          self._ce if record else None)
 
     def _method_loss(self, logits: Tensor, targets: Tensor, counts: Tensor) -> Tensor:
-        method = self.method
-        assert method is not None
+        """The method at one member, with the engine's float32 progress of this minibatch."""
         training = self._is_training_forward(logits)
-        module = self._method_module(logits.shape[-1], logits.device)
-        reweighted = method.uses_progress and method.reweighted(
-            self.steps_done, self._minibatch, self.total_steps, self.minibatches_per_step)
-        loss = method.loss(logits, targets, counts.to(logits.dtype), module, reweighted,
-                           training, self.reduction)
+        method = self._live_method(logits.shape[-1], logits.device)
+        m = self.minibatches_per_step
+        progress = torch.tensor(float(self.steps_done * m + self._minibatch)) \
+            / float(self.total_steps * m)
+        ctx = MinibatchContext(progress.reshape(1).to(logits.device),
+                               counts.to(logits.device, logits.dtype).reshape(1, -1))
+        module = getattr(method, "module", None)
+        if module is not None:
+            module.train(training)
+        loss = method.member_loss(logits.reshape(1, -1, logits.shape[-1]),
+                                  targets.reshape(1, -1), ctx, self.reduction)[0]
         if training:
             self._minibatch += 1
-        return loss
+        return loss.reshape(targets.shape) if self.reduction == "none" and loss.ndim else loss
 
-    def _method_module(self, num_classes: int | None, device: torch.device
-                       ) -> nn.Module | None:
-        # Kept out of the submodules: its state travels in the extra state, made on first use.
-        if self._module is None:
+    def _live_method(self, num_classes: int | None, device: torch.device) -> LossMethod:
+        # Kept out of the submodules: its state travels in the extra state.
+        if self._live is None or (self._live.num_classes is None and num_classes is not None):
             assert self.method is not None
-            self.__dict__["_module"] = self.method.new_module(num_classes)
-        module = self._module
-        if module is not None and next(module.buffers()).device != device:
-            module = module.to(device)
-        return module
+            self.__dict__["_live"] = method_from_dict(self.method.to_dict(), 1, num_classes,
+                                                      device)
+        return self._live
 
     def _is_training_forward(self, logits: Tensor) -> bool:
         return self.training and logits.requires_grad and torch.is_grad_enabled()
@@ -1090,7 +832,7 @@ class AdaptiveLoss(nn.Module):
         """
         self._reset_run()
         if self.method is not None:
-            self._method_module(self._num_classes, self._device())
+            self._live_method(self._num_classes, self._device())
             self._describe_method()
         elif self.controller is None:
             self._set_params(self._scheduled(0.0))
@@ -1117,8 +859,7 @@ class AdaptiveLoss(nn.Module):
             grad_norm_std: its standard deviation over those minibatches (default: the
                 recorded one, or 0 when ``grad_norm`` is given).
             progress: the fraction of training done (default ``steps done / total_steps``;
-                a method's deferred re-weighting counts minibatches instead, see
-                :class:`BuiltinLoss`).
+                a method's deferred re-weighting counts minibatches instead, as the engine).
 
         A method export learns from ``val_logits`` / ``val_targets`` where the method does
         (AdaFocal's γ update; required there) and ignores the other arguments.
@@ -1134,8 +875,9 @@ class AdaptiveLoss(nn.Module):
                 if val_logits is None or val_targets is None:
                     raise ValueError(f"the method {self.method.name!r} learns from the "
                                      "validation set: pass val_logits and val_targets to step()")
-                module = self._method_module(val_logits.shape[-1], val_logits.device)
-                self.method.update(module, val_logits, val_targets)
+                method = self._live_method(val_logits.shape[-1], val_logits.device)
+                method.observe_validation(val_logits.detach().unsqueeze(0),
+                                          val_targets.to(val_logits.device))
         elif self.controller is None:
             self._set_params(self._scheduled(t))
         else:
@@ -1150,8 +892,6 @@ class AdaptiveLoss(nn.Module):
             self._decide(t, loss, g_mean, g_std, metrics)
         if self._counts_inferred and self._counts is None and self._seen is not None:
             self._counts = self._seen
-            self._terms = None
-            self._plan = None
         self._clear_period()
         if self.method is not None:
             self._describe_method()
@@ -1161,10 +901,11 @@ class AdaptiveLoss(nn.Module):
         """A method's parameters in use at the start of the period (``params``)."""
         method = self.method
         assert method is not None
-        reweighted = method.uses_progress and method.reweighted(
-            self.steps_done, 0, self.total_steps, self.minibatches_per_step)
-        self._params = torch.tensor(list(method.params.values()), dtype=torch.float32)
-        self._kwargs = method.describe(self._module, reweighted)
+        self._params = torch.tensor(list(method.hyper.values()), dtype=torch.float32)
+        self._kwargs = (self._live or method).describe()
+        if method.uses_progress:  # the engine's float32 progress against the switch
+            progress = torch.tensor(float(self.steps_done)) / float(self.total_steps)
+            self._kwargs["reweighted"] = float(bool(progress >= method.hyper["switch"]))
 
     def _scheduled(self, t: float) -> Tensor:
         assert self.schedule is not None
@@ -1174,8 +915,6 @@ class AdaptiveLoss(nn.Module):
     def _set_params(self, params: Tensor) -> None:
         self._params = params.detach().to("cpu", torch.float32)
         self._kwargs = dict(zip(self.controlled, self._params.tolist()))
-        self._terms = None
-        self._plan = None
 
     def _val_metrics(self, val_logits: Tensor | None, val_targets: Tensor | None
                      ) -> dict[str, Tensor]:
@@ -1280,8 +1019,8 @@ class AdaptiveLoss(nn.Module):
             if self._grad_norms else [],
             "minibatch": self._minibatch,
             "minibatches_per_step": self.minibatches_per_step,
-            "module": None if self._module is None else {
-                k: v.detach().cpu().tolist() for k, v in self._module.state_dict().items()},
+            "module": None if self._live is None or not self._live.state() else {
+                k: v.detach().cpu().tolist() for k, v in self._live.state().items()},
         }
 
     def set_extra_state(self, state: Any) -> None:
@@ -1320,13 +1059,12 @@ class AdaptiveLoss(nn.Module):
         # Checkpoints from before method exports lack the last three entries.
         self._minibatch = state.get("minibatch", 0)
         self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)
-        self.__dict__["_module"] = None
-        if state.get("module") is not None and self.method is not None:
-            module = self.method.new_module(self._num_classes)
-            assert module is not None
-            module.load_state_dict({k: torch.tensor(v, dtype=module.state_dict()[k].dtype)
-                                    for k, v in state["module"].items()})
-            self.__dict__["_module"] = module
+        self.__dict__["_live"] = None
+        if self.method is not None and (params is not None or state.get("module")):
+            live = self._live_method(self._num_classes, device)
+            dtypes = {k: v.dtype for k, v in live.state().items()}
+            live.load_state({k: torch.tensor(v, dtype=dtypes[k])
+                             for k, v in (state.get("module") or {}).items()})
         if self.method is not None and params is not None:
             self._describe_method()
 

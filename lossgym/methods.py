@@ -1,4 +1,4 @@
-"""Built-in loss methods as population criteria: each trains a group of members by one rule.
+"""Built-in loss methods: each trains a group of members by one rule, and serialises itself.
 
 A method object is a :data:`lossgym.population.Criterion` (logits ``[n, B, C]``, targets
 ``[n, B]``, context → loss ``[n]``) for the ``n`` members it owns, with per-member state where
@@ -6,180 +6,284 @@ the method has some (AdaFocal's γ per bin, AdaLoss's running means). Methods th
 the validation split get it through :meth:`LossMethod.observe_validation`, called after each
 evaluation. :class:`MethodMix` runs several methods side by side in one population, so a whole
 comparison (every method × every seed) is one batched run.
+
+The same object at one member is what :class:`~lossgym.export.AdaptiveLoss` runs in a plain
+training loop: :meth:`LossMethod.to_dict` is an export's ``method`` entry and
+:func:`method_from_dict` reads it back. :data:`METHODS` names every built-in method once.
+
+Adding a method: a :class:`LossMethod` subclass with its hyperparameters in ``HYPER`` and a
+:meth:`~LossMethod.per_sample` (or :meth:`~LossMethod.member_loss`), and a :data:`METHODS`
+entry; the comparison, the evaluation and the export pick it up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lossgym import losses
+from lossgym import params as loss_params
 from lossgym.population import MinibatchContext
 
 
 class LossMethod:
-    """Base class: a loss rule for ``num_members`` members with ``num_classes`` classes."""
+    """Base class: a loss rule for ``num_members`` members with ``num_classes`` classes.
 
+    Args:
+        num_members: members this object trains (1 in :class:`~lossgym.export.AdaptiveLoss`).
+        num_classes: classes (None where the method needs no per-class state).
+        device: where its state lives.
+        **hyper: hyperparameters, names of ``HYPER`` (default: its defaults).
+    """
+
+    #: hyperparameter → (default, low, high), inclusive; ``num_bins`` is an integer.
+    HYPER: dict[str, tuple[float, float, float]] = {}
+    #: Whether it reads training progress (a deferred switch) or learns from validation.
+    uses_progress = False
+    uses_validation = False
     name = "method"
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device):
+    def __init__(self, num_members: int = 1, num_classes: int | None = None,
+                 device: torch.device | str = "cpu", **hyper: float) -> None:
         self.num_members = num_members
         self.num_classes = num_classes
-        self.device = device
+        self.device = torch.device(device)
+        unknown = sorted(set(hyper) - set(self.HYPER))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no hyperparameters {unknown}; it "
+                             f"takes {sorted(self.HYPER)}")
+        self.hyper: dict[str, float] = {}
+        for key, (default, low, high) in self.HYPER.items():
+            value = hyper.get(key, default)
+            integral = key == "num_bins"
+            if isinstance(value, bool) or not isinstance(
+                    value, numbers.Integral if integral else numbers.Real) \
+                    or not (math.isfinite(value) and low <= value <= high):
+                kind = "an integer" if integral else "a number"
+                raise ValueError(f"{self.name}: {key}={value!r} is invalid; it must be {kind} "
+                                 f"in [{low:g}, {high:g}]")
+            self.hyper[key] = int(value) if integral else float(value)
+
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        """The per-sample loss ``[n, B]``."""
+        raise NotImplementedError
+
+    def member_loss(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext,
+                    reduction: str = "mean") -> Tensor:
+        """The loss reduced over each member's batch: ``[n]`` (``"none"``: ``[n, B]``)."""
+        loss = self.per_sample(logits, targets, ctx)
+        if reduction == "none":
+            return loss
+        return loss.mean(-1) if reduction == "mean" else loss.sum(-1)
 
     def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        raise NotImplementedError
+        return self.member_loss(logits, targets, ctx)
 
     def observe_validation(self, logits: Tensor, targets: Tensor) -> None:
         """Learn from validation logits ``[n, V, C]`` and targets ``[V]`` (default: nothing)."""
+
+    def state(self) -> dict[str, Tensor]:
+        """Learned state (tensors), for checkpoints."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`state`."""
+
+    def describe(self) -> dict[str, float]:
+        """The hyperparameters and the learned state in use, as numbers."""
+        return dict(self.hyper)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method as JSON: its name and every hyperparameter."""
+        return {"name": self.name, "params": dict(self.hyper)}
 
 
 class Parametric(LossMethod):
     """The engine's parametric loss with fixed parameters (cross-entropy, focal, LA, Poly-1...)."""
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 **params: float):
-        super().__init__(num_members, num_classes, device)
-        self.params = params
+    def __init__(self, num_members: int = 1, num_classes: int | None = None,
+                 device: torch.device | str = "cpu", **hyper: float) -> None:
+        self.HYPER = {p.name: (p.neutral, p.low, p.high) for p in loss_params.LOSS_PARAMS}
+        super().__init__(num_members, num_classes, device, **hyper)
+        self.values = {k: v for k, v in self.hyper.items()
+                       if v != loss_params.param(k).neutral}
+        self._loss = losses.ParametricCriterion(reduction="none")
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        return losses.parametric_loss(
-            logits, targets, ctx.class_counts, reduction="none", **self.params
-        ).mean(-1)
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        return self._loss(logits, targets, self.values, ctx.class_counts)
 
 
 class ClassBalanced(LossMethod):
     """Class-balanced weights from the effective number of samples (Cui et al. 2019), with
     optional focal γ; ``switch`` > 0 defers the weights to that fraction of training (DRW)."""
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 gamma: float = 0.0, beta: float = 0.9999, switch: float = 0.0):
-        super().__init__(num_members, num_classes, device)
-        self.gamma, self.beta, self.switch = gamma, beta, switch
+    HYPER = {"gamma": (0.0, 0.0, 20.0), "beta": (0.9999, 0.0, 1.0 - 1e-12),
+             "switch": (0.0, 0.0, 1.0)}
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.switch,
-                                     beta=self.beta)
-        return losses.focal_loss(logits, targets, gamma=self.gamma, alpha=weights,
-                                 reduction="none").mean(-1)
+    @property
+    def uses_progress(self) -> bool:
+        return self.hyper["switch"] > 0
+
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.hyper["switch"],
+                                     beta=self.hyper["beta"])
+        return losses.focal_loss(logits, targets, gamma=self.hyper["gamma"], alpha=weights,
+                                 reduction="none")
 
 
 class LDAMDRW(LossMethod):
     """LDAM with deferred re-weighting (Cao et al. 2019): margins ∝ n^(−1/4), s = 30, class-
     balanced weights (β = 0.9999) from 80 % of training on, as in the paper's 160/200 epochs."""
 
-    name = "ldam_drw"
+    HYPER = {"switch": (0.8, 0.0, 1.0), "scale": (30.0, 1e-6, 1e4)}
+    uses_progress = True
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 switch: float = 0.8, scale: float = 30.0):
-        super().__init__(num_members, num_classes, device)
-        self.switch, self.scale = switch, scale
-
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.switch)
-        return losses.ldam_loss(logits, targets, ctx.class_counts, scale=self.scale,
-                                weight=weights, reduction="none").mean(-1)
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.hyper["switch"])
+        return losses.ldam_loss(logits, targets, ctx.class_counts, scale=self.hyper["scale"],
+                                weight=weights, reduction="none")
 
 
 class FLSD53(LossMethod):
     """Focal loss with sample-dependent γ (5 below p_t = 0.2, else 3; Mukhoti et al. 2020)."""
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        return losses.flsd53_loss(logits, targets, reduction="none").mean(-1)
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        return losses.flsd53_loss(logits, targets, reduction="none")
 
 
 class AdaFocal(LossMethod):
-    """AdaFocal (Ghosh et al. 2022): one γ per confidence bin and member, initialised to 1 and
-    updated from the validation calibration gap after every evaluation."""
+    """AdaFocal (Ghosh et al. 2022): one γ per confidence bin and member, initialised to γ0
+    and updated from the validation calibration gap after every evaluation."""
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 num_bins: int = 15, gamma0: float = 1.0, lam: float = 1.0):
-        super().__init__(num_members, num_classes, device)
-        self.module = losses.AdaFocalLoss(num_bins, gamma0, num_members=num_members, lam=lam,
-                                          reduction="none").to(device)
+    HYPER = {"num_bins": (15, 1, 1000), "gamma0": (1.0, -2.0, 20.0), "lam": (1.0, 0.0, 100.0)}
+    uses_validation = True
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        return self.module(logits, targets).mean(-1)
+    def __init__(self, num_members: int = 1, num_classes: int | None = None,
+                 device: torch.device | str = "cpu", **hyper: float) -> None:
+        super().__init__(num_members, num_classes, device, **hyper)
+        self.module = losses.AdaFocalLoss(
+            int(self.hyper["num_bins"]), self.hyper["gamma0"], num_members=num_members,
+            lam=self.hyper["lam"], reduction="none").to(self.device)
+
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        return self.module(logits, targets)
 
     def observe_validation(self, logits: Tensor, targets: Tensor) -> None:
         self.module.update(logits, targets.expand(logits.shape[:-1]))
+
+    def state(self) -> dict[str, Tensor]:
+        return dict(self.module.state_dict())
+
+    def load_state(self, state: Mapping[str, Tensor]) -> None:
+        self.module.load_state_dict(dict(state))
+
+    def describe(self) -> dict[str, float]:
+        gammas = self.module.gamma_bins.flatten().tolist()
+        return {**self.hyper, **{f"gamma_bin{i}": float(g) for i, g in enumerate(gammas)}}
 
 
 class AdaLossMethod(LossMethod):
     """AdaLoss (Hu et al. 2019) over per-class loss terms, each divided by a stop-gradient
     running mean of itself."""
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 momentum: float = 0.9):
-        super().__init__(num_members, num_classes, device)
-        self.module = losses.AdaLoss(num_classes, momentum=momentum, num_members=num_members,
-                                     reduction="none").to(device)
+    HYPER = {"momentum": (0.9, 0.0, 1.0 - 1e-12)}
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+    def __init__(self, num_members: int = 1, num_classes: int | None = None,
+                 device: torch.device | str = "cpu", **hyper: float) -> None:
+        super().__init__(num_members, num_classes, device, **hyper)
+        self.module = None if num_classes is None else losses.AdaLoss(
+            num_classes, momentum=self.hyper["momentum"], num_members=num_members,
+            reduction="none").to(self.device)
+
+    def member_loss(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext,
+                    reduction: str = "mean") -> Tensor:
+        if self.module is None:
+            raise ValueError("adaloss needs the number of classes (num_classes)")
         return self.module(logits, targets)
+
+    def state(self) -> dict[str, Tensor]:
+        return {} if self.module is None else dict(self.module.state_dict())
+
+    def load_state(self, state: Mapping[str, Tensor]) -> None:
+        if self.module is not None and state:
+            self.module.load_state_dict(dict(state))
 
 
 class GradientGate(LossMethod):
     """The design brief's per-sample gate 1/(1+e^(−a_i)) on the gradient size |p − y|."""
 
-    def __init__(self, num_members: int, num_classes: int, device: torch.device,
-                 strength: float = 4.0):
-        super().__init__(num_members, num_classes, device)
-        self.strength = strength
+    HYPER = {"strength": (4.0, -100.0, 100.0)}
 
-    def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        return losses.gradient_gated_cross_entropy(logits, targets, self.strength,
-                                                   reduction="none").mean(-1)
-
-
-def _named(name: str, cls: type[LossMethod], **kwargs: float) -> Callable[..., LossMethod]:
-    def make(num_members: int, num_classes: int, device: torch.device) -> LossMethod:
-        method = cls(num_members, num_classes, device, **kwargs)
-        method.name = name
-        return method
-
-    return make
-
-
-#: name → factory(num_members, num_classes, device); the methods of ``lossgym compare``.
-BUILTIN_METHODS: dict[str, Callable[..., LossMethod]] = {
-    "ce": _named("ce", Parametric),
-    "focal_g1": _named("focal_g1", Parametric, gamma=1.0),
-    "focal_g2": _named("focal_g2", Parametric, gamma=2.0),
-    "focal_g3": _named("focal_g3", Parametric, gamma=3.0),
-    "class_balanced": _named("class_balanced", ClassBalanced),
-    "cb_focal": _named("cb_focal", ClassBalanced, gamma=1.0),
-    "ce_drw": _named("ce_drw", ClassBalanced, switch=0.8),
-    "ldam_drw": _named("ldam_drw", LDAMDRW),
-    "logit_adjusted": _named("logit_adjusted", Parametric, tau=1.0),
-    "poly1": _named("poly1", Parametric, poly_epsilon=1.0),
-    "flsd53": _named("flsd53", FLSD53),
-    "adafocal": _named("adafocal", AdaFocal),
-    "adaloss": _named("adaloss", AdaLossMethod),
-    "gradient_gate": _named("gradient_gate", GradientGate),
-}
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        return losses.gradient_gated_cross_entropy(logits, targets, self.hyper["strength"],
+                                                   reduction="none")
 
 
 #: The class-balanced loss's β grid (Cui et al. 2019 searched β in {0.9, 0.99, 0.999, 0.9999}):
-#: effective-number weights from the start, no focal term. ``class_balanced`` is β = 0.9999.
+#: effective-number weights from the start, no focal term. ``cb_effective`` is β = 0.9999.
 CLASS_BALANCED_BETAS = (0.9, 0.99, 0.999, 0.9999)
-GRID_METHODS: dict[str, Callable[..., LossMethod]] = {
-    f"cb_beta{beta:g}": _named(f"cb_beta{beta:g}", ClassBalanced, beta=beta)
-    for beta in CLASS_BALANCED_BETAS
+
+#: Every built-in method: name → (class, hyperparameters that differ from its defaults).
+METHODS: dict[str, tuple[type[LossMethod], dict[str, float]]] = {
+    "ce": (Parametric, {}),
+    "focal_1": (Parametric, {"gamma": 1.0}),
+    "focal_2": (Parametric, {"gamma": 2.0}),
+    "focal_3": (Parametric, {"gamma": 3.0}),
+    "cb_effective": (ClassBalanced, {}),
+    "cb_focal": (ClassBalanced, {"gamma": 1.0}),
+    "ce_drw": (ClassBalanced, {"switch": 0.8}),
+    "ldam_drw": (LDAMDRW, {}),
+    "logit_adjusted": (Parametric, {"tau": 1.0}),
+    "poly1": (Parametric, {"poly_epsilon": 1.0}),
+    "flsd53": (FLSD53, {}),
+    "adafocal": (AdaFocal, {}),
+    "adaloss": (AdaLossMethod, {}),
+    "gradient_gate": (GradientGate, {}),
+    **{f"cb_beta{beta:g}": (ClassBalanced, {"beta": beta}) for beta in CLASS_BALANCED_BETAS},
 }
+#: What ``lossgym compare`` runs by default (the β grid is left to the evaluation).
+COMPARED = tuple(name for name in METHODS if not name.startswith("cb_beta"))
+#: Names used before issue 12 → today's name (exports keep loading; commands say the new one).
+RENAMED = {"class_balanced": "cb_effective", "focal_g1": "focal_1", "focal_g2": "focal_2",
+           "focal_g3": "focal_3"}
 
 
-def make_method(name: str, num_members: int, num_classes: int, device: torch.device
-                ) -> LossMethod:
-    """Build a built-in method (:data:`BUILTIN_METHODS`, or the β grid :data:`GRID_METHODS`)
-    by name; unknown names raise ``ValueError`` listing the known."""
-    factory = BUILTIN_METHODS.get(name) or GRID_METHODS.get(name)
-    if factory is None:
-        raise ValueError(f"method {name!r} is not known; choose from "
-                         f"{sorted(BUILTIN_METHODS) + sorted(GRID_METHODS)}")
-    return factory(num_members, num_classes, device)
+def check_method_name(name: str) -> str:
+    """``name`` if it is a built-in method, else a ``ValueError`` naming the known ones (and
+    the new name of a renamed one)."""
+    if name in METHODS:
+        return name
+    if name in RENAMED:
+        raise ValueError(f"method {name!r} is now called {RENAMED[name]!r}")
+    raise ValueError(f"method {name!r} is not known; choose from {sorted(METHODS)}")
+
+
+def make_method(name: str, num_members: int = 1, num_classes: int | None = None,
+                device: torch.device | str = "cpu", **hyper: float) -> LossMethod:
+    """The built-in method ``name`` of :data:`METHODS` (``hyper`` overrides its defaults)."""
+    cls, defaults = METHODS[check_method_name(name)]
+    method = cls.__new__(cls)
+    method.name = name
+    method.__init__(num_members, num_classes, device, **{**defaults, **hyper})
+    return method
+
+
+def method_from_dict(values: object, num_members: int = 1, num_classes: int | None = None,
+                     device: torch.device | str = "cpu") -> LossMethod:
+    """The method of :meth:`LossMethod.to_dict` (names from before issue 12 load too)."""
+    if not isinstance(values, dict) or set(values) - {"name", "params"} \
+            or not isinstance(values.get("params", {}), dict):
+        raise ValueError(f"a method must be a JSON object with 'name' and 'params', got "
+                         f"{values!r}")
+    name = RENAMED.get(values.get("name"), values.get("name"))
+    if not isinstance(name, str):
+        raise ValueError(f"method name must be a string, got {name!r}")
+    return make_method(name, num_members, num_classes, device, **values.get("params", {}))
 
 
 class MethodMix:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec, compute_features, log_imbalance
-from lossgym.losses import KernelPlan, apply_plan, parametric_loss, parametric_plan
+from lossgym.losses import ParametricCriterion
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
 from lossgym.tasks import SPLITS as TASK_SPLITS
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -123,11 +123,10 @@ class EpisodeBatch:
         self.last_reward = np.zeros(num_envs)
         self.last_obs = np.zeros((num_envs, self.features.dim), dtype=np.float32)
         self._neutral = mapping.neutral(self.device)
-        # The loss's arguments while the parameters and class counts stay (a step): the
-        # tensors they came from (held, compared by identity and version), the logits' dtype
-        # and shape, the keyword arguments, and the compiled kernel's plan (None: torch's).
-        self._loss_args: tuple[tuple[Any, ...], dict[str, Tensor], KernelPlan | None] | None \
-            = None
+        self._loss = ParametricCriterion(reduction="none")
+        # The loss parameters by name while self.params stays the same tensor, unmodified
+        # (a step), so that the criterion keeps its terms: (params, version, values).
+        self._values: tuple[Tensor, int, dict[str, Tensor]] | None = None
 
     # ----------------------------------------------------------------- helpers
     def _members(self, env_ids: Sequence[int]) -> list[int]:
@@ -136,22 +135,14 @@ class EpisodeBatch:
         return ids + [self.num_envs + i for i in ids] if self.paired else ids
 
     def _criterion(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        counts = ctx.class_counts
-        key = (self.params, self.params._version, counts, counts._version, logits.dtype,
-               logits.shape)
-        cached = self._loss_args
-        if cached is None or any(a is not b if isinstance(a, Tensor) else a != b
-                                 for a, b in zip(cached[0], key)):
+        cached = self._values
+        if cached is None or cached[0] is not self.params or cached[1] != self.params._version:
             params = self.params
             if self.paired:
                 params = torch.cat([params, self._neutral.expand_as(params)])
-            kwargs = self.mapping.as_kwargs(params)
-            plan = parametric_plan(logits, targets, counts, "none", **kwargs)
-            cached = self._loss_args = (key, kwargs, plan)
-        _, kwargs, plan = cached
-        if plan is not None:  # small CPU populations: one call of the C extension
-            return apply_plan(logits, targets, plan).mean(-1)
-        return parametric_loss(logits, targets, counts, reduction="none", **kwargs).mean(-1)
+            cached = self._values = (self.params, self.params._version,
+                                     self.mapping.as_kwargs(params))
+        return self._loss(logits, targets, cached[2], ctx.class_counts).mean(-1)
 
     def _value(self, metrics: dict[str, Tensor], n: int) -> np.ndarray:
         v = metric_value(metrics, self.metric).double().cpu().numpy()

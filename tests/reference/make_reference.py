@@ -31,10 +31,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TASK = TaskSpec(n_max=200, imbalance_ratio=20.0, width=32, minibatches_per_step=3, horizon=4, batch_size=32)
 FIVE = ("gamma", "alpha", "tau", "margin", "scale")
-METHODS = ("ce", "focal_g2", "cb_effective", "cb_focal", "ce_drw", "ldam_drw",
+METHODS = ("ce", "focal_2", "cb_effective", "cb_focal", "ce_drw", "ldam_drw",
            "logit_adjusted", "poly1", "flsd53", "adafocal", "adaloss", "gradient_gate")
-#: New names of the methods whose name changed in issue 12 (old name → new name).
-OLD_NAMES = {"cb_effective": "class_balanced"}
+#: Names of the methods before issue 12 renamed them (new name → old name).
+OLD_NAMES = {"cb_effective": "class_balanced", "focal_2": "focal_g2"}
 
 
 def _actions(rng: np.random.Generator, shape: tuple[int, ...], steps: int) -> list[np.ndarray]:
