@@ -38,7 +38,8 @@ import torch
 
 from agents import distributed
 from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, rollout_policy
-from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
+from lossgym import params as loss_params
+from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
 from lossgym.methods import METHODS
@@ -54,8 +55,8 @@ SHAPES = ("linear", "cosine")
 #: constants, schedules, and "mixed" (half constants, half schedules, as schedule configs).
 SEARCH_SPACES = ("constant", "schedule", "mixed")
 
-GAMMA_RANGE = PARAMETER_RANGES["gamma"][:2]
-ALPHA_RANGE = PARAMETER_RANGES["alpha"][:2]
+GAMMA_RANGE = loss_params.ranges()["gamma"][:2]
+ALPHA_RANGE = loss_params.ranges()["alpha"][:2]
 
 Config = dict[str, Any]
 Table = list[dict[str, Any]]
@@ -122,7 +123,7 @@ def _check_metric(metric: str) -> str:
 def _to_action(name: str, value: np.ndarray | float) -> np.ndarray:
     """The absolute-mode action that sets parameter ``name`` to ``value``:
     ``a = 2 (value − low) / (high − low) − 1``."""
-    low, high, _ = PARAMETER_RANGES[name]
+    low, high, _ = loss_params.ranges()[name]
     return 2.0 * (np.asarray(value, dtype=np.float64) - low) / (high - low) - 1.0
 
 
@@ -131,10 +132,10 @@ def _check_fixed(fixed: Mapping[str, float]) -> dict[str, float]:
     """Constant values of parameters other than γ and α, each checked against its range."""
     out: dict[str, float] = {}
     for name, value in fixed.items():
-        if name in ("gamma", "alpha") or name not in PARAMETER_RANGES:
-            allowed = [p for p in PARAMETER_RANGES if p not in ("gamma", "alpha")]
+        if name in ("gamma", "alpha") or name not in loss_params.ranges():
+            allowed = [p for p in loss_params.ranges() if p not in ("gamma", "alpha")]
             raise ValueError(f"fixed parameter {name!r} is not known; choose from {allowed}")
-        low, high, _ = PARAMETER_RANGES[name]
+        low, high, _ = loss_params.ranges()[name]
         out[name] = _check_real(name, value, low, high)
     return out
 
@@ -146,7 +147,7 @@ class _LossRule:
     Args:
         parameters: the controlled parameters in action order; must include ``"gamma"`` and
             ``"alpha"`` and every name of ``fixed``. None: γ, α, then the names of ``fixed`` in
-            the order of :data:`lossgym.actions.PARAMETER_RANGES`.
+            the canonical order of :data:`lossgym.params.LOSS_PARAMS`.
         fixed: constant values of other parameters (e.g. ``{"tau": 1.0}``).
     """
 
@@ -156,14 +157,15 @@ class _LossRule:
                  fixed: Mapping[str, float] | None = None) -> None:
         self.fixed = _check_fixed(fixed or {})
         if parameters is None:
-            parameters = DEFAULT_PARAMETERS + tuple(p for p in PARAMETER_RANGES if p in self.fixed)
+            parameters = DEFAULT_PARAMETERS + tuple(p for p in loss_params.names()
+                                                    if p in self.fixed)
         self.parameters = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
         missing = [p for p in self.fixed if p not in self.parameters]
         if missing:
             raise ValueError(f"fixed parameters {missing} are not among the controlled "
                              f"parameters {list(self.parameters)}")
         self._obs_dim = FeatureSpec(self.parameters).dim
-        self._neutral = np.array([_to_action(p, self.fixed.get(p, PARAMETER_RANGES[p][2]))
+        self._neutral = np.array([_to_action(p, self.fixed.get(p, loss_params.ranges()[p][2]))
                                   for p in self.parameters])
         self._gamma = self.parameters.index("gamma")
         self._alpha = self.parameters.index("alpha")
@@ -946,7 +948,7 @@ def random_search(
                       "drw_alpha": float(rng.uniform(*ALPHA_RANGE)),
                       "alpha_start": float(rng.uniform(*ALPHA_RANGE))}
         for name in extra:
-            config[name] = float(rng.uniform(*PARAMETER_RANGES[name][:2]))
+            config[name] = float(rng.uniform(*loss_params.ranges()[name][:2]))
         configs.append(config)
     table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                 max_members=max_members)
@@ -990,7 +992,7 @@ def _unit_to_config(space: str, x: np.ndarray, extra: Sequence[str] = ()) -> Con
                   "alpha_start": float(a_low + x[2] * (a_high - a_low))}
     base = len(x) - len(extra)
     for j, name in enumerate(extra):
-        low, high, _ = PARAMETER_RANGES[name]
+        low, high, _ = loss_params.ranges()[name]
         config[name] = float(low + x[base + j] * (high - low))
     return config
 

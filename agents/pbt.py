@@ -38,7 +38,8 @@ import torch
 from agents.baselines import PROGRESS, PROGRESS_TOL, ConstantPolicy
 from agents.distributed import require_ray
 from agents.rollout import group_tasks
-from lossgym.actions import DEFAULT_PARAMETERS, PARAMETER_RANGES, ActionMapping
+from lossgym import params as loss_params
+from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import EpisodeBatch
 from lossgym.population import resolve_device
 from lossgym.schedules import LossSchedule, constant, step
@@ -75,7 +76,7 @@ class _Run:
         """One env step of every unfinished member with the loss parameters ``values``, each
         clipped into its range (PBT's perturbations multiply by 0.8 or 1.2, which can leave
         it)."""
-        config = {p: min(max(float(v), PARAMETER_RANGES[p][0]), PARAMETER_RANGES[p][1])
+        config = {p: min(max(float(v), loss_params.ranges()[p][0]), loss_params.ranges()[p][1])
                   for p, v in zip(self.parameters, values)}
         policy = ConstantPolicy(parameters=self.parameters, **config)
         for batch in self.batches:
@@ -223,7 +224,7 @@ def pbt_search(
                          "buys at least 2 trials")
     trials = budget // len(tasks)
     parameters = ActionMapping(tuple(parameters)).parameters  # checked names
-    ranges = {p: tune.uniform(*PARAMETER_RANGES[p][:2]) for p in parameters}
+    ranges = {p: tune.uniform(*loss_params.ranges()[p][:2]) for p in parameters}
     horizon = max(t.horizon for t in tasks)
     interval = perturbation_interval or max(horizon // 4, 1)
     started = not ray.is_initialized()
@@ -307,7 +308,7 @@ class LossSchedulePolicy:
             values = self.schedule(min(p + PROGRESS_TOL, 1.0))
             row = []
             for name in self.parameters:
-                low, high, neutral = PARAMETER_RANGES[name]
+                low, high, neutral = loss_params.ranges()[name]
                 row.append(2.0 * (values.get(name, neutral) - low) / (high - low) - 1.0)
             rows.append(row)
         return np.clip(np.asarray(rows), -1.0, 1.0).astype(np.float32)

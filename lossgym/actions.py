@@ -4,18 +4,7 @@ The environment, the baselines and the exported losses all go through
 :class:`ActionMapping`, so a policy means the same thing in training and in deployment.
 
 Each action dimension controls one parameter of :func:`lossgym.losses.parametric_loss`
-over a fixed range:
-
-| name              | range        | neutral | meaning                                      |
-|-------------------|--------------|---------|----------------------------------------------|
-| `gamma`           | [0, 5]       | 0       | focal exponent γ                             |
-| `alpha`           | [0, 1]       | 0       | class-balance strength, w_c ∝ n_c^(−α)       |
-| `tau`             | [0, 2]       | 0       | logit-adjustment temperature τ               |
-| `label_smoothing` | [0, 0.3]     | 0       | label smoothing                              |
-| `poly_epsilon`    | [−1, 2]      | 0       | Poly-1 ε                                     |
-| `gate`            | [−5, 5]      | 0       | gradient-gate strength                       |
-| `margin`          | [0, 1]       | 0       | LDAM margin of the rarest class (∝ n^(−1/4)) |
-| `scale`           | [1, 30]      | 1       | logit scale s (LDAM's s)                     |
+over its range in :data:`lossgym.params.LOSS_PARAMS` (the table: ``python -m lossgym.params``).
 
 ``mode="absolute"``: parameter = low + (a + 1) / 2 · (high − low).
 ``mode="delta"``: parameter ← clip(parameter + a · max_step · (high − low), low, high).
@@ -31,17 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: name → (low, high, neutral)
-PARAMETER_RANGES: dict[str, tuple[float, float, float]] = {
-    "gamma": (0.0, 5.0, 0.0),
-    "alpha": (0.0, 1.0, 0.0),
-    "tau": (0.0, 2.0, 0.0),
-    "label_smoothing": (0.0, 0.3, 0.0),
-    "poly_epsilon": (-1.0, 2.0, 0.0),
-    "gate": (-5.0, 5.0, 0.0),
-    "margin": (0.0, 1.0, 0.0),
-    "scale": (1.0, 30.0, 1.0),
-}
+from lossgym import params as loss_params
+
 ACTION_MODES = ("absolute", "delta")
 DEFAULT_PARAMETERS = ("gamma", "alpha")
 
@@ -65,12 +45,9 @@ class ActionMapping:
         params = tuple(self.parameters)
         object.__setattr__(self, "parameters", params)
         if not params:
-            raise ValueError("parameters is empty; choose from " + ", ".join(PARAMETER_RANGES))
+            raise ValueError("parameters is empty; choose from " + ", ".join(loss_params.names()))
         for name in params:
-            if name not in PARAMETER_RANGES:
-                raise ValueError(
-                    f"parameter {name!r} is not known; choose from {list(PARAMETER_RANGES)}"
-                )
+            loss_params.param(name)
         if len(set(params)) != len(params):
             raise ValueError(f"parameters {list(params)} repeat a name")
         if self.mode not in ACTION_MODES:
@@ -85,13 +62,14 @@ class ActionMapping:
 
     def bounds(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """Lower and upper parameter bounds, ``[d]`` each."""
-        low = torch.tensor([PARAMETER_RANGES[p][0] for p in self.parameters], device=device)
-        high = torch.tensor([PARAMETER_RANGES[p][1] for p in self.parameters], device=device)
-        return low, high
+        specs = [loss_params.param(p) for p in self.parameters]
+        return (torch.tensor([p.low for p in specs], device=device),
+                torch.tensor([p.high for p in specs], device=device))
 
     def neutral(self, device: torch.device | None = None) -> Tensor:
         """The parameters an episode starts from (plain cross-entropy), ``[d]``."""
-        return torch.tensor([PARAMETER_RANGES[p][2] for p in self.parameters], device=device)
+        return torch.tensor([loss_params.param(p).neutral for p in self.parameters],
+                            device=device)
 
     def apply(self, action: Tensor, current: Tensor) -> Tensor:
         """New parameters from ``action`` (clipped to [−1, 1]) and the ``current`` ones."""

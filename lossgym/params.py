@@ -95,6 +95,11 @@ def neutral() -> dict[str, float]:
     return {p.name: p.neutral for p in LOSS_PARAMS}
 
 
+def ranges() -> dict[str, tuple[float, float, float]]:
+    """name → (low, high, neutral), in canonical order."""
+    return {p.name: (p.low, p.high, p.neutral) for p in LOSS_PARAMS}
+
+
 def markdown_table() -> str:
     """The parameters as the Markdown table the README and the env docstring show."""
     rows = ["| name | range | neutral | meaning |", "|---|---|---|---|"]

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from lossgym.actions import PARAMETER_RANGES
+from lossgym import params as loss_params
 
 __all__ = [
     "Constant",
@@ -295,7 +295,7 @@ class LossSchedule:
     """One schedule per loss parameter of :func:`lossgym.losses.parametric_loss`.
 
     Args:
-        schedules: parameter name (a key of :data:`lossgym.actions.PARAMETER_RANGES`) →
+        schedules: parameter name (of :data:`lossgym.params.LOSS_PARAMS`) →
             schedule, or a number for a constant. Every value a schedule can take must lie in
             its parameter's range; parameters left out stay at their neutral values.
     """
@@ -308,19 +308,17 @@ class LossSchedule:
                              "{'gamma': constant(2.0)}")
         checked: dict[str, Schedule] = {}
         for name, schedule in self.schedules.items():
-            if name not in PARAMETER_RANGES:
-                raise ValueError(f"parameter {name!r} is not known; choose from "
-                                 f"{list(PARAMETER_RANGES)}")
+            spec = loss_params.param(name)
             if not isinstance(schedule, Schedule):
                 schedule = constant(_number(name, schedule))
-            low, high, _ = PARAMETER_RANGES[name]
+            low, high = spec.low, spec.high
             lo, hi = schedule.bounds()
             if lo < low or hi > high:
                 raise ValueError(f"the {name} schedule takes values in [{lo:g}, {hi:g}], "
                                  f"outside {name}'s range [{low:g}, {high:g}]")
             checked[name] = schedule
-        # In the order of PARAMETER_RANGES, so equal schedules compare and serialise equally.
-        ordered = {name: checked[name] for name in PARAMETER_RANGES if name in checked}
+        # In the canonical order, so equal schedules compare and serialise equally.
+        ordered = {name: checked[name] for name in loss_params.names() if name in checked}
         object.__setattr__(self, "schedules", ordered)
 
     @property

@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossgym import _native
-from lossgym.actions import PARAMETER_RANGES, ActionMapping
-from lossgym.export import AdaptiveLoss, BuiltinLoss, Controller
+from lossgym import params as loss_params
+from lossgym.actions import ActionMapping
+from lossgym.export import AdaptiveLoss, Controller
 from lossgym.features import FeatureSpec
+from lossgym.methods import make_method
 from lossgym.schedules import LossSchedule, constant
 
 FEATURES, CLASSES, WIDTH, BATCH, MINIBATCHES_PER_STEP = 40, 10, 128, 128, 40
@@ -58,9 +60,9 @@ def controller_at(**params: float) -> Controller:
     tensors = {f"{i}.{k}": torch.zeros((64 if i < 4 else len(params)),
                                        *(([dim] if i == 0 else [64]) if k == "weight" else []))
                for i in (0, 2, 4) for k in ("weight", "bias")}
-    tensors["4.bias"] = torch.tensor([2.0 * (v - PARAMETER_RANGES[p][0])
-                                      / (PARAMETER_RANGES[p][1] - PARAMETER_RANGES[p][0]) - 1.0
-                                      for p, v in params.items()])
+    tensors["4.bias"] = torch.tensor([2.0 * (v - loss_params.param(p).low)
+                                      / (loss_params.param(p).high - loss_params.param(p).low)
+                                      - 1.0 for p, v in params.items()])
     return Controller(layers, tensors, mapping)
 
 
@@ -141,7 +143,7 @@ def main() -> None:
                                                               margin=0.5, scale=10.0),
                   extension=False),
         # Progress past DRW's switch from the first minibatch: the reweighted loss is timed.
-        Contender("method ldam_drw", AdaptiveLoss(BuiltinLoss("ldam_drw", {"switch": 0.0}),
+        Contender("method ldam_drw", AdaptiveLoss(make_method("ldam_drw", switch=0.0),
                                                   class_counts=COUNTS, total_steps=total)),
     ]
     for c in contenders:  # warm-up: allocations, first-call dispatch

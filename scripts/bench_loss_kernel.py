@@ -3,10 +3,10 @@ against autograd through the torch kernels, per minibatch of the default task's 
 
 For M members × 128 samples × 10 classes with per-member γ, α, τ, margin and scale (the
 default agent's action set; random values, the default task's long-tailed class counts), it
-times ``apply_plan`` with a plan made once (as the environment does each step) and
-``parametric_loss`` with the extension switched off, alternating the two, and prints the
-medians of --repeats timings and their ratio, beside plain cross-entropy. This is what sets
-``lossgym.losses.PLAN_MAX_NUMEL``.
+times a ``ParametricCriterion`` that keeps its terms and plan (as the environment does each
+step) and ``parametric_loss`` with the extension switched off, alternating the two, and prints
+the medians of --repeats timings and their ratio, beside plain cross-entropy. This is what sets
+``lossgym.losses.NATIVE_MAX_NUMEL``.
 
     python scripts/bench_loss_kernel.py [--members 1 16 64 128 256] [--repeats 7]
 """
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from lossgym import _native
-from lossgym.losses import apply_plan, parametric_loss, parametric_plan
+from lossgym.losses import ParametricCriterion, _kernel, parametric_loss
 
 CLASSES, BATCH = 10, 128
 COUNTS = torch.tensor([3000.0, 1800, 1080, 648, 389, 233, 140, 84, 50, 30])
@@ -45,12 +45,12 @@ def bench(m: int, repeats: int, g: torch.Generator) -> tuple[dict[str, float], f
     counts = COUNTS.expand(m, CLASSES)
     logits = torch.randn(m, BATCH, CLASSES, generator=g, requires_grad=True)
     targets = torch.randint(0, CLASSES, (m, BATCH), generator=g)
-    # The plan as the environment makes it, whatever the size (the bound is what is measured).
-    plan = parametric_plan(logits, targets, counts, "none", max_numel=1 << 62, **params)
-    assert plan is not None
+    # The criterion as the environment keeps it, whatever the size (the bound is measured).
+    criterion = ParametricCriterion(counts, reduction="none")
+    _kernel.NATIVE_MAX_NUMEL = 1 << 62
 
     def compiled() -> None:
-        apply_plan(logits, targets, plan).mean(-1).sum().backward()
+        criterion(logits, targets, params).mean(-1).sum().backward()
 
     def autograd() -> None:
         _native.closedform = None
