@@ -37,19 +37,25 @@ import numpy as np
 import torch
 
 from agents import distributed
-from agents.rollout import EpisodeRecord, Policy, group_tasks, rollout_method, rollout_policy
+from agents.rollout import (
+    EpisodeRecord,
+    Policy,
+    ScheduleRule,
+    group_tasks,
+    rollout_method,
+    rollout_policy,
+)
 from lossgym import params as loss_params
 from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
 from lossgym.methods import METHODS
+from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
 from lossgym.tasks import TaskSpec
 
-#: Observation columns the policies read (see :mod:`lossgym.features`).
-PROGRESS, BALANCED_ACCURACY, WORST_RECALL = 0, 4, 5
-#: Progress comparisons allow for the float32 rounding of the observation (0.7 → 0.69999999).
-PROGRESS_TOL = 1e-6
-#: Schedule shapes of :class:`SchedulePolicy`.
+#: Observation columns the feedback rule reads (see :mod:`lossgym.features`).
+BALANCED_ACCURACY, WORST_RECALL = 4, 5
+#: Schedule shapes of :func:`schedule_rule`.
 SHAPES = ("linear", "cosine")
 #: Search spaces of :func:`random_search` (all three) and :func:`cma_search` (the first two):
 #: constants, schedules, and "mixed" (half constants, half schedules, as schedule configs).
@@ -120,203 +126,116 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def _to_action(name: str, value: np.ndarray | float) -> np.ndarray:
-    """The absolute-mode action that sets parameter ``name`` to ``value``:
-    ``a = 2 (value − low) / (high − low) − 1``."""
-    low, high, _ = loss_params.ranges()[name]
-    return 2.0 * (np.asarray(value, dtype=np.float64) - low) / (high - low) - 1.0
-
-
-# ------------------------------------------------------------------------------ policies
+# --------------------------------------------------------------------------------- rules
 def _check_fixed(fixed: Mapping[str, float]) -> dict[str, float]:
     """Constant values of parameters other than γ and α, each checked against its range."""
     out: dict[str, float] = {}
     for name, value in fixed.items():
-        if name in ("gamma", "alpha") or name not in loss_params.ranges():
-            allowed = [p for p in loss_params.ranges() if p not in ("gamma", "alpha")]
+        if name in ("gamma", "alpha") or name not in loss_params.names():
+            allowed = [p for p in loss_params.names() if p not in ("gamma", "alpha")]
             raise ValueError(f"fixed parameter {name!r} is not known; choose from {allowed}")
         low, high, _ = loss_params.ranges()[name]
         out[name] = _check_real(name, value, low, high)
     return out
 
 
-class _LossRule:
-    """Shared machinery of the hand policies: absolute mode, γ and α set per row, every other
-    controlled parameter held at a constant: its value in ``fixed``, else its neutral value.
-
-    Args:
-        parameters: the controlled parameters in action order; must include ``"gamma"`` and
-            ``"alpha"`` and every name of ``fixed``. None: γ, α, then the names of ``fixed`` in
-            the canonical order of :data:`lossgym.params.LOSS_PARAMS`.
-        fixed: constant values of other parameters (e.g. ``{"tau": 1.0}``).
-    """
-
-    mode = "absolute"
-
-    def __init__(self, parameters: Sequence[str] | None = None,
-                 fixed: Mapping[str, float] | None = None) -> None:
-        self.fixed = _check_fixed(fixed or {})
-        if parameters is None:
-            parameters = DEFAULT_PARAMETERS + tuple(p for p in loss_params.names()
-                                                    if p in self.fixed)
-        self.parameters = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
-        missing = [p for p in self.fixed if p not in self.parameters]
-        if missing:
-            raise ValueError(f"fixed parameters {missing} are not among the controlled "
-                             f"parameters {list(self.parameters)}")
-        self._obs_dim = FeatureSpec(self.parameters).dim
-        self._neutral = np.array([_to_action(p, self.fixed.get(p, loss_params.ranges()[p][2]))
-                                  for p in self.parameters])
-        self._gamma = self.parameters.index("gamma")
-        self._alpha = self.parameters.index("alpha")
-        self.num_envs = 0
-
-    def reset(self, num_envs: int) -> None:
-        """Start ``num_envs`` new episodes."""
-        self.num_envs = _check_int("num_envs", num_envs, 1)
-
-    def _obs(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` as a float64 ``[N, D]`` array, checked against the feature layout."""
-        array = np.asarray(obs, dtype=np.float64)
-        if array.ndim != 2 or array.shape[1] != self._obs_dim:
-            raise ValueError(f"obs has shape {array.shape}; expected [N, {self._obs_dim}] for "
-                             f"parameters {self.parameters}")
-        return array
-
-    def _fixed_repr(self) -> str:
-        return "".join(f", {k}={v:g}" for k, v in self.fixed.items())
-
-    def _actions(self, gamma: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        """Actions ``[N, d]`` (float32) that set γ and α per row."""
-        gamma, alpha = np.broadcast_arrays(np.asarray(gamma, float), np.asarray(alpha, float))
-        out = np.tile(self._neutral, (gamma.shape[0], 1))
-        out[:, self._gamma] = _to_action("gamma", gamma)
-        out[:, self._alpha] = _to_action("alpha", alpha)
-        return np.clip(out, -1.0, 1.0).astype(np.float32)
+def _rule_parameters(parameters: Sequence[str] | None, fixed: Mapping[str, float]
+                     ) -> tuple[str, ...]:
+    """The controlled parameters of a hand rule: γ, α and every fixed one (by default in the
+    canonical order of :data:`lossgym.params.LOSS_PARAMS`)."""
+    if parameters is None:
+        parameters = DEFAULT_PARAMETERS + tuple(p for p in loss_params.names() if p in fixed)
+    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+    missing = [p for p in fixed if p not in params]
+    if missing:
+        raise ValueError(f"fixed parameters {missing} are not among the controlled "
+                         f"parameters {list(params)}")
+    return params
 
 
-def _drw_alpha(progress: np.ndarray, switch: float, alpha: float, before: float = 0.0
-               ) -> np.ndarray:
-    """Deferred re-weighting: ``before`` while ``progress < switch``, then ``alpha``."""
-    return np.where(progress >= switch - PROGRESS_TOL, alpha, before)
+def _drw_alpha(switch: float, alpha: float, before: float = 0.0) -> Schedule:
+    """Deferred re-weighting: ``before`` while progress < ``switch``, then ``alpha``."""
+    if switch <= 0.0 or alpha == before:
+        return constant(alpha)
+    if switch >= 1.0:
+        return constant(before)
+    return step([switch], [before, alpha])
 
 
-class ConstantPolicy(_LossRule):
-    """A fixed loss for the whole run: γ and α never change.
+def _hand_rule(gamma: Schedule, alpha: Schedule, parameters: Sequence[str] | None,
+               fixed: Mapping[str, float]) -> ScheduleRule:
+    fixed = _check_fixed(fixed)
+    schedule = LossSchedule({"gamma": gamma, "alpha": alpha,
+                             **{k: constant(v) for k, v in fixed.items()}})
+    return ScheduleRule(schedule, _rule_parameters(parameters, fixed))
 
-    ``(0, 0)`` is cross-entropy, ``(γ, 0)`` focal loss, ``(0, α)`` class-balanced
-    cross-entropy with weights ``w_c ∝ n_c^(−α)`` and ``(γ, α)`` class-balanced focal loss.
+
+def constant_rule(gamma: float = 0.0, alpha: float = 0.0,
+                  parameters: Sequence[str] | None = None, **fixed: float) -> ScheduleRule:
+    """A fixed loss for the whole run: ``(0, 0)`` is cross-entropy, ``(γ, 0)`` focal loss,
+    ``(0, α)`` class-balanced cross-entropy with ``w_c ∝ n_c^(−α)``, ``(γ, α)`` both.
 
     Args:
         gamma: focal exponent γ in [0, 5].
         alpha: class-balance strength α in [0, 1].
-        parameters: the controlled parameters (see :class:`_LossRule`).
+        parameters: the controlled parameters (γ, α and every fixed one; default in that
+            order), e.g. an agent's action set, whose other parameters stay neutral.
         **fixed: constant values of other parameters (τ, margin, scale, ...).
     """
-
-    def __init__(self, gamma: float = 0.0, alpha: float = 0.0,
-                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
-        super().__init__(parameters, fixed)
-        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
-        self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """The same action for every row: ``[N, d]``."""
-        n = self._obs(obs).shape[0]
-        return self._actions(np.full(n, self.gamma), np.full(n, self.alpha))
-
-    def __repr__(self) -> str:
-        return f"ConstantPolicy(gamma={self.gamma:g}, alpha={self.alpha:g}{self._fixed_repr()})"
+    return _hand_rule(constant(_check_real("gamma", gamma, *GAMMA_RANGE)),
+                      constant(_check_real("alpha", alpha, *ALPHA_RANGE)), parameters, fixed)
 
 
-class DRWPolicy(_LossRule):
-    """Deferred re-weighting as a schedule: α = 0 while progress < ``switch``, then ``alpha``.
+def drw_rule(switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
+             parameters: Sequence[str] | None = None, **fixed: float) -> ScheduleRule:
+    """Deferred re-weighting: α = 0 while progress < ``switch``, then ``alpha``.
 
-    The action at progress p governs training from p to p + 1/H, so on a horizon of H steps
-    the re-weighted share of training is ``1 − ⌈switch · H⌉ / H``. ``switch = 1`` never
-    re-weights; ``switch = 0`` re-weights from the start.
+    Step h of H runs at progress h/H, so on a horizon of H steps the re-weighted share of
+    training is ``1 − ⌈switch · H⌉ / H``; ``switch = 1`` never re-weights, ``switch = 0``
+    re-weights from the start.
 
     Args:
-        switch: progress in [0, 1] at which re-weighting starts (compared with a 1e-6
-            tolerance for the float32 observation).
+        switch: progress in [0, 1] at which re-weighting starts.
         alpha: class-balance strength α in [0, 1] after the switch.
         gamma: constant focal exponent γ in [0, 5].
-        parameters: the controlled parameters (see :class:`_LossRule`).
-        **fixed: constant values of other parameters.
+        parameters, **fixed: as :func:`constant_rule`.
     """
-
-    def __init__(self, switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
-                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
-        super().__init__(parameters, fixed)
-        self.switch = _check_real("switch", switch, 0.0, 1.0)
-        self.alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
-        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """α from each row's progress ``obs[:, 0]``; γ constant."""
-        progress = self._obs(obs)[:, PROGRESS]
-        return self._actions(np.full(len(progress), self.gamma),
-                             _drw_alpha(progress, self.switch, self.alpha))
-
-    def __repr__(self) -> str:
-        return (f"DRWPolicy(switch={self.switch:g}, alpha={self.alpha:g}, gamma={self.gamma:g}"
-                f"{self._fixed_repr()})")
+    switch = _check_real("switch", switch, 0.0, 1.0)
+    alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
+    return _hand_rule(constant(_check_real("gamma", gamma, *GAMMA_RANGE)),
+                      _drw_alpha(switch, alpha), parameters, fixed)
 
 
-class SchedulePolicy(_LossRule):
+def schedule_rule(gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
+                  drw_switch: float = 0.8, drw_alpha: float = 1.0, alpha_start: float = 0.0,
+                  parameters: Sequence[str] | None = None, **fixed: float) -> ScheduleRule:
     """A parametric schedule: γ anneals over progress p, α is a deferred re-weighting step.
 
     ``γ(p) = gamma_start + (gamma_end − gamma_start) · s(p)`` with ``s(p) = p`` (linear) or
-    ``s(p) = (1 − cos πp) / 2`` (cosine), so γ(0) = gamma_start and γ(1) = gamma_end;
-    ``α(p) = drw_alpha`` once ``p ≥ drw_switch``, else ``alpha_start`` (0 by default, as
-    :class:`DRWPolicy`). With ``gamma_start == gamma_end`` and ``alpha_start == drw_alpha`` it
-    is a constant loss, so the family contains the static losses.
+    ``s(p) = (1 − cos πp) / 2`` (cosine); ``α(p) = drw_alpha`` once ``p ≥ drw_switch``, else
+    ``alpha_start``. With ``gamma_start == gamma_end`` and ``alpha_start == drw_alpha`` it is a
+    constant loss, so the family contains the static losses.
 
     Args:
-        gamma_start: γ at the start of training, in [0, 5].
-        gamma_end: γ at the end of training, in [0, 5].
+        gamma_start, gamma_end: γ at the start and the end of training, in [0, 5].
         shape: ``"linear"`` or ``"cosine"``.
-        drw_switch: progress in [0, 1] at which α switches on.
-        drw_alpha: α in [0, 1] after the switch.
-        alpha_start: α in [0, 1] before the switch.
-        parameters: the controlled parameters (see :class:`_LossRule`).
-        **fixed: constant values of other parameters.
+        drw_switch: progress in [0, 1] at which α switches to ``drw_alpha``.
+        drw_alpha, alpha_start: α in [0, 1] after and before the switch.
+        parameters, **fixed: as :func:`constant_rule`.
     """
-
-    def __init__(self, gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
-                 drw_switch: float = 0.8, drw_alpha: float = 1.0, alpha_start: float = 0.0,
-                 parameters: Sequence[str] | None = None, **fixed: float) -> None:
-        super().__init__(parameters, fixed)
-        self.gamma_start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
-        self.gamma_end = _check_real("gamma_end", gamma_end, *GAMMA_RANGE)
-        if shape not in SHAPES:
-            raise ValueError(f"shape={shape!r} is not known; choose one of {SHAPES}")
-        self.shape = shape
-        self.drw_switch = _check_real("drw_switch", drw_switch, 0.0, 1.0)
-        self.drw_alpha = _check_real("drw_alpha", drw_alpha, *ALPHA_RANGE)
-        self.alpha_start = _check_real("alpha_start", alpha_start, *ALPHA_RANGE)
-
-    def gamma_at(self, progress: np.ndarray | float) -> np.ndarray:
-        """γ at the given progress (clipped to [0, 1])."""
-        p = np.clip(np.asarray(progress, dtype=np.float64), 0.0, 1.0)
-        s = p if self.shape == "linear" else (1.0 - np.cos(np.pi * p)) / 2.0
-        return self.gamma_start + (self.gamma_end - self.gamma_start) * s
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """γ and α from each row's progress ``obs[:, 0]``."""
-        progress = self._obs(obs)[:, PROGRESS]
-        return self._actions(self.gamma_at(progress),
-                             _drw_alpha(progress, self.drw_switch, self.drw_alpha,
-                                        self.alpha_start))
-
-    def __repr__(self) -> str:
-        return (f"SchedulePolicy(gamma_start={self.gamma_start:g}, gamma_end={self.gamma_end:g},"
-                f" shape={self.shape!r}, drw_switch={self.drw_switch:g}, "
-                f"drw_alpha={self.drw_alpha:g}, alpha_start={self.alpha_start:g}"
-                f"{self._fixed_repr()})")
+    start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
+    end = _check_real("gamma_end", gamma_end, *GAMMA_RANGE)
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is not known; choose one of {SHAPES}")
+    gamma = constant(start) if start == end else (linear if shape == "linear" else cosine)(
+        start, end)
+    alpha = _drw_alpha(_check_real("drw_switch", drw_switch, 0.0, 1.0),
+                       _check_real("drw_alpha", drw_alpha, *ALPHA_RANGE),
+                       _check_real("alpha_start", alpha_start, *ALPHA_RANGE))
+    return _hand_rule(gamma, alpha, parameters, fixed)
 
 
-class FeedbackPolicy(_LossRule):
+class FeedbackRule:
     """Raises re-weighting while the worst class lags behind the average class.
 
     Each episode starts at α = 0. After every evaluation of the trained network (every
@@ -331,37 +250,45 @@ class FeedbackPolicy(_LossRule):
         margin: recall gap in [−1, 1] that is tolerated; a smaller gap lowers α.
         alpha_max: the largest α, in [0, 1].
         gamma: constant focal exponent γ in [0, 5].
-        parameters: the controlled parameters (see :class:`_LossRule`).
+        parameters: the controlled parameters (γ and α at least; the others stay neutral).
     """
+
+    mode = "absolute"
 
     def __init__(self, eta: float = 1.0, margin: float = 0.0, alpha_max: float = 1.0,
                  gamma: float = 0.0, parameters: Sequence[str] | None = None) -> None:
-        super().__init__(parameters)
+        self.parameters = _rule_parameters(parameters, {})
         self.eta = _check_real("eta", eta, 0.0, math.inf)
         self.margin = _check_real("margin", margin, -1.0, 1.0)
         self.alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
         self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+        self._neutral = np.array([loss_params.param(p).neutral for p in self.parameters])
+        self._obs_dim = FeatureSpec(self.parameters).dim
         self.alpha = np.zeros(0)
 
     def reset(self, num_envs: int) -> None:
         """Start ``num_envs`` new episodes, each at α = 0."""
-        super().reset(num_envs)
-        self.alpha = np.zeros(self.num_envs)
+        self.alpha = np.zeros(_check_int("num_envs", num_envs, 1))
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Update each row's α from its observation, then act."""
-        array = self._obs(obs)
-        if array.shape[0] != self.num_envs:
+    def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
+        """Update each row's α from its observation ``[N, D]``, then its parameters ``[N, d]``."""
+        array = np.asarray(obs, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != self._obs_dim:
+            raise ValueError(f"obs has shape {array.shape}; expected [N, {self._obs_dim}] for "
+                             f"parameters {self.parameters}")
+        if array.shape[0] != len(self.alpha):
             raise ValueError(f"obs has {array.shape[0]} rows but reset() started "
-                             f"{self.num_envs} episodes; call reset(num_envs) first")
-        progress = array[:, PROGRESS]
+                             f"{len(self.alpha)} episodes; call reset(num_envs) first")
         gap = array[:, BALANCED_ACCURACY] - array[:, WORST_RECALL] - self.margin
         updated = np.clip(self.alpha + self.eta * gap, 0.0, self.alpha_max)
-        self.alpha = np.where(progress > PROGRESS_TOL, updated, 0.0)
-        return self._actions(np.full(len(progress), self.gamma), self.alpha)
+        self.alpha = np.where(np.asarray(progress) > 0, updated, 0.0)
+        out = np.tile(self._neutral, (len(self.alpha), 1))
+        out[:, self.parameters.index("gamma")] = self.gamma
+        out[:, self.parameters.index("alpha")] = self.alpha
+        return out
 
     def __repr__(self) -> str:
-        return (f"FeedbackPolicy(eta={self.eta:g}, margin={self.margin:g}, "
+        return (f"FeedbackRule(eta={self.eta:g}, margin={self.margin:g}, "
                 f"alpha_max={self.alpha_max:g}, gamma={self.gamma:g})")
 
 
@@ -495,7 +422,8 @@ class ReplayPolicy:
 
 
 class PerMemberPolicy:
-    """Member i of the population is driven by ``policies[i]``.
+    """Member i of the population is driven by ``policies[i]``: all rules (parameters from
+    :meth:`params`) or all action policies (:meth:`act`).
 
     Each sub-policy is reset with ``num_envs=1`` and acts on its own observation row, so member
     i behaves exactly as ``policies[i]`` alone on that member's task — and a whole grid of
@@ -513,6 +441,11 @@ class PerMemberPolicy:
         first = self.policies[0]
         self.parameters = tuple(first.parameters)
         self.mode = first.mode
+        rules = {hasattr(p, "params") for p in self.policies}
+        if len(rules) > 1:
+            raise ValueError("policies mix rules (params) and action policies (act)")
+        if not rules.pop():
+            self.params = None  # type: ignore[assignment]
         seen: dict[int, int] = {}
         for i, policy in enumerate(self.policies):
             if (tuple(policy.parameters), policy.mode) != (self.parameters, self.mode):
@@ -533,30 +466,35 @@ class PerMemberPolicy:
         for policy in self.policies:
             policy.reset(1)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Row i from ``policies[i].act(obs[i:i+1])``, ``[N, d]``."""
+    def _rows(self, obs: np.ndarray, call: Callable[[Policy, int], np.ndarray]) -> np.ndarray:
         array = np.asarray(obs)
         if array.shape[0] != len(self.policies):
             raise ValueError(f"obs has {array.shape[0]} rows; PerMemberPolicy holds "
                              f"{len(self.policies)} policies")
         d = len(self.parameters)
-        return np.concatenate([
-            np.asarray(p.act(array[i : i + 1]), dtype=np.float32).reshape(1, d)
-            for i, p in enumerate(self.policies)
-        ])
+        return np.concatenate([np.asarray(call(p, i), dtype=np.float32).reshape(1, d)
+                               for i, p in enumerate(self.policies)])
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Row i from ``policies[i].act(obs[i:i+1])``, ``[N, d]``."""
+        return self._rows(obs, lambda p, i: p.act(obs[i : i + 1]))
+
+    def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
+        """Row i from ``policies[i].params(obs[i:i+1], progress[i:i+1])``, ``[N, d]``."""
+        return self._rows(obs, lambda p, i: p.params(obs[i : i + 1], progress[i : i + 1]))
 
 
 # ------------------------------------------------------------------------------ registry
 #: Fixed hand baselines: name → factory of a fresh policy.
 HAND_BASELINES: dict[str, Callable[[], Policy]] = {
-    "ce": partial(ConstantPolicy, 0.0, 0.0),
-    "focal_0.5": partial(ConstantPolicy, 0.5, 0.0),
-    "focal_1": partial(ConstantPolicy, 1.0, 0.0),
-    "focal_2": partial(ConstantPolicy, 2.0, 0.0),
-    "focal_3": partial(ConstantPolicy, 3.0, 0.0),
-    "focal_5": partial(ConstantPolicy, 5.0, 0.0),
-    "cb_power": partial(ConstantPolicy, 0.0, 1.0),
-    "cb_power_focal": partial(ConstantPolicy, 1.0, 1.0),
+    "ce": partial(constant_rule, 0.0, 0.0),
+    "focal_0.5": partial(constant_rule, 0.5, 0.0),
+    "focal_1": partial(constant_rule, 1.0, 0.0),
+    "focal_2": partial(constant_rule, 2.0, 0.0),
+    "focal_3": partial(constant_rule, 3.0, 0.0),
+    "focal_5": partial(constant_rule, 5.0, 0.0),
+    "cb_power": partial(constant_rule, 0.0, 1.0),
+    "cb_power_focal": partial(constant_rule, 1.0, 1.0),
     "random": partial(RandomPolicy, 0),
 }
 
@@ -565,6 +503,11 @@ METHOD_BASELINES: tuple[str, ...] = (
     "ldam_drw", "flsd53", "adafocal", "ce_drw", "logit_adjusted", "poly1",
     *(m for m in METHODS if m.startswith("cb_beta")),  # the effective-number β grid
 )
+#: Every rule by one name: the hand baselines, the tuned families at their defaults and the
+#: built-in methods (a name that is in both, ``focal_1``..``focal_3``, is the same loss).
+RULES: dict[str, Callable[[], Policy]] = {
+    **HAND_BASELINES, "drw": drw_rule, "schedule": schedule_rule, "feedback": FeedbackRule,
+}
 
 
 def rollout_baseline(
@@ -665,15 +608,14 @@ def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
     """A fresh policy from a configuration returned by tuning or search.
 
     Args:
-        space: ``"constant"`` (:class:`ConstantPolicy`), ``"schedule"`` or ``"mixed"``
-            (:class:`SchedulePolicy`), ``"drw"`` (:class:`DRWPolicy`) or ``"feedback"``
-            (:class:`FeedbackPolicy`).
+        space: ``"constant"`` (:func:`constant_rule`), ``"schedule"`` or ``"mixed"``
+            (:func:`schedule_rule`), ``"drw"`` (:func:`drw_rule`) or ``"feedback"``
+            (:class:`FeedbackRule`).
         config: the constructor's keyword arguments.
     """
     factories: dict[str, Callable[..., Policy]] = {
-        "constant": ConstantPolicy, "schedule": SchedulePolicy, "mixed": SchedulePolicy,
-        "drw": DRWPolicy,
-        "feedback": FeedbackPolicy,
+        "constant": constant_rule, "schedule": schedule_rule, "mixed": schedule_rule,
+        "drw": drw_rule, "feedback": FeedbackRule,
     }
     if space not in factories:
         raise ValueError(f"space={space!r} is not known; choose one of {tuple(factories)}")
@@ -738,7 +680,7 @@ def tune_drw(
     device: str | torch.device = "auto",
     max_members: int = 256,
 ) -> tuple[Config, Table]:
-    """Grid-tune :class:`DRWPolicy` on ``tasks`` by mean final validation metric.
+    """Grid-tune :func:`drw_rule` on ``tasks`` by mean final validation metric.
 
     Uses ``len(switches) · len(alphas) · len(tasks)`` inner training runs, batched.
 
@@ -750,7 +692,7 @@ def tune_drw(
         metric, device, max_members: as :func:`evaluate_configs`.
 
     Returns:
-        the best config (``DRWPolicy(**config)``) and the table of scores in grid order.
+        the best config (``drw_rule(**config)``) and the table of scores in grid order.
     """
     gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
     configs = [{"switch": s, "alpha": a, "gamma": gamma}
@@ -771,7 +713,7 @@ def tune_feedback(
     device: str | torch.device = "auto",
     max_members: int = 256,
 ) -> tuple[Config, Table]:
-    """Grid-tune :class:`FeedbackPolicy` on ``tasks`` by mean final validation metric.
+    """Grid-tune :class:`FeedbackRule` on ``tasks`` by mean final validation metric.
 
     Uses ``len(etas) · len(margins) · len(tasks)`` inner training runs, batched.
 
@@ -783,7 +725,7 @@ def tune_feedback(
         metric, device, max_members: as :func:`evaluate_configs`.
 
     Returns:
-        the best config (``FeedbackPolicy(**config)``) and the table of scores in grid order.
+        the best config (``FeedbackRule(**config)``) and the table of scores in grid order.
     """
     alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
     configs = [{"eta": e, "margin": m, "alpha_max": alpha_max}
@@ -809,7 +751,7 @@ def tune_constant(
     device: str | torch.device = "auto",
     max_members: int = 256,
 ) -> tuple[Config, Table]:
-    """Grid-tune a static loss (:class:`ConstantPolicy`) by mean final validation metric.
+    """Grid-tune a static loss (:func:`constant_rule`) by mean final validation metric.
 
     Uses ``len(gammas) · len(alphas) · len(tasks)`` inner training runs, batched.
 
@@ -820,7 +762,7 @@ def tune_constant(
         metric, device, max_members: as :func:`evaluate_configs`.
 
     Returns:
-        the best config (``ConstantPolicy(**config)``) and the table of scores in grid order.
+        the best config (``constant_rule(**config)``) and the table of scores in grid order.
     """
     table, _ = evaluate_configs("constant", _constant_grid(gammas, alphas), tasks,
                                 metric=metric, device=device, max_members=max_members)
@@ -966,7 +908,7 @@ def is_constant_config(config: Mapping[str, Any]) -> bool:
 def best_constant(history: Table, parameters: Sequence[str] = DEFAULT_PARAMETERS
                   ) -> Config | None:
     """The best constant of a ``"mixed"`` (or ``"schedule"``) search history, as a
-    :class:`ConstantPolicy` config; None when no candidate was a constant."""
+    :func:`constant_rule` config; None when no candidate was a constant."""
     extra = _extra_parameters(parameters)
     rows = [row for row in history if is_constant_config(row)]
     if not rows:

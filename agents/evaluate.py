@@ -40,7 +40,7 @@ import numpy as np
 from agents import baselines as bl
 from agents import distributed
 from agents.report import write_report
-from agents.rollout import EpisodeRecord, rollout_method, rollout_policy
+from agents.rollout import EpisodeRecord, ScheduleRule, rollout_method, rollout_policy
 from agents.train import AgentPolicy
 from lossgym.io import atomic_write_text
 from lossgym.methods import METHODS
@@ -133,7 +133,7 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     if args.pbt is False:
         return None, "PBT: skipped (disabled)."
     try:
-        from agents.pbt import LossSchedulePolicy, pbt_search
+        from agents.pbt import pbt_search
 
         distributed.require_ray()
     except ImportError:
@@ -147,7 +147,7 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     relation = ("equal to the agent's training episodes" if budget >= episodes else
                 f"FEWER than the agent's {episodes} training episodes (--pbt-budget)")
     note = f"{result.budget_note()} PBT's budget is {relation}."
-    return LossSchedulePolicy(schedule, parameters), note
+    return ScheduleRule(schedule, parameters), note
 
 
 def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) -> Path:
@@ -201,13 +201,13 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     say("agent, fixed baselines, tuning and searches done")
 
     tuned = {
-        "tuned_drw": bl.DRWPolicy(**drw[0]),
-        "tuned_feedback": bl.FeedbackPolicy(**feedback[0]),
-        "tuned_constant": bl.ConstantPolicy(**constant[0]),
+        "tuned_drw": bl.drw_rule(**drw[0]),
+        "tuned_feedback": bl.FeedbackRule(**feedback[0]),
+        "tuned_constant": bl.constant_rule(**constant[0]),
     }
     tuned["random_search"] = bl.policy_from_config("mixed", randoms[0])
     if random_constant is not None:
-        tuned["random_search_constant"] = bl.ConstantPolicy(**random_constant)
+        tuned["random_search_constant"] = bl.constant_rule(**random_constant)
     tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
     if pbt is not None:
         tuned["pbt"] = pbt
@@ -221,7 +221,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
                 bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters),
                 tasks, "agent_mean_action", **kw),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
-        partial(rollout_policy, bl.ConstantPolicy(**oracle[0]), tasks, "oracle_constant", **kw),
+        partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks, "oracle_constant", **kw),
     ])
     records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1]
     for recs in fixed + second[2:]:

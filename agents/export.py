@@ -28,7 +28,7 @@ import argparse
 import bisect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,34 +37,18 @@ import torch
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import Tensor, nn
 
-from agents.baselines import (
-    HAND_BASELINES,
-    ConstantPolicy,
-    DRWPolicy,
-    FeedbackPolicy,
-    SchedulePolicy,
-)
-from agents.rollout import EpisodeRecord, Policy, rollout_policy
+from agents.baselines import RULES
+from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_policy
 from agents.train import AgentPolicy
 from lossgym import params as loss_params
 from lossgym.actions import ActionMapping, parse_parameters
 from lossgym.export import Controller, write_export
 from lossgym.methods import METHODS, Parametric, make_method
-from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
+from lossgym.schedules import LossSchedule, Schedule, constant, step
 from lossgym.tasks import TaskSpec
 
 KINDS = ("schedule", "controller")
 DEFAULT_SEEDS = 5
-
-#: Baselines by name: the hand baselines of :mod:`agents.baselines` and the tuned rules'
-#: default configurations.
-BASELINES: dict[str, Callable[[], Policy]] = {
-    **HAND_BASELINES,
-    "drw": DRWPolicy,
-    "schedule": SchedulePolicy,
-    "feedback": FeedbackPolicy,
-}
-
 
 def reference_tasks(task: TaskSpec | None = None, seeds: int = DEFAULT_SEEDS) -> list[TaskSpec]:
     """``task`` (default: ``TaskSpec()``) with seeds 0 .. seeds − 1."""
@@ -109,34 +93,6 @@ def average_schedule(records: Sequence[EpisodeRecord]) -> LossSchedule:
         else:
             schedules[name] = step([starts[j] for j in keep[1:]], [column[j] for j in keep])
     return LossSchedule(schedules)
-
-
-def _drw_alpha(switch: float, alpha: float, before: float = 0.0) -> Schedule:
-    if switch <= 0.0 or alpha == before:
-        return constant(alpha)
-    if switch >= 1.0:
-        return constant(before)
-    return step([switch], [before, alpha])
-
-
-def policy_schedule(policy: Policy) -> LossSchedule | None:
-    """The exact schedule of a hand policy whose parameters depend on progress alone
-    (:class:`ConstantPolicy`, :class:`DRWPolicy`, :class:`SchedulePolicy`); None for others.
-    Parameters the policy holds neutral are left out; those it holds at other constants
-    (``fixed``: τ, margin, scale, ...) are constant schedules."""
-    fixed = {name: constant(value) for name, value in getattr(policy, "fixed", {}).items()}
-    if isinstance(policy, ConstantPolicy):
-        return LossSchedule({"gamma": constant(policy.gamma), "alpha": constant(policy.alpha),
-                             **fixed})
-    if isinstance(policy, DRWPolicy):
-        return LossSchedule({"gamma": constant(policy.gamma),
-                             "alpha": _drw_alpha(policy.switch, policy.alpha), **fixed})
-    if isinstance(policy, SchedulePolicy):
-        shape = linear if policy.shape == "linear" else cosine
-        return LossSchedule({"gamma": shape(policy.gamma_start, policy.gamma_end),
-                             "alpha": _drw_alpha(policy.drw_switch, policy.drw_alpha,
-                                                 policy.alpha_start), **fixed})
-    return None
 
 
 # ------------------------------------------------------------------------------ controllers
@@ -231,10 +187,10 @@ def export_run(run_dir: str | Path, kind: str = "controller", out: str | Path | 
 
 def export_policy(policy: Policy, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
                   name: str = "policy", device: str = "auto") -> Path:
-    """Export any policy as a schedule: exact for progress-only hand policies
-    (:func:`policy_schedule`), else its averaged trajectory on ``tasks``."""
+    """Export any policy as a schedule: exact for a schedule rule (the progress-only hand
+    rules), else its averaged trajectory on ``tasks``."""
     tasks = list(tasks) if tasks is not None else reference_tasks()
-    schedule = policy_schedule(policy)
+    schedule = policy.schedule if isinstance(policy, ScheduleRule) else None
     source: dict[str, Any] = {"policy": name, "description": repr(policy)}
     if schedule is None:
         schedule = average_schedule(rollout_policy(policy, tasks, name, device=device))
@@ -244,17 +200,20 @@ def export_policy(policy: Policy, out: str | Path, tasks: Sequence[TaskSpec] | N
 
 def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None = None,
                     device: str = "auto") -> Path:
-    """Export the baseline ``name``: a hand baseline of :data:`BASELINES` or a built-in
+    """Export the baseline ``name``: a rule of :data:`agents.baselines.RULES` or a built-in
     method of :data:`lossgym.methods.METHODS`. Methods the parametric loss expresses export
     as constant schedules, the others as ``kind="method"`` (the method object's own
     :meth:`~lossgym.methods.LossMethod.to_dict`) with the first reference task's horizon and
     minibatches per step."""
-    if name in BASELINES:
-        return export_policy(BASELINES[name](), out, tasks, name, device)
+    if name in RULES:
+        return export_policy(RULES[name](), out, tasks, name, device)
     if name not in METHODS:
+        if name in ("class_balanced", "cb_focal"):
+            raise ValueError(f"baseline {name!r} is now cb_power (power-law weights) or "
+                             f"cb_effective (effective-number weights)")
         make_method(name)  # names the new name of a renamed method
-        raise ValueError(f"baseline {name!r} is not known; choose a hand baseline "
-                         f"{sorted(BASELINES)} or a built-in method {sorted(METHODS)}")
+        raise ValueError(f"baseline {name!r} is not known; choose a rule {sorted(RULES)} or "
+                         f"a built-in method {sorted(METHODS)}")
     method = make_method(name)
     task = list(tasks)[0] if tasks else TaskSpec()
     if not isinstance(method, Parametric):

@@ -8,7 +8,7 @@ copy the state of a top-quarter trial and perturb its parameters (Ray Tune's
 :class:`~ray.tune.schedulers.PopulationBasedTraining`, synchronous). The parameters the best
 trial used at each step, inherited prefix included, form the discovered schedule: a step
 schedule over training progress (:class:`lossgym.schedules.LossSchedule`, written as JSON),
-which :class:`LossSchedulePolicy` replays on held-out tasks like every other baseline.
+which :class:`agents.rollout.ScheduleRule` replays on held-out tasks like every other baseline.
 
 **Budget.** A trial is one inner training run per task, so ``trials × len(tasks)`` inner runs,
 the same count as the searches of :mod:`agents.baselines` (``budget`` must be a multiple of
@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.baselines import PROGRESS, PROGRESS_TOL, ConstantPolicy
 from agents.distributed import require_ray
 from agents.rollout import group_tasks
 from lossgym import params as loss_params
@@ -65,7 +64,6 @@ class _Run:
             batch = EpisodeBatch(len(ids), mapping, metric, "none", 1.0, dev, 1024)
             batch.reset(range(len(ids)), [self.tasks[i] for i in ids])
             self.batches.append(batch)
-        self.obs_dim = batch.features.dim
         self.trajectory: list[list[float]] = []
 
     @property
@@ -78,12 +76,10 @@ class _Run:
         it)."""
         config = {p: min(max(float(v), loss_params.ranges()[p][0]), loss_params.ranges()[p][1])
                   for p, v in zip(self.parameters, values)}
-        policy = ConstantPolicy(parameters=self.parameters, **config)
+        row = torch.tensor([[config[p] for p in self.parameters]])
         for batch in self.batches:
-            if all(batch.done):
-                continue
-            n = len(batch.done)
-            batch.step(batch.check_actions(policy.act(np.zeros((n, self.obs_dim)))))
+            if not all(batch.done):
+                batch.step(params=row.expand(len(batch.done), -1))
         self.trajectory.append([config[p] for p in self.parameters])
 
     def score(self) -> float:
@@ -274,44 +270,3 @@ def pbt_search(
             tmp.cleanup()
         if started:
             ray.shutdown()
-
-
-class LossSchedulePolicy:
-    """Replays a :class:`~lossgym.schedules.LossSchedule` over training progress (absolute
-    mode): the action at progress p sets every parameter to ``schedule(p)`` (progress read
-    from ``obs[:, 0]`` with the float32 tolerance of :mod:`agents.baselines`).
-
-    Args:
-        schedule: the schedule, e.g. :meth:`PBTResult.schedule`.
-        parameters: the controlled parameters; unscheduled ones stay neutral.
-    """
-
-    mode = "absolute"
-
-    def __init__(self, schedule: LossSchedule,
-                 parameters: Sequence[str] = DEFAULT_PARAMETERS) -> None:
-        self.schedule = schedule
-        self.mapping = ActionMapping(tuple(parameters), "absolute")
-        self.parameters = self.mapping.parameters
-        missing = set(schedule.parameters) - set(self.parameters)
-        if missing:
-            raise ValueError(f"the schedule sets {sorted(missing)}, which parameters="
-                             f"{self.parameters} does not control")
-
-    def reset(self, num_envs: int) -> None:
-        """Nothing to reset: the schedule reads progress only."""
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions ``[N, d]`` from each row's progress."""
-        rows = []
-        for p in np.asarray(obs, dtype=np.float64)[:, PROGRESS]:
-            values = self.schedule(min(p + PROGRESS_TOL, 1.0))
-            row = []
-            for name in self.parameters:
-                low, high, neutral = loss_params.ranges()[name]
-                row.append(2.0 * (values.get(name, neutral) - low) / (high - low) - 1.0)
-            rows.append(row)
-        return np.clip(np.asarray(rows), -1.0, 1.0).astype(np.float32)
-
-    def __repr__(self) -> str:
-        return f"LossSchedulePolicy({json.dumps(self.schedule.to_dict())})"

@@ -12,6 +12,7 @@ gives every method the same training pool, initialisation and data order (paired
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,15 +21,19 @@ import numpy as np
 import torch
 
 from agents import distributed
+from lossgym import params as loss_params
 from lossgym.actions import ActionMapping
 from lossgym.envs.core import TEST_METRICS, EpisodeBatch, metric_value
 from lossgym.methods import MethodMix, make_method
 from lossgym.population import SHARED_FIELDS, Population, resolve_device
+from lossgym.schedules import LossSchedule
 from lossgym.tasks import TaskSpec
 
 
 class Policy(Protocol):
-    """Anything that maps a batch of observations to actions in [−1, 1]^d.
+    """Anything that maps a batch of observations to actions in [−1, 1]^d, or, for a rule
+    (:class:`ScheduleRule`, the feedback rule), to loss parameters directly: then it has
+    ``params(obs [N, D], progress [N]) -> [N, d]`` instead of ``act``.
 
     Attributes:
         parameters: the loss parameters its actions control, in action order.
@@ -44,6 +49,40 @@ class Policy(Protocol):
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions ``[N, d]`` for observations ``[N, D]``."""
+
+
+class ScheduleRule:
+    """A :class:`~lossgym.schedules.LossSchedule` as a rule: every member's parameters at
+    step h of H are the schedule's at progress h/H (what a progress-only hand rule is).
+
+    Args:
+        schedule: the schedule.
+        parameters: the controlled parameters (default: the scheduled ones); those the
+            schedule leaves out stay neutral.
+    """
+
+    mode = "absolute"
+
+    def __init__(self, schedule: LossSchedule, parameters: Sequence[str] | None = None
+                 ) -> None:
+        self.schedule = schedule
+        self.parameters = ActionMapping(tuple(parameters or schedule.parameters)).parameters
+        missing = set(schedule.parameters) - set(self.parameters)
+        if missing:
+            raise ValueError(f"the schedule sets {sorted(missing)}, which parameters="
+                             f"{self.parameters} does not control")
+
+    def reset(self, num_envs: int) -> None:
+        """Nothing to reset: the schedule reads progress only."""
+
+    def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
+        """Parameters ``[N, d]`` at each row's progress."""
+        neutral = loss_params.neutral()
+        rows = [self.schedule(float(t)) for t in np.asarray(progress, dtype=np.float64)]
+        return np.array([[row.get(p, neutral[p]) for p in self.parameters] for row in rows])
+
+    def __repr__(self) -> str:
+        return f"ScheduleRule({json.dumps(self.schedule.to_dict())})"
 
 
 @dataclass
@@ -131,10 +170,17 @@ def _policy_unit(policy: Policy, tasks: list[TaskSpec], name: str, metric: str,
     curves = [batch.value.copy()]
     params, actions, tests = [], [], [None] * n
     diverged = np.zeros(n, dtype=bool)
+    rule = getattr(policy, "params", None)
     while not all(batch.done):
-        action = np.asarray(policy.act(obs), dtype=np.float32).reshape(n, -1)
-        actions.append(np.clip(action, -1.0, 1.0))
-        obs, _, terminated, infos = batch.step(batch.check_actions(action))
+        if rule is not None:  # a rule sets the parameters; its record keeps their actions
+            progress = np.array([s / t.horizon for s, t in zip(batch.steps, tasks)])
+            obs, _, terminated, infos = batch.step(params=torch.as_tensor(
+                np.asarray(rule(obs, progress), dtype=np.float32)))
+            actions.append(mapping.normalise(batch.params).cpu().numpy())
+        else:
+            action = np.asarray(policy.act(obs), dtype=np.float32).reshape(n, -1)
+            actions.append(np.clip(action, -1.0, 1.0))
+            obs, _, terminated, infos = batch.step(batch.check_actions(action))
         params.append(batch.params.cpu().numpy().copy())
         curves.append(batch.value.copy())
         for k, info in enumerate(infos):

@@ -55,7 +55,7 @@ class LossMethod:
         self.device = torch.device(device)
         unknown = sorted(set(hyper) - set(self.HYPER))
         if unknown:
-            raise ValueError(f"{type(self).__name__} has no hyperparameters {unknown}; it "
+            raise ValueError(f"method {self.name!r} has no hyperparameters {unknown}; it "
                              f"takes {sorted(self.HYPER)}")
         self.hyper: dict[str, float] = {}
         for key, (default, low, high) in self.HYPER.items():
@@ -65,8 +65,8 @@ class LossMethod:
                     value, numbers.Integral if integral else numbers.Real) \
                     or not (math.isfinite(value) and low <= value <= high):
                 kind = "an integer" if integral else "a number"
-                raise ValueError(f"{self.name}: {key}={value!r} is invalid; it must be {kind} "
-                                 f"in [{low:g}, {high:g}]")
+                raise ValueError(f"method {self.name!r}: {key}={value!r} is invalid; it must "
+                                 f"be {kind} in [{low:g}, {high:g}]")
             self.hyper[key] = int(value) if integral else float(value)
 
     def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:

@@ -6,14 +6,12 @@ from agents import baselines
 from agents.baselines import (
     HAND_BASELINES,
     METHOD_BASELINES,
+    RULES,
     ConstantActionPolicy,
-    ConstantPolicy,
-    DRWPolicy,
-    FeedbackPolicy,
+    FeedbackRule,
     PerMemberPolicy,
     RandomPolicy,
     ReplayPolicy,
-    SchedulePolicy,
     best_constant,
     cma_search,
     default_popsize,
@@ -27,11 +25,14 @@ from agents.baselines import (
     tune_drw,
     tune_feedback,
 )
+from agents.baselines import constant_rule as ConstantPolicy
+from agents.baselines import drw_rule as DRWPolicy
+from agents.baselines import schedule_rule as SchedulePolicy
 from agents.rollout import rollout_method, rollout_policy
 from lossgym import TaskSpec
 from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec
-from lossgym.methods import BUILTIN_METHODS, GRID_METHODS
+from lossgym.methods import METHODS
 
 SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
                  minibatches_per_step=3, horizon=4)
@@ -58,6 +59,13 @@ def params_of(actions, parameters=("gamma", "alpha")):
     mapping = ActionMapping(tuple(parameters))
     a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
     return mapping.apply(a, torch.zeros_like(a)).numpy()
+
+
+def rule_params(rule, observations):
+    """The parameters a rule sets for observations ``[N, D]`` at their progress column (a
+    rollout gives the rule the exact progress h/H; the observation holds its float32)."""
+    progress = np.asarray(observations)[:, 0].astype(np.float64)
+    return np.asarray(rule.params(observations, np.round(progress, 6)))
 
 
 def assert_records_close(a, b, atol=1e-5):
@@ -96,22 +104,27 @@ def test_constant_policy_maps_to_its_gamma_and_alpha(gamma, alpha):
     policy = ConstantPolicy(gamma, alpha)
     assert policy.parameters == ("gamma", "alpha") and policy.mode == "absolute"
     policy.reset(3)
-    actions = policy.act(obs([0.0, 0.5, 0.9]))
-    assert actions.shape == (3, 2) and actions.dtype == np.float32
-    np.testing.assert_allclose(params_of(actions), [[gamma, alpha]] * 3, atol=1e-6)
+    values = rule_params(policy, obs([0.0, 0.5, 0.9]))
+    assert values.shape == (3, 2)
+    np.testing.assert_allclose(values, [[gamma, alpha]] * 3, atol=1e-6)
 
 
 def test_hand_baseline_registry():
     expected = {"ce": (0, 0), "focal_0.5": (0.5, 0), "focal_1": (1, 0), "focal_2": (2, 0),
-                "focal_3": (3, 0), "focal_5": (5, 0), "class_balanced": (0, 1),
-                "cb_focal": (1, 1)}
+                "focal_3": (3, 0), "focal_5": (5, 0), "cb_power": (0, 1),
+                "cb_power_focal": (1, 1)}
     assert set(HAND_BASELINES) == set(expected) | {"random"}
     for name, (gamma, alpha) in expected.items():
         policy = HAND_BASELINES[name]()
         policy.reset(1)
-        np.testing.assert_allclose(params_of(policy.act(obs(0.3))), [[gamma, alpha]], atol=1e-6)
+        np.testing.assert_allclose(rule_params(policy, obs(0.3)), [[gamma, alpha]], atol=1e-6)
+    # One registry, one name per loss: a name in both registries is the same loss.
+    assert set(RULES) >= set(HAND_BASELINES) | {"drw", "schedule", "feedback"}
+    for name in set(RULES) & set(METHODS):
+        values = RULES[name]().schedule(0.0)
+        assert METHODS[name][1] == {k: v for k, v in values.items() if v != 0.0}
     assert HAND_BASELINES["random"]() is not HAND_BASELINES["random"]()
-    assert set(METHOD_BASELINES) <= set(BUILTIN_METHODS) | set(GRID_METHODS)
+    assert set(METHOD_BASELINES) <= set(METHODS)
     assert {"cb_beta0.9", "cb_beta0.99", "cb_beta0.999", "cb_beta0.9999"} <= set(METHOD_BASELINES)
 
 
@@ -119,34 +132,31 @@ def test_class_balanced_beta_grid_is_the_class_balanced_method():
     # β = 0.9999 is the built-in class_balanced; another β weighs the classes differently.
     tasks = [SMALL.replace(seed=s) for s in (0, 1)]
     same = rollout_baseline("cb_beta0.9999", tasks, device="cpu")
-    builtin = rollout_baseline("class_balanced", tasks, device="cpu")  # power-law α = 1
-    reference = rollout_method("class_balanced", tasks, device="cpu")
+    builtin = rollout_baseline("cb_power", tasks, device="cpu")  # power-law α = 1
+    reference = rollout_method("cb_effective", tasks, device="cpu")
     assert [r.test for r in same] == [r.test for r in reference]
     other = rollout_baseline("cb_beta0.9", tasks, device="cpu")
     assert [r.test for r in other] != [r.test for r in same]
-    assert all(r.method == "class_balanced" for r in builtin)
+    assert all(r.method == "cb_power" for r in builtin)
 
 
 def test_extra_parameters_stay_neutral():
     parameters = ("tau", "gamma", "alpha", "poly_epsilon")
     policy = ConstantPolicy(2.0, 0.5, parameters=parameters)
     x = np.zeros((2, FeatureSpec(parameters).dim), dtype=np.float32)
-    np.testing.assert_allclose(params_of(policy.act(x), parameters), [[0, 2, 0.5, 0]] * 2,
-                               atol=1e-6)
+    np.testing.assert_allclose(rule_params(policy, x), [[0, 2, 0.5, 0]] * 2, atol=1e-6)
     with pytest.raises(ValueError, match="lacks"):
         ConstantPolicy(parameters=("gamma", "tau"))
-    with pytest.raises(ValueError, match="shape"):
-        policy.act(obs(0.0))  # observation of a two-parameter env
 
 
 @pytest.mark.parametrize("switch", [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0])
 def test_drw_switches_exactly_at_the_switch_progress(switch):
     horizon = 10
     k = np.arange(horizon)
-    progress = (k / horizon).astype(np.float32)  # as the env observes it (0.7 -> 0.69999999)
+    progress = k / horizon  # what a rollout gives the rule
     policy = DRWPolicy(switch=switch, alpha=0.75, gamma=1.0)
     policy.reset(horizon)
-    p = params_of(policy.act(obs(progress)))
+    p = policy.params(obs(progress), progress)
     expected_alpha = np.where(k >= round(switch * horizon), 0.75, 0.0)
     np.testing.assert_allclose(p[:, 1], expected_alpha, atol=1e-6)
     np.testing.assert_allclose(p[:, 0], 1.0, atol=1e-6)
@@ -157,7 +167,7 @@ def test_schedule_endpoints_and_shape(shape):
     policy = SchedulePolicy(gamma_start=4.0, gamma_end=1.0, shape=shape, drw_switch=0.6,
                             drw_alpha=0.5)
     policy.reset(5)
-    p = params_of(policy.act(obs([0.0, 0.25, 0.5, 0.6, 1.0])))
+    p = rule_params(policy, obs([0.0, 0.25, 0.5, 0.6, 1.0]))
     s = np.array([0.0, 0.25, 0.5, 0.6, 1.0])
     if shape == "cosine":
         s = (1 - np.cos(np.pi * s)) / 2
@@ -165,20 +175,19 @@ def test_schedule_endpoints_and_shape(shape):
     assert p[2, 0] == pytest.approx(2.5, abs=1e-5)  # both shapes cross the midpoint at p=0.5
     np.testing.assert_allclose(p[:, 1], [0.0, 0.0, 0.0, 0.5, 0.5], atol=1e-6)
     # monotone between the endpoints
-    g = policy.gamma_at(np.linspace(0, 1, 21))
+    g = np.array([policy.schedule(t)["gamma"] for t in np.linspace(0, 1, 21)])
     assert np.all(np.diff(g) <= 1e-12) and g[0] == 4.0 and g[-1] == pytest.approx(1.0)
 
 
 def test_schedule_alpha_before_the_switch_and_constant_special_case():
     policy = SchedulePolicy(gamma_start=1.0, gamma_end=1.0, drw_switch=0.5, drw_alpha=0.8,
                             alpha_start=0.3)
-    p = params_of(policy.act(obs([0.0, 0.45, 0.5, 0.9])))
+    p = rule_params(policy, obs([0.0, 0.45, 0.5, 0.9]))
     np.testing.assert_allclose(p[:, 1], [0.3, 0.3, 0.8, 0.8], atol=1e-6)
-    assert "alpha_start=0.3" in repr(policy)
+    assert '"values": [0.3, 0.8]' in repr(policy)
     constant = SchedulePolicy(gamma_start=2.0, gamma_end=2.0, drw_switch=0.0, drw_alpha=0.4,
                               alpha_start=0.4)
-    grid = obs(np.linspace(0, 1, 7))
-    np.testing.assert_allclose(constant.act(grid), ConstantPolicy(gamma=2.0, alpha=0.4).act(grid))
+    assert constant.schedule == ConstantPolicy(gamma=2.0, alpha=0.4).schedule
 
 
 def test_best_constant_of_a_mixed_history():
@@ -196,47 +205,47 @@ def test_best_constant_of_a_mixed_history():
 
 def test_schedule_increasing_gamma():
     policy = SchedulePolicy(gamma_start=0.0, gamma_end=5.0, shape="linear", drw_switch=1.0)
-    p = params_of(policy.act(obs([0.0, 0.5, 0.95])))
+    p = rule_params(policy, obs([0.0, 0.5, 0.95]))
     np.testing.assert_allclose(p, [[0.0, 0.0], [2.5, 0.0], [4.75, 0.0]], atol=1e-5)
 
 
 def test_feedback_raises_alpha_when_worst_recall_lags_and_stays_clipped():
-    policy = FeedbackPolicy(eta=2.0, margin=0.0, alpha_max=0.6)
+    policy = FeedbackRule(eta=2.0, margin=0.0, alpha_max=0.6)
     policy.reset(2)
     # at reset (progress 0) alpha starts at 0 whatever the gap
-    a0 = params_of(policy.act(obs([0.0, 0.0], balanced=[0.5, 0.5], worst=[0.0, 0.5])))
+    a0 = rule_params(policy, obs([0.0, 0.0], balanced=[0.5, 0.5], worst=[0.0, 0.5]))
     np.testing.assert_allclose(a0[:, 1], [0.0, 0.0], atol=1e-6)
     # row 0: gap 0.1 -> alpha 0.2; row 1: no gap -> stays 0
-    a1 = params_of(policy.act(obs([0.25, 0.25], balanced=[0.6, 0.5], worst=[0.5, 0.5])))
+    a1 = rule_params(policy, obs([0.25, 0.25], balanced=[0.6, 0.5], worst=[0.5, 0.5]))
     np.testing.assert_allclose(a1[:, 1], [0.2, 0.0], atol=1e-6)
-    a2 = params_of(policy.act(obs([0.5, 0.5], balanced=[0.6, 0.5], worst=[0.5, 0.5])))
+    a2 = rule_params(policy, obs([0.5, 0.5], balanced=[0.6, 0.5], worst=[0.5, 0.5]))
     np.testing.assert_allclose(a2[:, 1], [0.4, 0.0], atol=1e-6)
     # a large gap saturates at alpha_max
-    a3 = params_of(policy.act(obs([0.75, 0.75], balanced=[0.9, 0.5], worst=[0.0, 0.5])))
+    a3 = rule_params(policy, obs([0.75, 0.75], balanced=[0.9, 0.5], worst=[0.0, 0.5]))
     np.testing.assert_allclose(a3[:, 1], [0.6, 0.0], atol=1e-6)
     np.testing.assert_allclose(a3[:, 0], [0.0, 0.0], atol=1e-6)
     # a new episode (progress 0 or reset) restarts at 0
-    a4 = params_of(policy.act(obs([0.0, 0.25], balanced=[0.9, 0.9], worst=[0.0, 0.0])))
+    a4 = rule_params(policy, obs([0.0, 0.25], balanced=[0.9, 0.9], worst=[0.0, 0.0]))
     np.testing.assert_allclose(a4[:, 1], [0.0, 0.6], atol=1e-6)
     policy.reset(2)
     np.testing.assert_allclose(policy.alpha, [0.0, 0.0])
 
 
 def test_feedback_margin_lowers_alpha_and_clips_at_zero():
-    policy = FeedbackPolicy(eta=1.0, margin=0.1, alpha_max=1.0)
+    policy = FeedbackRule(eta=1.0, margin=0.1, alpha_max=1.0)
     policy.reset(1)
-    policy.act(obs(0.0))
-    a = params_of(policy.act(obs(0.25, balanced=0.8, worst=0.4)))[0, 1]
+    rule_params(policy, obs(0.0))
+    a = rule_params(policy, obs(0.25, balanced=0.8, worst=0.4))[0, 1]
     assert a == pytest.approx(0.3, abs=1e-6)
-    a = params_of(policy.act(obs(0.5, balanced=0.8, worst=0.75)))[0, 1]
+    a = rule_params(policy, obs(0.5, balanced=0.8, worst=0.75))[0, 1]
     assert a == pytest.approx(0.25, abs=1e-6)
-    a = params_of(policy.act(obs(0.75, balanced=0.8, worst=0.8)))[0, 1]
+    a = rule_params(policy, obs(0.75, balanced=0.8, worst=0.8))[0, 1]
     assert a == pytest.approx(0.15, abs=1e-6)
     for p in (0.8, 0.85, 0.9):
-        a = params_of(policy.act(obs(p, balanced=0.8, worst=0.8)))[0, 1]
+        a = rule_params(policy, obs(p, balanced=0.8, worst=0.8))[0, 1]
     assert a == 0.0
     with pytest.raises(ValueError, match="rows"):
-        policy.act(obs([0.1, 0.2]))
+        rule_params(policy, obs([0.1, 0.2]))
 
 
 def test_random_policy_is_reproducible_per_seed():
@@ -287,12 +296,12 @@ def test_per_member_policy_checks():
     with pytest.raises(ValueError, match="same object"):
         PerMemberPolicy([same, same])
     with pytest.raises(ValueError, match="all must agree"):
-        PerMemberPolicy([ConstantPolicy(), RandomPolicy(0, ("gamma",))])
+        PerMemberPolicy([ConstantPolicy(), ConstantPolicy(parameters=("gamma", "alpha", "tau"))])
     policy = PerMemberPolicy([ConstantPolicy(1.0), DRWPolicy(0.5, 1.0)])
     with pytest.raises(ValueError, match="num_envs=3"):
         policy.reset(3)
     policy.reset(2)
-    p = params_of(policy.act(obs([0.6, 0.6])))
+    p = rule_params(policy, obs([0.6, 0.6]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.0, 1.0]], atol=1e-6)
 
 
@@ -304,9 +313,9 @@ def test_per_member_policy_checks():
     (lambda: SchedulePolicy(shape="step"), "shape='step'.*linear"),
     (lambda: SchedulePolicy(gamma_end=-1.0), r"gamma_end=-1\.0"),
     (lambda: SchedulePolicy(drw_alpha=2.0), r"drw_alpha=2\.0"),
-    (lambda: FeedbackPolicy(eta=-1.0), r"eta=-1\.0 .*\[0, inf\]"),
-    (lambda: FeedbackPolicy(alpha_max=1.5), r"alpha_max=1\.5"),
-    (lambda: FeedbackPolicy(margin=2.0), r"margin=2\.0 .*\[-1, 1\]"),
+    (lambda: FeedbackRule(eta=-1.0), r"eta=-1\.0 .*\[0, inf\]"),
+    (lambda: FeedbackRule(alpha_max=1.5), r"alpha_max=1\.5"),
+    (lambda: FeedbackRule(margin=2.0), r"margin=2\.0 .*\[-1, 1\]"),
     (lambda: RandomPolicy(seed=-1), "seed=-1"),
     (lambda: RandomPolicy(mode="relative"), "relative"),
     (lambda: RandomPolicy(parameters=("beta",)), "beta"),
@@ -353,7 +362,7 @@ def test_per_member_policy_equals_each_policy_alone():
 
     def make():
         return [ConstantPolicy(2.0, 0.5), DRWPolicy(switch=0.5, alpha=1.0),
-                FeedbackPolicy(eta=2.0)]
+                FeedbackRule(eta=2.0)]
 
     together = rollout_policy(PerMemberPolicy(make()), tasks, device="cpu")
     for i, (policy, task) in enumerate(zip(make(), tasks)):
@@ -418,7 +427,7 @@ def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):
     best, table = tune_feedback(TASKS, etas=(1.0, 5.0), margins=(0.0,), device="cpu")
     assert counter.runs == 4 + 4
     assert best["eta"] in (1.0, 5.0) and best["margin"] == 0.0 and best["alpha_max"] == 1.0
-    FeedbackPolicy(**best)
+    FeedbackRule(**best)
 
     best, table = tune_constant(TASKS, gammas=(0.0, 2.0), alphas=(0.0, 1.0), device="cpu")
     assert counter.runs == 8 + 8 and counter.calls == 3
@@ -499,15 +508,14 @@ def test_fixed_parameters_of_hand_policies():
     assert policy.parameters == ("gamma", "alpha", "tau", "margin", "scale")
     policy.reset(2)
     x = np.zeros((2, FeatureSpec(policy.parameters).dim), dtype=np.float32)
-    np.testing.assert_allclose(params_of(policy.act(x), policy.parameters),
-                               [[1.0, 0.5, 1.0, 0.5, 10.0]] * 2, atol=1e-5)
-    assert "scale=10" in repr(policy)
+    np.testing.assert_allclose(rule_params(policy, x), [[1.0, 0.5, 1.0, 0.5, 10.0]] * 2,
+                               atol=1e-5)
+    assert '"scale": {"kind": "constant", "value": 10.0}' in repr(policy)
     drw = policy_from_config("drw", {"switch": 0.5, "alpha": 1.0, "tau": 1.0})
     drw.reset(2)
     x = np.zeros((2, FeatureSpec(drw.parameters).dim), dtype=np.float32)
     x[:, 0] = [0.2, 0.6]
-    np.testing.assert_allclose(params_of(drw.act(x), drw.parameters),
-                               [[0, 0, 1.0], [0, 1.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(rule_params(drw, x), [[0, 0, 1.0], [0, 1.0, 1.0]], atol=1e-6)
     with pytest.raises(ValueError, match="'bogus' is not known"):
         ConstantPolicy(bogus=1.0)
     with pytest.raises(ValueError, match="scale"):

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from agents import distributed
-from agents.baselines import ConstantPolicy, RandomPolicy
+from agents.baselines import RandomPolicy
+from agents.baselines import constant_rule as ConstantPolicy
 from agents.evaluate import EvalArgs, _pbt, parse_args
 from agents.rollout import rollout_policy
 from lossgym.tasks import TaskSpec

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import agents.train as train_mod
-from agents.baselines import DRWPolicy, SchedulePolicy
+from agents.baselines import drw_rule as DRWPolicy
+from agents.baselines import schedule_rule as SchedulePolicy
 from agents.export import average_schedule, export_baseline, export_run
 from agents.rollout import EpisodeRecord, rollout_policy
 from agents.train import AgentPolicy, TrainArgs, train
@@ -564,28 +565,30 @@ def test_baselines_export_as_their_exact_schedules(tmp_path):
     la, _ = read_export(export_baseline("logit_adjusted", tmp_path / "la"))
     assert la.to_dict() == {"tau": {"kind": "constant", "value": 1.0}}
     flsd, manifest = read_export(export_baseline("flsd53", tmp_path / "flsd"))
-    assert manifest["kind"] == "method" and flsd.to_dict() == {
-        "name": "flsd53", "params": {}, "minibatches_per_step": TaskSpec().minibatches_per_step}
-    cb, _ = read_export(export_baseline("method:class_balanced", tmp_path / "cb"))
+    assert manifest["kind"] == "method" and flsd.to_dict() == {"name": "flsd53", "params": {}}
+    assert manifest["method"]["minibatches_per_step"] == TaskSpec().minibatches_per_step
+    cb, _ = read_export(export_baseline("cb_effective", tmp_path / "cb"))
     assert cb.to_dict()["params"] == {"gamma": 0.0, "beta": 0.9999, "switch": 0.0}
     # The evaluation's class-balanced β grid exports by its report names.
     grid, manifest = read_export(export_baseline("cb_beta0.99", tmp_path / "cb99"))
-    assert grid.to_dict()["name"] == "class_balanced" and grid.to_dict()["params"]["beta"] == 0.99
+    assert grid.to_dict()["name"] == "cb_beta0.99" and grid.to_dict()["params"]["beta"] == 0.99
     assert manifest["source"] == {"method": "cb_beta0.99"}
     with pytest.raises(ValueError, match="not known"):
         export_baseline("nope", tmp_path / "nope")
     with pytest.raises(ValueError, match="not known"):
         export_baseline("method:drw", tmp_path / "nope")
+    with pytest.raises(ValueError, match="now cb_power .* or cb_effective"):
+        export_baseline("class_balanced", tmp_path / "nope")
 
 
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m["method"].update(name="focal_pickle"),
-     r"method 'focal_pickle' is not known; a method export names one of \['adafocal'"),
+     r"method 'focal_pickle' is not known; choose from \['adafocal'"),
     (lambda m: m["method"]["params"].update(margin=0.5),
      r"method 'ldam_drw' has no hyperparameters \['margin'\]; it takes \['scale', 'switch'\]"),
     (lambda m: m["method"]["params"].update(switch=1.5),
-     r"method.params.switch=1.5 must be a finite number in \[0, 1\]"),
-    (lambda m: m["method"]["params"].update(scale="30"), r"method.params.scale='30'"),
+     r"method 'ldam_drw': switch=1.5 is invalid; it must be a number in \[0, 1\]"),
+    (lambda m: m["method"]["params"].update(scale="30"), r"scale='30' is invalid"),
     (lambda m: m["method"].update(minibatches_per_step=0), "minibatches_per_step=0"),
     (lambda m: m["method"].pop("params"), "method lacks"),
     (lambda m: m.update(schedule={}), "unknown keys"),
@@ -644,7 +647,7 @@ def test_cli_export(runs, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ built-in methods
-OUTSIDE_PARAMETRIC = ["method:class_balanced", "method:cb_focal", "ce_drw", "ldam_drw", "flsd53",
+OUTSIDE_PARAMETRIC = ["cb_effective", "cb_focal", "ce_drw", "ldam_drw", "flsd53",
                       "adafocal", "adaloss", "gradient_gate"]
 
 
@@ -653,7 +656,7 @@ def test_plain_loop_with_an_exported_method_reproduces_the_engine_run(tmp_path, 
     # 4 periods of 3 minibatches: DRW's switch at 80 % falls inside period 3 (minibatch 10).
     task = SMALL.replace(seed=3, horizon=4, minibatches_per_step=3)
     population = Population([task], device="cpu")
-    method = make_method(name.removeprefix("method:"), 1, population.num_classes,
+    method = make_method(name, 1, population.num_classes,
                          torch.device("cpu"))
     engine_val = [float(population.evaluate("val")["balanced_accuracy"][0])]
     for _ in range(task.horizon):

@@ -782,7 +782,8 @@ def test_none_reduction_shapes(shape):
     counts = torch.ones(C)
     for out in (
         focal_loss(logits, targets, reduction="none"),
-        parametric_loss(logits, targets, counts, 1.0, 0.5, 1.0, 0.1, 1.0, 1.0, "none"),
+        parametric_loss(logits, targets, counts, "none", gamma=1.0, alpha=0.5, tau=1.0,
+                        label_smoothing=0.1, poly_epsilon=1.0, gate=1.0),
         ldam_loss(logits, targets, counts, reduction="none"),
         flsd53_loss(logits, targets, reduction="none"),
         gradient_gated_cross_entropy(logits, targets, 1.0, reduction="none"),
@@ -798,7 +799,7 @@ def test_modules_wrap_functions():
     _close(fl(logits, targets), focal_loss(logits, targets, gamma, torch.ones(C)))
     assert "gamma=[0.0, 1.0, 2.0]" in repr(fl)
     pl = ParametricLoss(COUNTS_NC, gamma=gamma, alpha=0.5, tau=1.0, gate=1.0)
-    ref = parametric_loss(logits, targets, COUNTS_NC, gamma, 0.5, 1.0, gate=1.0)
+    ref = parametric_loss(logits, targets, COUNTS_NC, gamma=gamma, alpha=0.5, tau=1.0, gate=1.0)
     _close(pl(logits, targets), ref)
     assert "tau=1.0" in repr(pl) and "class_counts" in repr(pl)
     assert "gamma" in dict(pl.named_buffers())
@@ -872,7 +873,7 @@ def test_per_member_tensor_parameters_match_per_member_host_numbers(kernels, tor
     logits.requires_grad_()
     with torch_kernels() if kernels == "torch" else contextlib.nullcontext():
         batched = parametric_loss(logits, targets, COUNTS_NC, reduction="none", **p)
-    assert (batched.grad_fn.name() == "_CompiledModulatedCEBackward") == (kernels == "compiled")
+    assert (batched.grad_fn.name() == "_NativeBackward") == (kernels == "compiled")
     weight = torch.randn_like(batched)
     (g_batched,) = torch.autograd.grad(batched, logits, weight)
     for i in range(N):

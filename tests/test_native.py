@@ -15,15 +15,8 @@ import torch.nn.functional as F
 from lossgym import TaskSpec, _native
 from lossgym.envs import LossTuningEnv
 from lossgym.export import AdaptiveLoss
-from lossgym.losses import (
-    COMPILED_MAX_NUMEL,
-    KernelPlan,
-    _CompiledModulatedCE,
-    _FusedModulatedCE,
-    compiled_kernel_usable,
-    parametric_loss,
-    parametric_plan,
-)
+from lossgym.losses import NATIVE_MAX_NUMEL, ParametricCriterion, Terms, parametric_loss
+from lossgym.losses._kernel import _reference, modulated_ce, native_plan, reduce
 from lossgym.schedules import LossSchedule, constant
 
 needs_extension = pytest.mark.skipif(_native.closedform is None,
@@ -41,7 +34,9 @@ def test_the_extension_is_built_where_a_compiler_is():
 def test_the_switch_turns_the_extension_off():
     code = ("from lossgym import _native, losses; import torch; "
             "assert _native.closedform is None; "
-            "assert not losses.compiled_kernel_usable(torch.zeros(4, 3), torch.zeros(4).long()); "
+            "t = losses.Terms(gamma=2.0); "
+            "assert losses._kernel.native_plan(t, torch.zeros(4, 3), torch.zeros(4).long(), "
+            "'mean') is None; "
             "print(float(losses.focal_loss(torch.zeros(4, 3), torch.zeros(4).long(), 2.0)))")
     env = dict(os.environ, LOSSGYM_NO_EXTENSION="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -49,20 +44,9 @@ def test_the_switch_turns_the_extension_off():
     assert abs(float(out.stdout) - (2 / 3) ** 2 * torch.log(torch.tensor(3.0)).item()) < 1e-6
 
 
-def _reference(logits, targets, plan_kw, weight):
-    """The torch kernels: the logit transform, then the closed form of the modulated CE."""
-    scale = plan_kw.get("scale", 1.0)
-    shift, margins = plan_kw.get("shift"), plan_kw.get("margins")
-    z = logits * scale
-    if shift is not None:
-        z = z + shift
-    if margins is not None:
-        index = targets.unsqueeze(-1)
-        z = z.scatter_add(-1, index, -margins.take(index))
-    return _FusedModulatedCE.apply(
-        z, targets, None if weight is None else weight.take(targets),
-        plan_kw.get("gamma", 0.0), plan_kw.get("label_smoothing", 0.0),
-        plan_kw.get("poly_epsilon", 0.0), 1e-6, plan_kw.get("reduction", "mean"), None)
+def _torch(logits, targets, terms, reduction):
+    """The torch kernels (autograd) of the same terms."""
+    return reduce(_reference(logits, targets, terms), reduction)
 
 
 TERMS = {
@@ -89,10 +73,11 @@ def test_compiled_loss_equals_the_torch_kernels(terms, weighted, reduction, dtyp
     targets = torch.randint(0, 5, shape, generator=g)
     weight = torch.rand(5, generator=g, dtype=dtype) + 0.5 if weighted else None
     kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in TERMS[terms].items()}
-    plan = KernelPlan(dtype, 5, weight=weight, reduction=reduction, **kw)
+    t = Terms(weight=weight, **kw)
     recorded: list[float] = []
-    ours = _CompiledModulatedCE.apply(logits, targets, plan, recorded)
-    ref = _reference(logits, targets, dict(kw, reduction=reduction), weight)
+    ours = modulated_ce(logits, targets, t, reduction, recorded)
+    assert ours.grad_fn.name().startswith("_Native")
+    ref = _torch(logits, targets, t, reduction)
     upstream = torch.rand_like(ref) + 0.5
     (g_ours,) = torch.autograd.grad(ours, logits, upstream)
     (g_ref,) = torch.autograd.grad(ref, logits, upstream)
@@ -108,7 +93,7 @@ def test_compiled_loss_equals_the_torch_kernels(terms, weighted, reduction, dtyp
 @needs_extension
 @pytest.mark.parametrize("num_classes", [5, 100])  # 100: past the kernel's stack buffer
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_compiled_loss_per_sample_weights_and_the_parametric_loss(num_classes, dtype):
+def test_compiled_parametric_loss_equals_autograd_with_tensor_parameters(num_classes, dtype):
     # parametric_loss with host numbers on small CPU inputs runs the compiled kernel; tensor
     # parameters take autograd: they agree.
     g = torch.Generator().manual_seed(2)
@@ -118,7 +103,7 @@ def test_compiled_loss_per_sample_weights_and_the_parametric_loss(num_classes, d
     params = {"gamma": 1.7, "alpha": 0.6, "tau": 0.4, "margin": 0.3, "scale": 8.0,
               "label_smoothing": 0.1}
     ours = parametric_loss(logits, targets, counts, **params)
-    assert ours.grad_fn.name().startswith("_CompiledModulatedCE")
+    assert ours.grad_fn.name().startswith("_Native")
     ref = parametric_loss(logits, targets, counts,
                           **{k: torch.tensor(v, dtype=dtype) for k, v in params.items()})
     (g_ours,) = torch.autograd.grad(ours, logits)
@@ -131,48 +116,60 @@ def test_compiled_loss_per_sample_weights_and_the_parametric_loss(num_classes, d
 @needs_extension
 def test_compiled_loss_inputs_it_refuses_or_copes_with():
     logits, targets = torch.randn(8, 5), torch.randint(0, 5, (8,))
-    plan = KernelPlan(torch.float32, 5, gamma=2.0)
+    terms = Terms(gamma=2.0)
     bad = targets.clone()
     bad[3] = 5
     with pytest.raises(IndexError, match=r"Target 5 is out of bounds \[0, 5\) \(sample 3\)"):
-        _CompiledModulatedCE.apply(logits, bad, plan, None)
+        modulated_ce(logits, bad, terms)
     bad[3] = -1
     with pytest.raises(IndexError, match="Target -1"):
-        _CompiledModulatedCE.apply(logits, bad, plan, None)
-    with pytest.raises(ValueError, match="do not fit the plan"):
-        _CompiledModulatedCE.apply(logits.double(), targets, plan, None)
-    with pytest.raises(ValueError, match="do not fit the plan"):
-        _CompiledModulatedCE.apply(torch.randn(8, 4), targets, plan, None)
-    with pytest.raises(ValueError, match="int64 targets"):
-        _CompiledModulatedCE.apply(logits, targets.int(), plan, None)
-    members = KernelPlan(torch.float32, 5, gamma=torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"as \[2, B, 5\]"):
-        _CompiledModulatedCE.apply(logits, targets, members, None)
-    per_sample = KernelPlan(torch.float32, 5, weight=torch.ones(7), per_sample_weight=True)
-    with pytest.raises(ValueError, match="with 7 samples in all"):
-        _CompiledModulatedCE.apply(logits, targets, per_sample, None)
-    with pytest.raises(ValueError, match=r"shift must have one value per class \(5\)"):
-        KernelPlan(torch.float32, 5, shift=torch.zeros(4))
-    with pytest.raises(ValueError, match="float32 or float64"):
-        KernelPlan(torch.float16, 5)
-    with pytest.raises(ValueError, match="reduction"):
-        KernelPlan(torch.float32, 5, reduction="avg")
+        modulated_ce(logits, bad, terms)
+    members = Terms(gamma=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="cannot be aligned"):
+        modulated_ce(logits, targets, members)
     # Non-contiguous logits are copied; NaN logits give NaN, as torch's kernels do.
     wide = torch.randn(5, 8).t()
     assert not wide.is_contiguous()
-    torch.testing.assert_close(_CompiledModulatedCE.apply(wide, targets, plan, None),
-                               _CompiledModulatedCE.apply(wide.contiguous(), targets, plan,
-                                                          None))
+    torch.testing.assert_close(modulated_ce(wide, targets, terms),
+                               modulated_ce(wide.contiguous(), targets, terms))
     nan = logits.clone()
     nan[2, 1] = float("nan")
-    assert torch.isnan(_CompiledModulatedCE.apply(nan, targets, plan, None))
-    # What the kernel does not take goes to torch.
-    assert compiled_kernel_usable(logits, targets)
-    assert not compiled_kernel_usable(logits.half(), targets)
-    assert not compiled_kernel_usable(logits, targets.int())
-    assert not compiled_kernel_usable(torch.randn(COMPILED_MAX_NUMEL // 5 + 1, 5),
-                                      torch.zeros(COMPILED_MAX_NUMEL // 5 + 1).long())
-    assert not compiled_kernel_usable(torch.randn(0, 5), torch.zeros(0).long())
+    assert torch.isnan(modulated_ce(nan, targets, terms))
+    # What the extension does not take goes to torch.
+    assert native_plan(terms, logits, targets, "mean") is not None
+    assert native_plan(terms, logits.half(), targets, "mean") is None
+    assert native_plan(terms, logits, targets.int(), "mean") is None
+    big = NATIVE_MAX_NUMEL // 5 + 1
+    assert native_plan(terms, torch.randn(big, 5), torch.zeros(big).long(), "mean") is None
+    assert native_plan(terms, torch.randn(0, 5), torch.zeros(0).long(), "mean") is None
+    assert native_plan(Terms(gamma=1.0, gate=0.5), logits, targets, "mean") is None
+    assert native_plan(Terms(gamma=torch.ones(8)), logits, targets, "mean") is None  # per sample
+    assert native_plan(Terms(gamma=torch.ones(1, requires_grad=True)), logits, targets,
+                       "mean") is None
+
+
+@needs_extension
+def test_the_extension_checks_every_buffer_size():
+    logits, targets = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    plan, _ = native_plan(Terms(gamma=2.0, weight=torch.ones(5)), logits, targets, "mean")
+    assert plan.weight[1] == 5 and plan.members == 1  # named fields
+    out = torch.empty(())
+
+    def call(plan, lg=logits, tg=targets, out=out):
+        return _native.closedform.modulated_ce(
+            plan, tg.numel(), (lg.data_ptr(), lg.numel()), (tg.data_ptr(), tg.numel()), (0, 0),
+            (out.data_ptr(), out.numel()), False)
+
+    call(plan)
+    short = torch.ones(4)
+    with pytest.raises(ValueError, match="the weights buffer holds 4 values"):
+        call(plan._replace(weight=(short.data_ptr(), 4)))
+    with pytest.raises(ValueError, match="the logits buffer holds 35 values"):
+        call(plan, lg=logits.flatten()[:35])
+    with pytest.raises(ValueError, match="the out buffer"):
+        call(plan._replace(reduction=0))
+    with pytest.raises(ValueError, match="the member_params buffer"):
+        call(plan._replace(member_params=(short.data_ptr(), 3)))
 
 
 @needs_extension
@@ -251,29 +248,28 @@ def test_non_finite_logits_give_what_torch_gives(bad):
     logits = torch.randn(6, 5, dtype=torch.float32)
     targets = torch.tensor([0, 1, 2, 3, 4, 0])
     logits[2, 3] = bad
-    plan = KernelPlan(torch.float32, 5, gamma=2.0, reduction="none")
-    recorded: list[float] = []
-    ours = _CompiledModulatedCE.apply(logits, targets, plan, recorded)
-    ref = _FusedModulatedCE.apply(logits, targets, None, 2.0, 0.0, 0.0, 1e-6, "none", None)
+    terms = Terms(gamma=2.0)
+    ours = modulated_ce(logits, targets, terms, "none")
+    ref = _torch(logits, targets, terms, "none")
     torch.testing.assert_close(ours, ref, equal_nan=True)
 
 
-def test_parametric_plan_takes_numbers_and_per_member_tensors_only():
+def test_the_criterion_keeps_its_terms_while_the_values_stay():
     logits, targets = torch.randn(3, 8, 5), torch.randint(0, 5, (3, 8))
     counts = COUNTS.expand(3, 5)
-    plan = parametric_plan(logits, targets, counts, "none", gamma=torch.tensor([0.0, 1.0, 2.0]),
-                           alpha=0.5, tau=torch.tensor([0.0, 1.0, 0.5]))
+    criterion = ParametricCriterion(counts, reduction="none")
+    values = {"gamma": torch.tensor([0.0, 1.0, 2.0]), "alpha": 0.5,
+              "tau": torch.tensor([0.0, 1.0, 0.5])}
+    first = criterion.terms(values, logits, targets)
+    assert criterion.terms(values, logits, targets) is first
+    plan = native_plan(first, logits, targets, "none")
     assert (plan is not None) == (_native.closedform is not None)
     if plan is not None:
-        assert plan.members == 3
-    # Neutral, gated, per-sample or learnable parameters, or an unknown name: not the kernel's.
-    assert parametric_plan(logits, targets, counts, "none") is None
-    assert parametric_plan(logits, targets, counts, "none", gamma=1.0, gate=0.5) is None
-    assert parametric_plan(logits, targets, counts, "none", gamma=torch.rand(3, 8)) is None
-    assert parametric_plan(logits, targets, counts, "none",
-                           gamma=torch.ones(3, requires_grad=True)) is None
-    with pytest.raises(TypeError, match="unknown parameters"):
-        parametric_plan(logits, targets, counts, "none", gama=1.0)
+        assert plan[0].members == 3 and plan[0].class_stride == 5
+    values["gamma"].add_(0.5)  # an in-place change bumps the version: new terms
+    assert criterion.terms(values, logits, targets) is not first
+    with pytest.raises(ValueError, match="unknown loss parameters"):
+        criterion(logits, targets, {"gama": 1.0})
 
 
 @pytest.mark.parametrize("params", [("gamma", "alpha"), ("gamma", "alpha", "tau", "margin",
@@ -295,10 +291,7 @@ def test_the_environment_runs_the_same_episode_with_and_without_the_extension(
         return env, np.array(trace), np.array(rewards)
 
     env, obs, rewards = episode()
-    # The loss's plan is made once a step, and it is the extension's where it is built.
-    assert (env.batch._loss_args[2] is not None) == (_native.closedform is not None)
     with torch_kernels():
         env_ref, obs_ref, rewards_ref = episode()
-    assert env_ref.batch._loss_args[2] is None
     np.testing.assert_allclose(obs, obs_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rewards, rewards_ref, atol=1e-5)

@@ -11,9 +11,11 @@ ray = pytest.importorskip("ray")
 from test_evaluate import DIST, run_dir  # noqa: E402, F401
 
 from agents import distributed  # noqa: E402
-from agents.baselines import ConstantPolicy, RandomPolicy  # noqa: E402
+from agents.baselines import RandomPolicy  # noqa: E402
+from agents.baselines import constant_rule as ConstantPolicy  # noqa: E402
 from agents.evaluate import EvalArgs, evaluate  # noqa: E402
-from agents.pbt import LossSchedulePolicy, pbt_search  # noqa: E402
+from agents.pbt import pbt_search  # noqa: E402
+from agents.rollout import ScheduleRule as LossSchedulePolicy  # noqa: E402
 from agents.rollout import _policy_unit, rollout_policy  # noqa: E402
 from agents.train import AgentPolicy  # noqa: E402
 from lossgym.tasks import TaskSpec  # noqa: E402

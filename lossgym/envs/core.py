@@ -229,18 +229,28 @@ class EpisodeBatch:
                              "actions must be finite (values outside [-1, 1] are clipped)")
         return torch.as_tensor(array.reshape(shape), dtype=torch.float32, device=self.device)
 
-    def step(self, actions: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    def step(self, actions: Tensor | None = None, *, params: Tensor | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """One step of every running episode: observations, rewards, terminations, infos.
 
-        Envs whose episode has ended sit the step out: they do not train, their reward is 0,
-        their observation and parameters stay, and their info is empty."""
+        The loss parameters come from ``actions`` ``[N, d]`` through the action mapping, or
+        directly as ``params`` ``[N, d]`` (a rule's; clipped to their ranges). Envs whose
+        episode has ended sit the step out: they do not train, their reward is 0, their
+        observation and parameters stay, and their info is empty."""
         pop = self.population
         if pop is None or all(self.done):
             raise RuntimeError("step() called with no running episode; call reset() first")
+        if (actions is None) == (params is None):
+            raise ValueError("step() takes actions or params, one of them")
         n = self.num_envs
         running = torch.tensor([not d for d in self.done], device=self.device)
-        new = torch.where(running.unsqueeze(1), self.mapping.apply(actions, self.params),
-                          self.params)
+        if params is None:
+            params = self.mapping.apply(actions, self.params)
+        else:
+            low, high = self.mapping.bounds(self.device)
+            params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
+            params = torch.minimum(torch.maximum(params.reshape(n, -1), low), high)
+        new = torch.where(running.unsqueeze(1), params, self.params)
         change = self.mapping.normalise(new) - self.mapping.normalise(self.params)
         self.last_change = torch.where(running.unsqueeze(1), change, self.last_change)
         self.params = new

@@ -29,7 +29,8 @@ from lossgym.tasks import TaskSpec
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-TASK = TaskSpec(n_max=200, imbalance_ratio=20.0, width=32, minibatches_per_step=3, horizon=4, batch_size=32)
+TASK = TaskSpec(n_max=200, imbalance_ratio=20.0, width=32, minibatches_per_step=3, horizon=4,
+                batch_size=32)
 FIVE = ("gamma", "alpha", "tau", "margin", "scale")
 METHODS = ("ce", "focal_2", "cb_effective", "cb_focal", "ce_drw", "ldam_drw",
            "logit_adjusted", "poly1", "flsd53", "adafocal", "adaloss", "gradient_gate")
@@ -134,7 +135,7 @@ def method_losses() -> dict:
             loss = AdaptiveLoss.load(folder, class_counts=counts, total_steps=4,
                                      minibatches_per_step=2)
             rows = []
-            for period in range(4):
+            for _period in range(4):
                 for mb in range(2):
                     z = logits[mb].clone().requires_grad_(True)
                     value = loss(z, targets[mb])
