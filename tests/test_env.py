@@ -189,6 +189,47 @@ def test_divergence_ends_the_episode_with_the_penalty():
         env.step(np.zeros(2, dtype=np.float32))
 
 
+def _diverge_member(batch, member):
+    original = batch._criterion
+
+    def criterion(logits, y, ctx):
+        loss = original(logits, y, ctx).clone()
+        loss[member] = float("nan")
+        return loss
+
+    batch._criterion = criterion
+
+
+def test_divergence_is_observed_at_the_upper_bounds_not_as_a_perfect_fit():
+    names = list(LossTuningEnv(tasks=SMALL).batch.features.names)
+    loss_col, grad_col = names.index("log_train_loss"), names.index("log_grad_norm")
+    env = LossTuningEnv(tasks=SMALL)
+    high = env.observation_space.high
+    env.reset(seed=0)
+    _diverge_member(env.batch, 0)
+    obs, _, terminated, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert terminated and info["diverged"]
+    assert obs[loss_col] == high[loss_col] and obs[grad_col] == high[grad_col]
+    assert np.isnan(info["train_loss"])  # no finite step before it
+    env = LossTuningEnv(tasks=SMALL)
+    env.reset(seed=0)
+    _, _, _, _, first = env.step(np.zeros(2, dtype=np.float32))
+    _diverge_member(env.batch, 0)
+    obs, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["diverged"] and info["train_loss"] == first["train_loss"] > 0
+    # The vector env's final_obs and final_info of the diverged member say the same.
+    venv = LossTuningVectorEnv(num_envs=2, tasks=SMALL, reward_baseline="paired")
+    venv.reset(seed=0)
+    _diverge_member(venv.batch, 1)
+    obs, _, terminated, _, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
+    assert terminated.tolist() == [False, True]
+    final = infos["final_obs"][1]
+    assert final[loss_col] == high[loss_col] and final[grad_col] == high[grad_col]
+    assert np.isnan(infos["final_info"]["train_loss"][1])
+    assert infos["final_info"]["diverged"].tolist() == [False, True]
+    assert obs[0][loss_col] < high[loss_col]
+
+
 def test_paired_baseline_gives_zero_reward_for_cross_entropy():
     env = LossTuningEnv(tasks=SMALL, reward_baseline="paired")
     env.reset(seed=0)

@@ -9,6 +9,7 @@ pool, initialisation and data order).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,6 +123,8 @@ class EpisodeBatch:
         self.done = [True] * num_envs
         self.last_reward = np.zeros(num_envs)
         self.last_obs = np.zeros((num_envs, self.features.dim), dtype=np.float32)
+        # The last finite train loss of each episode (NaN before its first step).
+        self.train_loss = np.full(num_envs, np.nan)
         self._neutral = mapping.neutral(self.device)
         # The loss's arguments while the parameters and class counts stay (a step): the
         # tensors they came from (held, compared by identity and version), the logits' dtype
@@ -188,6 +191,7 @@ class EpisodeBatch:
             self.params[i] = self._neutral
             self.last_change[i] = 0.0
             self.last_reward[i] = 0.0
+            self.train_loss[i] = np.nan
         obs = self._observe(ids, stats=None)
         self.last_obs[ids] = obs
         return obs
@@ -263,6 +267,17 @@ class EpisodeBatch:
         if self.paired:
             # A diverged twin leaves no reference: the member's episode ends with it.
             diverged |= pop.diverged[n:].cpu().numpy()
+        # A member whose own training diverged skipped its non-finite minibatches, which left
+        # zeros in its statistics: it is observed at the loss and gradient features' upper
+        # bounds (non-finite), not at their floor, which would read as a perfect fit.
+        bad = pop.diverged.clone()
+        bad[n:] = False
+        inf = torch.full_like(stats.ce, float("inf"))
+        stats = dataclasses.replace(stats, ce=torch.where(bad, inf, stats.ce),
+                                    grad_norm=torch.where(bad, inf, stats.grad_norm))
+        own_diverged = bad[:n].cpu().numpy()
+        self.train_loss = np.where(own_diverged | ~np.array(active), self.train_loss,
+                                   stats.ce[:n].double().cpu().numpy())
         obs = self._observe(list(range(n)), stats, metrics)
         obs[~np.array(active)] = self.last_obs[~np.array(active)]
         self.last_obs = obs.copy()
@@ -280,7 +295,7 @@ class EpisodeBatch:
                 "params": {p: float(params_cpu[i, j])
                            for j, p in enumerate(self.mapping.parameters)},
                 "val_metric": float(metric_value(metrics, self.metric)[i]),
-                "train_loss": float(stats.ce[i]),
+                "train_loss": float(self.train_loss[i]),
                 "diverged": bool(diverged[i]),
                 "step": self.steps[i],
             }
