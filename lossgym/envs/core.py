@@ -232,10 +232,17 @@ class EpisodeBatch:
     # -------------------------------------------------------------------- step
     def check_actions(self, actions: Any) -> Tensor:
         """Actions as a ``[N, d]`` tensor; NaN, ±inf or a wrong shape raise ``ValueError``."""
-        array = np.asarray(actions, dtype=np.float64)
         shape = (self.num_envs, self.mapping.dim)
+        expected = shape if self.num_envs > 1 else shape[1:]
+        try:
+            array = np.asarray(actions)
+        except ValueError:  # ragged nested sequences
+            array = np.empty(0, dtype=object)
+        if array.dtype.kind not in "iuf":  # strings, complex numbers, dicts, objects
+            raise ValueError(f"action {actions!r} is invalid: must be real numbers of shape "
+                             f"{expected}, got dtype {array.dtype}")
+        array = array.astype(np.float64)
         if array.shape != shape and not (self.num_envs == 1 and array.shape == shape[1:]):
-            expected = shape if self.num_envs > 1 else shape[1:]
             raise ValueError(f"action has shape {array.shape}; expected {expected}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"action {array.tolist()} holds NaN or infinite values; "
