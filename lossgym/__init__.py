@@ -33,11 +33,12 @@ def _register() -> None:
         return
 
     if "LossTuning-v0" not in registry:
+        # No max_episode_steps: an episode ends by itself after its task's horizon, which
+        # differs between tasks (a TimeLimit at the default horizon would cut longer ones).
         register(
             id="LossTuning-v0",
             entry_point="lossgym.envs.loss_tuning:LossTuningEnv",
             vector_entry_point="lossgym.envs.loss_tuning:LossTuningVectorEnv",
-            max_episode_steps=TaskSpec().horizon,
         )
 
 

@@ -489,15 +489,43 @@ def _assemble(
     rows = {split: rng.permutation(np.concatenate(chunks)) for split, chunks in parts.items()}
     pool = x[rows["train"]]
     axis = 0 if per_feature else None
-    mean = pool.mean(axis=axis)
-    std = pool.std(axis=axis)
+    # Magnitudes beyond ~1e154 overflow the squares of the variance (the std became inf and
+    # the feature 0), and below ~1e-154 they underflow: such features are scaled by their
+    # largest magnitude first. Other data is standardised exactly as it always was.
+    scale = np.abs(pool).max(axis=axis)
+    extreme = (scale > _SAFE_MAGNITUDE) | ((scale > 0) & (scale < 1 / _SAFE_MAGNITUDE))
+    scale = np.where(extreme, scale, 1.0)
+    mean = (pool / scale).mean(axis=axis)
+    std = (pool / scale).std(axis=axis)
     # Constant features (e.g. digits' always-blank border pixels) are only centred.
     std = np.where(std > 0, std, 1.0)
     arrays = {}
     for split, index in rows.items():
-        arrays[f"x_{split}"] = ((x[index] - mean) / std).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            standard = (x[index] / scale - mean) / std
+            arrays[f"x_{split}"] = standard.astype(np.float32)
+        _check_representable(arrays[f"x_{split}"], x[index], split)
         arrays[f"y_{split}"] = y[index].astype(np.int64)
     return Dataset(name=name, num_classes=num_classes, **arrays)
+
+
+#: Magnitude above which (or below whose inverse) a feature is scaled before standardising.
+_SAFE_MAGNITUDE = 1e150
+
+
+def _check_representable(standard: np.ndarray, raw: np.ndarray, split: str) -> None:
+    """Standardised values must fit float32: a finite outlier far outside the training pool's
+    range (say 1e300 in the validation split) does not, and is named as what it is."""
+    bad = ~np.isfinite(standard)
+    if bad.any():
+        row, feature = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(
+            f"X has the finite value {raw[row, feature]:g} in feature {feature} (a sample drawn "
+            f"for the {split} split) that lies so far outside the training pool's values of "
+            f"that feature that, standardised with the pool's mean and std, it exceeds "
+            f"float32's range ({np.finfo(np.float32).max:g}); {int(bad.sum())} value(s) do: "
+            "remove or clip such outliers"
+        )
 
 
 def cache_dir() -> Path:

@@ -1,21 +1,67 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+The new file is written beside the target as ``.<name>.<pid>.<token>.tmp`` and renamed into
+place. It is created with mode 0o666 less the umask, as ``open()`` would create the target
+(a ``tempfile.mkstemp`` file is 0o600 whatever the umask). A process killed mid-write leaves
+its temporary file behind; the next write of the same target removes the ones whose process
+is gone (and those that ``tempfile.mkstemp`` made in earlier versions, after an hour).
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+#: Age after which an earlier version's temporary file (no process id in its name) is an orphan.
+_OLD_ORPHAN_SECONDS = 3600
+
+
+def _remove_orphans(target: Path) -> None:
+    """Temporary files of ``target`` whose writer is gone (killed mid-write)."""
+    name = re.escape(target.name)
+    ours = re.compile(rf"\.{name}\.(\d+)\.[0-9a-f]+\.tmp")
+    mkstemp = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for entry in names:
+        path = target.parent / entry
+        match = ours.fullmatch(entry)
+        try:
+            if (match and not _process_alive(int(match.group(1)))) or (
+                    mkstemp.fullmatch(entry)
+                    and time.time() - path.stat().st_mtime > _OLD_ORPHAN_SECONDS):
+                path.unlink()
+        except OSError:
+            pass
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    _remove_orphans(target)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # O_EXCL: never another writer's file; 0o666: the kernel applies the umask.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

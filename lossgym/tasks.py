@@ -45,6 +45,10 @@ SEED_STREAMS: dict[str, int] = {"data": 0x64617461, "init": 0x696E6974, "order":
 
 _SEED_LIMIT = 2**63
 
+MAX_SAMPLES_PER_STEP = 2**24
+"""The most training samples one step may draw (``minibatches_per_step * batch_size``): the
+engine draws a step's sample indices at once, 8 bytes each per member (here 128 MiB)."""
+
 
 def _int_field(field: str, value: object, low: int, high: int | None = None) -> int:
     allowed = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
@@ -133,7 +137,8 @@ class TaskSpec:
         weight_decay: Weight decay, in [0, 1].
         momentum: SGD momentum, in [0, 1); ignored by the other optimisers.
         batch_size: Minibatch size, in [1, 65536].
-        minibatches_per_step: Optimiser updates per environment step (>= 1).
+        minibatches_per_step: Optimiser updates per environment step (>= 1), at most
+            :data:`MAX_SAMPLES_PER_STEP` samples a step with ``batch_size``.
         horizon: Environment steps per episode (>= 1).
         seed: Root seed in [0, 2**63); see :meth:`derive_seed`.
 
@@ -177,6 +182,15 @@ class TaskSpec:
                 self, "n_max", _int_field("n_max", self.n_max, 1, info.train_per_class)
             )
         self._check_smallest_class(info.train_per_class)
+        samples = self.minibatches_per_step * self.batch_size
+        if samples > MAX_SAMPLES_PER_STEP:
+            raise ValueError(
+                f"TaskSpec.minibatches_per_step={self.minibatches_per_step!r} is out of range: "
+                f"with batch_size={self.batch_size} one step would draw {samples:,} samples "
+                f"({_size(samples * 8)} of indices per member); at most "
+                f"{MAX_SAMPLES_PER_STEP:,} samples a step are allowed, so minibatches_per_step "
+                f"<= {MAX_SAMPLES_PER_STEP // self.batch_size}"
+            )
 
     def _check_smallest_class(self, train_per_class: int) -> None:
         counts = self.class_counts()
@@ -302,6 +316,14 @@ class TaskSpec:
             self.label_noise,
             np.random.default_rng(self.derive_seed("data")),
         )
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:,.3g} {unit}"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
 
 
 def _reject_unknown_keys(keys: Any, where: str) -> None:

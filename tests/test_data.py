@@ -388,3 +388,29 @@ def test_min_train_per_class_is_enforced_by_from_arrays():
     assert from_arrays(x, y, register=False).train_class_counts.tolist() == [5, 5]
     with pytest.raises(ValueError, match="has 84 samples"):
         from_arrays(x[1:], y[1:], register=False)
+
+
+@pytest.mark.parametrize("magnitude", [1e200, 1e300, 1e-200, 1e-300])
+def test_from_arrays_standardises_huge_and_tiny_features(magnitude):
+    # The variance's squares overflowed beyond ~1e154: the std was inf and every value 0.
+    x, y = _blobs(100, 3)
+    reference = from_arrays(x, y, register=False)
+    scaled = x.copy()
+    scaled[:, 1] *= magnitude
+    ds = from_arrays(scaled, y, register=False)
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(getattr(ds, f"x_{split}"), getattr(reference, f"x_{split}"),
+                                   rtol=1e-5, atol=1e-5)
+    assert ds.x_train[:, 1].std() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_from_arrays_names_a_finite_outlier_outside_float32():
+    x, y = _blobs(100, 3)
+    # The sample from_arrays puts first into class 0's validation split (seed 0).
+    row = np.random.default_rng(0).permutation(np.flatnonzero(y == 0))[0]
+    x[row, 2] = 1e300
+    with pytest.raises(ValueError) as caught:
+        from_arrays(x, y, register=False)
+    message = str(caught.value)
+    assert "NaN or infinite" not in message
+    assert "1e+300" in message and "feature 2" in message and "val" in message

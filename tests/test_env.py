@@ -34,8 +34,37 @@ def rollout(env, seed, actions):
 def test_registered_ids():
     assert LOSSGYM_IDS == ["LossTuning-v0"]
     spec = gym.spec("LossTuning-v0")
-    assert spec.max_episode_steps == TaskSpec().horizon
+    assert spec.max_episode_steps is None  # episodes end at their own task's horizon
     assert spec.vector_entry_point is not None
+
+
+def test_an_episode_longer_than_the_default_horizon_runs_to_its_end():
+    # With max_episode_steps=20 in the registration, TimeLimit cut this task at step 20,
+    # truncated and without its info["test"].
+    task = SMALL.replace(horizon=25, minibatches_per_step=1)
+    env = gym.make("LossTuning-v0", tasks=task)
+    env.reset(seed=0)
+    for step in range(1, 26):
+        _, _, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+        assert not truncated
+        assert terminated == (step == 25)
+    assert "test" in info and info["step"] == 25
+    venv = gym.make_vec("LossTuning-v0", num_envs=2, tasks=task)
+    venv.reset(seed=0)
+    for _ in range(25):
+        _, _, terminated, truncated, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
+        assert not truncated.any()
+    assert terminated.all() and "test" in infos["final_info"]
+
+
+def test_env_spec_round_trips_through_json():
+    from gymnasium.envs.registration import EnvSpec
+
+    env = gym.make("LossTuning-v0", tasks=SMALL.to_dict(), metric="macro_f1")
+    again = gym.make(EnvSpec.from_json(env.spec.to_json()))
+    assert again.spec == env.spec
+    assert again.unwrapped.config == env.unwrapped.config
+    np.testing.assert_array_equal(env.reset(seed=3)[0], again.reset(seed=3)[0])
 
 
 def test_make_with_module_prefix_imports_lossgym():
@@ -105,7 +134,9 @@ def test_reward_does_not_depend_on_eval_batch_size():
 
 
 @pytest.mark.parametrize("bad", [np.array([np.nan, 0.0]), np.array([np.inf, 0.0]),
-                                 np.zeros(3), np.zeros((1, 2, 1))])
+                                 np.zeros(3), np.zeros((1, 2, 1)), np.zeros((1, 2)), "ab", {},
+                                 np.array([0.1, 0.2], dtype=object), [[0.1], [0.2, 0.3]],
+                                 np.array([0.5 + 1j, 0.0])])
 def test_bad_actions_raise_and_leave_the_state_alone(bad):
     env = LossTuningEnv(tasks=SMALL)
     ref = LossTuningEnv(tasks=SMALL)
@@ -189,6 +220,99 @@ def test_divergence_ends_the_episode_with_the_penalty():
         env.step(np.zeros(2, dtype=np.float32))
 
 
+def _diverge_member(batch, member):
+    original = batch._criterion
+
+    def criterion(logits, y, ctx):
+        loss = original(logits, y, ctx).clone()
+        loss[member] = float("nan")
+        return loss
+
+    batch._criterion = criterion
+
+
+def test_divergence_is_observed_at_the_upper_bounds_not_as_a_perfect_fit():
+    names = list(LossTuningEnv(tasks=SMALL).batch.features.names)
+    loss_col, grad_col = names.index("log_train_loss"), names.index("log_grad_norm")
+    env = LossTuningEnv(tasks=SMALL)
+    high = env.observation_space.high
+    env.reset(seed=0)
+    _diverge_member(env.batch, 0)
+    obs, _, terminated, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert terminated and info["diverged"]
+    assert obs[loss_col] == high[loss_col] and obs[grad_col] == high[grad_col]
+    assert np.isnan(info["train_loss"])  # no finite step before it
+    env = LossTuningEnv(tasks=SMALL)
+    env.reset(seed=0)
+    _, _, _, _, first = env.step(np.zeros(2, dtype=np.float32))
+    _diverge_member(env.batch, 0)
+    obs, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["diverged"] and info["train_loss"] == first["train_loss"] > 0
+    # The vector env's final_obs and final_info of the diverged member say the same.
+    venv = LossTuningVectorEnv(num_envs=2, tasks=SMALL, reward_baseline="paired")
+    venv.reset(seed=0)
+    _diverge_member(venv.batch, 1)
+    obs, _, terminated, _, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
+    assert terminated.tolist() == [False, True]
+    final = infos["final_obs"][1]
+    assert final[loss_col] == high[loss_col] and final[grad_col] == high[grad_col]
+    assert np.isnan(infos["final_info"]["train_loss"][1])
+    assert infos["final_info"]["diverged"].tolist() == [False, True]
+    assert obs[0][loss_col] < high[loss_col]
+
+
+def test_rgb_array_frames_show_the_episode_so_far():
+    env = gym.make("LossTuning-v0", tasks=SMALL, render_mode="rgb_array")
+    env.reset(seed=0)
+    first = env.render()
+    assert first.shape == (96, 128, 3) and first.dtype == np.uint8
+    frames = [first]
+    for _ in range(SMALL.horizon):
+        env.step(np.array([0.5, -0.5], dtype=np.float32))
+        frames.append(env.render())
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+    venv = gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL, render_mode="rgb_array")
+    venv.reset(seed=0)
+    venv.step(np.zeros((2, 2), dtype=np.float32))
+    images = venv.render()
+    assert len(images) == 2 and all(i.shape == (96, 128, 3) for i in images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(gym.make("LossTuning-v0", tasks=SMALL, render_mode="rgb_array").unwrapped)
+
+
+def test_next_step_autoreset_and_gymnasium_vector_wrappers():
+    from gymnasium.vector import AutoresetMode
+    from gymnasium.wrappers.vector import NormalizeObservation
+
+    with pytest.raises(ValueError, match="NEXT_STEP"):
+        NormalizeObservation(gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL))
+    venv = gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL, autoreset_mode="NextStep")
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    same = LossTuningVectorEnv(num_envs=2, tasks=SMALL)
+    obs, _ = venv.reset(seed=4)
+    np.testing.assert_array_equal(obs, same.reset(seed=4)[0])
+    act = np.full((2, 2), 0.3, dtype=np.float32)
+    for _ in range(SMALL.horizon - 1):
+        np.testing.assert_array_equal(venv.step(act)[0], same.step(act)[0])
+    obs, reward, terminated, truncated, infos = venv.step(act)
+    s_obs, s_reward, *_, s_infos = same.step(act)
+    assert terminated.all() and "test" in infos and "final_obs" not in infos
+    np.testing.assert_array_equal(obs, np.stack(s_infos["final_obs"]))  # the last observation
+    np.testing.assert_array_equal(reward, s_reward)
+    obs, reward, terminated, truncated, infos = venv.step(np.full((2, 2), 9.0, np.float32))
+    np.testing.assert_array_equal(obs, s_obs)  # the next episode's first observation
+    assert reward.tolist() == [0.0, 0.0] and not terminated.any() and not truncated.any()
+    assert infos["task"]["seed"].tolist() == s_infos["task"]["seed"].tolist()
+    np.testing.assert_array_equal(venv.step(act)[0], same.step(act)[0])
+    wrapped = NormalizeObservation(gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL,
+                                                autoreset_mode=AutoresetMode.NEXT_STEP))
+    wrapped.reset(seed=0)
+    for _ in range(SMALL.horizon + 2):
+        obs, *_ = wrapped.step(np.zeros((2, 2), dtype=np.float32))
+        assert np.all(np.isfinite(obs))
+
+
 def test_paired_baseline_gives_zero_reward_for_cross_entropy():
     env = LossTuningEnv(tasks=SMALL, reward_baseline="paired")
     env.reset(seed=0)
@@ -217,6 +341,112 @@ def test_metrics_and_bad_arguments(metric):
         LossTuningEnv(action_mode="relative")
     with pytest.raises(ValueError, match="reset options"):
         env.reset(options={"tsak": SMALL})
+
+
+CUDA_MISSING = [] if torch.cuda.is_available() else [("device", "cuda")]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("action_params", 5), ("action_params", ["gamma", 3]), ("max_step", "0.1"),
+    ("max_step", True), ("max_step", 0.0), ("max_step", float("nan")),
+    ("divergence_penalty", "1"), ("divergence_penalty", float("inf")), ("eval_chunk", 2.5),
+    ("eval_chunk", True), ("eval_chunk", 0), ("split", "test"), ("render_mode", "video"),
+    ("device", "tpu"), ("device", 3), ("tasks", 5), *CUDA_MISSING,
+])
+def test_bad_constructor_arguments_name_the_argument_and_the_value(name, value):
+    for make in (lambda: LossTuningEnv(**{name: value}),
+                 lambda: LossTuningVectorEnv(num_envs=2, **{name: value}),
+                 lambda: gym.make("LossTuning-v0", **{name: value})):
+        with pytest.raises(ValueError) as caught:
+            make()
+        assert f"{name}={value!r}" in str(caught.value)
+    if name == "device":
+        assert "CUDA" in str(caught.value) or "'cpu'" in str(caught.value)
+
+
+@pytest.mark.parametrize(("kwargs", "shown"), [
+    ({"num_envs": 0}, "num_envs=0"), ({"num_envs": 2.0}, "num_envs=2.0"),
+    ({"num_envs": 2, "max_episode_steps": 0}, "max_episode_steps=0"),
+    ({"num_envs": 2, "autoreset_mode": "sometimes"}, "autoreset_mode='sometimes'"),
+])
+def test_bad_vector_arguments(kwargs, shown):
+    with pytest.raises(ValueError, match=shown):
+        LossTuningVectorEnv(tasks=SMALL, **kwargs)
+
+
+def test_one_configuration_for_both_envs():
+    from lossgym.envs import LossTuningConfig
+
+    config = LossTuningConfig(tasks=SMALL, action_params="gamma,tau", metric="macro_f1")
+    assert config.action_params == ("gamma", "tau")
+    single = LossTuningEnv(config=config)
+    vector = LossTuningVectorEnv(num_envs=2, config=config)
+    assert single.config == vector.config == config
+    assert single.action_space.shape == vector.single_action_space.shape == (2,)
+    assert LossTuningEnv(config=config, metric="accuracy").config.metric == "accuracy"
+    assert LossTuningEnv(tasks=SMALL, action_params=["gamma", "tau"], metric="macro_f1"
+                         ).config == config
+    assert gym.make("LossTuning-v0", tasks=SMALL, eval_chunk=np.int64(7)
+                    ).unwrapped.config.eval_chunk == 7
+    with pytest.raises(TypeError, match="'metrik'"):
+        LossTuningEnv(metrik="accuracy")
+    with pytest.raises(ValueError, match="config="):
+        LossTuningEnv(config={"metric": "accuracy"})
+
+
+def test_numpy_integer_seeds_are_seeds():
+    env, ref = LossTuningEnv(tasks=SMALL), LossTuningEnv(tasks=SMALL)
+    np.testing.assert_array_equal(env.reset(seed=np.int64(3))[0], ref.reset(seed=3)[0])
+    assert env.task == ref.task
+    venv, vref = (LossTuningVectorEnv(num_envs=2, tasks=SMALL) for _ in range(2))
+    np.testing.assert_array_equal(venv.reset(seed=np.int64(3))[0], vref.reset(seed=3)[0])
+    np.testing.assert_array_equal(venv.reset(seed=[np.int32(5), None])[0][0],
+                                  vref.reset(seed=[5, None])[0][0])
+
+
+@pytest.mark.parametrize("seed", [1.5, -5, "3", True, [1, -1], [1, -1, 2], [1.0, 2]])
+def test_bad_seeds_raise_before_anything_is_reseeded(seed):
+    venv = LossTuningVectorEnv(num_envs=2, tasks=SMALL)
+    twin = LossTuningVectorEnv(num_envs=2, tasks=SMALL)
+    venv.reset(seed=0)
+    twin.reset(seed=0)
+    with pytest.raises(ValueError, match="seed="):
+        venv.reset(seed=seed)
+    obs, infos = venv.reset()
+    obs2, infos2 = twin.reset()  # both continue the generators of seed 0
+    assert infos["task"]["seed"].tolist() == infos2["task"]["seed"].tolist()
+    np.testing.assert_array_equal(obs, obs2)
+    single = LossTuningEnv(tasks=SMALL)
+    if not isinstance(seed, list):
+        with pytest.raises(ValueError, match="seed="):
+            single.reset(seed=seed)
+
+
+def test_a_rejected_reset_does_not_reseed():
+    env = LossTuningEnv(tasks=SMALL)
+    env.reset(seed=1)
+    state = env.np_random.bit_generator.state
+    for options in ({"bogus": 1}, {"task": 5}, {"task": "no_such_dataset"}):
+        with pytest.raises(ValueError):
+            env.reset(seed=7, options=options)
+        assert env.np_random.bit_generator.state == state
+    venv = LossTuningVectorEnv(num_envs=2, tasks=SMALL)
+    venv.reset(seed=1)
+    states = [rng.bit_generator.state for rng in venv._rngs]
+    with pytest.raises(ValueError):
+        venv.reset(seed=7, options={"task": [SMALL, 5]})
+    assert [rng.bit_generator.state for rng in venv._rngs] == states
+
+
+@pytest.mark.parametrize("mask", [[True], np.array([True, False, True]), [5, 7],
+                                  np.array([1, 0]), "ab", np.array([False, False]), 1])
+def test_bad_reset_masks_are_refused(mask):
+    venv = LossTuningVectorEnv(num_envs=2, tasks=SMALL)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="reset_mask"):
+        venv.reset(options={"reset_mask": mask})
+    obs, _ = venv.reset(options={"reset_mask": [False, True]})  # a list of bools is fine
+    assert obs.shape == (2, venv.single_observation_space.shape[0])
 
 
 def test_reset_options_pin_the_task_and_render_is_one_line():

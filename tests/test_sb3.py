@@ -211,7 +211,7 @@ def test_get_attr_env_method_set_attr():
     assert venv.get_attr("observation_space", indices=[0, 2]) == [venv.observation_space] * 2
     assert venv.get_attr("action_space", indices=1) == [venv.action_space]
     assert venv.get_attr("task") == venv.tasks
-    assert venv.get_attr("metadata")[0]["render_modes"] == ["ansi"]
+    assert venv.get_attr("metadata")[0]["render_modes"] == ["ansi", "rgb_array"]
     with pytest.raises(AttributeError, match="no_such_thing"):
         venv.get_attr("no_such_thing")
     with pytest.raises(AttributeError):

@@ -97,7 +97,7 @@ valid_specs = st.builds(
     weight_decay=st.floats(0.0, 1.0),
     momentum=st.floats(0.0, 1.0, exclude_max=True),
     batch_size=st.integers(1, 65536),
-    minibatches_per_step=st.integers(1, 10_000),
+    minibatches_per_step=st.integers(1, 256),  # 256 x 65536 = MAX_SAMPLES_PER_STEP
     horizon=st.integers(1, 10_000),
     seed=st.integers(0, 2**63 - 1),
 )
@@ -150,6 +150,7 @@ def test_json_round_trip_property(spec):
         ("batch_size", 0),
         ("batch_size", 65537),
         ("minibatches_per_step", 0),
+        ("minibatches_per_step", 10**12),
         ("horizon", 0),
         ("seed", -1),
         ("seed", 2**63),
@@ -419,3 +420,15 @@ def test_task_factors_values_lookup():
     assert grid.values("width") == (32, 64)
     with pytest.raises(ValueError, match="'seed' is not a factor"):
         grid.values("seed")
+
+
+def test_a_step_is_bounded_by_the_memory_of_its_sample_indices():
+    # minibatches_per_step=10**12 was accepted, and step() then failed allocating 256 TB.
+    from lossgym.tasks import MAX_SAMPLES_PER_STEP
+
+    with pytest.raises(ValueError, match="minibatches_per_step <= 131072") as caught:
+        TaskSpec(minibatches_per_step=10**12)
+    assert "batch_size=128" in str(caught.value)
+    assert TaskSpec(minibatches_per_step=MAX_SAMPLES_PER_STEP // 128).minibatches_per_step
+    with pytest.raises(ValueError, match="minibatches_per_step"):
+        TaskSpec(minibatches_per_step=MAX_SAMPLES_PER_STEP // 64 + 1, batch_size=64)

@@ -9,6 +9,7 @@ pool, initialisation and data order).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,6 +123,8 @@ class EpisodeBatch:
         self.done = [True] * num_envs
         self.last_reward = np.zeros(num_envs)
         self.last_obs = np.zeros((num_envs, self.features.dim), dtype=np.float32)
+        # The last finite train loss of each episode (NaN before its first step).
+        self.train_loss = np.full(num_envs, np.nan)
         self._neutral = mapping.neutral(self.device)
         self._loss = ParametricCriterion(reduction="none")
         # The loss parameters by name while self.params stays the same tensor, unmodified
@@ -179,6 +182,7 @@ class EpisodeBatch:
             self.params[i] = self._neutral
             self.last_change[i] = 0.0
             self.last_reward[i] = 0.0
+            self.train_loss[i] = np.nan
         obs = self._observe(ids, stats=None)
         self.last_obs[ids] = obs
         return obs
@@ -219,10 +223,17 @@ class EpisodeBatch:
     # -------------------------------------------------------------------- step
     def check_actions(self, actions: Any) -> Tensor:
         """Actions as a ``[N, d]`` tensor; NaN, ±inf or a wrong shape raise ``ValueError``."""
-        array = np.asarray(actions, dtype=np.float64)
         shape = (self.num_envs, self.mapping.dim)
+        expected = shape if self.num_envs > 1 else shape[1:]
+        try:
+            array = np.asarray(actions)
+        except ValueError:  # ragged nested sequences
+            array = np.empty(0, dtype=object)
+        if array.dtype.kind not in "iuf":  # strings, complex numbers, dicts, objects
+            raise ValueError(f"action {actions!r} is invalid: must be real numbers of shape "
+                             f"{expected}, got dtype {array.dtype}")
+        array = array.astype(np.float64)
         if array.shape != shape and not (self.num_envs == 1 and array.shape == shape[1:]):
-            expected = shape if self.num_envs > 1 else shape[1:]
             raise ValueError(f"action has shape {array.shape}; expected {expected}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"action {array.tolist()} holds NaN or infinite values; "
@@ -264,6 +275,17 @@ class EpisodeBatch:
         if self.paired:
             # A diverged twin leaves no reference: the member's episode ends with it.
             diverged |= pop.diverged[n:].cpu().numpy()
+        # A member whose own training diverged skipped its non-finite minibatches, which left
+        # zeros in its statistics: it is observed at the loss and gradient features' upper
+        # bounds (non-finite), not at their floor, which would read as a perfect fit.
+        bad = pop.diverged.clone()
+        bad[n:] = False
+        inf = torch.full_like(stats.ce, float("inf"))
+        stats = dataclasses.replace(stats, ce=torch.where(bad, inf, stats.ce),
+                                    grad_norm=torch.where(bad, inf, stats.grad_norm))
+        own_diverged = bad[:n].cpu().numpy()
+        self.train_loss = np.where(own_diverged | ~np.array(active), self.train_loss,
+                                   stats.ce[:n].double().cpu().numpy())
         obs = self._observe(list(range(n)), stats, metrics)
         obs[~np.array(active)] = self.last_obs[~np.array(active)]
         self.last_obs = obs.copy()
@@ -281,7 +303,7 @@ class EpisodeBatch:
                 "params": {p: float(params_cpu[i, j])
                            for j, p in enumerate(self.mapping.parameters)},
                 "val_metric": float(metric_value(metrics, self.metric)[i]),
-                "train_loss": float(stats.ce[i]),
+                "train_loss": float(self.train_loss[i]),
                 "diverged": bool(diverged[i]),
                 "step": self.steps[i],
             }

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from lossgym.actions import ActionMapping, parse_parameters
+from lossgym.envs.config import RENDER_MODES, LossTuningConfig
 from lossgym.envs.core import EpisodeBatch, TaskSource, as_task
-from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.envs.render import episode_image
+from lossgym.tasks import TaskSpec
 
-
-def _build(num_envs: int, tasks: TaskSpec | TaskDistribution | None, split: str,
-           action_params: str | Sequence[str], action_mode: str, max_step: float, metric: str,
-           reward_baseline: str, divergence_penalty: float, device: str | torch.device,
-           eval_chunk: int, render_mode: str | None) -> tuple[TaskSource, EpisodeBatch]:
-    """The task source and episode logic shared by the single and the vector env."""
-    if render_mode not in (None, "ansi"):
-        raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
-    mapping = ActionMapping(parse_parameters(action_params), action_mode, max_step)
-    batch = EpisodeBatch(num_envs, mapping, metric, reward_baseline, divergence_penalty, device,
-                         eval_chunk)
-    return TaskSource(tasks, split), batch
+#: The autoreset modes of :class:`LossTuningVectorEnv`.
+AUTORESET_MODES = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)
 
 
 def _spaces(batch: EpisodeBatch) -> tuple[spaces.Box, spaces.Box]:
@@ -37,7 +28,38 @@ def _spaces(batch: EpisodeBatch) -> tuple[spaces.Box, spaces.Box]:
     return obs, act
 
 
-class LossTuningEnv(gym.Env):
+def _is_seed(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+class _Episodes:
+    """What the single and the vector env share: the configuration, the task source, the
+    episode logic and each member's observations so far (for ``"rgb_array"`` frames)."""
+
+    def _setup(self, num_envs: int, config: LossTuningConfig | None, options: dict[str, Any]
+               ) -> None:
+        self.config = LossTuningConfig.build(config, **options)
+        self.source: TaskSource = self.config.task_source()
+        self.batch: EpisodeBatch = self.config.episode_batch(num_envs)
+        self.render_mode = self.config.render_mode
+        self._trace: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        names = self.batch.features.names
+        metric = self.config.metric
+        self._metric_column = names.index("val_ece" if metric == "neg_ece" else f"val_{metric}")
+        self._param_columns = slice(names.index(f"param_{self.batch.mapping.parameters[0]}"),
+                                    names.index(f"param_{self.batch.mapping.parameters[-1]}") + 1)
+
+    def _frame(self, i: int) -> np.ndarray:
+        """Member i's episode so far as an image (see :mod:`lossgym.envs.render`)."""
+        task = self.batch.tasks[i]
+        if task is None or not self._trace[i]:
+            return episode_image([], [], 1)
+        trace = np.stack(self._trace[i])
+        return episode_image(trace[:, self._metric_column],
+                             (trace[1:, self._param_columns] + 1.0) / 2.0, task.horizon)
+
+
+class LossTuningEnv(_Episodes, gym.Env):
     """
     ## Description
 
@@ -66,7 +88,8 @@ class LossTuningEnv(gym.Env):
 
     ``action_mode="absolute"`` sets the parameters (low + (a + 1)/2 · (high − low));
     ``"delta"`` moves them by at most ``max_step`` of their range per step. Values outside
-    [−1, 1] are clipped; NaN, ±inf or a wrong shape raise ``ValueError`` and change nothing.
+    [−1, 1] are clipped; NaN, ±inf, values that are not real numbers (strings, complex numbers,
+    objects) or a shape other than ``(d,)`` raise ``ValueError`` and change nothing.
 
     ## Observation Space
 
@@ -121,45 +144,41 @@ class LossTuningEnv(gym.Env):
              render_mode=None)
     ```
 
-    * `tasks`: a fixed :class:`TaskSpec` (a new inner seed each episode) or a
-      :class:`TaskDistribution` (default: ``TaskDistribution.default()``).
+    The keyword arguments are the fields of :class:`~lossgym.envs.config.LossTuningConfig`,
+    which checks them (``config=LossTuningConfig(...)`` passes them all at once):
+
+    * `tasks`: a fixed :class:`TaskSpec` (a new inner seed each episode), a
+      :class:`TaskDistribution` (default: ``TaskDistribution.default()``), a TaskSpec's dict or
+      a dataset name (the last two keep ``env.spec`` JSON-serialisable).
     * `split`: the distribution split to draw from ("train", "held_out", "held_out_id",
       "held_out_ood").
+    * `device`: "auto" picks CUDA when available; "cuda" without a CUDA device is refused.
     * `reset(seed=..., options={"task": TaskSpec | dict | dataset name})` pins a task.
-    * `render_mode="ansi"` makes ``render()`` return a one-line status.
+    * `render_mode="ansi"` makes ``render()`` return a one-line status, ``"rgb_array"`` a
+      uint8 ``[96, 128, 3]`` image of the episode so far (the validation metric above, the
+      loss parameters below, over the task's horizon).
+
+    The registration sets no ``max_episode_steps``: every episode ends by itself after its
+    task's ``horizon`` steps, whatever the horizon.
 
     ## Vectorized environment
 
     ``gym.make_vec("LossTuning-v0", num_envs=N)`` gives :class:`LossTuningVectorEnv`: one
     population of N classifiers trained as one batched torch program, with same-step
-    autoreset. Its members share the dataset and architecture of their first task; later draws
-    are conditioned on them. Member i with seed s + i matches a single env with seed s + i.
+    autoreset (``autoreset_mode="NextStep"`` for wrappers that need it). Its members share the
+    dataset and architecture of their first task; later draws are conditioned on them. Member
+    i with seed s + i matches a single env with seed s + i.
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version (no ``max_episode_steps`` in the registration, "rgb_array"
+      rendering and next-step autoreset added since, with the same dynamics).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
-    def __init__(
-        self,
-        tasks: TaskSpec | TaskDistribution | None = None,
-        split: str = "train",
-        action_params: str | Sequence[str] = ("gamma", "alpha"),
-        action_mode: str = "absolute",
-        max_step: float = 0.1,
-        metric: str = "balanced_accuracy",
-        reward_baseline: str = "none",
-        divergence_penalty: float = 1.0,
-        device: str | torch.device = "auto",
-        eval_chunk: int = 1024,
-        render_mode: str | None = None,
-    ):
-        self.source, self.batch = _build(1, tasks, split, action_params, action_mode, max_step,
-                                         metric, reward_baseline, divergence_penalty, device,
-                                         eval_chunk, render_mode)
-        self.render_mode = render_mode
+    def __init__(self, config: LossTuningConfig | None = None, **options: Any):
+        self._setup(1, config, options)
         self.observation_space, self.action_space = _spaces(self.batch)
 
     @property
@@ -169,69 +188,94 @@ class LossTuningEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
+        if seed is not None and not _is_seed(seed):
+            raise ValueError(f"seed={seed!r} is invalid: must be None or an integer >= 0")
         options = dict(options or {})
-        if "task" in options:
-            task = as_task(options.pop("task"))
-        else:
-            task = self.source.draw(self.np_random)
+        task = as_task(options.pop("task")) if "task" in options else None
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: ['task']")
+        super().reset(seed=None if seed is None else int(seed))
+        if task is None:
+            task = self.source.draw(self.np_random)
         obs = self.batch.reset([0], [task])[0]
+        self._trace[0] = [obs]
         return obs, {"task": task.to_dict()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.batch.done[0]:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         actions = self.batch.check_actions(action)
+        if np.ndim(action) != 1:
+            raise ValueError(f"action has shape {np.shape(action)}; expected "
+                             f"{self.action_space.shape}")
         obs, rewards, terminated, infos = self.batch.step(actions)
+        self._trace[0].append(obs[0])
         return obs[0], float(rewards[0]), bool(terminated[0]), False, infos[0]
 
-    def render(self) -> str | None:
+    def render(self) -> str | np.ndarray | None:
         if self.render_mode == "ansi":
             return self.batch.status(0)
+        if self.render_mode == "rgb_array":
+            return self._frame(0)
         return None
 
 
-class LossTuningVectorEnv(VectorEnv):
+class LossTuningVectorEnv(_Episodes, VectorEnv):
     """N LossTuning episodes on one batched population (see :class:`LossTuningEnv`).
 
-    Autoreset is same-step: when member i's episode ends, the returned observation is the
-    first of its next episode, and ``infos["final_obs"][i]`` / ``infos["final_info"][i]`` hold
-    the last ones. ``reset(seed=s)`` seeds member i with s + i; ``options`` may hold
-    ``"task"`` (one task or a list of N) and ``"reset_mask"`` (reset only some members).
-    ``max_episode_steps`` (set by ``gym.make_vec`` from the registration) truncates like
-    gymnasium's ``TimeLimit``.
-    """
+    Args:
+        num_envs: the number of members N.
+        config: a :class:`~lossgym.envs.config.LossTuningConfig`; keyword ``options`` (its
+            fields) replace its values.
+        max_episode_steps: truncates episodes like gymnasium's ``TimeLimit`` (None: episodes
+            end after their task's horizon only).
+        autoreset_mode: ``AutoresetMode.SAME_STEP`` (default; also "SameStep") or
+            ``AutoresetMode.NEXT_STEP`` ("NextStep"), gymnasium's two conventions:
 
-    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
+            * same-step: when member i's episode ends, the returned observation is the first of
+              its next episode, and ``infos["final_obs"][i]`` / ``infos["final_info"][i]`` hold
+              the last ones;
+            * next-step: the step that ends an episode returns its last observation and info;
+              the next ``step`` ignores member i's action and returns the first observation of
+              its next episode (reward 0, not terminated, ``infos["task"]``). The wrappers of
+              ``gymnasium.wrappers.vector`` that normalise observations need this mode.
+
+    ``reset(seed=s)`` seeds member i with s + i (or takes one seed, or None, per member);
+    ``options`` may hold ``"task"`` (one task or a list, one per reset member) and
+    ``"reset_mask"`` (N booleans, at least one True, as gymnasium's vector envs ask: reset only
+    those members).
+    """
 
     def __init__(
         self,
         num_envs: int = 1,
-        tasks: TaskSpec | TaskDistribution | None = None,
-        split: str = "train",
-        action_params: str | Sequence[str] = ("gamma", "alpha"),
-        action_mode: str = "absolute",
-        max_step: float = 0.1,
-        metric: str = "balanced_accuracy",
-        reward_baseline: str = "none",
-        divergence_penalty: float = 1.0,
-        device: str | torch.device = "auto",
-        eval_chunk: int = 1024,
-        render_mode: str | None = None,
+        config: LossTuningConfig | None = None,
+        *,
         max_episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+        **options: Any,
     ):
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} must be a positive integer")
-        if max_episode_steps is not None and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1 or None")
-        self.source, self.batch = _build(num_envs, tasks, split, action_params, action_mode,
-                                         max_step, metric, reward_baseline, divergence_penalty,
-                                         device, eval_chunk, render_mode)
+        if not isinstance(num_envs, numbers.Integral) or isinstance(num_envs, bool) \
+                or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} is invalid: must be an integer >= 1")
+        if max_episode_steps is not None and not (
+                isinstance(max_episode_steps, numbers.Integral)
+                and not isinstance(max_episode_steps, bool) and max_episode_steps >= 1):
+            raise ValueError(f"max_episode_steps={max_episode_steps!r} is invalid: must be an "
+                             "integer >= 1 or None")
+        try:
+            mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            mode = None
+        if mode not in AUTORESET_MODES:
+            raise ValueError(f"autoreset_mode={autoreset_mode!r} is invalid: must be one of "
+                             f"{[m.value for m in AUTORESET_MODES]} (or the AutoresetMode)")
+        num_envs = int(num_envs)
+        self._setup(num_envs, config, options)
         self.num_envs = num_envs
-        self.render_mode = render_mode
-        self.max_episode_steps = max_episode_steps
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.autoreset_mode = mode
+        self.metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = _spaces(self.batch)
         self.observation_space = spaces.Box(
             np.tile(self.single_observation_space.low, (num_envs, 1)),
@@ -241,6 +285,8 @@ class LossTuningVectorEnv(VectorEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (num_envs, self.batch.mapping.dim),
                                        dtype=np.float32)
         self._rngs = [np.random.default_rng() for _ in range(num_envs)]
+        # Next-step autoreset: members whose episode ended at the last step.
+        self._pending = np.zeros(num_envs, dtype=bool)
 
     def _draw_tasks(self, ids: Sequence[int]) -> list[TaskSpec]:
         """Tasks for the members ``ids``, all able to share one population.
@@ -257,68 +303,115 @@ class LossTuningVectorEnv(VectorEnv):
             like = like or tasks[0]
         return tasks
 
+    def _seeds(self, seed: Any) -> list[int | None]:
+        n = self.num_envs
+        if seed is None:
+            return [None] * n
+        if _is_seed(seed):
+            return [int(seed) + i for i in range(n)]
+        if isinstance(seed, Sequence | np.ndarray) and not isinstance(seed, str) \
+                and len(seed) == n and all(s is None or _is_seed(s) for s in seed):
+            return [None if s is None else int(s) for s in seed]
+        raise ValueError(f"seed={seed!r} is invalid: must be None, an integer >= 0 (member i "
+                         f"gets seed + i) or a sequence of {n} integers >= 0 or None")
+
+    def _mask(self, mask: Any) -> list[int]:
+        n = self.num_envs
+        if mask is None:
+            return list(range(n))
+        array = np.asarray(mask) if isinstance(mask, Sequence | np.ndarray) else None
+        if array is None or array.shape != (n,) or array.dtype != np.bool_:
+            raise ValueError(f"options['reset_mask']={mask!r} is invalid: must be {n} booleans "
+                             f"(a bool array of shape ({n},)), True for the members to reset")
+        if not array.any():
+            raise ValueError(f"options['reset_mask']={mask!r} is invalid: it resets no member; "
+                             "at least one must be True (as gymnasium's vector envs require)")
+        return [int(i) for i in np.flatnonzero(array)]
+
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        if seed is not None:
-            seeds = ([seed + i for i in range(self.num_envs)] if isinstance(seed, int)
-                     else list(seed))
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
-            for i, s in enumerate(seeds):
-                if s is not None:
-                    self._rngs[i] = np.random.default_rng(s)
+        # Everything is checked before anything (a generator, a member) changes.
+        seeds = self._seeds(seed)
         options = dict(options or {})
-        mask = options.pop("reset_mask", None)
-        ids = list(range(self.num_envs)) if mask is None else list(np.flatnonzero(mask))
+        ids = self._mask(options.pop("reset_mask", None))
         task_opt = options.pop("task", None)
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: ['task', "
                              "'reset_mask']")
         if len(ids) < self.num_envs and self.batch.population is None:
             raise ValueError("a partial reset (options['reset_mask']) needs a full reset first")
-        if task_opt is None:
-            tasks = self._draw_tasks(ids)
-        elif isinstance(task_opt, list | tuple):
+        pinned = None
+        if isinstance(task_opt, list | tuple):
             if len(task_opt) != len(ids):
                 raise ValueError(f"options['task'] has {len(task_opt)} tasks for {len(ids)} envs")
-            tasks = [as_task(t) for t in task_opt]
-        else:
-            tasks = [as_task(task_opt)] * len(ids)
-        obs_ids = self.batch.reset(ids, tasks)
-        obs = np.zeros(self.observation_space.shape, dtype=np.float32)
-        if len(ids) < self.num_envs:
-            obs[:] = self._last_obs
-        obs[ids] = obs_ids
+            pinned = [as_task(t) for t in task_opt]
+        elif task_opt is not None:
+            pinned = [as_task(task_opt)] * len(ids)
+        for i in ids:
+            if seeds[i] is not None:
+                self._rngs[i] = np.random.default_rng(seeds[i])
+        tasks = pinned if pinned is not None else self._draw_tasks(ids)
+        obs = self._last_obs.copy() if len(ids) < self.num_envs else \
+            np.zeros(self.observation_space.shape, dtype=np.float32)
+        obs[ids] = self.batch.reset(ids, tasks)
+        self._pending[ids] = False
         self._last_obs = obs.copy()
         infos: dict[str, Any] = {}
         for i, task in zip(ids, tasks):
+            self._trace[i] = [obs[i].copy()]
             infos = self._add_info(infos, {"task": task.to_dict()}, i)
         return obs, infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                           dict[str, Any]]:
+        if self.batch.population is None:
+            raise RuntimeError("step() called before reset()")
         acts = self.batch.check_actions(actions)
-        obs, rewards, terminated, step_infos = self.batch.step(acts)
+        n = self.num_envs
+        stepping = ~np.array(self.batch.done)
+        if stepping.any():
+            obs, rewards, terminated, step_infos = self.batch.step(acts)
+        else:  # next-step autoreset of every member
+            obs, rewards = self._last_obs.copy(), np.zeros(n)
+            terminated, step_infos = np.zeros(n, dtype=bool), [{} for _ in range(n)]
         # Like gymnasium's TimeLimit: truncated whenever the limit is reached.
         limit = self.max_episode_steps
-        truncated = np.array([limit is not None and s >= limit for s in self.batch.steps])
+        truncated = stepping & np.array([limit is not None and s >= limit
+                                         for s in self.batch.steps])
         for i in np.flatnonzero(truncated & ~terminated):
             step_infos[i]["test"] = self.batch.test_metrics(int(i))
-        infos: dict[str, Any] = {}
-        done = list(np.flatnonzero(terminated | truncated))
-        if done:
-            tasks = self._draw_tasks(done)
-            fresh = self.batch.reset(done, tasks)
-            for k, i in enumerate(done):
-                step_infos[i] = {"final_obs": obs[i].copy(), "final_info": step_infos[i],
-                                 "task": tasks[k].to_dict()}
+        for i in np.flatnonzero(stepping):
+            self._trace[i].append(obs[i].copy())
+        ended = list(np.flatnonzero(terminated | truncated))
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            restart = ended
+        else:
+            restart = list(np.flatnonzero(self._pending))
+            for i in ended:
+                self.batch.done[i] = True  # a truncated episode sits out until its reset
+        if restart:
+            tasks = self._draw_tasks(restart)
+            fresh = self.batch.reset(restart, tasks)
+            for k, i in enumerate(restart):
+                if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                    step_infos[i] = {"final_obs": obs[i].copy(), "final_info": step_infos[i],
+                                     "task": tasks[k].to_dict()}
+                else:
+                    step_infos[i] = {"task": tasks[k].to_dict()}
                 obs[i] = fresh[k]
+                self._trace[i] = [fresh[k].copy()]
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._pending[:] = False
+            self._pending[ended] = True
+        infos: dict[str, Any] = {}
         for i, info in enumerate(step_infos):
             infos = self._add_info(infos, info, i)
         self._last_obs = obs.copy()
         return obs, rewards, terminated, truncated, infos
 
-    def render(self) -> tuple[str, ...] | None:
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
         if self.render_mode == "ansi":
             return tuple(self.batch.status(i) for i in range(self.num_envs))
+        if self.render_mode == "rgb_array":
+            return tuple(self._frame(i) for i in range(self.num_envs))
         return None

@@ -1,0 +1,184 @@
+"""The configuration of LossTuning-v0: one validated dataclass for the single and the vector env.
+
+:class:`LossTuningEnv` and :class:`LossTuningVectorEnv` take the fields below as keyword
+arguments (``gym.make("LossTuning-v0", metric="macro_f1")``) or a whole
+``config=LossTuningConfig(...)``. Every field is checked here, once: a bad value raises
+``ValueError`` naming the argument, the value and what is allowed. A new option is one field
+with its docstring and its check in ``_CHECKS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from lossgym.actions import ACTION_MODES, PARAMETER_RANGES, ActionMapping, parse_parameters
+from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource
+from lossgym.tasks import SPLITS as TASK_SPLITS
+from lossgym.tasks import TaskDistribution, TaskSpec
+
+RENDER_MODES = ("ansi", "rgb_array")
+
+
+@dataclass(frozen=True)
+class LossTuningConfig:
+    """What an episode is and how the agent acts on it (see :class:`LossTuningEnv`)."""
+
+    tasks: TaskSpec | TaskDistribution | None = None
+    """a TaskSpec (a fresh inner seed each episode), a TaskDistribution, a TaskSpec as a dict
+    or a dataset name; None: ``TaskDistribution.default()``."""
+    split: str = "train"
+    """the distribution split episodes are drawn from."""
+    action_params: tuple[str, ...] = ("gamma", "alpha")
+    """the controlled loss parameters, in action order (a sequence or "gamma,alpha")."""
+    action_mode: str = "absolute"
+    """"absolute" sets the parameters, "delta" moves them by at most ``max_step``."""
+    max_step: float = 0.1
+    """in delta mode, the largest move per step as a fraction of a parameter's range."""
+    metric: str = "balanced_accuracy"
+    """the validation metric whose change is the reward."""
+    reward_baseline: str = "none"
+    """"paired": the reward is the gain over a cross-entropy twin on the same task and seed."""
+    divergence_penalty: float = 1.0
+    """the reward's negative when the inner training diverges."""
+    device: str | torch.device = "auto"
+    """where the inner classifiers train ("auto" picks CUDA when available)."""
+    eval_chunk: int = 1024
+    """evaluation batch size (memory only, never the results)."""
+    render_mode: str | None = None
+    """None, "ansi" (a status line) or "rgb_array" (a small image of the episode so far)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _CHECKS[f.name](getattr(self, f.name)))
+
+    @classmethod
+    def build(cls, config: LossTuningConfig | None = None, **options: Any) -> LossTuningConfig:
+        """``config`` (or the defaults) with ``options`` replacing its fields."""
+        if config is not None and not isinstance(config, LossTuningConfig):
+            raise ValueError(f"config={config!r} is invalid: must be a LossTuningConfig or None")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"unknown LossTuning-v0 argument(s) {unknown}; known: {known}")
+        if config is None:
+            return cls(**options)
+        return dataclasses.replace(config, **options) if options else config
+
+    def mapping(self) -> ActionMapping:
+        """The action mapping of this configuration."""
+        return ActionMapping(self.action_params, self.action_mode, self.max_step)
+
+    def task_source(self) -> TaskSource:
+        return TaskSource(self.tasks, self.split)
+
+    def episode_batch(self, num_envs: int) -> EpisodeBatch:
+        """The episode logic of ``num_envs`` envs under this configuration."""
+        return EpisodeBatch(num_envs, self.mapping(), self.metric, self.reward_baseline,
+                            self.divergence_penalty, self.device, self.eval_chunk)
+
+
+# ------------------------------------------------------------------------------ the checks
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Any:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"{name}={value!r} is invalid: must be one of {list(choices)}")
+        return value
+    return check
+
+
+def _tasks(value: object) -> TaskSpec | TaskDistribution:
+    if value is None:
+        return TaskDistribution.default()
+    if isinstance(value, TaskSpec | TaskDistribution):
+        return value
+    if isinstance(value, dict):
+        return TaskSpec.from_dict(value)
+    if isinstance(value, str):
+        return TaskSpec(dataset=value)
+    raise ValueError(f"tasks={value!r} is invalid: must be a TaskSpec, a TaskDistribution, a "
+                     "TaskSpec's dict, a dataset name or None")
+
+
+def _action_params(value: object) -> tuple[str, ...]:
+    names = list(PARAMETER_RANGES)
+    if isinstance(value, str) or (isinstance(value, list | tuple)
+                                  and all(isinstance(v, str) for v in value)):
+        params = parse_parameters(value)
+        ActionMapping(params)  # names each unknown or repeated parameter
+        return params
+    raise ValueError(f"action_params={value!r} is invalid: must be a sequence of names from "
+                     f"{names} or one comma-separated string of them")
+
+
+def _max_step(value: object) -> float:
+    if not _is_real(value) or not 0.0 < value <= 1.0:
+        raise ValueError(f"max_step={value!r} is invalid: must be a number in (0, 1], the "
+                         "largest move per step as a fraction of a parameter's range")
+    return float(value)
+
+
+def _divergence_penalty(value: object) -> float:
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"divergence_penalty={value!r} is invalid: must be a finite number "
+                         ">= 0")
+    return float(value)
+
+
+def _device(value: object) -> str | torch.device:
+    if value == "auto":
+        return "auto"
+    if not isinstance(value, str | torch.device):
+        raise ValueError(f"device={value!r} is invalid: must be 'auto', 'cpu', 'cuda', "
+                         "'cuda:N' or a torch.device")
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise ValueError(f"device={value!r} is invalid: must be 'auto', 'cpu', 'cuda', "
+                         "'cuda:N' or a torch.device") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={value!r}: no CUDA device is available here; use 'cpu' "
+                             "or 'auto'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device={value!r}: there is no CUDA device {device.index} (this "
+                             f"machine has {count}); use 'cuda:0' ... 'cuda:{count - 1}'")
+    return value
+
+
+def _eval_chunk(value: object) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"eval_chunk={value!r} is invalid: must be an integer >= 1")
+    return int(value)
+
+
+def _render_mode(value: object) -> str | None:
+    if value is not None and value not in RENDER_MODES:
+        raise ValueError(f"render_mode={value!r} is invalid: must be None or one of "
+                         f"{list(RENDER_MODES)}")
+    return value
+
+
+_CHECKS = {
+    "tasks": _tasks,
+    "split": _choice("split", TASK_SPLITS),
+    "action_params": _action_params,
+    "action_mode": _choice("action_mode", ACTION_MODES),
+    "max_step": _max_step,
+    "metric": _choice("metric", METRICS),
+    "reward_baseline": _choice("reward_baseline", REWARD_BASELINES),
+    "divergence_penalty": _divergence_penalty,
+    "device": _device,
+    "eval_chunk": _eval_chunk,
+    "render_mode": _render_mode,
+}
