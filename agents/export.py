@@ -137,7 +137,8 @@ def agent_controller(agent: AgentPolicy, mapping: ActionMapping) -> Controller:
     layers = [_layer(m, i, tensors) for i, m in enumerate(modules)]
     norm = None if agent.norm is None else {k: agent.norm[k] for k in
                                             ("mean", "var", "epsilon", "clip_obs")}
-    return Controller(layers, tensors, mapping, output, norm, agent.algo)
+    return Controller(layers, tensors, mapping, output, norm, agent.algo,
+                      2 if agent.context_features else 1, agent.base_rule)
 
 
 def run_mapping(run_dir: str | Path) -> ActionMapping:

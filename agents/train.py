@@ -269,7 +269,10 @@ class AgentPolicy:
         self.algo = config["args"]["algo"]
         hp = config["hyperparams"]
         env_kwargs = dict(hp.get("env_kwargs") or {})
+        # Runs from before features version 2 observed no context features.
+        env_kwargs.setdefault("context_features", False)
         from lossgym.actions import ActionMapping, parse_parameters
+        from lossgym.envs.config import LossTuningConfig
 
         mapping = ActionMapping(parse_parameters(env_kwargs.get("action_params",
                                                                 ("gamma", "alpha"))),
@@ -278,6 +281,11 @@ class AgentPolicy:
         self.parameters = mapping.parameters
         self.mode = mapping.mode
         self.max_step = mapping.max_step
+        # What the rollout's episodes must give it: its observation and its base rule.
+        config = LossTuningConfig.build(**{k: v for k, v in env_kwargs.items()
+                                           if k not in ("tasks", "split")})
+        self.context_features = config.context_features
+        self.base_rule = config.episode_batch(1).base_rule if self.mode == "residual" else None
         spaces_env = LossTuningSB3VecEnv(num_envs=1, **{k: v for k, v in env_kwargs.items()
                                                         if k != "reward_baseline"})
         with warnings.catch_warnings():

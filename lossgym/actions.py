@@ -8,6 +8,8 @@ over its range in :data:`lossgym.params.LOSS_PARAMS` (the table: ``python -m los
 
 ``mode="absolute"``: parameter = low + (a + 1) / 2 · (high − low).
 ``mode="delta"``: parameter ← clip(parameter + a · max_step · (high − low), low, high).
+``mode="residual"``: parameter = clip(base + a · max_step · (high − low), low, high), with
+``base`` the base rule's parameter at this step: a zero action is the base rule, exactly.
 Actions outside [−1, 1] are clipped to it first. Episodes start at the neutral values (plain
 cross-entropy).
 """
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from lossgym import params as loss_params
 
-ACTION_MODES = ("absolute", "delta")
+ACTION_MODES = ("absolute", "delta", "residual")
 DEFAULT_PARAMETERS = ("gamma", "alpha")
 
 
@@ -33,8 +35,9 @@ class ActionMapping:
     Args:
         parameters: the controlled parameters, in action order (names of
             :data:`PARAMETER_RANGES`); γ and α by default.
-        mode: ``"absolute"`` or ``"delta"``.
-        max_step: in delta mode, the largest move per step as a fraction of the range.
+        mode: ``"absolute"``, ``"delta"`` or ``"residual"``.
+        max_step: in delta and residual mode, the largest move (per step, or away from the
+            base rule) as a fraction of the range.
     """
 
     parameters: tuple[str, ...] = DEFAULT_PARAMETERS
@@ -71,12 +74,17 @@ class ActionMapping:
         return torch.tensor([loss_params.param(p).neutral for p in self.parameters],
                             device=device)
 
-    def apply(self, action: Tensor, current: Tensor) -> Tensor:
-        """New parameters from ``action`` (clipped to [−1, 1]) and the ``current`` ones."""
+    def apply(self, action: Tensor, current: Tensor, base: Tensor | None = None) -> Tensor:
+        """New parameters from ``action`` (clipped to [−1, 1]) and the ``current`` ones (delta
+        mode) or the base rule's (residual mode)."""
         low, high = self.bounds(action.device)
         a = action.clamp(-1.0, 1.0)
         if self.mode == "absolute":
             return low + (a + 1.0) * 0.5 * (high - low)
+        if self.mode == "residual":
+            if base is None:
+                raise ValueError("residual mode needs the base rule's parameters")
+            current = base
         return torch.minimum(torch.maximum(current + a * self.max_step * (high - low), low), high)
 
     def normalise(self, params: Tensor) -> Tensor:

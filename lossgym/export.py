@@ -27,16 +27,18 @@ All load with torch alone (no stable-baselines3, no gymnasium, no environment), 
   at one member, as the engine applies it to each of its members; AdaFocal
   learns its γ per bin from the validation logits given to ``step()``.
 
-File format (version 1)
------------------------
+File format (version 2; version 1 reads too)
+--------------------------------------------
 An export is a folder holding ``manifest.json`` and, for controllers, ``actor.safetensors``
 (the actor's float32 tensors). The manifest holds ``format``, ``format_version``, ``kind``,
 ``total_steps`` (the default number of ``step()`` calls in a training run), ``class_counts``
 (bound training-set counts, or null), ``source`` (free-form provenance) and either
 ``schedule``, ``method`` (name, hyperparameters, minibatches per period) or ``mapping``,
-``features`` (version and names) and ``controller`` (algorithm, layer list, output squashing,
-recurrent state size, observation-normalisation statistics, and the weights file's name and
-SHA-256). The manifest ends with the SHA-256 of its own content.
+``features`` (version and names), ``base_rule`` (the schedule a residual controller corrects,
+or null; version 2) and ``controller`` (algorithm, layer list, output squashing, recurrent
+state size, observation-normalisation statistics, and the weights file's name and SHA-256).
+The manifest ends with the SHA-256 of its own content. Version 1 had no ``base_rule`` and
+features version 1 (no context features).
 
 Loading never unpickles anything: the manifest is JSON and the weights are safetensors. A
 truncated, modified or damaged file, an unsupported ``format_version``, features this version
@@ -62,7 +64,13 @@ from torch import Tensor, nn
 
 from lossgym._native import squared_norm
 from lossgym.actions import ActionMapping
-from lossgym.features import FEATURE_VERSION, FeatureSpec, compute_features, log_imbalance
+from lossgym.features import (
+    FEATURE_VERSION,
+    FeatureSpec,
+    compute_features,
+    context_values,
+    log_imbalance,
+)
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.losses import ParametricCriterion
 from lossgym.methods import LossMethod, method_from_dict
@@ -80,7 +88,9 @@ __all__ = [
 ]
 
 FORMAT = "lossgym-adaptive-loss"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this lossgym reads (1: before context features and residual controllers).
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 WEIGHTS = "actor.safetensors"
 KINDS = ("schedule", "controller", "method")
@@ -182,14 +192,22 @@ class Controller(nn.Module):
         obs_normalization: VecNormalize's ``mean``, ``var``, ``epsilon`` and ``clip_obs``,
             or None when the agent saw raw observations.
         algorithm: what trained it (informational, e.g. ``"ppo"``).
+        features_version: the observation it reads (:class:`lossgym.features.FeatureSpec`).
+        base_rule: the schedule its residual actions correct (residual mapping only).
     """
 
     def __init__(self, layers: Sequence[Mapping[str, Any]], tensors: Mapping[str, Tensor],
                  mapping: ActionMapping, output: str = "clip",
-                 obs_normalization: Mapping[str, Any] | None = None, algorithm: str = "") -> None:
+                 obs_normalization: Mapping[str, Any] | None = None, algorithm: str = "",
+                 features_version: int = FEATURE_VERSION,
+                 base_rule: LossSchedule | None = None) -> None:
         super().__init__()
         self.mapping = mapping
-        self.spec = FeatureSpec(mapping.parameters)
+        self.spec = FeatureSpec(mapping.parameters, features_version)
+        if (mapping.mode == "residual") != (base_rule is not None):
+            raise ValueError("a controller has a base rule exactly when its actions are "
+                             "residual (mapping mode 'residual')")
+        self.base_rule = base_rule
         if output not in OUTPUTS:
             raise ValueError(f"controller.output={output!r} must be one of {OUTPUTS}")
         self.output = output
@@ -353,6 +371,7 @@ def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, 
         atomic_write(folder / WEIGHTS, lambda tmp: Path(tmp).write_bytes(data))
         manifest["mapping"] = rule.mapping.to_dict()
         manifest["features"] = rule.spec.to_dict()
+        manifest["base_rule"] = None if rule.base_rule is None else rule.base_rule.to_dict()
         manifest["controller"] = {**rule.describe(), "weights": {
             "file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}}
     else:
@@ -399,9 +418,9 @@ def read_export(path: str | Path
         raise ValueError(f"{file}: not a lossgym export manifest (it has no "
                          f"'format': '{FORMAT}')")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ValueError(f"{file}: format_version {version!r} is not supported; this lossgym "
-                         f"reads version {FORMAT_VERSION}")
+                         f"reads versions {list(READ_VERSIONS)}")
     checksum = manifest.pop("sha256", None)
     if checksum != _digest(manifest):
         raise ValueError(f"{file}: checksum mismatch: the manifest was modified after lossgym "
@@ -419,7 +438,8 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
     if kind == "schedule":
         _keys(manifest, common + ("schedule",), "the manifest")
     elif kind == "controller":
-        _keys(manifest, common + ("mapping", "features", "controller"), "the manifest")
+        extra = ("base_rule",) if manifest["format_version"] >= 2 else ()
+        _keys(manifest, common + ("mapping", "features", "controller") + extra, "the manifest")
     elif kind == "method":
         _keys(manifest, common + ("method",), "the manifest")
     else:
@@ -438,10 +458,10 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
         raise ValueError("mapping must be a JSON object")
     mapping = ActionMapping.from_dict(mapping_values)
     features = _keys(manifest["features"], ("version", "names"), "features")
-    if features["version"] != FEATURE_VERSION:
+    if features["version"] not in (1, 2):
         raise ValueError(f"features version {features['version']!r} is not supported; this "
-                         f"lossgym computes version {FEATURE_VERSION}")
-    expected = list(FeatureSpec(mapping.parameters).names)
+                         f"lossgym computes versions 1 and 2")
+    expected = list(FeatureSpec(mapping.parameters, features["version"]).names)
     names = features["names"]
     if names != expected:
         names = names if isinstance(names, list) else [names]
@@ -473,8 +493,10 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
     layers = spec["layers"]
     if not isinstance(layers, list):
         raise ValueError("controller.layers must be a list")
+    base = manifest.get("base_rule")
     controller = Controller(layers, tensors, mapping, spec["output"], spec["obs_normalization"],
-                            spec["algorithm"])
+                            spec["algorithm"], features["version"],
+                            None if base is None else LossSchedule.from_dict(base))
     if spec["recurrent_state_size"] != controller.recurrent_state_size:
         raise ValueError(f"controller.recurrent_state_size={spec['recurrent_state_size']!r} "
                          f"but the layers give {controller.recurrent_state_size}")
@@ -524,6 +546,23 @@ class GradientWatch:
             handle.remove()
 
 
+def _describe_model(model: nn.Module) -> dict[str, Any]:
+    """The context features' architecture and width of a model: a CNN if it has a
+    convolution, and the width of its first linear or convolutional layer."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return {"arch": "cnn", "width": module.out_channels}
+        if isinstance(module, nn.Linear):
+            return {"arch": "mlp", "width": module.out_features}
+    return {}
+
+
+#: What the context features assume where the user's loop tells nothing (AdamW's defaults,
+#: the engine's default MLP and batch size).
+SETUP_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-2, "batch_size": 128,
+                                  "arch": "mlp", "width": 128}
+
+
 def _on(metrics: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device) for k, v in metrics.items()}
 
@@ -552,6 +591,11 @@ class AdaptiveLoss(nn.Module):
         minibatches_per_step: training minibatches per ``step()`` (e.g. ``len(loader)``),
             which places a method's deferred re-weighting switch within a period as the
             engine does. :meth:`load` defaults to the export's (its reference task's).
+        setup: the training set-up, for a controller's context features (:meth:`context`):
+            ``lr``, ``weight_decay``, ``batch_size``, ``arch`` ("mlp" or "cnn"), ``width``.
+            Default for each: what :meth:`watch` saw (the optimizer's first param group; the
+            model's first linear or convolutional layer), the first training minibatch's
+            size, else :data:`SETUP_DEFAULTS`.
 
     What a controller observes at ``step()`` (:mod:`lossgym.features`), and the defaults for
     what it is not given:
@@ -575,8 +619,18 @@ class AdaptiveLoss(nn.Module):
 
     def __init__(self, rule: LossSchedule | Controller | LossMethod, *,
                  class_counts: Sequence[float] | Tensor | None = None, total_steps: int,
-                 reduction: str = "mean", minibatches_per_step: int | None = None) -> None:
+                 reduction: str = "mean", minibatches_per_step: int | None = None,
+                 setup: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        unknown = sorted(set(setup or {}) - set(SETUP_DEFAULTS))
+        if unknown:
+            raise ValueError(f"setup has unknown keys {unknown}; it takes "
+                             f"{sorted(SETUP_DEFAULTS)}")
+        self.setup = dict(setup or {})
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._model_setup: dict[str, Any] = {}
+        self._batch_size: int | None = None
+        self._mps_given = minibatches_per_step is not None
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be one of ('none', 'mean', 'sum'), got "
                              f"{reduction!r}")
@@ -597,6 +651,8 @@ class AdaptiveLoss(nn.Module):
             self.controller = rule
             self.controlled = rule.mapping.parameters
             identity = {"controller": rule.describe(), "mapping": rule.mapping.to_dict(),
+                        "features": rule.spec.to_dict(),
+                        "base_rule": None if rule.base_rule is None else rule.base_rule.to_dict(),
                         "weights": _tensor_digest(rule.tensors())}
         else:
             raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, "
@@ -620,7 +676,8 @@ class AdaptiveLoss(nn.Module):
     @classmethod
     def load(cls, path: str | Path, *, class_counts: Sequence[float] | Tensor | None = None,
              total_steps: int | None = None, reduction: str = "mean",
-             minibatches_per_step: int | None = None) -> AdaptiveLoss:
+             minibatches_per_step: int | None = None, setup: Mapping[str, Any] | None = None
+             ) -> AdaptiveLoss:
         """An adaptive loss from an export folder (or its ``manifest.json``) that lossgym
         wrote; see the class docstring for the arguments. Counts that do not match the counts
         bound in the export raise ``ValueError``."""
@@ -635,7 +692,7 @@ class AdaptiveLoss(nn.Module):
         if minibatches_per_step is None and "method" in manifest:
             minibatches_per_step = manifest["method"]["minibatches_per_step"]
         return cls(rule, class_counts=counts, total_steps=total_steps or manifest["total_steps"],
-                   reduction=reduction, minibatches_per_step=minibatches_per_step)
+                   reduction=reduction, minibatches_per_step=minibatches_per_step, setup=setup)
 
     # ----------------------------------------------------------------------- state
     def _reset_run(self) -> None:
@@ -649,6 +706,7 @@ class AdaptiveLoss(nn.Module):
         self._last_metrics: dict[str, Tensor] | None = None
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
+        self._period_sizes: list[int] = []  # training minibatches of each period so far
         self._clear_period()
 
     def _clear_period(self) -> None:
@@ -690,7 +748,10 @@ class AdaptiveLoss(nn.Module):
         parameter; with gradient accumulation each backward records the gradient accumulated
         so far)."""
         if isinstance(model, torch.optim.Optimizer):
+            self._optimizer = model
             return model.register_step_pre_hook(self._on_optimizer_step)
+        if isinstance(model, nn.Module):
+            self._model_setup = _describe_model(model)
         params = list(model.parameters() if isinstance(model, nn.Module) else model)
         params = [p for p in params if p.requires_grad]
         if not params:
@@ -755,12 +816,19 @@ class AdaptiveLoss(nn.Module):
         counts = self._counts_for(logits, targets)
         if self._params is None:
             self.begin()
+        training = self._is_training_forward(logits)
+        if training and self._batch_size is None:
+            self._batch_size = int(targets.numel())
         if self.method is not None:
-            return self._method_loss(logits, targets, counts)
-        # A controller observes the period's mean plain cross-entropy, recorded on the way.
-        record = self.controller is not None and self._is_training_forward(logits)
-        return self._loss(logits, targets, self._kwargs, counts.to(logits.dtype),
-                          self._ce if record else None)
+            loss = self._method_loss(logits, targets, counts)
+        else:
+            # A controller observes the period's mean plain cross-entropy, recorded on the way.
+            record = self.controller is not None and training
+            loss = self._loss(logits, targets, self._kwargs, counts.to(logits.dtype),
+                              self._ce if record else None)
+        if training:
+            self._minibatch += 1
+        return loss
 
     def _method_loss(self, logits: Tensor, targets: Tensor, counts: Tensor) -> Tensor:
         """The method at one member, with the engine's float32 progress of this minibatch."""
@@ -776,8 +844,6 @@ class AdaptiveLoss(nn.Module):
             module.train(training)
         loss = method.member_loss(logits.reshape(1, -1, logits.shape[-1]),
                                   targets.reshape(1, -1), ctx, self.reduction)[0]
-        if training:
-            self._minibatch += 1
         return loss.reshape(targets.shape) if self.reduction == "none" and loss.ndim else loss
 
     def _live_method(self, num_classes: int | None, device: torch.device) -> LossMethod:
@@ -867,6 +933,8 @@ class AdaptiveLoss(nn.Module):
         if self._params is None:
             self.begin()
         self.steps_done += 1
+        if self._minibatch:
+            self._period_sizes.append(self._minibatch)
         t = self.steps_done / self.total_steps if progress is None \
             else _real(progress, "progress")
         t = min(max(t, 0.0), 1.0)
@@ -971,7 +1039,14 @@ class AdaptiveLoss(nn.Module):
         c = self.controller
         assert c is not None
         device = self._device()
-        current = (c.mapping.neutral() if self._params is None else self._params).to(device)
+        base = None
+        if c.mapping.mode == "residual":  # the base rule's parameters for the coming period
+            values = c.base_rule(progress)
+            base = torch.tensor([values.get(p, n) for p, n in
+                                 zip(c.mapping.parameters, c.mapping.neutral().tolist())],
+                                device=device)
+        start = c.mapping.neutral().to(device) if base is None else base
+        current = (start if self._params is None else self._params).to(device)
         obs = compute_features(
             c.spec,
             progress=torch.tensor([progress], dtype=torch.float32, device=device),
@@ -982,14 +1057,35 @@ class AdaptiveLoss(nn.Module):
             params=c.mapping.normalise(current.unsqueeze(0)),
             last_change=self._last_change.to(device).unsqueeze(0),
             imbalance=log_imbalance(self._known_counts(device).float().unsqueeze(0)),
+            context=self.context().unsqueeze(0) if c.spec.context else None,
         )
         if self._state is not None:
             self._state = (self._state[0].to(device), self._state[1].to(device))
         action, self._state = c(obs, self._state)
-        new = c.mapping.apply(action[0], current)
+        new = c.mapping.apply(action[0], current, base)
         self._last_change = (c.mapping.normalise(new) - c.mapping.normalise(current)).cpu()
         self.observation = obs[0].cpu()
         self._set_params(new)
+
+    def context(self) -> Tensor:
+        """The context features (:func:`lossgym.features.context_values`) of this training
+        run, ``[8]``, from the class counts, ``total_steps``, the minibatches per period
+        (given, else counted in the periods so far), ``setup`` and what :meth:`watch` saw."""
+        counts = self._known_counts(torch.device("cpu"))
+        size = float(counts.sum())
+        group = self._optimizer.param_groups[0] if self._optimizer is not None else {}
+        seen = {"lr": group.get("lr"), "weight_decay": group.get("weight_decay"),
+                "batch_size": self._batch_size, **self._model_setup}
+        setup = {k: self.setup.get(k, seen.get(k) if seen.get(k) is not None else default)
+                 for k, default in SETUP_DEFAULTS.items()}
+        periods = self.minibatches_per_step if self._mps_given or not self._period_sizes \
+            else max(self._period_sizes)
+        epochs = self.total_steps * periods * setup["batch_size"] / max(size, 1.0)
+        values = context_values(train_size=size, num_classes=counts.numel(), lr=setup["lr"],
+                                weight_decay=setup["weight_decay"],
+                                batch_size=setup["batch_size"], epochs=epochs,
+                                arch=setup["arch"], width=setup["width"])
+        return torch.tensor(values, dtype=torch.float32, device=self._device())
 
     # ----------------------------------------------------------------------- checkpoints
     def get_extra_state(self) -> dict[str, Any]:

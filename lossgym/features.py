@@ -19,9 +19,27 @@ bound's nearest finite value, so an observation always lies in its space.
 |10 | log_imbalance          | ln(max_c n_c / min_c n_c) / ln 1000, observed labels    | [0, 2]    |
 |11…| param_<name>           | current loss parameters, rescaled to [−1, 1]            | [−1, 1]   |
 |  …| change_<name>          | their change at the last step, in the same units        | [−2, 2]   |
+|  …| context features       | the training set-up (version 2, below)                  |           |
 
 Logarithms are of x + 1e-6. Before the first training step (at reset) the train loss is the
 validation loss and the gradient features are those of a zero gradient.
+
+Version 2 adds the training set-up (:data:`CONTEXT_FEATURES`, :func:`context_values`), so
+that a policy can tell regimes apart without reading them off the training curves: what a
+user of an exported loss knows before training (see :class:`lossgym.export.AdaptiveLoss`).
+
+| name             | definition                                                 | bounds     |
+|------------------|------------------------------------------------------------|------------|
+| ctx_log_train_size | ln(training samples)                                     | [0, 16]    |
+| ctx_log_classes  | ln(number of classes)                                      | [0, 8]     |
+| ctx_log_lr       | log10(learning rate)                                       | [−8, 1]    |
+| ctx_weight_decay | weight decay                                               | [0, 1]     |
+| ctx_log_batch    | log2(batch size)                                           | [0, 16]    |
+| ctx_log_epochs   | ln(budget in epochs: minibatches × batch size / samples)   | [−4, 8]    |
+| ctx_cnn          | 1 for a convolutional network, 0 for an MLP                | [0, 1]     |
+| ctx_log_width    | log2(width: hidden units or channels of the first layer)   | [0, 16]    |
+
+Version 1 (exports made before it) has no context features.
 """
 
 from __future__ import annotations
@@ -33,7 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 _EPS = 1e-6
 
 BASE_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -51,33 +69,64 @@ BASE_FEATURES: tuple[tuple[str, float, float], ...] = (
 )
 
 
+CONTEXT_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("ctx_log_train_size", 0.0, 16.0),
+    ("ctx_log_classes", 0.0, 8.0),
+    ("ctx_log_lr", -8.0, 1.0),
+    ("ctx_weight_decay", 0.0, 1.0),
+    ("ctx_log_batch", 0.0, 16.0),
+    ("ctx_log_epochs", -4.0, 8.0),
+    ("ctx_cnn", 0.0, 1.0),
+    ("ctx_log_width", 0.0, 16.0),
+)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Names and bounds of the observation for a set of controlled parameters."""
+    """Names and bounds of the observation for a set of controlled parameters; ``version``
+    2 (the default) has the context features, 1 has not."""
 
     parameters: tuple[str, ...]
+    version: int = FEATURE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise ValueError(f"features version {self.version!r} is not supported; this "
+                             f"lossgym computes versions 1 and 2")
+
+    @property
+    def context(self) -> bool:
+        return self.version >= 2
+
+    def _table(self) -> list[tuple[str, float, float]]:
+        d = self.parameters
+        return (list(BASE_FEATURES) + [(f"param_{p}", -1.0, 1.0) for p in d]
+                + [(f"change_{p}", -2.0, 2.0) for p in d]
+                + (list(CONTEXT_FEATURES) if self.context else []))
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (
-            tuple(name for name, _, _ in BASE_FEATURES)
-            + tuple(f"param_{p}" for p in self.parameters)
-            + tuple(f"change_{p}" for p in self.parameters)
-        )
+        return tuple(name for name, _, _ in self._table())
 
     @property
     def dim(self) -> int:
-        return len(BASE_FEATURES) + 2 * len(self.parameters)
+        return len(self._table())
 
     def bounds(self) -> tuple[list[float], list[float]]:
         """Lower and upper bounds, one per feature."""
-        d = len(self.parameters)
-        low = [lo for _, lo, _ in BASE_FEATURES] + [-1.0] * d + [-2.0] * d
-        high = [hi for _, _, hi in BASE_FEATURES] + [1.0] * d + [2.0] * d
-        return low, high
+        table = self._table()
+        return [lo for _, lo, _ in table], [hi for _, _, hi in table]
 
     def to_dict(self) -> dict:
-        return {"version": FEATURE_VERSION, "names": list(self.names)}
+        return {"version": self.version, "names": list(self.names)}
+
+
+def context_values(*, train_size: float, num_classes: int, lr: float, weight_decay: float,
+                   batch_size: int, epochs: float, arch: str, width: int) -> list[float]:
+    """The context features of a training set-up (the table above), unclipped."""
+    return [math.log(max(train_size, 1.0)), math.log(max(num_classes, 1)),
+            math.log10(max(lr, 1e-12)), float(weight_decay), math.log2(max(batch_size, 1)),
+            math.log(max(epochs, 1e-6)), float(arch == "cnn"), math.log2(max(width, 1))]
 
 
 def _log(x: Tensor) -> Tensor:
@@ -101,6 +150,7 @@ def compute_features(
     params: Tensor,
     last_change: Tensor,
     imbalance: Tensor,
+    context: Tensor | None = None,
 ) -> Tensor:
     """The observation ``[N, D]`` (float32), clipped into ``spec.bounds()``.
 
@@ -110,6 +160,7 @@ def compute_features(
         val_metrics: :func:`lossgym.metrics.classification_metrics` output on validation.
         params: current loss parameters rescaled to [−1, 1], ``[N, d]``.
         last_change: their change at the last step, ``[N, d]``.
+        context: the context features ``[N, 8]`` (:func:`context_values`), for version 2.
     """
     cv = grad_norm_std / (grad_norm + _EPS)
     columns: Sequence[Tensor] = (
@@ -125,8 +176,13 @@ def compute_features(
         cv,
         imbalance,
     )
-    obs = torch.cat([torch.stack([c.float() for c in columns], dim=-1), params.float(),
-                     last_change.float()], dim=-1)
+    parts = [torch.stack([c.float() for c in columns], dim=-1), params.float(),
+             last_change.float()]
+    if spec.context:
+        if context is None:
+            raise ValueError("features version 2 needs the context features")
+        parts.append(context.float().to(parts[0].device))
+    obs = torch.cat(parts, dim=-1)
     low, high = spec.bounds()
     low_t = torch.tensor(low, device=obs.device)
     high_t = torch.tensor(high, device=obs.device)

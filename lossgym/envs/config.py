@@ -17,12 +17,16 @@ from typing import Any
 
 import torch
 
-from lossgym.actions import ACTION_MODES, PARAMETER_RANGES, ActionMapping, parse_parameters
+from lossgym import params as loss_params
+from lossgym.actions import ACTION_MODES, ActionMapping, parse_parameters
 from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource
+from lossgym.schedules import LossSchedule, constant
 from lossgym.tasks import SPLITS as TASK_SPLITS
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 RENDER_MODES = ("ansi", "rgb_array")
+#: The base rule where one is needed and none is given: logit adjustment (τ = 1).
+DEFAULT_BASE_RULE = LossSchedule({"tau": constant(1.0)})
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,21 @@ class LossTuningConfig:
     action_params: tuple[str, ...] = ("gamma", "alpha")
     """the controlled loss parameters, in action order (a sequence or "gamma,alpha")."""
     action_mode: str = "absolute"
-    """"absolute" sets the parameters, "delta" moves them by at most ``max_step``."""
+    """"absolute" sets the parameters, "delta" moves them by at most ``max_step``, "residual"
+    sets them to the base rule's plus at most ``max_step`` (zero action: the base rule)."""
     max_step: float = 0.1
-    """in delta mode, the largest move per step as a fraction of a parameter's range."""
+    """in delta and residual mode, the largest move as a fraction of a parameter's range."""
     metric: str = "balanced_accuracy"
     """the validation metric whose change is the reward."""
     reward_baseline: str = "none"
-    """"paired": the reward is the gain over a cross-entropy twin on the same task and seed."""
+    """"paired": the reward is the gain over a cross-entropy twin on the same task, seed, pool,
+    initialisation and data order; "base": over a twin that trains with the base rule."""
+    base_rule: LossSchedule | None = None
+    """the base rule of residual actions and of the "base" twin: a LossSchedule, its dict, or
+    the name of a built-in method the parametric loss expresses (e.g. "logit_adjusted");
+    None: logit adjustment where one is needed (:data:`DEFAULT_BASE_RULE`)."""
+    context_features: bool = True
+    """observe the training set-up (features version 2); False: version 1."""
     divergence_penalty: float = 1.0
     """the reward's negative when the inner training diverges."""
     device: str | torch.device = "auto"
@@ -79,8 +91,12 @@ class LossTuningConfig:
 
     def episode_batch(self, num_envs: int) -> EpisodeBatch:
         """The episode logic of ``num_envs`` envs under this configuration."""
+        base = self.base_rule
+        if base is None and (self.reward_baseline == "base" or self.action_mode == "residual"):
+            base = DEFAULT_BASE_RULE
         return EpisodeBatch(num_envs, self.mapping(), self.metric, self.reward_baseline,
-                            self.divergence_penalty, self.device, self.eval_chunk)
+                            self.divergence_penalty, self.device, self.eval_chunk, base,
+                            self.context_features)
 
 
 # ------------------------------------------------------------------------------ the checks
@@ -110,7 +126,7 @@ def _tasks(value: object) -> TaskSpec | TaskDistribution:
 
 
 def _action_params(value: object) -> tuple[str, ...]:
-    names = list(PARAMETER_RANGES)
+    names = loss_params.names()
     if isinstance(value, str) or (isinstance(value, list | tuple)
                                   and all(isinstance(v, str) for v in value)):
         params = parse_parameters(value)
@@ -162,6 +178,32 @@ def _eval_chunk(value: object) -> int:
     return int(value)
 
 
+def _base_rule(value: object) -> LossSchedule | None:
+    if value is None or isinstance(value, LossSchedule):
+        return value
+    if isinstance(value, dict):
+        return LossSchedule.from_dict(value)
+    if isinstance(value, str):
+        from lossgym.methods import Parametric, make_method
+
+        method = make_method(value)
+        if not isinstance(method, Parametric):
+            raise ValueError(f"base_rule={value!r} is not a rule of the parametric loss; pass "
+                             "a LossSchedule (e.g. a tuned DRW schedule) instead")
+        return LossSchedule({k: constant(v) for k, v in method.values.items()}
+                            or {"gamma": constant(0.0)})
+    raise ValueError(f"base_rule={value!r} is invalid: must be a LossSchedule, its dict, a "
+                     "built-in method name or None")
+
+
+def _flag(name: str) -> Any:
+    def check(value: object) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is invalid: must be True or False")
+        return value
+    return check
+
+
 def _render_mode(value: object) -> str | None:
     if value is not None and value not in RENDER_MODES:
         raise ValueError(f"render_mode={value!r} is invalid: must be None or one of "
@@ -177,6 +219,8 @@ _CHECKS = {
     "max_step": _max_step,
     "metric": _choice("metric", METRICS),
     "reward_baseline": _choice("reward_baseline", REWARD_BASELINES),
+    "base_rule": _base_rule,
+    "context_features": _flag("context_features"),
     "divergence_penalty": _divergence_penalty,
     "device": _device,
     "eval_chunk": _eval_chunk,

@@ -18,14 +18,15 @@ import torch
 from torch import Tensor
 
 from lossgym.actions import ActionMapping
-from lossgym.features import FeatureSpec, compute_features, log_imbalance
+from lossgym.features import FeatureSpec, compute_features, context_values, log_imbalance
 from lossgym.losses import ParametricCriterion
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
+from lossgym.schedules import LossSchedule
 from lossgym.tasks import SPLITS as TASK_SPLITS
 from lossgym.tasks import TaskDistribution, TaskSpec
 
 METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
-REWARD_BASELINES = ("none", "paired")
+REWARD_BASELINES = ("none", "paired", "base")
 TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_ts", "nll",
                 "worst_class_recall")
 
@@ -97,6 +98,8 @@ class EpisodeBatch:
         divergence_penalty: float,
         device: str | torch.device,
         eval_chunk: int,
+        base_rule: LossSchedule | None = None,
+        context_features: bool = True,
     ):
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not known; choose one of {METRICS}")
@@ -105,11 +108,22 @@ class EpisodeBatch:
                              f"{REWARD_BASELINES}")
         if not np.isfinite(divergence_penalty) or divergence_penalty < 0:
             raise ValueError(f"divergence_penalty={divergence_penalty} must be finite and >= 0")
+        if base_rule is None and (reward_baseline == "base" or mapping.mode == "residual"):
+            raise ValueError("reward_baseline='base' and action_mode='residual' need a base "
+                             "rule (base_rule=)")
+        if base_rule is not None and set(base_rule.parameters) - set(mapping.parameters):
+            raise ValueError(f"the base rule sets {list(base_rule.parameters)}, but the agent "
+                             f"controls {list(mapping.parameters)}: control every parameter "
+                             "the base rule sets")
         self.num_envs = num_envs
         self.mapping = mapping
-        self.features = FeatureSpec(mapping.parameters)
+        self.features = FeatureSpec(mapping.parameters, 2 if context_features else 1)
         self.metric = metric
-        self.paired = reward_baseline == "paired"
+        # The twin: a second member per env on the same task, seed, pool, initialisation and
+        # data order, trained with cross-entropy ("paired") or the base rule ("base").
+        self.paired = reward_baseline in ("paired", "base")
+        self.base_rule = base_rule
+        self._twin_base = reward_baseline == "base"
         self.divergence_penalty = float(divergence_penalty)
         self.device = resolve_device(device)
         self.eval_chunk = eval_chunk
@@ -126,6 +140,7 @@ class EpisodeBatch:
         # The last finite train loss of each episode (NaN before its first step).
         self.train_loss = np.full(num_envs, np.nan)
         self._neutral = mapping.neutral(self.device)
+        self._twin = self._neutral.repeat(num_envs, 1)  # the base twin's parameters
         self._loss = ParametricCriterion(reduction="none")
         # The loss parameters by name while self.params stays the same tensor, unmodified
         # (a step), so that the criterion keeps its terms: (params, version, values).
@@ -137,12 +152,25 @@ class EpisodeBatch:
         ids = list(env_ids)
         return ids + [self.num_envs + i for i in ids] if self.paired else ids
 
+    def _base_params(self) -> Tensor:
+        """The base rule's parameters ``[N, d]`` for each env's coming step (at progress
+        steps / horizon; neutral where it sets none)."""
+        assert self.base_rule is not None
+        rows = []
+        for i in range(self.num_envs):
+            task = self.tasks[i]
+            values = self.base_rule(self.steps[i] / task.horizon if task else 0.0)
+            rows.append([values.get(p, float(self._neutral[j]))
+                         for j, p in enumerate(self.mapping.parameters)])
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
     def _criterion(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
         cached = self._values
         if cached is None or cached[0] is not self.params or cached[1] != self.params._version:
             params = self.params
             if self.paired:
-                params = torch.cat([params, self._neutral.expand_as(params)])
+                twin = self._twin if self._twin_base else self._neutral.expand_as(params)
+                params = torch.cat([params, twin])
             cached = self._values = (self.params, self.params._version,
                                      self.mapping.as_kwargs(params))
         return self._loss(logits, targets, cached[2], ctx.class_counts).mean(-1)
@@ -183,6 +211,8 @@ class EpisodeBatch:
             self.last_change[i] = 0.0
             self.last_reward[i] = 0.0
             self.train_loss[i] = np.nan
+        if self.mapping.mode == "residual":  # episodes start at the base rule
+            self.params[ids] = self._base_params()[ids]
         obs = self._observe(ids, stats=None)
         self.last_obs[ids] = obs
         return obs
@@ -217,8 +247,25 @@ class EpisodeBatch:
             params=self.mapping.normalise(self.params[index]),
             last_change=self.last_change[index],
             imbalance=log_imbalance(pop.class_counts[index]),
+            context=self._context(ids) if self.features.context else None,
         )
         return obs.cpu().numpy()
+
+    def _context(self, ids: list[int]) -> Tensor:
+        """The context features of the envs' tasks (:func:`lossgym.features.context_values`)."""
+        pop = self.population
+        assert pop is not None
+        sizes = pop.class_counts[torch.as_tensor(ids, device=self.device)].sum(-1).tolist()
+        rows = []
+        for i, size in zip(ids, sizes):
+            t = self.tasks[i]
+            assert t is not None
+            rows.append(context_values(
+                train_size=size, num_classes=pop.num_classes, lr=t.lr,
+                weight_decay=t.weight_decay, batch_size=t.batch_size,
+                epochs=t.horizon * t.minibatches_per_step * t.batch_size / max(size, 1.0),
+                arch=t.arch, width=t.width))
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
     # -------------------------------------------------------------------- step
     def check_actions(self, actions: Any) -> Tensor:
@@ -255,8 +302,11 @@ class EpisodeBatch:
             raise ValueError("step() takes actions or params, one of them")
         n = self.num_envs
         running = torch.tensor([not d for d in self.done], device=self.device)
+        base = self._base_params() if self.base_rule is not None else None
+        if self._twin_base:
+            self._twin = base
         if params is None:
-            params = self.mapping.apply(actions, self.params)
+            params = self.mapping.apply(actions, self.params, base)
         else:
             low, high = self.mapping.bounds(self.device)
             params = torch.as_tensor(params, dtype=torch.float32, device=self.device)

@@ -75,26 +75,29 @@ class LossTuningEnv(_Episodes, gym.Env):
     ``Box(-1, 1, (d,), float32)``, one dimension per controlled parameter (γ and α by
     default), mapped by :class:`lossgym.actions.ActionMapping`:
 
-    | name              | range    | meaning                                    |
-    |-------------------|----------|--------------------------------------------|
-    | `gamma`           | [0, 5]   | focal exponent γ                           |
-    | `alpha`           | [0, 1]   | class-balance strength, w_c ∝ n_c^(−α)     |
-    | `tau`             | [0, 2]   | logit-adjustment τ                         |
-    | `label_smoothing` | [0, 0.3] | label smoothing                            |
-    | `poly_epsilon`    | [−1, 2]  | Poly-1 ε                                   |
-    | `gate`            | [−5, 5]  | gradient-gate strength                     |
-    | `margin`          | [0, 1]   | LDAM margin of the rarest class            |
-    | `scale`           | [1, 30]  | logit scale s                              |
+    | name | range | neutral | meaning |
+    |---|---|---|---|
+    | `gamma` | [0, 5] | 0 | focal exponent γ |
+    | `alpha` | [0, 1] | 0 | class-balance strength, w_c ∝ n_c^(−α) |
+    | `tau` | [0, 2] | 0 | logit-adjustment temperature τ |
+    | `label_smoothing` | [0, 0.3] | 0 | label smoothing |
+    | `poly_epsilon` | [-1, 2] | 0 | Poly-1 ε |
+    | `gate` | [-5, 5] | 0 | gradient-gate strength |
+    | `margin` | [0, 1] | 0 | LDAM margin of the rarest class (∝ n^(−1/4)) |
+    | `scale` | [1, 30] | 1 | logit scale s (LDAM's s) |
 
-    ``action_mode="absolute"`` sets the parameters (low + (a + 1)/2 · (high − low));
-    ``"delta"`` moves them by at most ``max_step`` of their range per step. Values outside
+    (:data:`lossgym.params.LOSS_PARAMS` defines them; ``tests/test_params.py`` checks this
+    table against it.) ``action_mode="absolute"`` sets the parameters (low + (a + 1)/2 ·
+    (high − low)); ``"delta"`` moves them by at most ``max_step`` of their range per step;
+    ``"residual"`` sets them to the base rule's (``base_rule``) plus at most ``max_step`` of
+    their range, so that a zero action is the base rule exactly. Values outside
     [−1, 1] are clipped; NaN, ±inf, values that are not real numbers (strings, complex numbers,
     objects) or a shape other than ``(d,)`` raise ``ValueError`` and change nothing.
 
     ## Observation Space
 
-    ``Box(low, high, (11 + 2d,), float32)``; every feature is independent of the dataset and
-    is clipped into its bounds:
+    ``Box(low, high, (19 + 2d,), float32)`` (``11 + 2d`` with ``context_features=False``);
+    every feature is clipped into its bounds:
 
     | # | feature                | bounds   |
     |---|------------------------|----------|
@@ -111,8 +114,12 @@ class LossTuningEnv(_Episodes, gym.Env):
     |10 | log imbalance / ln 1000| [0, 2]   |
     |11…| parameters in [−1, 1]  | [−1, 1]  |
     |  …| their last change      | [−2, 2]  |
+    |  …| 8 context features     | see below|
 
-    (:mod:`lossgym.features` defines them; exported losses use the same code.)
+    The context features (version 2) describe the training set-up: ln train size,
+    ln classes, log10 learning rate, weight decay, log2 batch size, ln budget in epochs,
+    CNN or not, log2 width. (:mod:`lossgym.features` defines them all; exported losses
+    compute the same features from what the user's loop gives them.)
 
     ## Rewards
 
@@ -121,7 +128,9 @@ class LossTuningEnv(_Episodes, gym.Env):
     the final value minus the initial one. With ``reward_baseline="paired"`` a plain
     cross-entropy twin (same data, initialisation and data order) trains beside the agent's
     classifier and the reward is the change of (metric − twin's metric), which cancels most of
-    the seed noise. The test split is never read for rewards; the final step's ``info["test"]``
+    the seed noise; with ``"base"`` the twin trains with the base rule, so a policy earns only
+    what it adds to the base rule (a zero residual action earns exactly 0). The test split is
+    never read for rewards; the final step's ``info["test"]``
     reports it.
 
     ## Starting State
@@ -140,8 +149,8 @@ class LossTuningEnv(_Episodes, gym.Env):
     ```python
     gym.make("LossTuning-v0", tasks=None, split="train", action_params=("gamma", "alpha"),
              action_mode="absolute", max_step=0.1, metric="balanced_accuracy",
-             reward_baseline="none", divergence_penalty=1.0, device="auto", eval_chunk=1024,
-             render_mode=None)
+             reward_baseline="none", base_rule=None, context_features=True,
+             divergence_penalty=1.0, device="auto", eval_chunk=1024, render_mode=None)
     ```
 
     The keyword arguments are the fields of :class:`~lossgym.envs.config.LossTuningConfig`,
@@ -172,7 +181,8 @@ class LossTuningEnv(_Episodes, gym.Env):
     ## Version History
 
     * v0: initial version (no ``max_episode_steps`` in the registration, "rgb_array"
-      rendering and next-step autoreset added since, with the same dynamics).
+      rendering and next-step autoreset added since, with the same dynamics); features
+      version 2 (context) by default, residual actions and the base twin added since.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}

@@ -42,9 +42,19 @@ def _actions(rng: np.random.Generator, shape: tuple[int, ...], steps: int) -> li
     return [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(steps)]
 
 
+def _env_kwargs() -> dict:
+    """Features version 1, where the env has versions (the reference predates version 2)."""
+    try:
+        from lossgym.envs.config import LossTuningConfig
+    except ImportError:
+        return {}
+    return {"context_features": False} if "context_features" in \
+        LossTuningConfig.__dataclass_fields__ else {}
+
+
 def single_episode(params: tuple[str, ...]) -> dict:
     env = gym.make("LossTuning-v0", tasks=TASK, action_params=params,
-                   reward_baseline="paired")
+                   reward_baseline="paired", **_env_kwargs())
     obs, _ = env.reset(seed=3)
     out = {"obs": [obs.tolist()], "rewards": []}
     for a in _actions(np.random.default_rng(0), (len(params),), TASK.horizon):
@@ -56,7 +66,8 @@ def single_episode(params: tuple[str, ...]) -> dict:
 
 def vector_episode(params: tuple[str, ...]) -> dict:
     env = gym.make_vec("LossTuning-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                       tasks=TASK, action_params=params, reward_baseline="paired")
+                       tasks=TASK, action_params=params, reward_baseline="paired",
+                       **_env_kwargs())
     obs, _ = env.reset(seed=5)
     out = {"obs": [obs.tolist()], "rewards": []}
     for a in _actions(np.random.default_rng(1), (3, len(params)), TASK.horizon):
