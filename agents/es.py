@@ -26,7 +26,8 @@ The run folder has :mod:`agents.train`'s layout, so ``lossgym export RUN`` and
 
     config.json        arguments ("algo": "es") and the PPO hyperparameters of the network
     monitor.csv        one row per member episode (return against the twin, length, time)
-    generations.csv    per generation: fitness statistics, |θ|, seconds in the env and outside
+    generations.csv    per generation: the population's dataset and net, return statistics, |θ|,
+                       seconds in the env (inner training) and outside it
     policy.pt          the policy's parameters (torch.load(weights_only=True)), every generation
     policy.norm.json   the observation statistics the last generation acted with
 """
@@ -258,9 +259,9 @@ def _save_policy(model: Any, normalise: FrozenNormalizer, run_dir: Path, timeste
         atomic_write_text(run_dir / "policy.norm.json", json.dumps(normalise.state()))
 
 
-GENERATION_FIELDS = ("generation", "episodes", "mean_return", "best_return", "worst_return",
-                     "mean_pair_gap", "diverged", "theta_norm", "env_seconds", "policy_seconds",
-                     "update_seconds", "seconds")
+GENERATION_FIELDS = ("generation", "episodes", "population", "max_minibatches", "mean_return",
+                     "best_return", "worst_return", "mean_pair_gap", "diverged", "theta_norm",
+                     "env_seconds", "policy_seconds", "update_seconds", "seconds")
 
 
 # --------------------------------------------------------------------------------- train
@@ -339,7 +340,10 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             for r, length in zip(gen.returns, gen.lengths):
                 monitor.write_row({"r": round(float(r), 6), "l": int(length),
                                    "t": round(elapsed, 6)})
+            task = gen.tasks[0]
             row = {"generation": generation, "episodes": (generation + 1) * members,
+                   "population": f"{task.dataset} {task.arch}{task.width}",
+                   "max_minibatches": max(t.minibatches_per_step for t in gen.tasks),
                    "mean_return": float(gen.returns.mean()),
                    "best_return": float(gen.returns.max()),
                    "worst_return": float(gen.returns.min()),
@@ -352,8 +356,7 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             log.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
             log_file.flush()
             if args.progress:
-                task = gen.tasks[0]
-                print(f"gen {generation:3d} | {task.dataset} {task.arch}{task.width} | return "
+                print(f"gen {generation:3d} | {row['population']} | return "
                       f"mean {row['mean_return']:+.4f} best {row['best_return']:+.4f} | "
                       f"{row['seconds']:.1f} s (env {gen.env_seconds:.1f}, policy "
                       f"{gen.policy_seconds:.2f}, update {update_seconds:.2f})", flush=True)
