@@ -9,8 +9,9 @@ reproducible from its seed.
   "Deep RL at the edge of the statistical precipice" (rliable): the mean of the middle 50 %.
 * :func:`bootstrap_ci`: percentile bootstrap confidence interval of any statistic.
 * :func:`stratified_bootstrap_ci`: percentile bootstrap interval of a mean over several tasks
-  that resamples seeds within each task (a stratified bootstrap), so that the spread between
-  tasks, which every method shares, does not widen the interval.
+  that resamples seeds within each task (a stratified bootstrap): the tasks are fixed, so the
+  interval reflects seed noise, not the spread between tasks (:func:`stratified_mean` is its
+  statistic, :func:`stratified_bootstrap_samples` its resampled values).
 * :func:`summarise`: mean and IQM with bootstrap intervals, standard deviation, count.
 * :func:`paired_difference`: mean paired difference with a bootstrap interval (stratified by
   task when ``strata`` are given), paired t-test and Wilcoxon signed-rank p-values.
