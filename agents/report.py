@@ -2,8 +2,11 @@
 
 :func:`write_report` turns the :class:`~agents.rollout.EpisodeRecord` s of an evaluation (every
 method run on the same held-out tasks and seeds) into ``report.md`` plus ``learning_curve.png``,
-``trajectories.png`` and ``bars.png`` in one folder. Records of different methods on equal
-:class:`~lossgym.tasks.TaskSpec` s (seed included) are paired.
+``trajectories.png``, ``forest.png`` and ``heatmap.png`` in one folder. Records of different
+methods on equal :class:`~lossgym.tasks.TaskSpec` s (seed included) are paired; records whose
+tasks differ only in their seed belong to one task (a stratum), and every interval of a paired
+difference comes from a stratified bootstrap that resamples seeds within tasks
+(:func:`agents.stats.stratified_bootstrap_ci`).
 
 All files are staged as temporary files in the target folder and moved into place with
 :func:`os.replace` only once every one of them has been written, so a failure part-way leaves
@@ -113,18 +116,33 @@ def _per_task(records: Iterable[EpisodeRecord], method: str, key: str) -> dict[T
     return {task: float(np.mean(v)) for task, v in sums.items()}
 
 
+def _stratum(task: TaskSpec) -> TaskSpec:
+    """The task a seed belongs to: the spec with its seed set to 0."""
+    return task.replace(seed=0)
+
+
 def _pairs(
     records: Sequence[EpisodeRecord], a: str, b: str, key: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values of ``a`` and ``b`` on the tasks both ran (finite pairs only), in ``a``'s order."""
+) -> tuple[np.ndarray, np.ndarray, list[TaskSpec]]:
+    """Values of ``a`` and ``b`` on the tasks both ran (finite pairs only), in ``a``'s order,
+    and the stratum (:func:`_stratum`) of each pair."""
     va, vb = _per_task(records, a, key), _per_task(records, b, key)
-    xs, ys = [], []
+    xs, ys, strata = [], [], []
     for task, x in va.items():
         y = vb.get(task)
         if y is not None and math.isfinite(x) and math.isfinite(y):
             xs.append(x)
             ys.append(y)
-    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+            strata.append(_stratum(task))
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), strata
+
+
+def _paired(records: Sequence[EpisodeRecord], a: str, b: str, key: str,
+            rng: np.random.Generator) -> dict[str, float] | None:
+    """:func:`~agents.stats.paired_difference` of ``a`` − ``b``, stratified by task; None
+    without pairs."""
+    x, y, strata = _pairs(records, a, b, key)
+    return paired_difference(x, y, rng, strata=strata) if x.size else None
 
 
 # --------------------------------------------------------------------------- staging
@@ -226,8 +244,14 @@ def _trajectory_data(
 
 
 def _trajectories_figure(
-    records: Sequence[EpisodeRecord], methods: Sequence[str], agent: str | None
+    records: Sequence[EpisodeRecord], methods: Sequence[str], agent: str | None,
+    base_rule: str | None = None,
 ) -> Figure:
+    """Mean ± s.d. over runs of each loss parameter per step, one panel per parameter.
+
+    With an ``agent``, the agent and its ``base_rule`` (when it chose parameters) are drawn in
+    colour with their spread, and every other method that chose parameters as a thin grey
+    mean; without one, every method in its own colour."""
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
@@ -238,8 +262,12 @@ def _trajectories_figure(
         ax.text(0.5, 0.5, "no method chose loss parameters", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    fig = _new_figure(4.5 * len(names), 3.8 + 0.2 * (len(methods) // 9 + 1))
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    ncols = min(len(names), 3)
+    nrows = -(-len(names) // ncols)
+    fig = _new_figure(4.3 * ncols, 3.3 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    highlight = {agent: ("C0", "-", ""), base_rule: ("C3", "--", " (base rule)")} \
+        if agent is not None else {}
     for ax, name in zip(axes, names):
         for i, method in enumerate(methods):
             traj = data.get(method, {}).get(name)
@@ -249,49 +277,181 @@ def _trajectories_figure(
             count = np.sum(np.isfinite(traj), axis=0)
             mean = np.nanmean(traj, axis=0)
             std = np.sqrt(np.nansum((traj - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
-            is_agent = method == agent
-            # tab20's colours, then dotted: distinct lines for up to 40 methods.
-            color = colormaps["tab20"](i % 20)
-            ax.plot(steps, mean, color=color, lw=2.4 if is_agent else 1.2,
-                    ls="-" if is_agent else ("--" if i < 20 else ":"), label=method)
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.12, lw=0)
+            if method in highlight:
+                color, style, role = highlight[method]
+                ax.plot(steps, mean, color=color, lw=2.4, ls=style, label=f"{method}{role}",
+                        zorder=3)
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, lw=0,
+                                zorder=2)
+            elif agent is not None:
+                ax.plot(steps, mean, color="0.6", lw=0.8, alpha=0.7, zorder=1,
+                        label="other methods (means)")
+            else:
+                # tab20's colours, then dotted: distinct lines for up to 40 methods.
+                color = colormaps["tab20"](i % 20)
+                ax.plot(steps, mean, color=color, lw=1.2, ls="--" if i < 20 else ":",
+                        label=method)
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.12, lw=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("environment step")
         ax.set_ylabel(name)
         ax.set_title(f"{name} (mean ± s.d. over runs)")
         ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
     # One legend for every panel, outside them, so that no curve is hidden behind it.
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 9),
-               fontsize="small")
+    by_label: dict[str, object] = {}
+    for ax in axes[: len(names)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            by_label.setdefault(label, handle)
+    fig.legend(list(by_label.values()), list(by_label), loc="outside lower center",
+               ncol=min(len(by_label), 9), fontsize="small")
+    if agent is not None:
+        against = (f" against its base rule {base_rule}" if base_rule in data
+                   else " (no base rule named)" if base_rule is None
+                   else f" (base rule {base_rule} chose no parameters)")
+        fig.suptitle(f"Loss parameters of {agent}{against}")
     return fig
 
 
-def _bars_figure(
-    summaries: dict[str, dict[str, dict[str, dict[str, object]]]],
-    splits: Sequence[str],
+def _forest_data(
+    records: Sequence[EpisodeRecord],
+    reference: str,
+    best_baseline: str | None,
     methods: Sequence[str],
+    rng: Callable[[], np.random.Generator],
+) -> tuple[list[str], dict[str, dict[str, dict[str, float]]]]:
+    """Panels of the forest plot (``"vs <reference>"``, ``"vs best baseline <name>"``), and per
+    panel and method the stratified paired difference in balanced accuracy (all records)."""
+    panels: dict[str, dict[str, dict[str, float]]] = {}
+    present = {r.method for r in records}
+    for title, other in ((f"vs {reference}", reference),
+                         (f"vs best baseline {best_baseline}", best_baseline)):
+        if other is None or other not in present:
+            continue
+        rows = {m: d for m in methods if m != other
+                and (d := _paired(records, m, other, PRIMARY, rng())) is not None}
+        if rows:
+            panels[title] = rows
+    return list(panels), panels
+
+
+def _forest_figure(
+    records: Sequence[EpisodeRecord],
+    reference: str,
+    best_baseline: str | None,
+    methods: Sequence[str],
+    agent: str | None,
+    rng: Callable[[], np.random.Generator],
 ) -> Figure:
-    fig = _new_figure(max(6.0, 1.1 * len(methods) * max(1, len(splits)) ** 0.5 + 2.0), 4.2)
+    """Sorted forest plot: each method's mean paired difference in test balanced accuracy
+    (points, 95 % stratified bootstrap CI) against the reference and the best baseline, on all
+    held-out records; sorted by the difference against the first panel's comparison."""
+    titles, panels = _forest_data(records, reference, best_baseline, methods, rng)
+    if not titles:
+        fig = _new_figure(6.0, 2.5)
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no paired runs to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    first = panels[titles[0]]
+    order = sorted({m for p in panels.values() for m in p},
+                   key=lambda m: first[m]["mean"] if m in first
+                   else 0.0 if m == reference else -math.inf)
+    y = np.arange(len(order))
+    fig = _new_figure(5.0 * len(titles) + 1.5, 0.26 * len(order) + 1.4)
+    axes = fig.subplots(1, len(titles), sharey=True, squeeze=False)[0]
+    for ax, title in zip(axes, titles):
+        rows = panels[title]
+        for k, method in enumerate(order):
+            d = rows.get(method)
+            if d is None:  # the comparison itself
+                ax.text(0.0, k, " (itself)", va="center", fontsize="x-small", color="0.4")
+                continue
+            mean, low, high = (100 * d[key] for key in ("mean", "ci_low", "ci_high"))
+            is_agent = method == agent
+            color = "C3" if is_agent else ("C0" if low > 0 else "C1" if high < 0 else "0.35")
+            ax.plot([low, high], [k, k], color=color, lw=2.2 if is_agent else 1.4)
+            ax.plot(mean, k, "o", color=color, ms=6 if is_agent else 4)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("paired difference in test balanced accuracy (points)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, order, fontsize="small")
+    for label in axes[0].get_yticklabels():
+        if label.get_text() == agent:
+            label.set_fontweight("bold")
+    axes[0].set_ylim(-0.7, len(order) - 0.3)
+    fig.suptitle("Method − comparison on all held-out tasks: mean and 95 % stratified "
+                 "bootstrap CI\n(blue: CI above 0, orange: below 0)", fontsize="medium")
+    return fig
+
+
+def _task_label(task: TaskSpec, split: str | None) -> str:
+    split = f" ({_short_split(split)})" if split is not None else ""
+    return (f"{task.dataset} ρ={task.imbalance_ratio:g}{split}\n{task.arch}{task.width} "
+            f"wd={task.weight_decay:g} noise={task.label_noise:g}")
+
+
+def _heatmap_figure(
+    records: Sequence[EpisodeRecord],
+    reference: str,
+    methods: Sequence[str],
+    split_of: Callable[[TaskSpec], str] | None,
+) -> Figure:
+    """Task × method heatmap of the mean over seeds of the paired difference in test balanced
+    accuracy against ``reference`` (points); of the mean balanced accuracy itself when the
+    reference has no records. Methods are sorted by their mean over tasks."""
+    # The split of a task, from a seeded record of it (held-out splits are told by the seed).
+    splits: dict[TaskSpec, str | None] = {}
+    for r in records:
+        splits.setdefault(_stratum(r.task),
+                          None if split_of is None else str(split_of(r.task)))
+    tasks = list(splits)
+    if split_of is not None:
+        order = _split_order({str(v) for v in splits.values()})
+        tasks.sort(key=lambda t: order.index(str(splits[t])))
+    present = {r.method for r in records}
+    has_reference = reference in present
+    rows = [m for m in methods if m in present and m != reference]
+    cells = np.full((len(rows), len(tasks)), np.nan)
+    for i, method in enumerate(rows):
+        if has_reference:
+            a, b, strata = _pairs(records, method, reference, PRIMARY)
+            values = a - b
+        else:
+            per = _per_task(records, method, PRIMARY)
+            values = np.array([v for v in per.values()])
+            strata = [_stratum(t) for t in per]
+        for j, task in enumerate(tasks):
+            mask = np.array([s == task for s in strata], dtype=bool)
+            if mask.any() and np.isfinite(values[mask]).any():
+                cells[i, j] = 100 * np.nanmean(values[mask])
+    score = np.array([np.nanmean(row) if np.isfinite(row).any() else -np.inf for row in cells])
+    sort = np.argsort(-score, kind="stable")
+    cells, rows = cells[sort], [rows[k] for k in sort]
+    fig = _new_figure(2.0 + 1.5 * len(tasks), 0.3 * len(rows) + 2.2)
     ax = fig.add_subplot()
-    width = 0.8 / len(splits)
-    x = np.arange(len(methods))
-    for k, split in enumerate(splits):
-        means, lows, highs = [], [], []
-        for method in methods:
-            s = summaries[split].get(method, {}).get(PRIMARY)
-            mean = float(s["mean"]) if s else float("nan")
-            low, high = s["mean_ci"] if s else (float("nan"), float("nan"))
-            means.append(100 * mean)
-            lows.append(100 * (mean - low) if math.isfinite(low) else 0.0)
-            highs.append(100 * (high - mean) if math.isfinite(high) else 0.0)
-        ax.bar(x + (k - (len(splits) - 1) / 2) * width, means, width,
-               yerr=np.array([lows, highs]), capsize=3, label=_short_split(split), color=f"C{k}")
-    ax.set_xticks(x, methods, rotation=30, ha="right")
-    ax.set_ylabel("test balanced accuracy (%)")
-    ax.set_title("Mean test balanced accuracy with 95 % bootstrap CI")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    finite = cells[np.isfinite(cells)]
+    if has_reference:
+        limit = float(np.max(np.abs(finite))) if finite.size else 1.0
+        image = ax.imshow(cells, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        label = f"method − {reference}, test balanced accuracy (points)"
+    else:
+        image = ax.imshow(cells, cmap="viridis", aspect="auto")
+        label = "test balanced accuracy (%)"
+    for i in range(len(rows)):
+        for j in range(len(tasks)):
+            if np.isfinite(cells[i, j]):
+                dark = float(np.mean(image.to_rgba(cells[i, j])[:3])) < 0.45
+                ax.text(j, i, f"{cells[i, j]:+.1f}" if has_reference else f"{cells[i, j]:.1f}",
+                        ha="center", va="center", fontsize="x-small",
+                        color="white" if dark else "black")
+    ax.set_xticks(np.arange(len(tasks)), [_task_label(t, splits[t]) for t in tasks],
+                  fontsize="x-small", rotation=30, ha="right")
+    ax.set_yticks(np.arange(len(rows)), rows, fontsize="small")
+    fig.colorbar(image, ax=ax, label=label, shrink=0.6)
+    ax.set_title("Mean over seeds per held-out task", fontsize="medium")
     return fig
 
 
@@ -328,6 +488,7 @@ def write_report(
     best_baseline: str | None = None,
     agent: str | None = None,
     static_methods: Sequence[str] = (),
+    base_rule: str | None = None,
     budget_note: str = "",
     learning_curve: np.ndarray | None = None,
     split_of: Callable[[TaskSpec], str] | None = None,
@@ -355,8 +516,11 @@ def write_report(
        paired difference at each.
 
     Figures: ``learning_curve.png`` (only when ``learning_curve`` is given),
-    ``trajectories.png`` (mean loss parameters per step for methods that chose parameters, one
-    panel per parameter) and ``bars.png`` (mean balanced accuracy per method and split with CI).
+    ``trajectories.png`` (mean loss parameters per step, one panel per parameter: the agent's
+    against ``base_rule``'s, the other methods that chose parameters in grey), ``forest.png``
+    (every method's paired difference in balanced accuracy against ``reference`` and against
+    the best baseline, with 95 % stratified CIs, sorted) and ``heatmap.png`` (task × method:
+    the mean paired difference against ``reference`` on each held-out task).
 
     Args:
         run_dir: output folder (created if missing).
@@ -369,6 +533,8 @@ def write_report(
             figures.
         static_methods: names of the static-loss methods (those absent from ``records`` are
             ignored).
+        base_rule: the method the agent's policy corrects (its base rule), drawn against the
+            agent in ``trajectories.png``; None, or a name without records, draws none.
         budget_note: free text placed under the title (compute budget, seeds, ...).
         learning_curve: ``[K, 2]`` array of (timesteps, mean episode return).
         split_of: the held-out split of a task; None puts every record in one section.
@@ -480,7 +646,8 @@ def write_report(
     if curve is not None:
         figures.append(("learning_curve.png", "Learning curve"))
     figures += [("trajectories.png", "Loss-parameter trajectories"),
-                ("bars.png", "Test balanced accuracy")]
+                ("forest.png", "Paired differences in test balanced accuracy"),
+                ("heatmap.png", "Paired differences per held-out task")]
     lines += ["", "## Figures", ""]
     for name, caption in figures:
         lines += [f"![{caption}]({name})", ""]
@@ -489,8 +656,12 @@ def write_report(
     try:
         if curve is not None:
             staging.write_figure("learning_curve.png", _learning_curve_figure(curve))
-        staging.write_figure("trajectories.png", _trajectories_figure(records, methods, agent))
-        staging.write_figure("bars.png", _bars_figure(summaries, sections, methods))
+        staging.write_figure("trajectories.png",
+                             _trajectories_figure(records, methods, agent, base_rule))
+        staging.write_figure("forest.png", _forest_figure(records, reference, best_baseline,
+                                                          methods, agent, rng))
+        staging.write_figure("heatmap.png", _heatmap_figure(records, reference, methods,
+                                                            split_of))
         staging.write_text("report.md", "\n".join(lines).rstrip() + "\n")
         staging.commit()
     finally:
@@ -524,8 +695,12 @@ def _preamble(
         "Metrics are test-set percentages. *mean [CI]*: mean over runs with a 95 % percentile "
         "bootstrap interval (2000 resamples); *IQM*: interquartile mean (mean of the middle "
         "50 %). Paired differences compare runs on the same task and seed, in percentage points "
-        "(for ECE, negative is better). Every bootstrap uses a generator seeded with "
-        f"{rng_seed}.",
+        "(for ECE, negative is better); their mean is over all pairs, and its 95 % interval is "
+        "a stratified bootstrap: each resample draws every task's seeds with replacement from "
+        "that task alone (runs whose tasks differ only in their seed form one task), so the "
+        "interval measures seed noise, not which tasks were drawn. The p-values are those of "
+        "the paired t-test and the Wilcoxon signed-rank test over all pairs. Every bootstrap "
+        f"uses a generator seeded with {rng_seed}.",
         "",
     ]
     return lines
@@ -573,12 +748,11 @@ def _paired_table(
         roles = [r for r, m in comparisons if m == other]
         seen.add(other)
         for key, label in REPORT_METRICS:
-            a, b = _pairs(records, agent, other, key)
-            if a.size == 0:
+            d = _paired(records, agent, other, key, rng())
+            if d is None:
                 rows.append([f"`{other}` ({', '.join(roles)})", label, "0", "n/a", "n/a",
                              "n/a", "n/a"])
                 continue
-            d = paired_difference(a, b, rng())
             rows.append([f"`{other}` ({', '.join(roles)})", label, str(d["n"]),
                          _signed(d["mean"]), _interval(d["ci_low"], d["ci_high"], True),
                          _pvalue(d["t_pvalue"]), _pvalue(d["wilcoxon_pvalue"])])
@@ -600,11 +774,11 @@ def _ratio_table(
         recs = [r for r in records if float(r.task.imbalance_ratio) == ratio]
         splits = ", ".join(_short_split(s) for s in _split_order(
             {split_of(r.task) for r in recs})) if split_of is not None else "all"
-        a, b = _pairs(recs, agent, reference, PRIMARY)
+        a, b, strata = _pairs(recs, agent, reference, PRIMARY)
         if a.size == 0:
             rows.append([_ratio(ratio), splits, "0"] + ["n/a"] * 6)
             continue
-        d = paired_difference(a, b, rng())
+        d = paired_difference(a, b, rng(), strata=strata)
         results.append((ratio, d))
         rows.append([_ratio(ratio), splits, str(d["n"]), _pct(float(a.mean())),
                      _pct(float(b.mean())), _signed(d["mean"]),
@@ -632,8 +806,7 @@ def _verdict(
     outcomes: list[str] = []
 
     def paired(other: str) -> dict[str, float] | None:
-        a, b = _pairs(records, agent, other, PRIMARY)
-        return paired_difference(a, b, rng()) if a.size else None
+        return _paired(records, agent, other, PRIMARY, rng())
 
     # 1. Best baseline, CI above zero.
     d = paired(best_baseline) if best_baseline is not None else None

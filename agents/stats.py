@@ -8,9 +8,13 @@ reproducible from its seed.
 * :func:`iqm`: interquartile mean, the aggregate recommended by Agarwal et al. (2021),
   "Deep RL at the edge of the statistical precipice" (rliable): the mean of the middle 50 %.
 * :func:`bootstrap_ci`: percentile bootstrap confidence interval of any statistic.
+* :func:`stratified_bootstrap_ci`: percentile bootstrap interval of a mean over several tasks
+  that resamples seeds within each task (a stratified bootstrap): the tasks are fixed, so the
+  interval reflects seed noise, not the spread between tasks (:func:`stratified_mean` is its
+  statistic, :func:`stratified_bootstrap_samples` its resampled values).
 * :func:`summarise`: mean and IQM with bootstrap intervals, standard deviation, count.
-* :func:`paired_difference`: mean paired difference with a bootstrap interval, paired t-test and
-  Wilcoxon signed-rank p-values.
+* :func:`paired_difference`: mean paired difference with a bootstrap interval (stratified by
+  task when ``strata`` are given), paired t-test and Wilcoxon signed-rank p-values.
 * :func:`fit_temperature`, :func:`ece_after_temperature`: temperature scaling (Guo et al. 2017)
   and the expected calibration error (15 equal-width bins) before and after it.
 """
@@ -18,7 +22,7 @@ reproducible from its seed.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 from scipy import optimize, special
@@ -31,11 +35,18 @@ __all__ = [
     "fit_temperature",
     "iqm",
     "paired_difference",
+    "stratified_bootstrap_ci",
+    "stratified_bootstrap_samples",
+    "stratified_mean",
     "summarise",
     "temperature_nll",
 ]
 
 RngLike = np.random.Generator | int | None
+
+#: Statistics of :func:`stratified_bootstrap_ci`: the mean over tasks of each task's mean (every
+#: task weighs the same), or the mean of all values pooled (every value weighs the same).
+STRATIFIED_STATS = ("task_mean", "pooled_mean")
 
 #: Search range of log T in :func:`fit_temperature` (T from about 0.01 to 100).
 LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
@@ -130,6 +141,102 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def _strata_arrays(values_by_task: Sequence[object]) -> list[np.ndarray]:
+    """The non-empty one-dimensional float arrays of ``values_by_task``."""
+    arrays = [_as_1d(v, f"values_by_task[{i}]") for i, v in enumerate(values_by_task)]
+    return [a for a in arrays if a.size]
+
+
+def _stratified_stat(task_means: np.ndarray, sizes: np.ndarray, stat: str) -> np.ndarray:
+    """``stat`` over the last axis of per-task means ``[..., T]`` of tasks of ``sizes [T]``."""
+    if stat == "task_mean":
+        return task_means.mean(axis=-1)
+    return (task_means * sizes).sum(axis=-1) / sizes.sum()
+
+
+def _check_stat(stat: str) -> None:
+    if stat not in STRATIFIED_STATS:
+        raise ValueError(f"stat={stat!r} is not known; choose one of {STRATIFIED_STATS}")
+
+
+def stratified_bootstrap_samples(
+    values_by_task: Sequence[object],
+    stat: str = "task_mean",
+    n_boot: int = 2000,
+    *,
+    rng: RngLike = None,
+) -> np.ndarray:
+    """The bootstrap distribution behind :func:`stratified_bootstrap_ci`: ``[n_boot]`` values.
+
+    Each resample draws, for every task independently, as many values as the task has, with
+    replacement, from that task's values only; then computes ``stat`` (see
+    :func:`stratified_bootstrap_ci`). Tasks without values are left out; an empty array is
+    returned when no task has one.
+    """
+    _check_stat(stat)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    arrays = _strata_arrays(values_by_task)
+    if not arrays:
+        return np.zeros(0)
+    gen = np.random.default_rng(rng)
+    sizes = np.array([a.size for a in arrays], dtype=np.float64)
+    means = np.empty((n_boot, len(arrays)))
+    for t, arr in enumerate(arrays):
+        means[:, t] = arr[gen.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
+    return _stratified_stat(means, sizes, stat)
+
+
+def stratified_bootstrap_ci(
+    values_by_task: Sequence[object],
+    stat: str = "task_mean",
+    level: float = 0.95,
+    n_boot: int = 2000,
+    *,
+    rng: RngLike = None,
+) -> tuple[float, float]:
+    """Percentile interval of a mean over tasks, from a bootstrap that resamples within tasks.
+
+    ``values_by_task[t]`` holds task t's values, one per seed (for a comparison: the per-seed
+    paired differences on that task). The tasks are fixed; only the seeds are random, so each
+    resample draws each task's seeds with replacement from that task alone (a stratified
+    bootstrap) and the interval reflects seed noise, not which tasks were chosen. With one seed
+    per task the interval has zero width.
+
+    Args:
+        values_by_task: one one-dimensional sample per task (tasks without values are left
+            out).
+        stat: ``"task_mean"``: the mean over tasks of each task's mean (every task weighs the
+            same); ``"pooled_mean"``: the mean of all values (every seed weighs the same; tasks
+            with more seeds weigh more). Both are equal when every task has as many seeds.
+        level: confidence level in (0, 1).
+        n_boot: number of bootstrap resamples.
+        rng: seeded generator (or seed) for the resampling; None draws fresh OS entropy.
+
+    Returns:
+        ``(low, high)``: the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
+        :func:`stratified_bootstrap_samples`; ``(nan, nan)`` when no task has values.
+    """
+    _check_level(level)
+    boot = stratified_bootstrap_samples(values_by_task, stat, n_boot, rng=rng)
+    if boot.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def stratified_mean(values_by_task: Sequence[object], stat: str = "task_mean") -> float:
+    """The statistic :func:`stratified_bootstrap_ci` resamples, on the data themselves; NaN
+    when no task has values."""
+    _check_stat(stat)
+    arrays = _strata_arrays(values_by_task)
+    if not arrays:
+        return float("nan")
+    sizes = np.array([a.size for a in arrays], dtype=np.float64)
+    return float(_stratified_stat(np.array([a.mean() for a in arrays]), sizes, stat))
+
+
 def summarise(values: object, rng: RngLike = None, level: float = 0.95,
               n_boot: int = 2000) -> dict[str, object]:
     """Mean and IQM with percentile-bootstrap intervals, sample standard deviation, count.
@@ -161,7 +268,8 @@ def summarise(values: object, rng: RngLike = None, level: float = 0.95,
 
 
 def paired_difference(
-    a: object, b: object, rng: RngLike = None, level: float = 0.95, n_boot: int = 2000
+    a: object, b: object, rng: RngLike = None, level: float = 0.95, n_boot: int = 2000,
+    *, strata: Sequence[Hashable] | None = None,
 ) -> dict[str, float]:
     """Compare paired samples ``a[i]`` and ``b[i]`` (e.g. two methods on the same task and seed).
 
@@ -171,10 +279,14 @@ def paired_difference(
         rng: seeded generator (or seed) for the bootstrap.
         level: confidence level of the interval.
         n_boot: bootstrap resamples.
+        strata: the task of each pair (any hashable label, one per pair), or None. Given, the
+            interval comes from :func:`stratified_bootstrap_ci` (pairs resampled within their
+            task, statistic ``"pooled_mean"``, the mean reported), and ``n_strata`` is added.
 
     Returns:
         ``mean``: mean of ``a - b``; ``ci_low``/``ci_high``: percentile bootstrap interval of that
-        mean (resampling pairs); ``t_pvalue``: two-sided paired t-test
+        mean (resampling pairs, within tasks when ``strata`` are given); ``t_pvalue``:
+        two-sided paired t-test
         (:func:`scipy.stats.ttest_rel`); ``wilcoxon_pvalue``: two-sided Wilcoxon signed-rank test
         (:func:`scipy.stats.wilcoxon`); ``n``: number of pairs. When every difference is zero both
         p-values are 1; when all differences are equal and non-zero the t-test p-value is 0 (zero
@@ -187,9 +299,21 @@ def paired_difference(
     d = x - y
     n = int(d.size)
     nan = float("nan")
-    low, high = bootstrap_ci(d, np.mean, level, n_boot, rng=rng)
+    groups: dict[Hashable, list[float]] = {}
+    if strata is not None:
+        labels = list(strata)
+        if len(labels) != n:
+            raise ValueError(f"strata needs one label per pair: got {len(labels)} for {n} pairs")
+        for label, value in zip(labels, d.tolist()):
+            groups.setdefault(label, []).append(value)
+        low, high = stratified_bootstrap_ci(list(groups.values()), "pooled_mean", level, n_boot,
+                                            rng=rng)
+    else:
+        low, high = bootstrap_ci(d, np.mean, level, n_boot, rng=rng)
     out = {"mean": float(d.mean()) if n else nan, "ci_low": low, "ci_high": high,
            "t_pvalue": nan, "wilcoxon_pvalue": nan, "n": n}
+    if strata is not None:
+        out["n_strata"] = len(groups)
     if n < 2:
         return out
     if np.all(d == 0):

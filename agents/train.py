@@ -101,7 +101,7 @@ def build_model(algo: str, env: VecEnv, hp: dict[str, Any], seed: int,
     policy_kwargs = dict(kwargs.pop("policy_kwargs", {}) or {})
     common = dict(seed=seed, tensorboard_log=tensorboard_log, device="cpu", verbose=0,
                   policy_kwargs=policy_kwargs, **kwargs)
-    if algo == "ppo":
+    if algo in ("ppo", "es"):  # agents.es searches the parameters of PPO's network
         return PPO(hp["policy"], env, **common)
     if algo == "sac":
         return SAC(hp["policy"], env, **common)

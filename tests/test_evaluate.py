@@ -43,7 +43,7 @@ def test_evaluate_end_to_end_writes_the_report(run_dir):
                    "adafocal", "oracle_constant"):
         assert method in text, method
     assert "PASS" in text or "FAIL" in text
-    for png in ("trajectories.png", "bars.png"):
+    for png in ("trajectories.png", "forest.png", "heatmap.png"):
         assert (run_dir / png).stat().st_size > 0
     records = json.loads((run_dir / "evaluation.json").read_text())["records"]
     agent = [r for r in records if r["method"] == "agent"]

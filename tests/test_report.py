@@ -217,8 +217,8 @@ def test_write_report_contents_and_files(tmp_path):
     path = _write(tmp_path, records, learning_curve=curve)
     assert path == tmp_path / "report.md"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "bars.png", "learning_curve.png", "report.md", "trajectories.png"]
-    for name in ("bars.png", "learning_curve.png", "trajectories.png"):
+        "forest.png", "heatmap.png", "learning_curve.png", "report.md", "trajectories.png"]
+    for name in ("forest.png", "heatmap.png", "learning_curve.png", "trajectories.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = path.read_text()
     assert text.startswith("# ")
@@ -254,13 +254,16 @@ def test_write_report_contents_and_files(tmp_path):
                                            atol=0.006)
                 assert _numbers(row[col + 1])[0] == pytest.approx(100 * s["iqm"], abs=0.006)
 
-    # Paired difference vs the reference on all tasks matches a recomputation.
+    # Paired difference vs the reference on all tasks matches a recomputation: its interval
+    # resamples seeds within the three tasks (a stratified bootstrap).
     ce_row = [line for line in table.splitlines()
               if line.startswith("| `ce` (reference)") and "Bal. acc." in line][0]
     cells = [c.strip() for c in ce_row.strip().strip("|").split("|")]
     a = np.array([r.test["balanced_accuracy"] for r in records if r.method == "agent"])
     b = np.array([r.test["balanced_accuracy"] for r in records if r.method == "ce"])
-    d = paired_difference(a, b, np.random.default_rng(0))
+    strata = [r.task.imbalance_ratio for r in records if r.method == "agent"]
+    d = paired_difference(a, b, np.random.default_rng(0), strata=strata)
+    assert d["n_strata"] == 3
     assert int(cells[2]) == 30
     np.testing.assert_allclose(_numbers(cells[3] + cells[4]),
                                100 * np.array([d["mean"], d["ci_low"], d["ci_high"]]),
@@ -283,8 +286,8 @@ def test_write_report_fail_verdict_without_learning_curve(tmp_path):
     assert "1. **FAIL**" in verdict and "2. **FAIL**" in verdict
     assert "Best baseline: `ldam`" in text and "(the non-agent" not in text
     assert not (tmp_path / "learning_curve.png").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "report.md",
-                                                          "trajectories.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forest.png", "heatmap.png",
+                                                          "report.md", "trajectories.png"]
 
 
 def test_write_report_without_agent_or_splits(tmp_path):
@@ -321,3 +324,93 @@ def test_write_report_is_atomic(tmp_path, monkeypatch):
     # Temporary files were beside the targets and are gone.
     assert all(str(tmp_path) in str(f) for f in calls)
     assert not list(tmp_path.glob(".*"))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _rng0():
+    return np.random.default_rng(0)
+
+
+def test_forest_plot_sorted_paired_differences_with_stratified_cis():
+    from agents.report import _forest_data, _forest_figure
+
+    records = _records()
+    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    titles, panels = _forest_data(records, "ce", "ldam", methods, _rng0)
+    assert titles == ["vs ce", "vs best baseline ldam"]
+    assert set(panels["vs ce"]) == {"agent", "schedule", "focal", "ldam"}
+    assert set(panels["vs best baseline ldam"]) == {"agent", "schedule", "ce", "focal"}
+    a = np.array([r.test["balanced_accuracy"] for r in records if r.method == "focal"])
+    b = np.array([r.test["balanced_accuracy"] for r in records if r.method == "ce"])
+    strata = [r.task.imbalance_ratio for r in records if r.method == "focal"]
+    expected = paired_difference(a, b, _rng0(), strata=strata)
+    got = panels["vs ce"]["focal"]
+    assert (got["mean"], got["ci_low"], got["ci_high"]) == pytest.approx(
+        (expected["mean"], expected["ci_low"], expected["ci_high"]))
+
+    fig = _forest_figure(records, "ce", "ldam", methods, "agent", _rng0)
+    axes = fig.axes
+    assert len(axes) == 2
+    # Bottom to top: increasing difference vs ce, the reference itself at 0.
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert labels == ["ce", "schedule", "focal", "ldam", "agent"]
+    # A readable size, whatever the number of methods: not thousands of pixels wide.
+    width, height = fig.get_size_inches() * 120
+    assert width < 1600 and height < 1000
+    # The agent's interval is drawn where its CI is.
+    agent = panels["vs ce"]["agent"]
+    xs = [line.get_xdata() for line in axes[0].get_lines()
+          if list(line.get_ydata()) == [4, 4] and len(line.get_xdata()) == 2]
+    np.testing.assert_allclose(xs[0], 100 * np.array([agent["ci_low"], agent["ci_high"]]))
+
+
+def test_heatmap_holds_mean_paired_differences_per_task():
+    from agents.report import _heatmap_figure
+
+    records = _records()
+    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    fig = _heatmap_figure(records, "ce", methods, _split_of)
+    ax = fig.axes[0]
+    cells = np.asarray(ax.images[0].get_array())
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    assert rows == ["agent", "ldam", "focal", "schedule"]  # best first; no ce row
+    # Held-out ID tasks (rho 10, 100) first, then OOD (rho 50).
+    assert [c.split("ρ=")[1].split(" ")[0] for c in cols] == ["10", "100", "50"]
+    assert "held-out ID" in cols[0] and "held-out OOD" in cols[2]
+    for i, method in enumerate(rows):
+        for j, ratio in enumerate((10.0, 100.0, 50.0)):
+            a = [r.test["balanced_accuracy"] for r in records
+                 if r.method == method and r.task.imbalance_ratio == ratio]
+            b = [r.test["balanced_accuracy"] for r in records
+                 if r.method == "ce" and r.task.imbalance_ratio == ratio]
+            assert cells[i, j] == pytest.approx(100 * np.mean(np.subtract(a, b)))
+    # Without reference records: the balanced accuracy itself.
+    fig = _heatmap_figure([r for r in records if r.method != "ce"], "ce", methods, None)
+    cells = np.asarray(fig.axes[0].images[0].get_array())
+    assert cells.shape == (4, 3) and np.all((cells > 50) & (cells < 100))
+
+
+def test_trajectories_show_the_agent_against_its_base_rule(tmp_path):
+    from agents.report import _trajectories_figure
+
+    records = _records()
+    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    fig = _trajectories_figure(records, methods, "agent", base_rule="schedule")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["agent", "schedule (base rule)"]
+    assert "against its base rule schedule" in fig._suptitle.get_text()
+    gamma = fig.axes[0]
+    base = [line for line in gamma.get_lines() if line.get_label() == "schedule (base rule)"]
+    np.testing.assert_allclose(base[0].get_ydata(), np.linspace(0, 1, H))
+    agent = [line for line in gamma.get_lines() if line.get_label() == "agent"][0]
+    expected = np.mean([r.params[:, 0] for r in records if r.method == "agent"], axis=0)
+    np.testing.assert_allclose(agent.get_ydata(), expected)
+    # Without a base rule the other methods are grey context; write_report passes it on.
+    fig = _trajectories_figure(records, methods, "agent")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["agent", "other methods (means)"]
+    _write(tmp_path, records, base_rule="schedule")
+    assert (tmp_path / "trajectories.png").stat().st_size > 0

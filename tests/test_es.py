@@ -1,0 +1,178 @@
+"""Tests for agents.es: the ES trainer end to end with a tiny budget, and its pieces."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from agents.es import (
+    ESArgs,
+    FrozenNormalizer,
+    PopulationActor,
+    _actor,
+    centered_ranks,
+    es_gradient,
+    main,
+    pair_tasks,
+    run_generation,
+    train_es,
+)
+from agents.evaluate import agent_episodes, learning_curve
+from agents.export import export_run
+from agents.rollout import rollout_policy
+from agents.train import AgentPolicy, build_model, load_hyperparams
+from agents.vec_env import LossTuningSB3VecEnv
+from lossgym import AdaptiveLoss, TaskSpec
+from lossgym.envs.core import TaskSource
+
+SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
+                 minibatches_per_step=2, horizon=4)
+GENERATIONS, PAIRS = 3, 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_thread):
+    folder = tmp_path_factory.mktemp("es") / "run"
+    return train_es(ESArgs(run_dir=str(folder), generations=GENERATIONS, pairs=PAIRS,
+                           progress=False), tasks=SMALL)
+
+
+def _initial_model(seed: int = 0):
+    hp = load_hyperparams("ppo")
+    env = LossTuningSB3VecEnv(num_envs=1, action_params=hp["env_kwargs"]["action_params"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # PPO's buffer does not fit one env
+        return build_model("ppo", env, hp, seed, None)
+
+
+def test_centered_ranks():
+    ranks = centered_ranks([3.0, -1.0, 10.0, 0.5])
+    np.testing.assert_allclose(ranks, [1 / 6, -0.5, 0.5, -1 / 6])
+    assert ranks.mean() == pytest.approx(0.0)
+    gen = np.random.default_rng(0)
+    values = gen.normal(size=32)
+    ranks = centered_ranks(values)
+    assert ranks.min() == -0.5 and ranks.max() == 0.5 and ranks.mean() == pytest.approx(0.0)
+    assert np.array_equal(np.argsort(ranks), np.argsort(values))
+    # Invariant to monotone transformations of the returns.
+    np.testing.assert_array_equal(centered_ranks(np.exp(values) * 100), ranks)
+
+
+def test_es_gradient_ascends_a_quadratic():
+    gen = np.random.default_rng(1)
+    theta, target, sigma = np.zeros(20), gen.normal(size=20), 0.1
+    eps = gen.standard_normal((200, 20))
+    members = np.stack([theta + sigma * eps, theta - sigma * eps], 1).reshape(400, 20)
+    returns = -np.sum((members - target) ** 2, axis=1)
+    g = es_gradient(returns, torch.as_tensor(eps)).numpy()
+    cosine = g @ target / np.linalg.norm(g) / np.linalg.norm(target)
+    assert cosine > 0.8
+    # Swapping the members of every pair reverses the direction exactly.
+    swapped = returns.reshape(200, 2)[:, ::-1].reshape(-1)
+    np.testing.assert_allclose(es_gradient(swapped, torch.as_tensor(eps)).numpy(), -g)
+
+
+def test_antithetic_pairs_share_task_and_seed(one_thread):
+    tasks = pair_tasks(TaskSource(SMALL, "train"), np.random.default_rng(0), 3)
+    assert len(tasks) == 6
+    for k in range(3):
+        assert tasks[2 * k] == tasks[2 * k + 1]
+    assert len({t.seed for t in tasks}) == 3
+    # With equal parameters the two members of a pair are the same run: equal returns, while
+    # different pairs (other seeds) differ.
+    model = _initial_model()
+    actor = PopulationActor(_actor(model.policy))
+    # A policy far from the initial one (near-zero actions), so that the actions vary.
+    theta = actor.theta + 0.5 * torch.randn(actor.theta.numel(),
+                                            generator=torch.Generator().manual_seed(0))
+    normalise = FrozenNormalizer(21, 10.0, enabled=False)
+    env_kwargs = {"reward_baseline": "paired", "action_params": "gamma,alpha,tau,margin,scale"}
+    gen = run_generation(actor, theta.expand(6, -1).contiguous(), tasks, normalise, env_kwargs,
+                         "cpu", seed=0)
+    assert gen.tasks == tasks
+    np.testing.assert_array_equal(gen.returns[0::2], gen.returns[1::2])
+    assert len(set(gen.returns[0::2].tolist())) > 1
+    assert np.all(gen.lengths == SMALL.horizon)
+    assert gen.observations.shape == (6 * SMALL.horizon, 21)
+
+
+def test_batched_actor_matches_sb3_predict():
+    model = _initial_model(3)
+    actor = PopulationActor(_actor(model.policy))
+    obs = np.random.default_rng(0).normal(size=(7, 21)).astype(np.float32)
+    expected, _ = model.predict(obs, deterministic=True)
+    got = actor.act(actor.theta.expand(7, -1).contiguous(), obs)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # Each member uses its own row of parameters.
+    thetas = actor.theta.repeat(2, 1)
+    thetas[1] += 1.0
+    out = actor.act(thetas, obs[:2])
+    np.testing.assert_allclose(out[0], expected[0], atol=1e-6)
+    assert not np.allclose(out[1], expected[1])
+
+
+def test_train_es_writes_a_run_that_loads_exports_and_evaluates(run, tmp_path):
+    for name in ("config.json", "monitor.csv", "generations.csv", "policy.pt",
+                 "policy.norm.json"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["algo"] == "es" and config["num_envs"] == 2 * PAIRS
+    assert config["hyperparams"]["env_kwargs"]["reward_baseline"] == "paired"
+    assert config["num_timesteps"] == GENERATIONS * 2 * PAIRS * SMALL.horizon
+    state = torch.load(run / "policy.pt", weights_only=True)
+    assert int(state["num_timesteps"]) == config["num_timesteps"]
+    # monitor.csv as VecMonitor writes it: what agents.evaluate reads.
+    assert agent_episodes(run) == GENERATIONS * 2 * PAIRS
+    assert learning_curve(run, points=3).shape == (3, 2)
+    rows = (run / "generations.csv").read_text().splitlines()
+    assert len(rows) == 1 + GENERATIONS
+    norm = json.loads((run / "policy.norm.json").read_text())
+    # The last generation acted with the statistics of the ones before it.
+    assert norm["count"] == pytest.approx((GENERATIONS - 1) * 2 * PAIRS * SMALL.horizon,
+                                          abs=1e-3)
+
+    # Only the actor moved: its parameters changed, the critic's did not.
+    initial = _initial_model().policy.state_dict()
+    trained = state["parameters"]["policy"]
+    for name, value in trained.items():
+        moved = not torch.equal(value, initial[name])
+        is_actor = name.startswith(("mlp_extractor.policy_net", "action_net"))
+        assert moved == is_actor, name
+
+    # AgentPolicy reloads it and acts deterministically; so does the exported controller.
+    agent = AgentPolicy(run)
+    assert agent.algo == "es" and agent.norm is not None
+    tasks = [SMALL.replace(seed=s) for s in range(2)]
+    first = rollout_policy(agent, tasks, "agent")
+    again = rollout_policy(AgentPolicy(run), tasks, "agent")
+    np.testing.assert_array_equal(first[0].actions, again[0].actions)
+    export = export_run(run, "controller", tmp_path / "export")
+    counts = torch.tensor([300.0, 100.0, 15.0])
+    params = []
+    for _ in range(2):
+        loss = AdaptiveLoss.load(export, class_counts=counts)
+        logits, targets = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), \
+            torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
+        loss(logits, targets)
+        loss.step(val_logits=logits, val_targets=targets, grad_norm=1.0, grad_norm_std=0.1)
+        params.append(loss.history)
+    assert params[0] == params[1] and len(params[0]) == 2
+    assert json.loads((export / "manifest.json").read_text())["controller"]["algorithm"] == "es"
+
+
+def test_main_parses_arguments(tmp_path, monkeypatch, one_thread):
+    import agents.es as es_mod
+
+    seen = {}
+    monkeypatch.setattr(es_mod, "train_es", lambda args: seen.setdefault("args", args))
+    assert main(["--run-dir", str(tmp_path / "x"), "--pairs", "2", "--generations", "1",
+                 "--env-kwargs", '{"metric": "macro_f1"}', "--no-normalize", "--quiet"]) == 0
+    args = seen["args"]
+    assert args.pairs == 2 and args.generations == 1 and args.normalize is False
+    assert args.env_kwargs == {"metric": "macro_f1"} and not args.progress
+    with pytest.raises(ValueError, match="pairs"):
+        train_es(ESArgs(run_dir=str(tmp_path / "y"), pairs=0))
