@@ -27,6 +27,7 @@ in :data:`METHOD_BASELINES` and run through :func:`agents.rollout.rollout_method
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -110,14 +111,6 @@ def _check_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
         if not isinstance(task, TaskSpec):
             raise ValueError(f"tasks[{i}] is a {type(task).__name__}, not a TaskSpec")
     return tasks
-
-
-def _check_grid(name: str, values: Sequence[float], low: float, high: float) -> list[float]:
-    """A non-empty grid of numbers in ``[low, high]``."""
-    values = list(values)
-    if not values:
-        raise ValueError(f"{name} is empty; give at least one value in [{low:g}, {high:g}]")
-    return [_check_real(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)]
 
 
 def _check_metric(metric: str) -> str:
@@ -670,137 +663,58 @@ def _best(table: Table, keys: Sequence[str], score: str = "score") -> Config:
     return {k: table[best][k] for k in keys}
 
 
-def tune_drw(
+#: The default grids of :func:`grid_search` (each the product of its values, in this order).
+GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "drw": {"switch": (0.5, 0.6, 0.7, 0.8, 0.9), "alpha": (0.5, 1.0), "gamma": (0.0,)},
+    "feedback": {"eta": (0.5, 1.0, 2.0, 5.0), "margin": (0.0, 0.05), "alpha_max": (1.0,)},
+    "constant": {"gamma": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0), "alpha": (0.0, 0.5, 1.0)},
+}
+
+
+def grid_search(
+    space: str,
     tasks: Sequence[TaskSpec],
-    switches: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
-    alphas: Sequence[float] = (0.5, 1.0),
-    gamma: float = 0.0,
     *,
+    select: str = "val",
     metric: str = "balanced_accuracy",
     device: str | torch.device = "auto",
     max_members: int = 256,
+    **grid: Sequence[Any],
 ) -> tuple[Config, Table]:
-    """Grid-tune :func:`drw_rule` on ``tasks`` by mean final validation metric.
-
-    Uses ``len(switches) · len(alphas) · len(tasks)`` inner training runs, batched.
+    """Grid-tune a rule family (:func:`policy_from_config`: ``"drw"``, ``"feedback"``,
+    ``"constant"``, ...) on ``tasks`` by the mean final validation metric, all candidates as
+    one batched rollout: ``candidates · len(tasks)`` inner training runs.
 
     Args:
+        space: the family.
         tasks: the tuning (train) tasks.
-        switches: switch points in [0, 1].
-        alphas: post-switch α values in [0, 1].
-        gamma: the constant γ of every candidate, in [0, 5].
+        select: ``"val"``, or ``"test"`` for the oracle (it peeks at the test split, so it is an
+            upper bound, not a baseline: rows then hold ``score`` and ``task_scores`` of the
+            test metric and ``val_score``, the validation one).
         metric, device, max_members: as :func:`evaluate_configs`.
+        **grid: values per keyword of the family (default :data:`GRIDS`); the candidates are
+            their product, in order.
 
     Returns:
-        the best config (``drw_rule(**config)``) and the table of scores in grid order.
+        the best config and the table of scores in grid order.
     """
-    gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
-    configs = [{"switch": s, "alpha": a, "gamma": gamma}
-               for s in _check_grid("switches", switches, 0.0, 1.0)
-               for a in _check_grid("alphas", alphas, *ALPHA_RANGE)]
-    table, _ = evaluate_configs("drw", configs, tasks, metric=metric, device=device,
-                                max_members=max_members)
-    return _best(table, ("switch", "alpha", "gamma")), table
-
-
-def tune_feedback(
-    tasks: Sequence[TaskSpec],
-    etas: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
-    margins: Sequence[float] = (0.0, 0.05),
-    alpha_max: float = 1.0,
-    *,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
-    """Grid-tune :class:`FeedbackRule` on ``tasks`` by mean final validation metric.
-
-    Uses ``len(etas) · len(margins) · len(tasks)`` inner training runs, batched.
-
-    Args:
-        tasks: the tuning (train) tasks.
-        etas: step sizes η >= 0.
-        margins: tolerated recall gaps in [−1, 1].
-        alpha_max: the α cap of every candidate, in [0, 1].
-        metric, device, max_members: as :func:`evaluate_configs`.
-
-    Returns:
-        the best config (``FeedbackRule(**config)``) and the table of scores in grid order.
-    """
-    alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
-    configs = [{"eta": e, "margin": m, "alpha_max": alpha_max}
-               for e in _check_grid("etas", etas, 0.0, math.inf)
-               for m in _check_grid("margins", margins, -1.0, 1.0)]
-    table, _ = evaluate_configs("feedback", configs, tasks, metric=metric, device=device,
-                                max_members=max_members)
-    return _best(table, ("eta", "margin", "alpha_max")), table
-
-
-def _constant_grid(gammas: Sequence[float], alphas: Sequence[float]) -> list[Config]:
-    return [{"gamma": g, "alpha": a}
-            for g in _check_grid("gammas", gammas, *GAMMA_RANGE)
-            for a in _check_grid("alphas", alphas, *ALPHA_RANGE)]
-
-
-def tune_constant(
-    tasks: Sequence[TaskSpec],
-    gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
-    alphas: Sequence[float] = (0.0, 0.5, 1.0),
-    *,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
-    """Grid-tune a static loss (:func:`constant_rule`) by mean final validation metric.
-
-    Uses ``len(gammas) · len(alphas) · len(tasks)`` inner training runs, batched.
-
-    Args:
-        tasks: the tuning (train) tasks.
-        gammas: focal exponents in [0, 5].
-        alphas: class-balance strengths in [0, 1].
-        metric, device, max_members: as :func:`evaluate_configs`.
-
-    Returns:
-        the best config (``constant_rule(**config)``) and the table of scores in grid order.
-    """
-    table, _ = evaluate_configs("constant", _constant_grid(gammas, alphas), tasks,
-                                metric=metric, device=device, max_members=max_members)
-    return _best(table, ("gamma", "alpha")), table
-
-
-def oracle_constant(
-    tasks: Sequence[TaskSpec],
-    gammas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
-    alphas: Sequence[float] = (0.0, 0.5, 1.0),
-    *,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
-    """The best constant loss chosen on the TEST metric of ``tasks`` themselves.
-
-    This peeks at the test split, so it is not a baseline but an upper bound on what any
-    static loss from the grid can reach on these tasks. Uses
-    ``len(gammas) · len(alphas) · len(tasks)`` inner training runs, batched.
-
-    Args:
-        tasks: the evaluation tasks.
-        gammas: focal exponents in [0, 5].
-        alphas: class-balance strengths in [0, 1].
-        metric, device, max_members: as :func:`evaluate_configs`.
-
-    Returns:
-        the best config and the table: each row's ``score`` / ``task_scores`` are the mean and
-        per-task test metric (:func:`final_test_score`), ``val_score`` the mean validation metric.
-    """
-    table, records = evaluate_configs("constant", _constant_grid(gammas, alphas), tasks,
-                                      metric=metric, device=device, max_members=max_members)
-    for row, recs in zip(table, records):
-        row["val_score"] = row["score"]
-        row["task_scores"] = [final_test_score(r, metric) for r in recs]
-        row["score"] = float(np.mean(row["task_scores"]))
-    return _best(table, ("gamma", "alpha")), table
+    if select not in ("val", "test"):
+        raise ValueError(f"select={select!r} must be 'val' or 'test'")
+    axes = {**GRIDS.get(space, {}), **grid}
+    for name, values in axes.items():
+        if not list(values):
+            raise ValueError(f"the grid of {name} is empty; give at least one value")
+    configs = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    for config in configs:
+        policy_from_config(space, config)  # names the first value out of range
+    table, records = evaluate_configs(space, configs, tasks, metric=metric, device=device,
+                                      max_members=max_members)
+    if select == "test":
+        for row, recs in zip(table, records):
+            row["val_score"] = row["score"]
+            row["task_scores"] = [final_test_score(r, metric) for r in recs]
+            row["score"] = float(np.mean(row["task_scores"]))
+    return _best(table, tuple(axes)), table
 
 
 def _extra_parameters(parameters: Sequence[str]) -> tuple[str, ...]:

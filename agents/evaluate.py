@@ -188,10 +188,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
           for name, make in bl.HAND_BASELINES.items()],
         *[partial(rollout_method, name, tasks, device=args.device)
           for name in bl.METHOD_BASELINES],
-        partial(bl.tune_drw, tune, **kw), partial(bl.tune_feedback, tune, **kw),
-        partial(bl.tune_constant, tune, **kw), random_search, cma_search,
-        partial(bl.oracle_constant, tasks, gammas=(0.0, 1.0, 2.0), alphas=(0.0, 0.5, 1.0),
-                **kw),
+        *[partial(bl.grid_search, space, tune, **kw) for space in ("drw", "feedback", "constant")],
+        random_search, cma_search,
+        partial(bl.grid_search, "constant", tasks, select="test", gamma=(0.0, 1.0, 2.0),
+                alpha=(0.0, 0.5, 1.0), **kw),
         partial(_pbt, args, tune, budget, run_dir, agent.parameters),
     ])
     agent_records, fixed = first[0], first[1 : 1 + len(bl.HAND_BASELINES) +

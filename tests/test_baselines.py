@@ -16,14 +16,11 @@ from agents.baselines import (
     cma_search,
     default_popsize,
     final_val_score,
-    oracle_constant,
+    grid_search,
     policy_from_config,
     random_search,
     rollout_baseline,
     rollout_members,
-    tune_constant,
-    tune_drw,
-    tune_feedback,
 )
 from agents.baselines import constant_rule as ConstantPolicy
 from agents.baselines import drw_rule as DRWPolicy
@@ -339,10 +336,12 @@ def test_search_argument_validation():
         cma_search(TASKS, 2)
     with pytest.raises(ValueError, match="popsize=3 must divide"):
         cma_search(TASKS, 8, popsize=3)
-    with pytest.raises(ValueError, match=r"switches\[1\]=1\.5"):
-        tune_drw(TASKS, switches=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"switch=1\.5 is out of range"):
+        grid_search("drw", TASKS, switch=(0.5, 1.5))
     with pytest.raises(ValueError, match="empty"):
-        tune_constant(TASKS, gammas=())
+        grid_search("constant", TASKS, gamma=())
+    with pytest.raises(ValueError, match="select='train'"):
+        grid_search("constant", TASKS, select="train")
     with pytest.raises(ValueError, match="baseline 'nope'"):
         rollout_baseline("nope", TASKS)
 
@@ -416,7 +415,7 @@ def test_rollout_baseline_hand_and_method():
 def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):
     counter = Counter()
     monkeypatch.setattr(baselines, "rollout_policy", counter)
-    best, table = tune_drw(TASKS, switches=(0.5, 0.75), alphas=(1.0,), device="cpu")
+    best, table = grid_search("drw", TASKS, switch=(0.5, 0.75), alpha=(1.0,), device="cpu")
     assert counter.runs == 2 * 1 * 2 and counter.calls == 1
     assert best["switch"] in (0.5, 0.75) and best["alpha"] == 1.0 and best["gamma"] == 0.0
     assert len(table) == 2 and all(0.0 <= row["score"] <= 1.0 for row in table)
@@ -424,12 +423,13 @@ def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):
         row["score"] for row in table if row["switch"] == best["switch"])
     DRWPolicy(**best)
 
-    best, table = tune_feedback(TASKS, etas=(1.0, 5.0), margins=(0.0,), device="cpu")
+    best, table = grid_search("feedback", TASKS, eta=(1.0, 5.0), margin=(0.0,), device="cpu")
     assert counter.runs == 4 + 4
     assert best["eta"] in (1.0, 5.0) and best["margin"] == 0.0 and best["alpha_max"] == 1.0
     FeedbackRule(**best)
 
-    best, table = tune_constant(TASKS, gammas=(0.0, 2.0), alphas=(0.0, 1.0), device="cpu")
+    best, table = grid_search("constant", TASKS, gamma=(0.0, 2.0), alpha=(0.0, 1.0),
+                              device="cpu")
     assert counter.runs == 8 + 8 and counter.calls == 3
     assert best["gamma"] in (0.0, 2.0) and best["alpha"] in (0.0, 1.0)
     assert [(r["gamma"], r["alpha"]) for r in table] == [(0, 0), (0, 1), (2, 0), (2, 1)]
@@ -438,13 +438,14 @@ def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):
 
 
 def test_tuning_scores_the_final_validation_metric():
-    best, table = tune_constant(TASKS, gammas=(1.0,), alphas=(0.5,), device="cpu")
+    best, table = grid_search("constant", TASKS, gamma=(1.0,), alpha=(0.5,), device="cpu")
     alone = rollout_policy(ConstantPolicy(1.0, 0.5), TASKS, device="cpu")
     np.testing.assert_allclose(table[0]["task_scores"], [r.val_curve[-1] for r in alone],
                                atol=1e-5)
     assert final_val_score(alone[0]) == pytest.approx(alone[0].val_curve[-1])
 
-    oracle, otable = oracle_constant(TASKS, gammas=(1.0,), alphas=(0.5,), device="cpu")
+    oracle, otable = grid_search("constant", TASKS, select="test", gamma=(1.0,), alpha=(0.5,),
+                                 device="cpu")
     assert oracle == {"gamma": 1.0, "alpha": 0.5}
     np.testing.assert_allclose(otable[0]["task_scores"],
                                [r.test["balanced_accuracy"] for r in alone], atol=1e-5)
