@@ -79,7 +79,11 @@ def load_hyperparams(algo: str, env_id: str = ENV_ID) -> dict[str, Any]:
     table = yaml.safe_load(text)
     if env_id not in table:
         raise ValueError(f"agents/hyperparams/{algo}.yml has no entry for {env_id!r}")
-    return dict(table[env_id])
+    hp = dict(table[env_id])
+    # Written out, so that a run's config.json says which features it observed (runs from
+    # before features version 2 say nothing and are read as version 1).
+    hp["env_kwargs"] = {"context_features": True, **(hp.get("env_kwargs") or {})}
+    return hp
 
 
 def make_env(num_envs: int, seed: int, run_dir: Path | None, env_kwargs: dict[str, Any],

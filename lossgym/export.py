@@ -713,9 +713,8 @@ class AdaptiveLoss(nn.Module):
         # One value per minibatch (a float from the extension, else a 0-d tensor on the
         # logits' device), reduced at step(): no extra kernel or host sync per forward.
         self._ce: list[Tensor | float] = []
-        # Per minibatch, the gradient's norm (the extension's), or the per-tensor norms,
-        # reduced to one norm each at step().
-        self._grad_norms: list[float | tuple[Tensor, ...]] = []
+        # Per minibatch, the gradient's norm (a float from the extension, else a 0-d tensor).
+        self._grad_norms: list[float | Tensor] = []
         self._minibatch = 0  # training forwards in this period
 
     @property
@@ -773,37 +772,28 @@ class AdaptiveLoss(nn.Module):
 
     def _record_norm(self, grads: list[Tensor]) -> None:
         if grads:
-            squared = squared_norm(grads)  # one call of the extension on the CPU
-            if squared is not None:
-                self._grad_norms.append(math.sqrt(squared))
-                return
-            # One kernel per minibatch; the total norm (as torch.nn.utils.get_total_norm
-            # computes it) of every minibatch of the period is taken at once, in step().
-            self._grad_norms.append(tuple(torch._foreach_norm(grads)))
+            # One call of the extension on the CPU; else the norm of the per-tensor norms (as
+            # torch.nn.utils.get_total_norm), left on the device until step().
+            squared = squared_norm(grads)
+            self._grad_norms.append(math.sqrt(squared) if squared is not None else
+                                    torch.linalg.vector_norm(torch.stack(
+                                        torch._foreach_norm(grads))))
+
+    @staticmethod
+    def _stacked(values: list[Tensor | float]) -> Tensor:
+        """Per-minibatch values (floats from the extension, 0-d tensors from torch) as one
+        1-D float32 tensor, with one host transfer at most."""
+        if all(isinstance(v, Tensor) for v in values):
+            return torch.stack(values).float()
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
     def _period_ce(self) -> Tensor:
         """The mean of the period's recorded minibatch cross-entropies, ``[1]`` float32."""
-        if all(isinstance(v, Tensor) for v in self._ce):  # recorded on the device
-            return torch.stack(self._ce).mean().reshape(1)
-        # Python floats from the compiled kernel (CPU), possibly beside tensors.
-        values = [v.item() if isinstance(v, Tensor) else v for v in self._ce]
-        return torch.tensor(values, dtype=torch.float32).mean().reshape(1)
+        return self._stacked(self._ce).mean().reshape(1)
 
     def _total_grad_norms(self) -> Tensor:
         """The period's gradient norms, one per recorded minibatch (a 1-D tensor)."""
-        recorded = self._grad_norms
-        if all(isinstance(n, float) for n in recorded):  # total norms, from the extension
-            return torch.tensor(recorded, dtype=torch.float32)
-        if any(isinstance(n, float) for n in recorded):  # both kinds: on the CPU
-            return torch.tensor([n if isinstance(n, float)
-                                 else torch.linalg.vector_norm(torch.stack(n)).item()
-                                 for n in recorded], dtype=torch.float32)
-        sizes = {len(n) for n in recorded}
-        flat = torch.stack([x for n in recorded for x in n])
-        if len(sizes) == 1:
-            return torch.linalg.vector_norm(flat.view(len(recorded), -1), dim=1)
-        parts = flat.split([len(n) for n in recorded])
-        return torch.stack([torch.linalg.vector_norm(p) for p in parts])
+        return self._stacked(self._grad_norms)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
@@ -1114,6 +1104,9 @@ class AdaptiveLoss(nn.Module):
             "grad_norms": [float(v) for v in self._total_grad_norms()]
             if self._grad_norms else [],
             "minibatch": self._minibatch,
+            "batch_size": self._batch_size,
+            "period_sizes": list(self._period_sizes),
+            "model_setup": dict(self._model_setup),
             "minibatches_per_step": self.minibatches_per_step,
             "module": None if self._live is None or not self._live.state() else {
                 k: v.detach().cpu().tolist() for k, v in self._live.state().items()},
@@ -1154,6 +1147,9 @@ class AdaptiveLoss(nn.Module):
         self._grad_norms = [float(v) for v in state["grad_norms"]]
         # Checkpoints from before method exports lack the last three entries.
         self._minibatch = state.get("minibatch", 0)
+        self._batch_size = state.get("batch_size")
+        self._period_sizes = list(state.get("period_sizes", []))
+        self._model_setup = dict(state.get("model_setup", {}))
         self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)
         self.__dict__["_live"] = None
         if self.method is not None and (params is not None or state.get("module")):

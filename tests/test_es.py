@@ -28,6 +28,7 @@ from agents.train import AgentPolicy, build_model, load_hyperparams
 from agents.vec_env import LossTuningSB3VecEnv
 from lossgym import AdaptiveLoss, TaskSpec
 from lossgym.envs.core import TaskSource
+from lossgym.features import FeatureSpec
 
 SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
                  minibatches_per_step=2, horizon=4)
@@ -89,7 +90,8 @@ def test_antithetic_pairs_share_task_and_seed(one_thread):
     # A policy far from the initial one (near-zero actions), so that the actions vary.
     theta = actor.theta + 0.5 * torch.randn(actor.theta.numel(),
                                             generator=torch.Generator().manual_seed(0))
-    normalise = FrozenNormalizer(21, 10.0, enabled=False)
+    dim = FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim
+    normalise = FrozenNormalizer(dim, 10.0, enabled=False)
     env_kwargs = {"reward_baseline": "paired", "action_params": "gamma,alpha,tau,margin,scale"}
     gen = run_generation(actor, theta.expand(6, -1).contiguous(), tasks, normalise, env_kwargs,
                          "cpu", seed=0)
@@ -97,13 +99,14 @@ def test_antithetic_pairs_share_task_and_seed(one_thread):
     np.testing.assert_array_equal(gen.returns[0::2], gen.returns[1::2])
     assert len(set(gen.returns[0::2].tolist())) > 1
     assert np.all(gen.lengths == SMALL.horizon)
-    assert gen.observations.shape == (6 * SMALL.horizon, 21)
+    assert gen.observations.shape == (6 * SMALL.horizon, dim)
 
 
 def test_batched_actor_matches_sb3_predict():
     model = _initial_model(3)
     actor = PopulationActor(_actor(model.policy))
-    obs = np.random.default_rng(0).normal(size=(7, 21)).astype(np.float32)
+    dim = FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim
+    obs = np.random.default_rng(0).normal(size=(7, dim)).astype(np.float32)
     expected, _ = model.predict(obs, deterministic=True)
     got = actor.act(actor.theta.expand(7, -1).contiguous(), obs)
     np.testing.assert_allclose(got, expected, atol=1e-6)

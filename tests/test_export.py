@@ -208,8 +208,11 @@ def test_plain_loop_with_the_exported_controller_reproduces_the_env_episode(runs
 
     # A plain PyTorch loop: nn.Sequential, torch.optim.AdamW, a sampler, the exported loss.
     loop = PlainLoop(task)
+    # The context features' set-up as a user knows it before training (features version 2).
     criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(loop.pool.class_counts),
-                                  total_steps=task.horizon)
+                                  total_steps=task.horizon,
+                                  minibatches_per_step=task.minibatches_per_step,
+                                  setup={"batch_size": task.batch_size})
     criterion.watch(loop.model)
     logits = loop.val_logits()
     criterion.begin(logits, loop.y_val)
@@ -301,9 +304,9 @@ def test_truncated_tampered_and_wrong_version_files_raise(controller_export, tmp
     check("truncated")
     manifest.write_text(good_manifest.decode().replace('"total_steps": 4', '"total_steps": 5'))
     check("checksum mismatch")
-    manifest.write_text(good_manifest.decode().replace('"format_version": 1',
-                                                       '"format_version": 2'))
-    check("format_version 2 is not supported")
+    manifest.write_text(good_manifest.decode().replace('"format_version": 2',
+                                                       '"format_version": 3'))
+    check("format_version 3 is not supported")
     weights.write_bytes(good_weights[:-100])
     check("truncated, modified", weights)
     flipped = bytearray(good_weights)
@@ -321,7 +324,7 @@ def test_truncated_tampered_and_wrong_version_files_raise(controller_export, tmp
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m["features"]["names"].__setitem__(3, "gpu_temperature"),
      r"unknown features \['gpu_temperature'\]"),
-    (lambda m: m["features"].update(version=2), "features version 2"),
+    (lambda m: m["features"].update(version=3), "features version 3"),
     (lambda m: m["mapping"].update(parameters=["gamma", "alpha", "tau"]), "unknown features"),
     (lambda m: m["controller"]["layers"][0].update(in_features=16), "takes 16 inputs"),
     (lambda m: m["controller"]["layers"].insert(1, {"kind": "softmax"}), "kind 'softmax'"),
