@@ -49,7 +49,26 @@ from lossgym.tasks import TaskDistribution, TaskSpec
 STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "cb_power",
                   "cb_power_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
                   "poly1", *(m for m in METHODS if m.startswith("cb_beta")))
-NOT_BASELINES = ("agent", "agent_replay", "agent_mean_action", "oracle_constant")
+NOT_BASELINES = ("agent", "agent_replay", "agent_task_replay", "agent_mean_action",
+                 "oracle_constant")
+
+
+def task_replay_actions(records: Sequence[EpisodeRecord]) -> np.ndarray:
+    """For each run, the mean action trajectory the agent played on the OTHER seeds of the
+    same base task (leave one seed out), ``[N, H, d]``: replayed open loop on the run's own
+    seed, it separates reacting to the run from playing a task-conditioned schedule (replaying
+    the run's own actions reproduces it exactly on a deterministic engine, whatever the
+    policy does)."""
+    keys = [r.task.replace(seed=0) for r in records]
+    actions = np.stack([r.actions for r in records])
+    out = []
+    for i, key in enumerate(keys):
+        others = [j for j, k in enumerate(keys) if k == key and j != i]
+        if not others:
+            raise ValueError(f"the base task of run {i} has one seed; leaving it out needs "
+                             "at least two seeds per base task (--seeds >= 2)")
+        out.append(actions[others].mean(axis=0))
+    return np.stack(out)
 
 
 @dataclass
@@ -215,16 +234,24 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     second = run([
         # Replay needs one policy row per member: run each compatible group separately.
         partial(bl.rollout_members,
-                [bl.ReplayPolicy(a[None], parameters=agent.parameters) for a in actions],
+                [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
+                                base_rule=agent.base_rule)
+                 for a in actions],
                 tasks, "agent_replay", **kw),
         partial(rollout_policy,
-                bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters),
+                bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters,
+                                        mode=agent.mode, base_rule=agent.base_rule),
                 tasks, "agent_mean_action", **kw),
+        partial(bl.rollout_members,
+                [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
+                                base_rule=agent.base_rule)
+                 for a in task_replay_actions(agent_records)],
+                tasks, "agent_task_replay", **kw),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
         partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks, "oracle_constant", **kw),
     ])
-    records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1]
-    for recs in fixed + second[2:]:
+    records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1] + second[2]
+    for recs in fixed + second[3:]:
         records += recs
     say("held-out evaluation done")
 

@@ -134,3 +134,41 @@ def test_old_exports_and_runs_keep_features_version_1(tmp_path):
     with pytest.raises(ValueError, match="features version 3"):
         FeatureSpec(("gamma",), 3)
     assert drw_rule().schedule.parameters == ("gamma", "alpha")
+
+
+def test_task_replay_leaves_the_run_out():
+    from agents.evaluate import task_replay_actions
+    from agents.rollout import EpisodeRecord
+
+    def record(seed, value, base=SMALL):
+        return EpisodeRecord(task=base.replace(seed=seed), method="agent", params=np.zeros(0),
+                             actions=np.full((2, 1), value), val_curve=np.zeros(3), test={})
+
+    other = SMALL.replace(width=64)
+    records = [record(1, 1.0), record(2, 2.0), record(3, 6.0), record(1, 5.0, other),
+               record(9, 7.0, other)]
+    replay = task_replay_actions(records)
+    np.testing.assert_allclose(replay[:, 0, 0], [4.0, 3.5, 1.5, 7.0, 5.0])
+    with pytest.raises(ValueError, match="at least two seeds"):
+        task_replay_actions(records[:1])
+
+
+def test_residual_replays_reproduce_the_agents_run():
+    # Replaying a residual run's own actions around its base rule gives the same run.
+    from agents.baselines import ReplayPolicy
+
+    class Residual:
+        parameters, mode, base_rule = PARAMS, "residual", BASE
+
+        def reset(self, n):
+            self.t = 0
+
+        def act(self, obs):
+            self.t += 1
+            return np.full((len(obs), len(PARAMS)), 0.3 * (-1) ** self.t, dtype=np.float32)
+
+    [run] = rollout_policy(Residual(), [SMALL.replace(seed=2)], device="cpu")
+    [again] = rollout_policy(ReplayPolicy(run.actions[None], PARAMS, "residual", BASE),
+                             [SMALL.replace(seed=2)], device="cpu")
+    np.testing.assert_array_equal(run.params, again.params)
+    assert run.test == again.test
