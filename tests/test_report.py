@@ -167,7 +167,7 @@ def _record(task: TaskSpec, method: str, bal: float, params: np.ndarray | None =
 
 
 def _records(agent_gain: float = 0.04) -> list[EpisodeRecord]:
-    """agent > focal (static) > ldam > ce, with per-task noise shared by all methods."""
+    """agent > logit_adjusted (static) > ldam > ce, with per-task noise shared by all methods."""
     gen = np.random.default_rng(0)
     records = []
     for ratio in RATIOS:
@@ -181,14 +181,14 @@ def _records(agent_gain: float = 0.04) -> list[EpisodeRecord]:
                 _record(task, "schedule", base + 0.01 + gen.normal(0, 0.003),
                         np.stack([steps, 0.25 + 0 * steps], 1)),
                 _record(task, "ce", base + gen.normal(0, 0.003), diverged=seed == 3),
-                _record(task, "focal", base + 0.015 + gen.normal(0, 0.003)),
+                _record(task, "logit_adjusted", base + 0.015 + gen.normal(0, 0.003)),
                 _record(task, "ldam", base + 0.02 + gen.normal(0, 0.003)),
             ]
     return records
 
 
 def _write(tmp_path, records, **kw):
-    kw = {"agent": "agent", "static_methods": ("ce", "focal"), "split_of": _split_of,
+    kw = {"agent": "agent", "static_methods": ("ce", "logit_adjusted"), "split_of": _split_of,
           "budget_note": "Budget: 1M steps, 10 seeds.", "rng_seed": 0, **kw}
     return write_report(tmp_path, records, **kw)
 
@@ -223,18 +223,18 @@ def test_write_report_contents_and_files(tmp_path):
     text = path.read_text()
     assert text.startswith("# ")
     assert "Budget: 1M steps, 10 seeds." in text
-    for method in ("agent", "schedule", "ce", "focal", "ldam"):
+    for method in ("agent", "schedule", "ce", "logit_adjusted", "ldam"):
         assert f"`{method}`" in text
     for heading in ("in distribution", "out of distribution", "## All held-out tasks",
                     "by imbalance ratio", "## Verdict"):
         assert heading in text
-    # ldam is the best non-agent method, focal the best static loss.
-    assert "Best baseline: `ldam`" in text and "best: `focal`" in text
+    # ldam is the best non-agent method, logit_adjusted the best static loss.
+    assert "Best baseline: `ldam`" in text and "best: `logit_adjusted`" in text
 
     # Agent listed first in each method table.
     table = _section(text, "## All held-out tasks")
     methods = [c.split("|")[1].strip() for c in table.splitlines() if c.startswith("| `")]
-    assert methods[:5] == ["`agent`", "`schedule`", "`ce`", "`focal`", "`ldam`"]
+    assert methods[:5] == ["`agent`", "`schedule`", "`ce`", "`logit_adjusted`", "`ldam`"]
 
     # Table numbers match a recomputation.
     for heading, split in (("## All held-out tasks", None),
@@ -337,16 +337,16 @@ def test_forest_plot_sorted_paired_differences_with_stratified_cis():
     from agents.report import _forest_data, _forest_figure
 
     records = _records()
-    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    methods = ["agent", "schedule", "ce", "logit_adjusted", "ldam"]
     titles, panels = _forest_data(records, "ce", "ldam", methods, _rng0)
     assert titles == ["vs ce", "vs best baseline ldam"]
-    assert set(panels["vs ce"]) == {"agent", "schedule", "focal", "ldam"}
-    assert set(panels["vs best baseline ldam"]) == {"agent", "schedule", "ce", "focal"}
-    a = np.array([r.test["balanced_accuracy"] for r in records if r.method == "focal"])
+    assert set(panels["vs ce"]) == {"agent", "schedule", "logit_adjusted", "ldam"}
+    assert set(panels["vs best baseline ldam"]) == {"agent", "schedule", "ce", "logit_adjusted"}
+    a = np.array([r.test["balanced_accuracy"] for r in records if r.method == "logit_adjusted"])
     b = np.array([r.test["balanced_accuracy"] for r in records if r.method == "ce"])
-    strata = [r.task.imbalance_ratio for r in records if r.method == "focal"]
+    strata = [r.task.imbalance_ratio for r in records if r.method == "logit_adjusted"]
     expected = paired_difference(a, b, _rng0(), strata=strata)
-    got = panels["vs ce"]["focal"]
+    got = panels["vs ce"]["logit_adjusted"]
     assert (got["mean"], got["ci_low"], got["ci_high"]) == pytest.approx(
         (expected["mean"], expected["ci_low"], expected["ci_high"]))
 
@@ -355,7 +355,7 @@ def test_forest_plot_sorted_paired_differences_with_stratified_cis():
     assert len(axes) == 2
     # Bottom to top: increasing difference vs ce, the reference itself at 0.
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
-    assert labels == ["ce", "schedule", "focal", "ldam", "agent"]
+    assert labels == ["ce", "schedule", "logit_adjusted", "ldam", "agent"]
     # A readable size, whatever the number of methods: not thousands of pixels wide.
     width, height = fig.get_size_inches() * 120
     assert width < 1600 and height < 1000
@@ -370,13 +370,13 @@ def test_heatmap_holds_mean_paired_differences_per_task():
     from agents.report import _heatmap_figure
 
     records = _records()
-    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    methods = ["agent", "schedule", "ce", "logit_adjusted", "ldam"]
     fig = _heatmap_figure(records, "ce", methods, _split_of)
     ax = fig.axes[0]
     cells = np.asarray(ax.images[0].get_array())
     rows = [t.get_text() for t in ax.get_yticklabels()]
     cols = [t.get_text() for t in ax.get_xticklabels()]
-    assert rows == ["agent", "ldam", "focal", "schedule"]  # best first; no ce row
+    assert rows == ["agent", "ldam", "logit_adjusted", "schedule"]  # best first; no ce row
     # Held-out ID tasks (rho 10, 100) first, then OOD (rho 50).
     assert [c.split("ρ=")[1].split(" ")[0] for c in cols] == ["10", "100", "50"]
     assert "held-out ID" in cols[0] and "held-out OOD" in cols[2]
@@ -397,7 +397,7 @@ def test_trajectories_show_the_agent_against_its_base_rule(tmp_path):
     from agents.report import _trajectories_figure
 
     records = _records()
-    methods = ["agent", "schedule", "ce", "focal", "ldam"]
+    methods = ["agent", "schedule", "ce", "logit_adjusted", "ldam"]
     fig = _trajectories_figure(records, methods, "agent", base_rule="schedule")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["agent", "schedule (base rule)"]
@@ -414,3 +414,25 @@ def test_trajectories_show_the_agent_against_its_base_rule(tmp_path):
     assert labels == ["agent", "other methods (means)"]
     _write(tmp_path, records, base_rule="schedule")
     assert (tmp_path / "trajectories.png").stat().st_size > 0
+
+
+def test_verdict_targets_control_and_no_task_worse_than_ce(tmp_path):
+    records = _records()
+    agent = {r.task: r for r in records if r.method == "agent"}
+    replay = [_record(t, "agent_task_replay", r.test["balanced_accuracy"] - 0.01)
+              for t, r in agent.items()]
+    verdict = _section(_write(tmp_path, records + replay).read_text(), "## Verdict")
+    assert "3. **PASS**" in verdict and "4. **PASS**" in verdict
+    assert "4 of 4 evaluated targets hold" in verdict
+    # Replaying the task's mean trajectory does as well: a schedule, not control.
+    same = [_record(t, "agent_task_replay", r.test["balanced_accuracy"])
+            for t, r in agent.items()]
+    verdict = _section(_write(tmp_path / "same", records + same).read_text(), "## Verdict")
+    assert "3. **FAIL**" in verdict
+    # One base task (ratio 100) where the agent loses to cross-entropy on every seed.
+    ce = {r.task: r for r in records if r.method == "ce"}
+    worse = [r if r.method != "agent" or r.task.imbalance_ratio != 100 else
+             _record(r.task, "agent", ce[r.task].test["balanced_accuracy"] - 0.05,
+                     r.params) for r in records]
+    verdict = _section(_write(tmp_path / "worse", worse).read_text(), "## Verdict")
+    assert "4. **FAIL**" in verdict and "worse on 1" in verdict
