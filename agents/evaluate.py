@@ -77,10 +77,12 @@ class EvalArgs:
 
     run_dir: str = "runs/ppo-default"
     """the trained run; the report is written there."""
-    seeds: int = 10
-    """paired seeds per held-out base task (at least 10 for the report's claims)."""
-    id_tasks: int = 2
+    seeds: int = 5
+    """paired seeds per held-out base task (at least 5; CIs resample seeds within tasks)."""
+    id_tasks: int = 12
     """in-distribution held-out base tasks."""
+    ood_tasks: int = 4
+    """held-out base tasks per out-of-distribution grid (the default distribution has 3)."""
     tune_tasks: int = 6
     """train-split tasks (one seed each) used to tune and search the baselines."""
     search_budget: int | None = None
@@ -98,11 +100,11 @@ class EvalArgs:
 
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
-                   seeds: int) -> list[TaskSpec]:
-    """``id_tasks`` in-distribution base tasks and one per out-of-distribution grid, each
-    repeated over ``seeds`` consecutive (held-out) seeds."""
+                   seeds: int, ood_tasks: int = 1) -> list[TaskSpec]:
+    """``id_tasks`` in-distribution base tasks and ``ood_tasks`` per out-of-distribution grid,
+    each repeated over ``seeds`` consecutive (held-out) seeds."""
     bases = [dist.sample(rng, "held_out_id") for _ in range(id_tasks)]
-    bases += [grid.draw(rng) for grid in dist.held_out_ood]
+    bases += [grid.draw(rng) for grid in dist.held_out_ood for _ in range(ood_tasks)]
     return [base.replace(seed=base.seed + s) for base in bases for s in range(seeds)]
 
 
@@ -180,7 +182,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
         if log:
             print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
-    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds)
+    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
     # A search budget counts candidate × task inner runs: a whole number of candidates.
     budget = args.search_budget or agent_episodes(run_dir)
@@ -286,7 +288,8 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     path = run_dir / "evaluation.json"
     data = json.loads(path.read_text())
     dist = distribution or TaskDistribution.default()
-    tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds)
+    tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds,
+                           args.ood_tasks)
     reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
     if reference != [t.to_dict() for t in tasks]:
         raise ValueError(f"{path} was not made with --seed {args.seed} --id-tasks "
@@ -333,8 +336,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (the fields of :class:`EvalArgs` and ``report_only``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/ppo-default")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--id-tasks", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=EvalArgs.seeds)
+    parser.add_argument("--id-tasks", type=int, default=EvalArgs.id_tasks)
+    parser.add_argument("--ood-tasks", type=int, default=EvalArgs.ood_tasks)
     parser.add_argument("--tune-tasks", type=int, default=6)
     parser.add_argument("--search-budget", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
