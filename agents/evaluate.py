@@ -40,8 +40,9 @@ import numpy as np
 from agents import baselines as bl
 from agents import distributed
 from agents.report import write_report
-from agents.rollout import EpisodeRecord, ScheduleRule, rollout_method, rollout_policy
+from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_method, rollout_policy
 from agents.train import AgentPolicy
+from lossgym.envs.config import DEFAULT_BASE_RULE
 from lossgym.io import atomic_write_text
 from lossgym.methods import METHODS
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -49,6 +50,8 @@ from lossgym.tasks import TaskDistribution, TaskSpec
 STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5", "cb_power",
                   "cb_power_focal", "tuned_constant", "random_search_constant", "logit_adjusted",
                   "poly1", *(m for m in METHODS if m.startswith("cb_beta")))
+#: The fewest paired seeds per base task the report's claims are documented for.
+MIN_SEEDS = 5
 NOT_BASELINES = ("agent", "agent_replay", "agent_task_replay", "agent_mean_action",
                  "oracle_constant")
 
@@ -97,6 +100,9 @@ class EvalArgs:
     """add the Population Based Training baseline (needs Ray); None: when Ray is installed."""
     pbt_budget: int | None = None
     """inner training runs for PBT (default: the search budget, i.e. the agent's episodes)."""
+    small: bool = False
+    """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW and
+    LDAM-DRW besides the agent and its ablations; no searches, PBT or oracle."""
 
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
@@ -203,35 +209,42 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     cma_search = partial(bl.cma_search, tune, budget, args.seed, "schedule",
                          parameters=agent.parameters, **kw)
 
-    first = run([
-        partial(rollout_policy, agent, tasks, "agent", **kw),
-        *[partial(rollout_policy, make(), tasks, name, **kw)
-          for name, make in bl.HAND_BASELINES.items()],
-        *[partial(rollout_method, name, tasks, device=args.device)
-          for name in bl.METHOD_BASELINES],
-        *[partial(bl.grid_search, space, tune, **kw) for space in ("drw", "feedback", "constant")],
+    hand = {"ce": bl.HAND_BASELINES["ce"]} if args.small else bl.HAND_BASELINES
+    methods = ("logit_adjusted", "ldam_drw") if args.small else bl.METHOD_BASELINES
+    spaces = ("drw",) if args.small else ("drw", "feedback", "constant")
+    searches = [] if args.small else [
         random_search, cma_search,
         partial(bl.grid_search, "constant", tasks, select="test", gamma=(0.0, 1.0, 2.0),
                 alpha=(0.0, 0.5, 1.0), **kw),
-        partial(_pbt, args, tune, budget, run_dir, agent.parameters),
+        partial(_pbt, args, tune, budget, run_dir, agent.parameters)]
+    first = run([
+        partial(rollout_policy, agent, tasks, "agent", **kw),
+        *[partial(rollout_policy, make(), tasks, name, **kw) for name, make in hand.items()],
+        *[partial(rollout_method, name, tasks, device=args.device) for name in methods],
+        *[partial(bl.grid_search, space, tune, **kw) for space in spaces],
+        *searches,
     ])
-    agent_records, fixed = first[0], first[1 : 1 + len(bl.HAND_BASELINES) +
-                                           len(bl.METHOD_BASELINES)]
-    drw, feedback, constant, randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) :]
-    random_constant = bl.best_constant(randoms[1], agent.parameters)
+    agent_records, fixed = first[0], first[1 : 1 + len(hand) + len(methods)]
+    tuned_configs = dict(zip(spaces, first[1 + len(fixed) : 1 + len(fixed) + len(spaces)]))
     say("agent, fixed baselines, tuning and searches done")
 
-    tuned = {
-        "tuned_drw": bl.drw_rule(**drw[0]),
-        "tuned_feedback": bl.FeedbackRule(**feedback[0]),
-        "tuned_constant": bl.constant_rule(**constant[0]),
-    }
-    tuned["random_search"] = bl.policy_from_config("mixed", randoms[0])
-    if random_constant is not None:
-        tuned["random_search_constant"] = bl.constant_rule(**random_constant)
-    tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
-    if pbt is not None:
-        tuned["pbt"] = pbt
+    tuned: dict[str, Policy] = {"tuned_drw": bl.drw_rule(**tuned_configs["drw"][0])}
+    extra = []
+    if not args.small:
+        randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) + len(spaces):]
+        tuned["tuned_feedback"] = bl.FeedbackRule(**tuned_configs["feedback"][0])
+        tuned["tuned_constant"] = bl.constant_rule(**tuned_configs["constant"][0])
+        tuned["random_search"] = bl.policy_from_config("mixed", randoms[0])
+        random_constant = bl.best_constant(randoms[1], agent.parameters)
+        if random_constant is not None:
+            tuned["random_search_constant"] = bl.constant_rule(**random_constant)
+        tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
+        if pbt is not None:
+            tuned["pbt"] = pbt
+        extra = [partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks,
+                         "oracle_constant", **kw)]
+    else:
+        pbt_note = "SMALL VERSION (make demo): no searches, PBT or oracle."
     actions = np.stack([r.actions for r in agent_records])
     second = run([
         # Replay needs one policy row per member: run each compatible group separately.
@@ -250,7 +263,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
                  for a in task_replay_actions(agent_records)],
                 tasks, "agent_task_replay", **kw),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
-        partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks, "oracle_constant", **kw),
+        *extra,
     ])
     records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1] + second[2]
     for recs in fixed + second[3:]:
@@ -261,7 +274,12 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     equal = ("equal to the agent's training episodes" if budget >= episodes else
              f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
              "searches are handicapped")
-    note = (f"Agent: {run_dir.name}, trained on {episodes} episodes. "
+    note = ("SMALL VERSION (make demo): the agent against cross-entropy, logit adjustment, "
+            "tuned DRW and LDAM-DRW only; `make reproduce` runs every baseline. "
+            if args.small else "") + (
+        f"FEWER SEEDS ({args.seeds}) than the documented minimum of {MIN_SEEDS} per base "
+        f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
+        f"Agent: {run_dir.name}, trained on {episodes} episodes. "
             f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
             f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES, over the agent's "
             f"parameters {', '.join(agent.parameters)}, constants and schedules together; "
@@ -270,8 +288,12 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
             f"(the agent's paired reward also trained one cross-entropy twin per episode, "
             f"not counted). {pbt_note} Wall time of the evaluation: "
             f"{time.time() - start:.0f} s.")
+    base = None  # the method whose records are the agent's base rule, for the trajectories
+    if agent.base_rule is not None and agent.base_rule == DEFAULT_BASE_RULE:
+        base = "logit_adjusted"
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
+                                  "base_rule": base,
                                   "records": [record_to_dict(r) for r in records]}))
     path = report_from_json(run_dir, dist)
     say(f"report written: {path}")
@@ -329,7 +351,7 @@ def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) 
     return write_report(run_dir, records, reference="ce", best_baseline=best, agent="agent",
                         budget_note=note, learning_curve=learning_curve(run_dir),
                         split_of=(dist or TaskDistribution.default()).split_of,
-                        static_methods=STATIC_METHODS)
+                        static_methods=STATIC_METHODS, base_rule=data.get("base_rule"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -350,6 +372,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="add the PBT baseline (default: when Ray is installed)")
     parser.add_argument("--pbt-budget", type=int, default=None,
                         help="inner training runs for PBT (default: the search budget)")
+    parser.add_argument("--small", action="store_true",
+                        help="the small version: cross-entropy, logit adjustment, tuned DRW "
+                             "and LDAM-DRW only (make demo)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
     parser.add_argument("--add-methods", default=None, metavar="NAME,...",
