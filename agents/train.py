@@ -64,6 +64,8 @@ from lossgym.tasks import TaskDistribution
 ENV_ID = "LossTuning-v0"
 ALGORITHMS = ("ppo", "sac", "recurrentppo")
 CHECKPOINT_FORMAT = 2
+#: The YAML keys that configure the env and its wrappers, not the model (rl-zoo's meaning).
+LOSSGYM_KEYS = ("n_envs", "n_timesteps", "policy", "normalize", "env_kwargs", "vec_env_wrapper")
 
 
 @dataclass
@@ -138,8 +140,7 @@ def _attach_monitor(monitor: VecMonitor, path: Path) -> None:
 def build_model(algo: str, env: VecEnv, hp: dict[str, Any], seed: int,
                 tensorboard_log: str | None) -> BaseAlgorithm:
     """An SB3 model from YAML hyperparameters (the keys lossgym itself reads removed)."""
-    kwargs = {k: v for k, v in hp.items()
-              if k not in ("n_envs", "n_timesteps", "policy", "normalize", "env_kwargs")}
+    kwargs = {k: v for k, v in hp.items() if k not in LOSSGYM_KEYS}
     policy_kwargs = dict(kwargs.pop("policy_kwargs", {}) or {})
     common = dict(seed=seed, tensorboard_log=tensorboard_log, device="cpu", verbose=0,
                   policy_kwargs=policy_kwargs, **kwargs)
@@ -582,7 +583,10 @@ def train(args: TrainArgs) -> Path:
     env_kwargs["device"] = args.device
     env = make_env(num_envs, args.seed, None, env_kwargs)
     if hp.get("normalize"):
-        env = VecNormalize(env, norm_obs=True, norm_reward=False, gamma=hp.get("gamma", 0.99))
+        # rl-zoo's meaning: True, or VecNormalize's keyword arguments.
+        options = hp["normalize"] if isinstance(hp["normalize"], dict) else {}
+        env = VecNormalize(env, **{"norm_obs": True, "norm_reward": False,
+                                   "gamma": hp.get("gamma", 0.99), **options})
     model = build_model(args.algo, env, hp, args.seed, str(run_dir / "tb"))
     monitor_path = run_dir / "monitor.csv"
     if resume is not None:

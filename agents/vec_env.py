@@ -44,7 +44,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 
 from lossgym.envs.loss_tuning import LossTuningEnv, LossTuningVectorEnv
 
-__all__ = ["EPISODE_KEYWORDS", "EpisodeSummary", "LossTuningSB3VecEnv", "make_vec_env",
+__all__ = ["EPISODE_KEYWORDS", "Batched", "EpisodeSummary", "LossTuningSB3VecEnv", "make_vec_env",
            "single_env_fn", "unbatch_infos"]
 
 #: Attributes whose per-env value differs from the vector env's own attribute of that name.
@@ -365,3 +365,35 @@ def make_vec_env(n_envs: int = 1, *, seed: int | None = None, monitor_dir: str |
         venv.seed(seed)
     filename = None if monitor_dir is None else str(Path(monitor_dir) / "monitor.csv")
     return VecMonitor(EpisodeSummary(venv), filename=filename, info_keywords=EPISODE_KEYWORDS)
+
+
+class Batched(VecEnvWrapper):
+    """rl-zoo's ``vec_env_wrapper`` for LossTuning-v0: replaces the ``DummyVecEnv`` (or
+    ``SubprocVecEnv``) of N single envs that rl-zoo builds by one batched population on the
+    same configuration (the ``env_kwargs``) and seeds, monitored in the same folder.
+
+    In an rl-zoo YAML: ``vec_env_wrapper: agents.vec_env.Batched`` (see
+    ``agents/hyperparams/*.yml``). The single envs are closed unused; episodes go to
+    ``monitor.csv`` beside their empty ``<rank>.monitor.csv`` files.
+    """
+
+    def __init__(self, venv: VecEnv):
+        config = venv.get_attr("config")[0]
+        seeds = list(getattr(venv, "_seeds", [None] * venv.num_envs))
+        monitor_dir = None
+        first = venv.envs[0] if hasattr(venv, "envs") else None
+        writer = getattr(first, "results_writer", None)
+        if writer is not None:
+            monitor_dir = str(Path(writer.file_handler.name).parent)
+        venv.close()
+        adapter = LossTuningSB3VecEnv(num_envs=venv.num_envs, config=config)
+        adapter._seeds = seeds
+        filename = None if monitor_dir is None else str(Path(monitor_dir) / "monitor.csv")
+        super().__init__(VecMonitor(EpisodeSummary(adapter), filename=filename,
+                                    info_keywords=EPISODE_KEYWORDS))
+
+    def reset(self) -> VecEnvObs:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        return self.venv.step_wait()

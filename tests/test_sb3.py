@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import gymnasium as gym
@@ -421,3 +422,49 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(agents.vec_env, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_rl_zoo_vec_env_wrapper_trains_one_batched_population(tmp_path):
+    # What rl_zoo3.train does with `vec_env_wrapper: agents.vec_env.Batched` in its YAML.
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    from agents.vec_env import Batched
+
+    singles = sb3_make_vec_env("LossTuning-v0", n_envs=N, seed=7, monitor_dir=str(tmp_path),
+                               env_kwargs={"tasks": SMALL.to_dict(), "metric": "macro_f1"})
+    venv = Batched(singles)
+    adapter = venv.unwrapped
+    assert isinstance(adapter, LossTuningSB3VecEnv) and adapter.num_envs == N
+    assert adapter.vector_env.config.metric == "macro_f1"
+    reference = make_adapter(metric="macro_f1")
+    reference.seed(7)
+    np.testing.assert_array_equal(venv.reset(), reference.reset())
+    for _ in range(SMALL.horizon):
+        venv.step(np.zeros((N, 2), dtype=np.float32))
+    rows = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert len(rows) == 2 + N
+
+
+def test_rl_zoo3_train_on_the_batched_adapter(tmp_path):
+    pytest.importorskip("rl_zoo3")
+    import subprocess
+    import sys
+
+    conf = tmp_path / "ppo.yml"
+    conf.write_text(f"""LossTuning-v0:
+  n_envs: 4
+  n_timesteps: 64
+  policy: MlpPolicy
+  normalize: {{norm_obs: true, norm_reward: false}}
+  vec_env_wrapper: agents.vec_env.Batched
+  env_kwargs: {{reward_baseline: paired, tasks: {json.dumps(SMALL.to_dict())}}}
+  n_steps: 8
+  batch_size: 32
+""")
+    subprocess.run([sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env",
+                    "LossTuning-v0", "--gym-packages", "lossgym", "--conf-file", str(conf),
+                    "--seed", "0", "-f", str(tmp_path / "logs"), "--eval-freq", "-1"],
+                   check=True, capture_output=True)
+    run = tmp_path / "logs" / "ppo" / "LossTuning-v0_1"
+    assert (run / "LossTuning-v0.zip").exists()
+    assert len((run / "monitor.csv").read_text().splitlines()) == 2 + 64 // SMALL.horizon
