@@ -413,6 +413,7 @@ def test_agents_make_vec_env_is_the_batched_adapter(tmp_path):
     images = venv.get_images()
     assert len(images) == N and images[0].shape == (96, 128, 3)
     PPO("MlpPolicy", venv, n_steps=8, batch_size=32, seed=0, device="cpu").learn(32)
+    venv.close()
 
 
 def test_docstring_examples_run():
@@ -441,6 +442,7 @@ def test_rl_zoo_vec_env_wrapper_trains_one_batched_population(tmp_path):
     np.testing.assert_array_equal(venv.reset(), reference.reset())
     for _ in range(SMALL.horizon):
         venv.step(np.zeros((N, 2), dtype=np.float32))
+    venv.close()
     rows = (tmp_path / "monitor.csv").read_text().splitlines()
     assert len(rows) == 2 + N
 
