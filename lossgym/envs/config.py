@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lossgym.actions import ACTION_MODES, PARAMETER_RANGES, ActionMapping, parse_parameters
-from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource
+from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource, as_task
 from lossgym.tasks import SPLITS as TASK_SPLITS
 from lossgym.tasks import TaskDistribution, TaskSpec
 
@@ -99,12 +99,10 @@ def _choice(name: str, choices: tuple[str, ...]) -> Any:
 def _tasks(value: object) -> TaskSpec | TaskDistribution:
     if value is None:
         return TaskDistribution.default()
-    if isinstance(value, TaskSpec | TaskDistribution):
+    if isinstance(value, TaskDistribution):
         return value
-    if isinstance(value, dict):
-        return TaskSpec.from_dict(value)
-    if isinstance(value, str):
-        return TaskSpec(dataset=value)
+    if isinstance(value, TaskSpec | dict | str):
+        return as_task(value)
     raise ValueError(f"tasks={value!r} is invalid: must be a TaskSpec, a TaskDistribution, a "
                      "TaskSpec's dict, a dataset name or None")
 
