@@ -57,7 +57,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
 from agents.arguments import add_dataclass_arguments, build, check_fields
-from agents.vec_env import EPISODE_KEYWORDS, EpisodeSummary, LossTuningSB3VecEnv
+from agents.vec_env import EPISODE_KEYWORDS, LossTuningSB3VecEnv, make_vec_env
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.tasks import TaskDistribution
 
@@ -115,12 +115,8 @@ def make_env(num_envs: int, seed: int, run_dir: Path | None, env_kwargs: dict[st
              tasks: Any = None) -> VecEnv:
     """The batched SB3 vector env on the train split, monitored: episodes are appended to
     ``run_dir/monitor.csv`` (which gets its header when it does not exist yet)."""
-    venv = LossTuningSB3VecEnv(
-        num_envs=num_envs, tasks=tasks or TaskDistribution.default(), split="train",
-        **env_kwargs,
-    )
-    venv.seed(seed)
-    monitor = VecMonitor(EpisodeSummary(venv), info_keywords=EPISODE_KEYWORDS)
+    monitor = make_vec_env(num_envs, seed=seed, tasks=tasks or TaskDistribution.default(),
+                           split="train", **env_kwargs)
     if run_dir is not None:
         _attach_monitor(monitor, Path(run_dir) / "monitor.csv")
     return monitor
@@ -180,8 +176,8 @@ def _replay_arrays(model: BaseAlgorithm) -> dict[str, np.ndarray]:
     return {name: getattr(buffer, name)[:used] for name in names}
 
 
-def save_checkpoint(model: BaseAlgorithm, env: VecEnv, path: Path, run_id: str = "",
-                    monitor_path: Path | None = None) -> None:
+def save_checkpoint(model: BaseAlgorithm, env: VecEnv, path: Path, run_id: str,
+                    monitor_path: Path) -> None:
     """Everything a run needs to go on exactly, as tensors and JSON (no pickled objects),
     written atomically: the parameters and optimiser states, the random generators, the
     observation statistics, the replay buffer, the episodes in flight (their tasks, steps and
@@ -198,7 +194,7 @@ def save_checkpoint(model: BaseAlgorithm, env: VecEnv, path: Path, run_id: str =
         "num_timesteps": int(model.num_timesteps),
         "n_updates": int(getattr(model, "_n_updates", 0)),
         "episode_num": int(getattr(model, "_episode_num", 0)),
-        "monitor_bytes": monitor_path.stat().st_size if monitor_path else None,
+        "monitor_bytes": monitor_path.stat().st_size,
         "monitor_episodes": int(monitor.episode_count),
         "episodes": {"tasks": [t.to_dict() for t in vec.batch.tasks],
                      "steps": [int(s) for s in vec.batch.steps],
@@ -345,7 +341,7 @@ class CheckpointEvery(BaseCallback):
     of step), it is written anyway and a resume restarts the episodes in flight.
     """
 
-    def __init__(self, folder: Path, every: int, run_id: str, monitor_path: Path | None):
+    def __init__(self, folder: Path, every: int, run_id: str, monitor_path: Path):
         super().__init__()
         self.folder = folder
         self.every = every
