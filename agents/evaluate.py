@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +41,7 @@ import numpy as np
 
 from agents import baselines as bl
 from agents import distributed
+from agents.arguments import add_dataclass_arguments, build
 from agents.report import write_report
 from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_method, rollout_policy
 from agents.train import AgentPolicy
@@ -80,25 +83,30 @@ class EvalArgs:
 
     run_dir: str = "runs/ppo-default"
     """the trained run; the report is written there."""
-    seeds: int = 5
-    """paired seeds per held-out base task (at least 5; CIs resample seeds within tasks)."""
-    id_tasks: int = 12
+    seeds: int = field(default=5, metadata={"minimum": 2})
+    """paired seeds per held-out base task (at least 5 for the report's claims; CIs resample
+    seeds within tasks, and leaving one seed out needs 2)."""
+    id_tasks: int = field(default=12, metadata={"minimum": 0})
     """in-distribution held-out base tasks."""
-    ood_tasks: int = 4
+    ood_tasks: int = field(default=4, metadata={"minimum": 0})
     """held-out base tasks per out-of-distribution grid (the default distribution has 3)."""
-    tune_tasks: int = 6
+    tune_tasks: int = field(default=6, metadata={"minimum": 1})
     """train-split tasks (one seed each) used to tune and search the baselines."""
-    search_budget: int | None = None
+    search_budget: int | None = field(default=None, metadata={
+        "minimum": 1, "meaning": "a positive number of inner training runs"})
     """inner training runs for each search (default: the agent's training episodes)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"minimum": 0})
     """seed of task draws and searches."""
     device: str = "auto"
     """where inner classifiers train."""
-    ray: str | None = None
-    """run the populations as Ray tasks: "auto", "local" or a cluster address (needs Ray)."""
+    ray: str | None = field(default=None, metadata={"metavar": "auto|local|ADDRESS"})
+    """run the populations as Ray tasks: "local" starts a Ray here, "auto" joins the cluster
+    of `ray start`, or a cluster ADDRESS (needs Ray)."""
     pbt: bool | None = None
-    """add the Population Based Training baseline (needs Ray); None: when Ray is installed."""
-    pbt_budget: int | None = None
+    """add the Population Based Training baseline (needs Ray); default: when Ray is
+    installed."""
+    pbt_budget: int | None = field(default=None, metadata={
+        "minimum": 1, "meaning": "a positive number of inner training runs"})
     """inner training runs for PBT (default: the search budget, i.e. the agent's episodes)."""
     small: bool = False
     """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW and
@@ -308,7 +316,7 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     replaced."""
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
-    data = json.loads(path.read_text())
+    data = read_evaluation(run_dir)
     dist = distribution or TaskDistribution.default()
     tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds,
                            args.ood_tasks)
@@ -334,7 +342,7 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
 def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) -> Path:
     """(Re)write the report from ``evaluation.json``, without running anything again."""
     run_dir = Path(run_dir)
-    data = json.loads((run_dir / "evaluation.json").read_text())
+    data = read_evaluation(run_dir)
     records = [
         EpisodeRecord(task=TaskSpec.from_dict(r["task"]), method=r["method"],
                       params=np.asarray(r["params"]), actions=np.zeros((0, 0)),
@@ -354,40 +362,24 @@ def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) 
                         static_methods=STATIC_METHODS, base_rule=data.get("base_rule"))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments (the fields of :class:`EvalArgs` and ``report_only``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the fields of :class:`EvalArgs` (each option's help its docstring),
+    and ``--report-only`` and ``--add-methods``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", default="runs/ppo-default")
-    parser.add_argument("--seeds", type=int, default=EvalArgs.seeds)
-    parser.add_argument("--id-tasks", type=int, default=EvalArgs.id_tasks)
-    parser.add_argument("--ood-tasks", type=int, default=EvalArgs.ood_tasks)
-    parser.add_argument("--tune-tasks", type=int, default=6)
-    parser.add_argument("--search-budget", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
-                        help="run the populations as Ray tasks: 'local' starts a Ray here, "
-                             "'auto' joins the cluster of `ray start`, or a cluster ADDRESS")
-    parser.add_argument("--pbt", action=argparse.BooleanOptionalAction, default=None,
-                        help="add the PBT baseline (default: when Ray is installed)")
-    parser.add_argument("--pbt-budget", type=int, default=None,
-                        help="inner training runs for PBT (default: the search budget)")
-    parser.add_argument("--small", action="store_true",
-                        help="the small version: cross-entropy, logit adjustment, tuned DRW "
-                             "and LDAM-DRW only (make demo)")
+    add_dataclass_arguments(parser, EvalArgs)
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
     parser.add_argument("--add-methods", default=None, metavar="NAME,...",
                         help="run these built-in methods on the held-out tasks of the "
                              "evaluation in evaluation.json, add them and rewrite the report")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (see :func:`build_parser`); a bad value exits with status 2."""
+    parser = build_parser()
     ns = parser.parse_args(argv)
-    if ns.seeds < 1:
-        parser.error(f"--seeds={ns.seeds} must be at least 1")
-    for flag in ("search_budget", "pbt_budget"):
-        value = getattr(ns, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')}={value} must be a positive number of "
-                         "inner training runs")
+    build(parser, EvalArgs, ns)
     if ns.add_methods is not None:
         names = [n for n in ns.add_methods.split(",") if n]
         known = set(METHODS)
@@ -406,17 +398,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.evaluate`` and ``lossgym evaluate``: evaluate, print the report's
-    path."""
+    path. Errors in the user's input (options, a missing or damaged run folder, checkpoint or
+    evaluation.json) exit with status 2 and a message."""
     ns = parse_args(argv)
     fields = {k: v for k, v in vars(ns).items() if k not in ("report_only", "add_methods")}
-    if ns.report_only:
-        print(report_from_json(ns.run_dir))
-    elif ns.add_methods:
-        print(add_methods(EvalArgs(**fields), ns.add_methods))
-    else:
-        print(evaluate(EvalArgs(**fields)))
+    try:
+        if ns.report_only:
+            print(report_from_json(ns.run_dir))
+        elif ns.add_methods:
+            print(add_methods(EvalArgs(**fields), ns.add_methods))
+        else:
+            print(evaluate(EvalArgs(**fields)))
+    except (ValueError, OSError) as err:
+        print(f"{os.path.basename(sys.argv[0]) or 'evaluate'}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
+def read_evaluation(run_dir: Path) -> dict:
+    """``evaluation.json`` of a run; ``ValueError`` says why it cannot be used."""
+    path = Path(run_dir) / "evaluation.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{path} does not exist: evaluate the run first (without "
+                         "--report-only or --add-methods)") from err
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list) \
+            or not isinstance(data.get("note"), str):
+        raise ValueError(f"{path} is not an evaluation (it needs 'note' and 'records')")
+    return data
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,13 +5,17 @@ stable-baselines3 does not accept Gymnasium ``VectorEnv``s, and wrapping N singl
 after the other. :class:`LossTuningSB3VecEnv` instead drives one
 :class:`~lossgym.envs.LossTuningVectorEnv`, which trains all N inner classifiers as one batched
 torch program, and translates its Gymnasium API (same-step autoreset, dict-of-arrays infos) into
-SB3's conventions::
+SB3's conventions. :func:`make_vec_env` builds it in one call, monitored like SB3's own
+``make_vec_env``:
 
-    from agents.vec_env import LossTuningSB3VecEnv
-    from stable_baselines3 import PPO
-
-    venv = LossTuningSB3VecEnv(num_envs=16, tasks=TaskSpec())
-    PPO("MlpPolicy", venv, n_steps=64).learn(10_000)
+>>> from stable_baselines3 import PPO
+>>> from agents import make_vec_env
+>>> from lossgym import TaskSpec
+>>> task = TaskSpec(imbalance_ratio=20, n_max=300, width=16, minibatches_per_step=1, horizon=4)
+>>> venv = make_vec_env(4, seed=0, tasks=task)
+>>> model = PPO("MlpPolicy", venv, n_steps=8, batch_size=32, seed=0).learn(64)
+>>> model.num_timesteps
+64
 
 :func:`single_env_fn` builds picklable factories of single envs (for SB3's ``DummyVecEnv`` or
 ``SubprocVecEnv``), e.g. to compare against or to spread envs over processes.
@@ -22,22 +26,26 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.vec_env import VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnv,
     VecEnvIndices,
     VecEnvObs,
     VecEnvStepReturn,
+    VecEnvWrapper,
 )
 
 from lossgym.envs.loss_tuning import LossTuningEnv, LossTuningVectorEnv
 
-__all__ = ["LossTuningSB3VecEnv", "single_env_fn", "unbatch_infos"]
+__all__ = ["EPISODE_KEYWORDS", "Batched", "EpisodeSummary", "LossTuningSB3VecEnv", "make_vec_env",
+           "single_env_fn", "unbatch_infos"]
 
 #: Attributes whose per-env value differs from the vector env's own attribute of that name.
 _MEMBER_ATTRS = ("observation_space", "action_space", "metadata", "task")
@@ -113,7 +121,8 @@ class LossTuningSB3VecEnv(VecEnv):
       ``reset_infos[i]`` that episode's reset info.
     * ``get_attr``/``env_method``/``set_attr`` act on per-env views of the population (see
       :meth:`get_attr`); no env is wrapped in a ``gymnasium.Wrapper``.
-    * With ``render_mode="ansi"``, :meth:`render` returns one status line per env.
+    * With ``render_mode="ansi"``, :meth:`render` returns one status line per env; with
+      ``"rgb_array"``, :meth:`get_images` one picture of its episode so far per env.
     """
 
     def __init__(
@@ -279,14 +288,20 @@ class LossTuningSB3VecEnv(VecEnv):
         return [False for _ in self._get_indices(indices)]
 
     # ---------------------------------------------------------------- render
-    def _status(self, i: int) -> str | None:
-        return self.vector_env.batch.status(i) if self.vector_env.render_mode == "ansi" else None
+    def _status(self, i: int) -> str | np.ndarray | None:
+        if self.vector_env.render_mode == "ansi":
+            return self.vector_env.batch.status(i)
+        if self.vector_env.render_mode == "rgb_array":
+            return self.vector_env._frame(i)
+        return None
 
     def get_images(self) -> Sequence[np.ndarray | None]:
+        """With ``render_mode="rgb_array"``: each env's picture of its episode so far."""
         if self.render_mode != "rgb_array":
             warnings.warn(f"The render mode is {self.render_mode}, but this method assumes it "
                           "is `rgb_array` to obtain images.", stacklevel=2)
-        return [None for _ in range(self.num_envs)]
+            return [None for _ in range(self.num_envs)]
+        return list(self.vector_env.render())
 
     def render(self, mode: str | None = None) -> Any:
         """With ``render_mode="ansi"``: the status lines of all envs, one per line."""
@@ -298,3 +313,87 @@ class LossTuningSB3VecEnv(VecEnv):
     def tasks(self) -> list[Any]:
         """The current task of each env."""
         return list(self.vector_env.batch.tasks)
+
+
+#: The per-episode values :class:`EpisodeSummary` adds to a finished episode's info, flat, so
+#: that ``VecMonitor(info_keywords=EPISODE_KEYWORDS)`` writes them as monitor.csv columns.
+EPISODE_KEYWORDS = ("val_metric", "test_balanced_accuracy", "twin_test_balanced_accuracy",
+                    "diverged", "task_dataset", "task_imbalance_ratio", "task_seed")
+
+
+def episode_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`EPISODE_KEYWORDS` of a finished episode's info (NaN for the twin's test
+    accuracy without ``reward_baseline="paired"``)."""
+    test, task = info.get("test", {}), info.get("task", {})
+    return {
+        "val_metric": info.get("val_metric", float("nan")),
+        "test_balanced_accuracy": test.get("balanced_accuracy", float("nan")),
+        "twin_test_balanced_accuracy": test.get("reference_balanced_accuracy", float("nan")),
+        "diverged": bool(info.get("diverged", False)),
+        "task_dataset": task.get("dataset", ""),
+        "task_imbalance_ratio": task.get("imbalance_ratio", float("nan")),
+        "task_seed": task.get("seed", -1),
+    }
+
+
+class EpisodeSummary(VecEnvWrapper):
+    """Adds :func:`episode_summary` to the info of every finished episode."""
+
+    def reset(self) -> VecEnvObs:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        for i in np.flatnonzero(dones):
+            infos[i].update(episode_summary(infos[i]))
+        return obs, rewards, dones, infos
+
+
+def make_vec_env(n_envs: int = 1, *, seed: int | None = None, monitor_dir: str | None = None,
+                 **env_kwargs: Any) -> VecEnv:
+    """The batched SB3 vector env of ``n_envs`` LossTuning-v0 episodes in one call.
+
+    ``LossTuningSB3VecEnv(num_envs=n_envs, **env_kwargs)`` (``env_kwargs``: the fields of
+    :class:`~lossgym.envs.config.LossTuningConfig`), seeded with ``seed`` (env i gets
+    seed + i) and wrapped in :class:`EpisodeSummary` and SB3's ``VecMonitor`` (writing
+    ``monitor_dir/monitor.csv`` when given, with the :data:`EPISODE_KEYWORDS` columns), like
+    ``stable_baselines3.common.env_util.make_vec_env`` of the single env but trained as one
+    population.
+    """
+    venv = LossTuningSB3VecEnv(num_envs=n_envs, **env_kwargs)
+    if seed is not None:
+        venv.seed(seed)
+    filename = None if monitor_dir is None else str(Path(monitor_dir) / "monitor.csv")
+    return VecMonitor(EpisodeSummary(venv), filename=filename, info_keywords=EPISODE_KEYWORDS)
+
+
+class Batched(VecEnvWrapper):
+    """rl-zoo's ``vec_env_wrapper`` for LossTuning-v0: replaces the ``DummyVecEnv`` (or
+    ``SubprocVecEnv``) of N single envs that rl-zoo builds by one batched population on the
+    same configuration (the ``env_kwargs``) and seeds, monitored in the same folder.
+
+    In an rl-zoo YAML: ``vec_env_wrapper: agents.vec_env.Batched`` (see
+    ``agents/hyperparams/*.yml``). The single envs are closed unused; episodes go to
+    ``monitor.csv`` beside their empty ``<rank>.monitor.csv`` files.
+    """
+
+    def __init__(self, venv: VecEnv):
+        config = venv.get_attr("config")[0]
+        seeds = list(getattr(venv, "_seeds", [None] * venv.num_envs))
+        monitor_dir = None
+        first = venv.envs[0] if hasattr(venv, "envs") else None
+        writer = getattr(first, "results_writer", None)
+        if writer is not None:
+            monitor_dir = str(Path(writer.file_handler.name).parent)
+        venv.close()
+        adapter = LossTuningSB3VecEnv(num_envs=venv.num_envs, config=config)
+        adapter._seeds = seeds
+        filename = None if monitor_dir is None else str(Path(monitor_dir) / "monitor.csv")
+        super().__init__(VecMonitor(EpisodeSummary(adapter), filename=filename,
+                                    info_keywords=EPISODE_KEYWORDS))
+
+    def reset(self) -> VecEnvObs:
+        return self.venv.reset()
+
+    def step_wait(self) -> VecEnvStepReturn:
+        return self.venv.step_wait()

@@ -34,7 +34,7 @@ class ActionMapping:
 
     Args:
         parameters: the controlled parameters, in action order (names of
-            :data:`PARAMETER_RANGES`); γ and α by default.
+            :data:`lossgym.params.LOSS_PARAMS`); γ and α by default.
         mode: ``"absolute"``, ``"delta"`` or ``"residual"``.
         max_step: in delta and residual mode, the largest move (per step, or away from the
             base rule) as a fraction of the range.

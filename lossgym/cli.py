@@ -8,13 +8,40 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lossgym import __version__
 from lossgym.tasks import TaskSpec
 
 
 def _task_from_args(args: argparse.Namespace) -> TaskSpec:
-    task = TaskSpec.from_json(Path(args.task).read_text()) if args.task else TaskSpec()
-    changes = {k: v for k, v in (("imbalance_ratio", args.rho), ("dataset", args.dataset)) if v}
-    return task.replace(**changes) if changes else task
+    if args.task is None:
+        task = TaskSpec()
+    else:
+        try:
+            task = TaskSpec.from_json(Path(args.task).read_text())
+        except OSError as err:
+            raise ValueError(f"--task {args.task}: cannot be read: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"--task {args.task}: {err}") from err
+    for option, name, value in (("--rho", "imbalance_ratio", args.rho),
+                                ("--dataset", "dataset", args.dataset)):
+        if value is not None:  # 0 and "" are values, not "use the default"
+            try:
+                task = task.replace(**{name: value})
+            except ValueError as err:
+                raise ValueError(f"{option}={value!r}: {err}") from err
+    return task
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = "auto" if device == "auto" else torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"--device={device!r} is invalid: must be auto, cpu or cuda") from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={device!r}: no CUDA device is available here; use cpu or "
+                         "auto")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -22,6 +49,7 @@ def _compare(args: argparse.Namespace) -> int:
     from lossgym.io import atomic_write_text
 
     task = _task_from_args(args)
+    _check_device(args.device)
     result = compare(task, methods=args.methods, seeds=range(args.seeds), device=args.device,
                      progress=not args.no_progress)
     print(f"\nTest metrics on {task.dataset}, rho={task.imbalance_ratio:g} "
@@ -29,7 +57,10 @@ def _compare(args: argparse.Namespace) -> int:
           f"{task.optimizer} lr={task.lr:g} "
           f"wd={task.weight_decay:g}, ~{task.epochs:.1f} epochs; {len(result.seeds)} paired seeds")
     print(result.table())
-    if args.output:
+    if len(result.seeds) < 2 and "ce" in result.metrics:
+        print("(one seed: the paired confidence intervals need 2 seeds at least; --seeds 10 "
+              "gives the table above its intervals)")
+    if args.output is not None:
         atomic_write_text(args.output, json.dumps(result.to_dict(), indent=2))
         print(f"wrote {args.output}")
     return 0
@@ -38,6 +69,7 @@ def _compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossgym`` command."""
     parser = argparse.ArgumentParser(prog="lossgym", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lossgym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="train one task with every built-in loss over seeds")
     cmp.add_argument("--seeds", type=int, default=10, help="number of paired seeds (default 10)")
@@ -90,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "seeds", 1) < 1:
-        parser.error(f"--seeds={args.seeds} must be at least 1")
+        parser.error(f"--seeds={args.seeds} is invalid: must be an integer >= 1 (a confidence "
+                     "interval needs 2 at least)")
     try:
         return args.run(args)
     except ValueError as err:

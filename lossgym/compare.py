@@ -68,6 +68,9 @@ class CompareResult:
             if has_ce:
                 if method == "ce":
                     cells.append("—")
+                elif len(self.seeds) < 2:
+                    mean = 100 * self.paired_difference(method)[0]
+                    cells.append(f"{mean:+.2f} (a CI needs 2 seeds)")
                 else:
                     mean, lo, hi = (100 * x for x in self.paired_difference(method))
                     cells.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")

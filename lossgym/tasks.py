@@ -535,8 +535,9 @@ class TaskDistribution:
         * held_out_id: the same factors with seeds in [1_000_000, 2_000_000).
         * held_out_ood (same seeds), three grids: unseen ratios rho in {30, 200}; the unseen
           CNN architecture on MNIST-1D (16 or 32 channels, since a 1-D CNN costs about 10x an
-          MLP per sample at equal width; learning rate 1e-2, where it learns); the unseen dataset digits at rho in {10, 15} (its pool of 94
-          per class leaves a tail class of at least 5 only up to rho = 18.8).
+          MLP per sample at equal width; learning rate 1e-2, where it learns); the unseen
+          dataset digits at rho in {10, 15} (its pool of 94 per class leaves a tail class of
+          at least 5 only up to rho = 18.8).
         """
         train = TaskFactors(
             datasets=("mnist1d", "synthetic"),

@@ -285,7 +285,7 @@ def test_next_step_autoreset_and_gymnasium_vector_wrappers():
     from gymnasium.vector import AutoresetMode
     from gymnasium.wrappers.vector import NormalizeObservation
 
-    with pytest.raises(ValueError, match="NEXT_STEP"):
+    with pytest.raises((ValueError, AssertionError)):  # AssertionError in gymnasium 1.1
         NormalizeObservation(gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL))
     venv = gym.make_vec("LossTuning-v0", num_envs=2, tasks=SMALL, autoreset_mode="NextStep")
     assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import gymnasium as gym
@@ -366,3 +367,106 @@ def test_unbatch_infos():
     out = unbatch_infos(infos, 3)
     assert out == [{"a": 1.0}, {"d": {"x": 2}}, {"a": 3.0, "d": {"x": 3}}]
     assert type(out[0]["a"]) is float and type(out[1]["d"]["x"]) is int
+
+
+# ------------------------------------------------------------------------------- one-liners
+@pytest.fixture
+def small_registration(monkeypatch):
+    """LossTuning-v0's registration with the small task, so the one-liners run in seconds."""
+    monkeypatch.setitem(gym.spec("LossTuning-v0").kwargs, "tasks", SMALL)
+
+
+def test_sb3_one_liners_on_the_registered_id(small_registration):
+    # Both crashed: SB3 makes the env with render_mode="rgb_array".
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    model = PPO("MlpPolicy", "LossTuning-v0", n_steps=8, batch_size=8, seed=0, device="cpu")
+    model.learn(16)
+    assert model.num_timesteps == 16
+    frame = model.get_env().render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3
+    venv = sb3_make_vec_env("LossTuning-v0", n_envs=2, seed=0)
+    obs = venv.reset()
+    obs, rewards, dones, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
+    assert obs.shape == (2, venv.observation_space.shape[0]) and len(infos) == 2
+    assert all(image.shape == (96, 128, 3) for image in venv.get_images())
+
+
+def test_agents_make_vec_env_is_the_batched_adapter(tmp_path):
+    from agents import make_vec_env
+    from agents.vec_env import EPISODE_KEYWORDS
+
+    venv = make_vec_env(N, seed=3, monitor_dir=str(tmp_path), tasks=SMALL,
+                        reward_baseline="paired", render_mode="rgb_array")
+    assert isinstance(venv.unwrapped, LossTuningSB3VecEnv) and venv.num_envs == N
+    reference = make_adapter()
+    reference.seed(3)
+    np.testing.assert_array_equal(venv.reset(), reference.reset())
+    for _ in range(SMALL.horizon):
+        _, _, dones, infos = venv.step(np.zeros((N, 2), dtype=np.float32))
+    assert dones.all()
+    assert {"episode", *EPISODE_KEYWORDS} <= set(infos[0])
+    assert infos[0]["task_seed"] == reference.tasks[0].seed
+    assert 0 <= infos[0]["twin_test_balanced_accuracy"] <= 1
+    header = (tmp_path / "monitor.csv").read_text().splitlines()[1].split(",")
+    assert header == ["r", "l", "t", *EPISODE_KEYWORDS]
+    images = venv.get_images()
+    assert len(images) == N and images[0].shape == (96, 128, 3)
+    PPO("MlpPolicy", venv, n_steps=8, batch_size=32, seed=0, device="cpu").learn(32)
+    venv.close()
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import agents.vec_env
+
+    result = doctest.testmod(agents.vec_env, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_rl_zoo_vec_env_wrapper_trains_one_batched_population(tmp_path):
+    # What rl_zoo3.train does with `vec_env_wrapper: agents.vec_env.Batched` in its YAML.
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    from agents.vec_env import Batched
+
+    singles = sb3_make_vec_env("LossTuning-v0", n_envs=N, seed=7, monitor_dir=str(tmp_path),
+                               env_kwargs={"tasks": SMALL.to_dict(), "metric": "macro_f1"})
+    venv = Batched(singles)
+    adapter = venv.unwrapped
+    assert isinstance(adapter, LossTuningSB3VecEnv) and adapter.num_envs == N
+    assert adapter.vector_env.config.metric == "macro_f1"
+    reference = make_adapter(metric="macro_f1")
+    reference.seed(7)
+    np.testing.assert_array_equal(venv.reset(), reference.reset())
+    for _ in range(SMALL.horizon):
+        venv.step(np.zeros((N, 2), dtype=np.float32))
+    venv.close()
+    rows = (tmp_path / "monitor.csv").read_text().splitlines()
+    assert len(rows) == 2 + N
+
+
+def test_rl_zoo3_train_on_the_batched_adapter(tmp_path):
+    pytest.importorskip("rl_zoo3")
+    import subprocess
+    import sys
+
+    conf = tmp_path / "ppo.yml"
+    conf.write_text(f"""LossTuning-v0:
+  n_envs: 4
+  n_timesteps: 64
+  policy: MlpPolicy
+  normalize: {{norm_obs: true, norm_reward: false}}
+  vec_env_wrapper: agents.vec_env.Batched
+  env_kwargs: {{reward_baseline: paired, tasks: {json.dumps(SMALL.to_dict())}}}
+  n_steps: 8
+  batch_size: 32
+""")
+    subprocess.run([sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env",
+                    "LossTuning-v0", "--gym-packages", "lossgym", "--conf-file", str(conf),
+                    "--seed", "0", "-f", str(tmp_path / "logs"), "--eval-freq", "-1"],
+                   check=True, capture_output=True)
+    run = tmp_path / "logs" / "ppo" / "LossTuning-v0_1"
+    assert (run / "LossTuning-v0.zip").exists()
+    assert len((run / "monitor.csv").read_text().splitlines()) == 2 + 64 // SMALL.horizon

@@ -19,7 +19,7 @@ import torch
 
 from lossgym import params as loss_params
 from lossgym.actions import ACTION_MODES, ActionMapping, parse_parameters
-from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource
+from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource, as_task
 from lossgym.schedules import LossSchedule, constant
 from lossgym.tasks import SPLITS as TASK_SPLITS
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -115,12 +115,10 @@ def _choice(name: str, choices: tuple[str, ...]) -> Any:
 def _tasks(value: object) -> TaskSpec | TaskDistribution:
     if value is None:
         return TaskDistribution.default()
-    if isinstance(value, TaskSpec | TaskDistribution):
+    if isinstance(value, TaskDistribution):
         return value
-    if isinstance(value, dict):
-        return TaskSpec.from_dict(value)
-    if isinstance(value, str):
-        return TaskSpec(dataset=value)
+    if isinstance(value, TaskSpec | dict | str):
+        return as_task(value)
     raise ValueError(f"tasks={value!r} is invalid: must be a TaskSpec, a TaskDistribution, a "
                      "TaskSpec's dict, a dataset name or None")
 
