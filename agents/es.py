@@ -282,8 +282,7 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
                          f"positive and weight_decay={args.weight_decay} non-negative")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    hp = load_hyperparams("ppo")
-    hp.update(args.overrides)
+    hp = load_hyperparams("ppo", overrides=args.overrides)
     env_kwargs = {**dict(hp.get("env_kwargs") or {}), **args.env_kwargs}
     hp["env_kwargs"] = env_kwargs
     normalize = bool(hp.get("normalize")) if args.normalize is None else args.normalize

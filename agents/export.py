@@ -209,7 +209,7 @@ def export_baseline(name: str, out: str | Path, tasks: Sequence[TaskSpec] | None
     if name in RULES:
         return export_policy(RULES[name](), out, tasks, name, device)
     if name not in METHODS:
-        if name in ("class_balanced", "cb_focal"):
+        if name == "class_balanced":
             raise ValueError(f"baseline {name!r} is now cb_power (power-law weights) or "
                              f"cb_effective (effective-number weights)")
         make_method(name)  # names the new name of a renamed method

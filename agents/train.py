@@ -100,15 +100,17 @@ class TrainArgs:
         check_fields(self)
 
 
-def load_hyperparams(algo: str, env_id: str = ENV_ID) -> dict[str, Any]:
-    """The YAML hyperparameters of ``algo`` for ``env_id``."""
+def load_hyperparams(algo: str, env_id: str = ENV_ID,
+                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML hyperparameters of ``algo`` for ``env_id``, with ``overrides`` replacing
+    them."""
     if algo not in ALGORITHMS:
         raise ValueError(f"algo={algo!r} is not known; choose one of {ALGORITHMS}")
     text = resources.files("agents").joinpath("hyperparams", f"{algo}.yml").read_text()
     table = yaml.safe_load(text)
     if env_id not in table:
         raise ValueError(f"agents/hyperparams/{algo}.yml has no entry for {env_id!r}")
-    hp = dict(table[env_id])
+    hp = {**table[env_id], **(overrides or {})}
     # Written out, so that a run's config.json says which features it observed (runs from
     # before features version 2 say nothing and are read as version 1).
     hp["env_kwargs"] = {"context_features": True, **(hp.get("env_kwargs") or {})}
@@ -565,8 +567,7 @@ def train(args: TrainArgs) -> Path:
         args, resume = _plan_resume(args, run_dir)
         hp = dict(resume.config["hyperparams"])
     else:
-        hp = load_hyperparams(algo)
-        hp.update(args.overrides)
+        hp = load_hyperparams(algo, overrides=args.overrides)
         args = replace(args, algo=algo, seed=0 if args.seed is None else args.seed)
     args = replace(args, run_dir=str(run_dir))
     num_envs = args.num_envs if args.num_envs is not None else int(hp["n_envs"])

@@ -41,7 +41,7 @@ def test_compare_with_one_seed_says_a_ci_needs_two(tmp_path, capsys):
     task = tmp_path / "task.json"
     task.write_text(SMALL.to_json())
     assert cli.main(["compare", "--task", str(task), "--seeds", "1", "--methods", "ce",
-                     "focal_g2", "--no-progress", "--device", "cpu"]) == 0
+                     "focal_2", "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "nan" not in out and "a CI needs 2 seeds" in out
 
