@@ -53,7 +53,7 @@ from torch.func import functional_call, vmap
 
 from agents.train import ENV_ID, build_model, load_hyperparams
 from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
-from lossgym.envs.core import TaskSource
+from lossgym.envs.core import TaskSource, as_task
 from lossgym.envs.loss_tuning import LossTuningVectorEnv
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -308,6 +308,9 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
     normalise = FrozenNormalizer(obs_dim, args.clip_obs, normalize)
 
     rng = np.random.default_rng(args.seed)
+    if tasks is None and "tasks" in env_kwargs:  # e.g. a TaskSpec's dict from the command line
+        tasks = as_task(env_kwargs["tasks"])
+    env_kwargs = {k: v for k, v in env_kwargs.items() if k != "tasks"}
     source = TaskSource(tasks or TaskDistribution.default(), "train")
     monitor = ResultsWriter(str(run_dir / "monitor.csv"),
                             header={"t_start": time.time(), "env_id": ENV_ID})

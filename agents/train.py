@@ -642,7 +642,15 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m agents.train`` and ``lossgym train``: train, print the run folder. Errors in
-    the user's input (options, run folders, checkpoints) exit with status 2 and a message."""
+    the user's input (options, run folders, checkpoints) exit with status 2 and a message.
+    ``--algo es`` hands the other options to ``python -m agents.es`` (evolution strategies
+    over the same policy network; ``--algo es --help`` lists its options)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if arg == "--algo=es" or (arg == "--algo" and argv[i + 1:i + 2] == ["es"]):
+            from agents import es
+
+            return es.main(argv[:i] + argv[i + (1 if arg == "--algo=es" else 2):])
     args = parse_args(argv)
     try:
         print(train(args))

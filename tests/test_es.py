@@ -179,3 +179,18 @@ def test_main_parses_arguments(tmp_path, monkeypatch, one_thread):
     assert args.env_kwargs == {"metric": "macro_f1"} and not args.progress
     with pytest.raises(ValueError, match="pairs"):
         train_es(ESArgs(run_dir=str(tmp_path / "y"), pairs=0))
+
+
+def test_agents_train_algo_es_runs_the_es_trainer(tmp_path):
+    from agents import train as train_mod
+
+    task = SMALL.replace(horizon=2).to_dict()
+    rc = train_mod.main(["--algo", "es", "--run-dir", str(tmp_path / "es"), "--generations", "1",
+                         "--pairs", "1", "--quiet", "--env-kwargs",
+                         json.dumps({"tasks": task, "reward_baseline": "base",
+                                     "action_mode": "residual"})])
+    assert rc == 0
+    config = json.loads((tmp_path / "es" / "config.json").read_text())
+    assert config["args"]["algo"] == "es"
+    assert config["hyperparams"]["env_kwargs"]["context_features"] is True
+    assert AgentPolicy(tmp_path / "es").base_rule is not None  # residual around the default
