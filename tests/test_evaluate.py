@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_evaluate_end_to_end_writes_the_report(run_dir):
-    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, tune_tasks=2,
+    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
                              search_budget=4), distribution=DIST, log=False)
     text = path.read_text()
     for method in ("agent", "agent_replay", "agent_mean_action", "ce", "tuned_drw",
@@ -101,7 +101,7 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
                + rollout_baseline("ce", tasks, device="cpu"))
     (run / "evaluation.json").write_text(json.dumps(
         {"note": "tiny.", "records": [record_to_dict(r) for r in records]}))
-    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, device="cpu"),
+    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, device="cpu"),
                        ["cb_beta0.9"], distribution=DIST)
     data = json.loads((run / "evaluation.json").read_text())
     added = [r for r in data["records"] if r["method"] == "cb_beta0.9"]
@@ -109,8 +109,22 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
     assert len(data["records"]) == 3 * len(tasks) and "--add-methods" in data["note"]
     assert "cb_beta0.9" in path.read_text()
     with pytest.raises(ValueError, match="held-out tasks differ"):
-        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, device="cpu"),
+        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, ood_tasks=1, device="cpu"),
                     ["cb_beta0.9"], distribution=DIST)
     with pytest.raises(SystemExit):
         from agents.evaluate import parse_args
         parse_args(["--add-methods", "nope"])
+
+
+def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
+                             small=True, device="cpu"), distribution=DIST, log=False)
+    text = path.read_text()
+    methods = {r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]}
+    assert methods == {"agent", "agent_replay", "agent_mean_action", "agent_task_replay", "ce",
+                       "logit_adjusted", "ldam_drw", "tuned_drw"}
+    assert "SMALL VERSION" in text and "FEWER SEEDS (2)" in text
