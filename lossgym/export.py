@@ -804,11 +804,11 @@ class AdaptiveLoss(nn.Module):
             raise ValueError(f"logits have {num_classes} classes but this loss has "
                              f"{self._num_classes} (from its class counts or earlier logits)")
         counts = self._counts_for(logits, targets)
+        training = self._is_training_forward(logits)
+        if training and self._batch_size is None:  # before begin(): the context reads it
+            self._batch_size = int(targets.numel())
         if self._params is None:
             self.begin()
-        training = self._is_training_forward(logits)
-        if training and self._batch_size is None:
-            self._batch_size = int(targets.numel())
         if self.method is not None:
             loss = self._method_loss(logits, targets, counts)
         else:
