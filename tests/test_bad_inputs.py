@@ -2,13 +2,20 @@
 one message, treats an empty batch the same way, reads all-zero class counts as unknown (equal
 counts) and refuses values outside their domain with a ValueError that names them."""
 
+import hashlib
+import json
 import math
 import re
 from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from lossgym import AdaptiveLoss
+from lossgym.actions import ActionMapping
+from lossgym.export import Controller, _digest, write_export
+from lossgym.features import FeatureSpec
 from lossgym.losses import (
     AdaFocalLoss,
     AdaLoss,
@@ -35,6 +42,7 @@ from lossgym.losses import (
 )
 from lossgym.methods import METHODS, make_method
 from lossgym.population import MinibatchContext
+from lossgym.schedules import LossSchedule, constant
 
 C = 5
 COUNTS = torch.tensor([40.0, 20.0, 10.0, 5.0, 1.0])
@@ -233,3 +241,239 @@ def test_values_outside_their_domain_raise_naming_them(call, needle, kernels):
     with pytest.raises(ValueError, match=needle):
         call(_logits(), torch.arange(6) % C)
 
+
+
+# ------------------------------------------------------------------------------- AdaptiveLoss
+def _controller(lstm=False):
+    """A small controller with random weights (feed-forward, or an LSTM first)."""
+    mapping = ActionMapping()
+    dim = FeatureSpec(mapping.parameters).dim
+    first = {"kind": "lstm", "input_size": dim, "hidden_size": 8} if lstm else \
+        {"kind": "linear", "in_features": dim, "out_features": 8}
+    layers = [first, {"kind": "tanh"}, {"kind": "linear", "in_features": 8, "out_features": 2}]
+    net = torch.nn.ModuleList([torch.nn.LSTM(dim, 8) if lstm else torch.nn.Linear(dim, 8),
+                               torch.nn.Tanh(), torch.nn.Linear(8, 2)])
+    return Controller(layers, dict(net.state_dict()), mapping)
+
+
+def _resign(folder, edit):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("sha256")
+    edit(manifest)
+    manifest["sha256"] = _digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+EXPORTS = {
+    "alpha": lambda: LossSchedule({"alpha": constant(0.5)}),
+    "tau": lambda: LossSchedule({"tau": constant(1.0)}),
+    "all": lambda: LossSchedule({"alpha": constant(1.0), "tau": constant(1.0),
+                                 "margin": constant(0.5), "scale": constant(5.0)}),
+    "controller": lambda: _controller(),
+    "cb_effective": lambda: make_method("cb_effective"),
+    "ldam_drw": lambda: make_method("ldam_drw"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+@pytest.mark.parametrize("mode", ["no_grad", "eval"])
+def test_a_forward_before_any_training_forward_is_finite(tmp_path, name, mode):
+    """Issue 14's NaN: the counts are unknown (nothing counted yet), so they read as equal."""
+    out = write_export(EXPORTS[name](), tmp_path / name, total_steps=4)
+    criterion = AdaptiveLoss.load(out)
+    logits, targets = torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3
+    with pytest.warns(UserWarning, match="no class counts"):
+        if mode == "no_grad":
+            with torch.no_grad():
+                loss = criterion(logits, targets)
+        else:
+            loss = criterion.eval()(logits, targets)
+    assert bool(torch.isfinite(loss))
+    if name in ("alpha", "tau"):  # equal counts: uniform weights, no logit adjustment
+        torch.testing.assert_close(loss.detach(), F.cross_entropy(logits.detach(), targets))
+
+
+def test_all_zero_bound_counts_are_refused(tmp_path):
+    rule = LossSchedule({"alpha": constant(0.5)})
+    with pytest.raises(ValueError, match=r"class_counts=\[0.0, 0.0, 0.0\] is invalid.*not all "
+                                         "zero"):
+        write_export(rule, tmp_path / "w", total_steps=4, class_counts=[0, 0, 0])
+    out = write_export(rule, tmp_path / "r", total_steps=4, class_counts=[3, 2, 1])
+    _resign(out, lambda m: m.update(class_counts=[0, 0, 0]))
+    with pytest.raises(ValueError, match=r"manifest.json: class_counts=\[0.0, 0.0, 0.0\]"):
+        AdaptiveLoss.load(out)
+    with pytest.raises(ValueError, match="not all zero"):
+        AdaptiveLoss(rule, class_counts=torch.zeros(3), total_steps=4)
+
+
+def test_class_counts_other_than_the_bound_ones_are_refused(tmp_path):
+    out = write_export(LossSchedule({"alpha": constant(1.0)}), tmp_path / "bound",
+                       total_steps=4, class_counts=[10, 5, 1])
+    with pytest.raises(ValueError, match=r"bound to the class counts \[10.0, 5.0, 1.0\] but "
+                                         r"class_counts is \[1.0, 2.0, 3.0\]"):
+        AdaptiveLoss.load(out, class_counts=[1, 2, 3])
+    loaded = AdaptiveLoss.load(out, class_counts=torch.tensor([10, 5, 1]))  # the same counts
+    assert loaded.class_counts.tolist() == [10.0, 5.0, 1.0]
+
+
+@pytest.mark.parametrize("path", [5, None, 1.5, ["a"]])
+def test_loading_what_is_not_a_path_names_it(path):
+    with pytest.raises(TypeError, match=rf"path={re.escape(repr(path))} must be an export folder "
+                                        "or its manifest.json"):
+        AdaptiveLoss.load(path)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_non_finite_number_in_a_manifest_names_the_file(tmp_path, token):
+    out = write_export(LossSchedule({"alpha": constant(0.5)}), tmp_path / "e", total_steps=4)
+    path = out / "manifest.json"
+    path.write_text(path.read_text().replace('"total_steps": 4', f'"total_steps": {token}'))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*{re.escape(token)}.*finite "
+                                         "numbers only"):
+        AdaptiveLoss.load(out)
+
+
+def test_layers_the_weights_lack_are_refused_before_anything_is_allocated(tmp_path,
+                                                                          monkeypatch):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    dim = FeatureSpec(ActionMapping().parameters).dim
+    wide = [{"kind": "linear", "in_features": dim, "out_features": 20000}, {"kind": "tanh"},
+            {"kind": "linear", "in_features": 20000, "out_features": 2}]
+    _resign(out, lambda m: m["controller"].update(layers=wide))
+    small = _controller().tensors()
+    built = []
+    original = torch.nn.Linear.__init__
+    monkeypatch.setattr(torch.nn.Linear, "__init__",
+                        lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    with pytest.raises(ValueError, match=r"manifest.json: weight 0.weight is float32 of shape "
+                                         rf"\(8, {dim}\); the layers need float32 of shape "
+                                         rf"\(20000, {dim}\)"):
+        AdaptiveLoss.load(out)
+    assert built == []
+    with pytest.raises(ValueError, match="weight 0.weight"):
+        Controller(wide, small, ActionMapping())
+    assert built == []
+
+
+def test_a_weights_file_whose_header_lies_is_refused(tmp_path):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    data = b"\xff" * 8 + (out / "actor.safetensors").read_bytes()[8:]
+    (out / "actor.safetensors").write_bytes(data)
+    _resign(out, lambda m: m["controller"]["weights"].update(
+        sha256=hashlib.sha256(data).hexdigest()))
+    with pytest.raises(ValueError, match="actor.safetensors cannot be read: its header claims"):
+        AdaptiveLoss.load(out)
+
+
+VALIDATION_EXPORTS = {"schedule": EXPORTS["alpha"], "controller": EXPORTS["controller"],
+                      "adafocal": lambda: make_method("adafocal")}
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATION_EXPORTS))
+@pytest.mark.parametrize("logits, targets, error, match", [
+    (torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 0]), IndexError,
+     re.escape("val_targets: Target 3 is out of bounds [0, 3) (sample 3)")),
+    (torch.randn(6, 3), torch.tensor([0, -1, 2, 0, 0, 0]), IndexError, "Target -1"),
+    (torch.randn(6, 3), torch.zeros(6), ValueError, "val_targets must be int64"),
+    (torch.randn(6, 3), torch.zeros(5, dtype=torch.long), ValueError,
+     r"val_logits must be \[V, C\] and val_targets \[V\], got \(6, 3\) and \(5,\)"),
+    (torch.randn(6, 4), torch.zeros(6, dtype=torch.long), ValueError,
+     "val_logits have 4 classes but this loss has 3"),
+    ([[0.0, 1.0, 2.0]], [0], TypeError, "val_logits and val_targets must be tensors"),
+])
+def test_bad_validation_inputs_to_step_raise_and_change_nothing(tmp_path, name, logits,
+                                                                targets, error, match):
+    out = write_export(VALIDATION_EXPORTS[name](), tmp_path / name, total_steps=4,
+                       class_counts=[5, 3, 1])
+    criterion = AdaptiveLoss.load(out)
+    criterion(torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3).backward()
+    before = criterion.get_extra_state()
+    with pytest.raises(error, match=match):
+        criterion.step(logits, targets)
+    assert criterion.get_extra_state() == before
+    with pytest.raises(error, match=match):
+        criterion.begin(logits, targets)
+
+
+def test_out_of_range_targets_of_a_training_forward_that_counts_labels(tmp_path):
+    criterion = AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4)
+    with pytest.warns(UserWarning), pytest.raises(IndexError, match=re.escape(
+            "Target 3 is out of bounds [0, 3) (sample 1)")):
+        criterion(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 3, 1, 2]))
+    with pytest.raises(ValueError, match="targets must be int64"):
+        criterion(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 1, 2]).int())
+
+
+def _trained(export, **kw):
+    criterion = AdaptiveLoss.load(export, **kw)
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    criterion.watch(model)
+    for _ in range(2):
+        for _ in range(2):
+            x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+            criterion(model(x), y).backward()
+        with torch.no_grad():
+            criterion.step(model(torch.randn(12, 4, generator=gen)), torch.arange(12) % 3)
+    return criterion
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"steps_done": -3}, r"state\['steps_done'\]=-3 must be an integer >= 0"),
+    ({"steps_done": 1.5}, r"state\['steps_done'\]=1.5"),
+    ({"total_steps": 0}, r"state\['total_steps'\]=0"),
+    ({"params": "abc"}, r"state\['params'\] must be a list of 2 numbers or None, got 'abc'"),
+    ({"params": [1.0, 2.0, 3.0]}, r"state\['params'\] must be a list of 2 numbers"),
+    ({"params": [1.0, float("nan")]}, r"state\['params'\]\[1\]=nan"),
+    ({"last_change": None}, r"state\['last_change'\] must be a list of 2 numbers"),
+    ({"class_counts": [1.0]}, r"state\['class_counts'\] must be a list of 3 numbers"),
+    ({"class_counts": [1.0, -2.0, 3.0]}, r"state\['class_counts'\]\[1\]=-2.0"),
+    ({"num_classes": "3"}, r"state\['num_classes'\]='3'"),
+    ({"history": 5}, r"state\['history'\] must be a list"),
+    ({"history": [{"gamma": "x"}]}, r"state\['history'\]\[0\]\['gamma'\]='x'"),
+    ({"counts_inferred": 1}, r"state\['counts_inferred'\]=1 must be a bool"),
+    ({"state": [[1.0]]}, r"state\['state'\] must be None for this controller"),
+    ({"observation": [0.0] * 3}, r"state\['observation'\] must be a list of \d+ numbers"),
+    ({"last_metrics": {"nll": [1.0]}}, r"state\['last_metrics'\] must be None or hold exactly"),
+    ({"ce": [1.0, "x"]}, r"state\['ce'\]\[1\]='x'"),
+    ({"grad_norms": [-1.0]}, r"state\['grad_norms'\]\[0\]=-1.0"),
+    ({"minibatch": -1}, r"state\['minibatch'\]=-1"),
+    ({"batch_size": 0}, r"state\['batch_size'\]=0"),
+    ({"period_sizes": [2, 0]}, r"state\['period_sizes'\]\[1\]=0"),
+    ({"model_setup": {"arch": "rnn"}}, r"state\['model_setup'\] must be"),
+    ({"minibatches_per_step": None}, r"state\['minibatches_per_step'\]=None"),
+    ({"module": {"x": [1.0]}}, r"state\['module'\] must be None for a controller"),
+    ({"bogus": 1}, r"unknown entries \['bogus'\]"),
+])
+def test_a_tampered_checkpoint_is_refused_and_changes_nothing(tmp_path, edit, match):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    criterion = _trained(out, class_counts=[5, 3, 1])
+    state = criterion.state_dict()
+    state["_extra_state"] = {**state["_extra_state"], **edit}
+    fresh = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    before = fresh.get_extra_state()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.get_extra_state() == before
+
+
+@pytest.mark.parametrize("kind", ["lstm", "adafocal", "adaloss"])
+def test_checkpoints_with_recurrent_or_method_state_still_round_trip(tmp_path, kind):
+    rule = _controller(lstm=True) if kind == "lstm" else make_method(kind)
+    out = write_export(rule, tmp_path / kind, total_steps=4)
+    criterion = _trained(out, class_counts=[5, 3, 1])
+    twin = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    twin.load_state_dict(criterion.state_dict())
+    assert twin.state_dict()["_extra_state"] == criterion.state_dict()["_extra_state"]
+    state = criterion.state_dict()
+    if kind == "lstm":
+        state["_extra_state"] = {**state["_extra_state"], "state": [[[[0.0] * 7]]] * 2}
+        match = r"state\['state'\]\[0\] must be finite numbers of shape \(1, 1, 8\)"
+    else:
+        module = state["_extra_state"]["module"]
+        key = sorted(module)[0]
+        state["_extra_state"] = {**state["_extra_state"], "module": {**module, key: [1.0]}}
+        match = r"state\['module'\] does not fit the method"
+    with pytest.raises(ValueError, match=match):
+        AdaptiveLoss.load(out, class_counts=[5, 3, 1]).load_state_dict(state)
