@@ -77,6 +77,7 @@ from lossgym.losses import ParametricCriterion
 from lossgym.losses._kernel import check_logits_targets, check_target_bounds, check_targets
 from lossgym.methods import LossMethod, method_from_dict
 from lossgym.metrics import classification_metrics
+from lossgym.metrics import fit_temperature as temperature_scaling
 from lossgym.population import MinibatchContext
 from lossgym.schedules import LossSchedule
 
@@ -683,6 +684,14 @@ class AdaptiveLoss(nn.Module):
       :meth:`watch` or :meth:`record_gradients` recorded, else 0 (a zero gradient, as the
       environment shows before training; a warning says so).
 
+    Calibration: where a loss trades calibration for balanced accuracy (class-balance α,
+    logit adjustment τ and margins leave the trained model over- or under-confident), the
+    exported loss offers the fix. After training, ``criterion.fit_temperature(val_logits,
+    val_targets)`` fits a temperature T on the validation logits (temperature scaling, Guo et
+    al. 2017: :func:`lossgym.metrics.fit_temperature`, the T that minimises the validation
+    NLL), keeps it (in the state dict too) and returns it; ``criterion.calibrate(logits)``
+    returns ``logits / T`` for inference. Accuracy and balanced accuracy do not change.
+
     The loss is :class:`~lossgym.losses.ParametricCriterion`, the criterion the environment
     trains with: on the CPU (float32 / float64) the loss, its gradient, the recorded
     cross-entropy and the gradient norm are one call each of the C extension, with the class
@@ -739,6 +748,8 @@ class AdaptiveLoss(nn.Module):
         self._counts_inferred = class_counts is None
         self._num_classes = None if self._counts is None else int(self._counts.numel())
         self._warned: set[str] = set()
+        #: The temperature of :meth:`fit_temperature` (None until fitted).
+        self.temperature: float | None = None
         # Labels counted in training forwards while the class counts are unknown; kept across
         # begin(), which the first forward calls after counting its minibatch.
         self._seen: Tensor | None = None
@@ -1036,6 +1047,25 @@ class AdaptiveLoss(nn.Module):
             self._describe_method()
         self.history.append(self.params)
 
+    def fit_temperature(self, val_logits: Tensor, val_targets: Tensor) -> float:
+        """Fit and keep the temperature T > 0 that minimises the NLL of ``val_logits / T``
+        (``[V, C]``, e.g. of the trained model on the validation set) for ``val_targets``
+        (``[V]``); returns T. See :meth:`calibrate`."""
+        self._check_validation(val_logits, val_targets)
+        if not val_targets.numel():
+            raise ValueError("fit_temperature needs validation samples, but val_targets is "
+                             "empty")
+        self.temperature = float(temperature_scaling(val_logits.detach(),
+                                                     val_targets.to(val_logits.device)))
+        return self.temperature
+
+    def calibrate(self, logits: Tensor) -> Tensor:
+        """``logits / T`` with the temperature of :meth:`fit_temperature`, for inference."""
+        if self.temperature is None:
+            raise RuntimeError("calibrate() needs a temperature: call "
+                               "fit_temperature(val_logits, val_targets) first")
+        return logits / self.temperature
+
     def _describe_method(self) -> None:
         """A method's parameters in use at the start of the period (``params``)."""
         method = self.method
@@ -1205,6 +1235,7 @@ class AdaptiveLoss(nn.Module):
             "minibatches_per_step": self.minibatches_per_step,
             "module": None if self._live is None or not self._live.state() else {
                 k: v.detach().cpu().tolist() for k, v in self._live.state().items()},
+            "temperature": self.temperature,
         }
 
     def set_extra_state(self, state: Any) -> None:
@@ -1261,6 +1292,7 @@ class AdaptiveLoss(nn.Module):
         self._period_sizes = st["period_sizes"]
         self._model_setup = st["model_setup"]
         self.minibatches_per_step = st["minibatches_per_step"]
+        self.temperature = st["temperature"]
         self.__dict__["_live"] = live
         if self.method is not None and params is not None:
             self._describe_method()
@@ -1269,7 +1301,8 @@ class AdaptiveLoss(nn.Module):
         """The entries of a saved state, each checked against what this loss saves (types,
         lengths, ranges); entries that older checkpoints lack take their defaults."""
         optional = {"minibatch": 0, "batch_size": None, "period_sizes": [], "model_setup": {},
-                    "minibatches_per_step": self.minibatches_per_step, "module": None}
+                    "minibatches_per_step": self.minibatches_per_step, "module": None,
+                    "temperature": None}
         required = ("export_id", "total_steps", "steps_done", "num_classes", "params",
                     "last_change", "history", "class_counts", "counts_inferred", "seen",
                     "state", "last_metrics", "observation", "ce", "grad_norms")
@@ -1370,6 +1403,9 @@ class AdaptiveLoss(nn.Module):
                              if self.method is None else
                              "state['module'] must be None or a {name: values} object")
         out["module"] = module
+        t = st["temperature"]
+        out["temperature"] = None if t is None \
+            else _real(t, "state['temperature']", 1e-12)
         return out
 
     def extra_repr(self) -> str:

@@ -444,6 +444,7 @@ def _trained(export, **kw):
     ({"model_setup": {"arch": "rnn"}}, r"state\['model_setup'\] must be"),
     ({"minibatches_per_step": None}, r"state\['minibatches_per_step'\]=None"),
     ({"module": {"x": [1.0]}}, r"state\['module'\] must be None for a controller"),
+    ({"temperature": -1.0}, r"state\['temperature'\]=-1.0"),
     ({"bogus": 1}, r"unknown entries \['bogus'\]"),
 ])
 def test_a_tampered_checkpoint_is_refused_and_changes_nothing(tmp_path, edit, match):
