@@ -42,9 +42,13 @@ features version 1 (no context features).
 
 Loading never unpickles anything: the manifest is JSON and the weights are safetensors. A
 truncated, modified or damaged file, an unsupported ``format_version``, features this version
-of lossgym does not compute, an unknown method or hyperparameter, a value out of range, or
-class counts that do not match raise ``ValueError`` naming the file, the bad value and what is
-allowed. Files are written atomically.
+of lossgym does not compute, an unknown method or hyperparameter, a value out of range (NaN
+and infinities included), class counts that are all zero or do not match the bound ones, or
+weights whose shapes differ from the layers' raise ``ValueError`` naming the file, the bad
+value and what is allowed. The weights' shapes are checked against the safetensors header
+before any layer is built, so a manifest allocates no more than its weights file holds. A
+checkpoint's state (:meth:`AdaptiveLoss.set_extra_state`) is checked entry by entry the same
+way. Files are written atomically.
 """
 
 from __future__ import annotations

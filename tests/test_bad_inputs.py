@@ -243,6 +243,30 @@ def test_values_outside_their_domain_raise_naming_them(call, needle, kernels):
 
 
 
+def test_the_checks_read_no_values_off_the_cpu():
+    """On CUDA a check that reads a value is a host sync; meta tensors have no values, so a
+    loss that runs on them reads none (the CPU-only stand-in for a CUDA sync check)."""
+    m = "meta"
+    z = torch.randn(3, 6, C, device=m, requires_grad=True)
+    y = torch.zeros(3, 6, dtype=torch.long, device=m)
+    counts, g = torch.ones(C, device=m), torch.ones(3, device=m)
+    outs = [
+        focal_loss(z, y, gamma=g, alpha=torch.ones(C, device=m)),
+        parametric_loss(z, y, counts, gamma=g, alpha=g, tau=1.0, margin=0.5, scale=5.0,
+                        label_smoothing=0.1, poly_epsilon=g, gate=1.0),
+        parametric_loss(z, y),
+        weighted_cross_entropy(z, y, counts),
+        logit_adjusted_cross_entropy(z, y, torch.zeros(3, C, device=m), tau=g),
+        ldam_loss(z, y, counts, max_margin=g),
+        gradient_gated_cross_entropy(z, y, g),
+        flsd53_loss(z, y),
+        AdaLoss(C, num_members=3).to(m)(z, y),
+        class_balanced_weights(counts, torch.full((3,), 0.9, device=m)),
+        focal_loss(z[:, :0], y[:, :0]),
+    ]
+    assert all(out.device.type == m for out in outs)
+
+
 # ------------------------------------------------------------------------------- AdaptiveLoss
 def _controller(lstm=False):
     """A small controller with random weights (feed-forward, or an LSTM first)."""
