@@ -34,10 +34,10 @@ from lossgym.data import (
     sample_train_pool,
 )
 from lossgym.data import class_counts as _profile_counts
+from lossgym.optim import OPTIMIZERS
 
 ARCHS = ("mlp", "cnn")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SPLITS = ("train", "held_out", "held_out_id", "held_out_ood")
+TASK_SPLITS = ("train", "held_out", "held_out_id", "held_out_ood")
 
 SEED_STREAMS: dict[str, int] = {"data": 0x64617461, "init": 0x696E6974, "order": 0x6F726472}
 """Fixed per-stream integers for :meth:`TaskSpec.derive_seed` (the ASCII codes of "data",
@@ -572,12 +572,12 @@ class TaskDistribution:
 
         Args:
             rng: Source of all randomness; advanced by the call.
-            split: One of :data:`SPLITS`.
+            split: One of :data:`TASK_SPLITS`.
         """
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} is unknown; splits: {SPLITS}")
+        if split not in TASK_SPLITS:
+            raise ValueError(f"split={split!r} is unknown; splits: {TASK_SPLITS}")
         if split == "held_out":
             split = ("held_out_id", "held_out_ood")[int(rng.integers(2))]
         grids = getattr(self, split)
