@@ -93,3 +93,22 @@ def test_candidates_stay_in_their_box(headroom):
         assert 0.2 <= config["switch"] <= 0.9
         assert set(schedule.parameters) == set(headroom.PARAMETERS)
     assert shapes == set(headroom.SCHEDULE_SHAPES)
+
+
+def test_wide_distribution_widens_the_default_and_keeps_its_splits_apart():
+    from lossgym.tasks import TaskDistribution, TaskSpec
+
+    default, wide = TaskDistribution.default(), TaskDistribution.wide()
+    rng = np.random.default_rng(0)
+    drawn = [wide.sample(rng) for _ in range(200)]
+    assert all(wide.split_of(t) == "train" for t in drawn)
+    assert {t.optimizer for t in drawn} == {"adamw", "adam"}
+    assert max(t.label_noise for t in drawn) == 0.4 and min(t.weight_decay for t in drawn) == 0
+    epochs = [t.epochs for t in drawn]
+    assert min(epochs) < 2 and max(epochs) > 25
+    # The default task is in both train splits; the default's width 256 only in its own.
+    assert default.is_train(TaskSpec(seed=5)) and wide.is_train(TaskSpec(seed=5))
+    assert default.is_train(TaskSpec(width=256, seed=5))
+    assert not wide.is_train(TaskSpec(width=256, seed=5))
+    for split in ("held_out_id", "held_out_ood"):
+        assert wide.split_of(wide.sample(rng, split)) == split
