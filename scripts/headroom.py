@@ -45,14 +45,13 @@ import torch
 from scipy.stats import qmc
 
 from agents.baselines import (
-    DRWPolicy,
-    FeedbackPolicy,
+    FeedbackRule,
+    drw_rule,
     final_test_score,
     final_val_score,
     rollout_members,
 )
-from agents.pbt import LossSchedulePolicy
-from agents.rollout import group_tasks
+from agents.rollout import ScheduleRule, group_tasks
 from lossgym.io import atomic_write_text
 from lossgym.methods import LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
@@ -72,10 +71,10 @@ RULES: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("logit_adjusted", "method", {}),
     ("ldam_drw", "method", {}),
     ("ce_drw", "method", {}),
-    ("class_balanced", "method", {}),
+    ("cb_effective", "method", {}),
     ("drw_s0.7", "drw", {"switch": 0.7, "alpha": 1.0}),
     ("feedback_eta1", "feedback", {"eta": 1.0, "margin": 0.0}),
-    ("focal_g2", "method", {}),
+    ("focal_2", "method", {}),
     ("poly1", "method", {}),
     ("adafocal", "method", {}),
     ("gradient_gate", "method", {}),
@@ -178,9 +177,9 @@ def candidate_label(family: str, config: dict[str, Any]) -> str:
 
 def make_policy(family: str, config: dict[str, Any]) -> Any:
     if family == "rule":
-        factory = DRWPolicy if config["kind"] == "drw" else FeedbackPolicy
+        factory = drw_rule if config["kind"] == "drw" else FeedbackRule
         return factory(**config["config"], parameters=PARAMETERS)
-    return LossSchedulePolicy(loss_schedule(config), PARAMETERS)
+    return ScheduleRule(loss_schedule(config), PARAMETERS)
 
 
 # ------------------------------------------------------------------------------ training
