@@ -798,6 +798,7 @@ class AdaptiveLoss(nn.Module):
         self._last_metrics: dict[str, Tensor] | None = None
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
+        self._counts_row: tuple[tuple, Tensor] | None = None
         self._period_sizes: list[int] = []  # training minibatches of each period so far
         self._clear_period()
 
@@ -920,8 +921,12 @@ class AdaptiveLoss(nn.Module):
         m = self.minibatches_per_step
         progress = torch.tensor(float(self.steps_done * m + self._minibatch)) \
             / float(self.total_steps * m)
-        ctx = MinibatchContext(progress.reshape(1).to(logits.device),
-                               counts.to(logits.device, logits.dtype).reshape(1, -1))
+        # The counts as the member's row, kept while they are the same tensor, unmodified, so
+        # that the method keeps its terms (and their plan) for the period.
+        key = (id(counts), counts._version, logits.device, logits.dtype)
+        if self._counts_row is None or self._counts_row[0] != key:
+            self._counts_row = (key, counts.to(logits.device, logits.dtype).reshape(1, -1))
+        ctx = MinibatchContext(progress.reshape(1).to(logits.device), self._counts_row[1])
         module = getattr(method, "module", None)
         if module is not None:
             module.train(training)

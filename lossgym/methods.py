@@ -28,6 +28,7 @@ from torch import Tensor
 
 from lossgym import losses
 from lossgym import params as loss_params
+from lossgym.losses._kernel import check_logits_targets
 from lossgym.population import MinibatchContext
 
 
@@ -119,7 +120,37 @@ class Parametric(LossMethod):
         return self._loss(logits, targets, self.values, ctx.class_counts)
 
 
-class ClassBalanced(LossMethod):
+class _DeferredReweighting(LossMethod):
+    """Class-balanced weights (effective number, Cui et al. 2019) that switch on at ``switch``
+    of training (DRW, Cao et al. 2019), with the terms of the modulated cross-entropy kept
+    while the counts and each member's side of the switch stay the same (on the CPU, where
+    reading the switch costs no device sync): a period of one plan for AdaptiveLoss."""
+
+    def _extra_terms(self, counts: Tensor) -> dict[str, Any]:
+        return {}
+
+    def _terms(self, ctx: MinibatchContext, like: Tensor) -> losses.Terms:
+        counts, h = ctx.class_counts, self.hyper
+        key = None
+        if not counts.is_cuda:
+            on = tuple((ctx.progress >= h["switch"]).reshape(-1).tolist())
+            key = (id(counts), counts._version, like.dtype, on)
+            cached = getattr(self, "_cached", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        weights = losses.drw_weights(counts, ctx.progress, switch=h["switch"],
+                                     beta=h.get("beta", 0.9999)).to(like.dtype)
+        terms = losses.Terms(weight=weights, **self._extra_terms(counts))
+        if key is not None:
+            self._cached = (key, terms)
+        return terms
+
+    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
+        check_logits_targets(logits, targets)
+        return losses.modulated_ce(logits, targets, self._terms(ctx, logits), "none")
+
+
+class ClassBalanced(_DeferredReweighting):
     """Class-balanced weights from the effective number of samples (Cui et al. 2019), with
     optional focal γ; ``switch`` > 0 defers the weights to that fraction of training (DRW)."""
 
@@ -130,24 +161,21 @@ class ClassBalanced(LossMethod):
     def uses_progress(self) -> bool:
         return self.hyper["switch"] > 0
 
-    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.hyper["switch"],
-                                     beta=self.hyper["beta"])
-        return losses.focal_loss(logits, targets, gamma=self.hyper["gamma"], alpha=weights,
-                                 reduction="none")
+    def _extra_terms(self, counts: Tensor) -> dict[str, Any]:
+        return {"gamma": self.hyper["gamma"]}
 
 
-class LDAMDRW(LossMethod):
+class LDAMDRW(_DeferredReweighting):
     """LDAM with deferred re-weighting (Cao et al. 2019): margins ∝ n^(−1/4), s = 30, class-
     balanced weights (β = 0.9999) from 80 % of training on, as in the paper's 160/200 epochs."""
 
     HYPER = {"switch": (0.8, 0.0, 1.0), "scale": (30.0, 1e-6, 1e4)}
     uses_progress = True
 
-    def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
-        weights = losses.drw_weights(ctx.class_counts, ctx.progress, switch=self.hyper["switch"])
-        return losses.ldam_loss(logits, targets, ctx.class_counts, scale=self.hyper["scale"],
-                                weight=weights, reduction="none")
+    def _extra_terms(self, counts: Tensor) -> dict[str, Any]:
+        # s (z − Δ_y e_y): the margins in the units of the scaled logits (LDAM's max 0.5).
+        s = self.hyper["scale"]
+        return {"scale": s, "margins": losses.ldam_margins(counts, 0.5) * s}
 
 
 class FLSD53(LossMethod):
