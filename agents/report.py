@@ -475,6 +475,22 @@ def _method_order(records: Sequence[EpisodeRecord], agent: str | None) -> list[s
     return methods
 
 
+def _size_line(records: Sequence[EpisodeRecord]) -> str:
+    """What a section holds, in the units of the method table's Runs column: base tasks ×
+    seeds = runs per method, and how many methods."""
+    seeds: dict[TaskSpec, set[int]] = {}
+    for r in records:
+        seeds.setdefault(_stratum(r.task), set()).add(r.task.seed)
+    counts = sorted({len(s) for s in seeds.values()})
+    runs = sum(len(s) for s in seeds.values())
+    tasks = f"{len(seeds)} base task{'s' if len(seeds) != 1 else ''}"
+    tasks += (f" × {counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1
+              else f" with {counts[0]}–{counts[-1]} seeds each")
+    methods = len({r.method for r in records})
+    return (f"{tasks} = {runs} runs per method (the Runs column); {methods} method"
+            f"{'s' if methods != 1 else ''}, {len(records)} runs in all.")
+
+
 def _split_order(names: Iterable[str]) -> list[str]:
     present = set(names)
     known = [s for s in SPLIT_TITLES if s in present]
@@ -624,9 +640,7 @@ def write_report(
         recs = by_split[split]
         heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
             split, f"Split `{split}`")
-        n_tasks = len({r.task for r in recs})
-        lines += [f"## {heading}", "", f"{len(recs)} runs on {n_tasks} tasks.", "",
-                  "### Test metrics (%)", ""]
+        lines += [f"## {heading}", "", _size_line(recs), "", "### Test metrics (%)", ""]
         lines += _method_table(recs, summaries[split], methods)
         if comparisons:
             lines += ["", f"### Paired differences: `{agent}` − baseline (points)", ""]

@@ -279,6 +279,25 @@ def test_write_report_contents_and_files(tmp_path):
     assert "3 of 3 evaluated targets hold" in verdict
 
 
+def test_section_headers_count_what_the_runs_column_counts(tmp_path):
+    # 3 base tasks (2 in distribution, 1 out) x 10 seeds, 5 methods.
+    text = _write(tmp_path, _records()).read_text()
+    for heading, tasks, runs in (("## All held-out tasks", 3, 30),
+                                 ("## Held-out tasks, in distribution", 2, 20),
+                                 ("## Held-out tasks, out of distribution", 1, 10)):
+        section = _section(text, heading)
+        base = "task" if tasks == 1 else "tasks"
+        assert (f"{tasks} base {base} × 10 seeds = {runs} runs per method (the Runs column); "
+                f"5 methods, {5 * runs} runs in all.") in section
+        for method in ("agent", "ce", "ldam"):
+            assert _row(section, f"`{method}`")[1] == str(runs)
+    # Base tasks with different numbers of seeds say so.
+    fewer = [r for r in _records() if r.task.imbalance_ratio != 100.0 or r.task.seed < 4]
+    section = _section(_write(tmp_path / "fewer", fewer).read_text(), "## All held-out tasks")
+    assert "3 base tasks with 4–10 seeds each = 24 runs per method" in section
+    assert _row(section, "`agent`")[1] == "24"
+
+
 def test_write_report_fail_verdict_without_learning_curve(tmp_path):
     path = _write(tmp_path, _records(agent_gain=0.0), best_baseline="ldam")
     text = path.read_text()
