@@ -56,6 +56,9 @@ SPLIT_TITLES: dict[str, str] = {
 
 ALL_SPLITS = "all"
 PRIMARY = "balanced_accuracy"
+#: Largest |accuracy − balanced accuracy| of a run at which the two are one number (on a
+#: balanced test split they differ by float rounding only).
+SAME_AS_PRIMARY = 1e-6
 
 
 # --------------------------------------------------------------------------- formatting
@@ -101,6 +104,16 @@ def _metric(record: EpisodeRecord, key: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _shown_metrics(records: Sequence[EpisodeRecord]) -> tuple[tuple[str, str], ...]:
+    """:data:`REPORT_METRICS`, less accuracy when it equals balanced accuracy on every run
+    (as it does on a balanced test split: every class has as many test samples)."""
+    pairs = [(_metric(r, "accuracy"), _metric(r, PRIMARY)) for r in records]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if pairs and all(abs(a - b) <= SAME_AS_PRIMARY for a, b in pairs):
+        return tuple(m for m in REPORT_METRICS if m[0] != "accuracy")
+    return REPORT_METRICS
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -517,8 +530,10 @@ def write_report(
 
     The report has, for each held-out split (``split_of(task)``: ``"held_out_id"``,
     ``"held_out_ood"``, any other name in its own section) and for all records together: a
-    table per method of test balanced accuracy, macro-F1, accuracy and ECE (percent; mean with
-    95 % percentile-bootstrap CI, and IQM with CI), runs and divergences; then the agent's paired
+    table per method of test balanced accuracy, macro-F1, accuracy (left out, and said so once,
+    when it equals balanced accuracy on every run, as on a balanced test split), ECE and ECE
+    after temperature scaling (percent; mean with 95 % percentile-bootstrap CI, and IQM with
+    CI), runs and divergences; then the agent's paired
     differences against ``best_baseline``, the best static loss and ``reference`` (mean, 95 % CI,
     paired t-test and Wilcoxon p-values). Then agent − ``reference`` balanced accuracy per
     ``task.imbalance_ratio``, and a verdict with four targets (issue 13's first four), each
@@ -584,6 +599,7 @@ def write_report(
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     methods = _method_order(records, agent)
+    metrics = _shown_metrics(records)
 
     def rng() -> np.random.Generator:
         return np.random.default_rng(rng_seed)
@@ -606,7 +622,7 @@ def write_report(
             if recs:
                 summaries[split][method] = {
                     key: summarise(_finite(_metric(r, key) for r in recs), rng())
-                    for key, _ in REPORT_METRICS
+                    for key, _ in metrics
                 }
 
     def overall_mean(method: str) -> float:
@@ -634,17 +650,17 @@ def write_report(
     if budget_note:
         lines += [budget_note.strip(), ""]
     lines += _preamble(agent, reference, has_reference, best_baseline, baseline_auto,
-                       statics, best_static, rng_seed)
+                       statics, best_static, rng_seed, metrics)
 
     for split in sections:
         recs = by_split[split]
         heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
             split, f"Split `{split}`")
         lines += [f"## {heading}", "", _size_line(recs), "", "### Test metrics (%)", ""]
-        lines += _method_table(recs, summaries[split], methods)
+        lines += _method_table(recs, summaries[split], methods, metrics)
         if comparisons:
             lines += ["", f"### Paired differences: `{agent}` − baseline (points)", ""]
-            lines += _paired_table(recs, agent, comparisons, rng)
+            lines += _paired_table(recs, agent, comparisons, rng, metrics)
         lines.append("")
 
     if agent is not None and has_reference:
@@ -690,6 +706,7 @@ def _preamble(
     statics: Sequence[str],
     best_static: str | None,
     rng_seed: int,
+    metrics: Sequence[tuple[str, str]],
 ) -> list[str]:
     lines = []
     if agent is not None:
@@ -712,7 +729,10 @@ def _preamble(
         "that task alone (runs whose tasks differ only in their seed form one task), so the "
         "interval measures seed noise, not which tasks were drawn. The p-values are those of "
         "the paired t-test and the Wilcoxon signed-rank test over all pairs. Every bootstrap "
-        f"uses a generator seeded with {rng_seed}.",
+        f"uses a generator seeded with {rng_seed}."
+        + ("" if "accuracy" in dict(metrics) else
+           " Accuracy equals balanced accuracy on every run (the test split has as many "
+           "samples in every class), so it is not listed separately."),
         "",
     ]
     return lines
@@ -722,9 +742,10 @@ def _method_table(
     records: Sequence[EpisodeRecord],
     summaries: dict[str, dict[str, dict[str, object]]],
     methods: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
 ) -> list[str]:
     header = ["Method", "Runs", "Diverged"]
-    for _, label in REPORT_METRICS:
+    for _, label in metrics:
         header += [f"{label} mean [95% CI]", f"{label} IQM [95% CI]"]
     rows = []
     for method in methods:
@@ -732,13 +753,13 @@ def _method_table(
             continue
         recs = [r for r in records if r.method == method]
         row = [f"`{method}`", str(len(recs)), str(sum(bool(r.diverged) for r in recs))]
-        for key, _ in REPORT_METRICS:
+        for key, _ in metrics:
             s = summaries[method][key]
             row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}")
             row.append(f"{_pct(s['iqm'])} {_interval(*s['iqm_ci'])}")
         rows.append(row)
     lines = _table(header, rows)
-    dropped = sum(1 for r in records for key, _ in REPORT_METRICS
+    dropped = sum(1 for r in records for key, _ in metrics
                   if not math.isfinite(_metric(r, key)))
     if dropped:
         lines += ["", f"{dropped} non-finite metric values were left out of the statistics."]
@@ -750,6 +771,7 @@ def _paired_table(
     agent: str,
     comparisons: Sequence[tuple[str, str]],
     rng: Callable[[], np.random.Generator],
+    metrics: Sequence[tuple[str, str]],
 ) -> list[str]:
     header = ["Baseline", "Metric", "Pairs", "Mean diff.", "95% CI", "t-test p", "Wilcoxon p"]
     rows = []
@@ -759,7 +781,7 @@ def _paired_table(
             continue
         roles = [r for r, m in comparisons if m == other]
         seen.add(other)
-        for key, label in REPORT_METRICS:
+        for key, label in metrics:
             d = _paired(records, agent, other, key, rng())
             if d is None:
                 rows.append([f"`{other}` ({', '.join(roles)})", label, "0", "n/a", "n/a",

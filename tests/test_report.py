@@ -155,7 +155,8 @@ def _split_of(task: TaskSpec) -> str:
 
 def _record(task: TaskSpec, method: str, bal: float, params: np.ndarray | None = None,
             diverged: bool = False) -> EpisodeRecord:
-    test = {"accuracy": bal + 0.05, "balanced_accuracy": bal, "macro_f1": bal - 0.02,
+    # The test split is balanced, so accuracy is balanced accuracy.
+    test = {"accuracy": bal, "balanced_accuracy": bal, "macro_f1": bal - 0.02,
             "ece": 0.1 - bal / 10, "nll": 1.0, "worst_class_recall": bal / 2}
     has = params is not None
     return EpisodeRecord(
@@ -207,6 +208,15 @@ def _row(section: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no row {first_cell!r}")
 
 
+def _column(section: str, title: str) -> int:
+    """Index of the first table column titled ``title`` in ``section``."""
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if title in cells:
+            return cells.index(title)
+    raise AssertionError(f"no column {title!r}")
+
+
 def _numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
 
@@ -246,7 +256,8 @@ def test_write_report_contents_and_files(tmp_path):
             row = _row(section, f"`{method}`")
             assert int(row[1]) == len(recs)
             assert int(row[2]) == sum(r.diverged for r in recs)
-            for col, key in ((3, "balanced_accuracy"), (9, "ece")):
+            for title, key in (("Bal. acc.", "balanced_accuracy"), ("ECE", "ece")):
+                col = _column(section, f"{title} mean [95% CI]")
                 s = summarise([r.test[key] for r in recs], np.random.default_rng(0))
                 mean, lo, hi = _numbers(row[col])
                 np.testing.assert_allclose([mean, lo, hi],
@@ -296,6 +307,21 @@ def test_section_headers_count_what_the_runs_column_counts(tmp_path):
     section = _section(_write(tmp_path / "fewer", fewer).read_text(), "## All held-out tasks")
     assert "3 base tasks with 4–10 seeds each = 24 runs per method" in section
     assert _row(section, "`agent`")[1] == "24"
+
+
+def test_accuracy_on_a_balanced_test_split_is_said_once_not_listed(tmp_path):
+    text = _write(tmp_path, _records()).read_text()
+    assert text.count("Accuracy equals balanced accuracy on every run") == 1
+    assert "Accuracy mean" not in text and "| Accuracy |" not in text
+    assert "Bal. acc. mean [95% CI]" in text
+    # Where they differ on a run (an unbalanced test split), accuracy keeps its columns.
+    records = _records()
+    records[0].test["accuracy"] += 0.01
+    text = _write(tmp_path / "unbalanced", records).read_text()
+    assert "Accuracy equals balanced accuracy" not in text
+    table = _section(text, "## All held-out tasks")
+    assert _column(table, "Accuracy mean [95% CI]") == _column(table, "Macro-F1 IQM [95% CI]") + 1
+    assert "| Accuracy |" in table
 
 
 def test_write_report_fail_verdict_without_learning_curve(tmp_path):
