@@ -35,8 +35,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_evaluate_end_to_end_writes_the_report(run_dir):
-    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, tune_tasks=2,
-                             search_budget=4), distribution=DIST, log=False)
+    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, ood_tasks=1,
+                             tune_tasks=2, search_budget=4), distribution=DIST, log=False)
     text = path.read_text()
     for method in ("agent", "agent_replay", "agent_mean_action", "ce", "tuned_drw",
                    "tuned_feedback", "random_search", "cma_es", "ldam_drw",
