@@ -533,12 +533,15 @@ def write_report(
     table per method of test balanced accuracy, macro-F1, accuracy (left out, and said so once,
     when it equals balanced accuracy on every run, as on a balanced test split), ECE and ECE
     after temperature scaling (percent; mean with 95 % percentile-bootstrap CI, and IQM with
-    CI), runs and divergences; then the agent's paired
-    differences against ``best_baseline``, the best static loss and ``reference`` (mean, 95 % CI,
-    paired t-test and Wilcoxon p-values). Then agent − ``reference`` balanced accuracy per
-    ``task.imbalance_ratio``, and a verdict with four targets (issue 13's first four), each
-    PASS/FAIL (N/A when it cannot be evaluated), on the pooled held-out records with CIs that
-    resample seeds within tasks:
+    CI), runs and divergences, with a † beside the balanced accuracy of each method that
+    trades calibration for it (balanced accuracy above ``reference``'s and ECE worse, both by a
+    paired 95 % CI that excludes 0; a note under the table gives both differences); then the
+    agent's paired differences against ``best_baseline``, the best static loss and
+    ``reference`` (mean, 95 % CI, paired t-test and Wilcoxon p-values). Then agent −
+    ``reference`` balanced accuracy per ``task.imbalance_ratio``, and a verdict with four
+    targets (issue 13's first four), each PASS/FAIL (N/A when it cannot be evaluated), on the
+    pooled held-out records with CIs that resample seeds within tasks (and, when the agent
+    trades calibration for its balanced accuracy on them, a line that says so):
 
     1. the agent beats the best single tuned baseline: the CI of the mean paired difference in
        balanced accuracy lies above zero;
@@ -652,12 +655,15 @@ def write_report(
     lines += _preamble(agent, reference, has_reference, best_baseline, baseline_auto,
                        statics, best_static, rng_seed, metrics)
 
+    trades: dict[str, dict[str, tuple[dict[str, float], dict[str, float]]]] = {}
     for split in sections:
         recs = by_split[split]
         heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
             split, f"Split `{split}`")
+        trades[split] = _calibration_trades(recs, methods, reference, rng)
         lines += [f"## {heading}", "", _size_line(recs), "", "### Test metrics (%)", ""]
-        lines += _method_table(recs, summaries[split], methods, metrics)
+        lines += _method_table(recs, summaries[split], methods, metrics, reference,
+                               trades[split])
         if comparisons:
             lines += ["", f"### Paired differences: `{agent}` − baseline (points)", ""]
             lines += _paired_table(recs, agent, comparisons, rng, metrics)
@@ -669,6 +675,12 @@ def write_report(
         lines += table + [""]
 
     lines += _verdict(records, agent, best_baseline, reference, has_reference, margin, rng)
+    if agent in trades[ALL_SPLITS]:
+        ece = trades[ALL_SPLITS][agent][1]
+        lines += ["", f"Calibration: `{agent}`'s balanced accuracy comes with an ECE worse than "
+                  f"`{reference}`'s by {_signed(ece['mean'])} points "
+                  f"{_interval(ece['ci_low'], ece['ci_high'], True)} (†, under the method "
+                  "tables); `AdaptiveLoss.fit_temperature` recalibrates an exported loss."]
 
     figures = []
     if curve is not None:
@@ -743,7 +755,12 @@ def _method_table(
     summaries: dict[str, dict[str, dict[str, object]]],
     methods: Sequence[str],
     metrics: Sequence[tuple[str, str]],
+    reference: str,
+    trades: dict[str, tuple[dict[str, float], dict[str, float]]],
 ) -> list[str]:
+    """The test metrics of each method; a † beside the balanced accuracy of the methods in
+    ``trades`` (:func:`_calibration_trades` against ``reference``), explained under the
+    table."""
     header = ["Method", "Runs", "Diverged"]
     for _, label in metrics:
         header += [f"{label} mean [95% CI]", f"{label} IQM [95% CI]"]
@@ -755,7 +772,8 @@ def _method_table(
         row = [f"`{method}`", str(len(recs)), str(sum(bool(r.diverged) for r in recs))]
         for key, _ in metrics:
             s = summaries[method][key]
-            row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}")
+            mark = " †" if key == PRIMARY and method in trades else ""
+            row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}{mark}")
             row.append(f"{_pct(s['iqm'])} {_interval(*s['iqm_ci'])}")
         rows.append(row)
     lines = _table(header, rows)
@@ -763,7 +781,38 @@ def _method_table(
                   if not math.isfinite(_metric(r, key)))
     if dropped:
         lines += ["", f"{dropped} non-finite metric values were left out of the statistics."]
+    if trades:
+        lines += ["", f"† Trades calibration for balanced accuracy: balanced accuracy above "
+                  f"`{reference}`'s and ECE worse than `{reference}`'s, both by a paired 95 % "
+                  "CI that excludes 0. A softmax temperature fitted on the validation split "
+                  "recalibrates without changing any prediction (the ECE after T-scaling "
+                  "column); for an exported loss, `AdaptiveLoss.fit_temperature` fits it. "
+                  f"Paired differences against `{reference}` (points):", ""]
+        lines += [f"- `{m}`: balanced accuracy {_signed(b['mean'])} "
+                  f"{_interval(b['ci_low'], b['ci_high'], True)}, ECE {_signed(e['mean'])} "
+                  f"{_interval(e['ci_low'], e['ci_high'], True)}"
+                  for m, (b, e) in trades.items()]
     return lines
+
+
+def _calibration_trades(
+    records: Sequence[EpisodeRecord],
+    methods: Sequence[str],
+    reference: str,
+    rng: Callable[[], np.random.Generator],
+) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """The methods whose balanced accuracy is above ``reference``'s and whose ECE is worse
+    (higher), each by a paired 95 % CI that excludes 0: method → (the paired difference in
+    balanced accuracy, in ECE)."""
+    trades = {}
+    for method in methods:
+        if method == reference:
+            continue
+        gain = _paired(records, method, reference, PRIMARY, rng())
+        loss = _paired(records, method, reference, "ece", rng())
+        if gain is not None and loss is not None and gain["ci_low"] > 0 and loss["ci_low"] > 0:
+            trades[method] = (gain, loss)
+    return trades
 
 
 def _paired_table(

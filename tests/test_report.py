@@ -324,6 +324,45 @@ def test_accuracy_on_a_balanced_test_split_is_said_once_not_listed(tmp_path):
     assert "| Accuracy |" in table
 
 
+def test_a_gain_bought_with_calibration_is_marked_beside_it(tmp_path):
+    gen = np.random.default_rng(5)
+    records = _records()
+    for r in records:
+        if r.method == "agent":  # better balanced accuracy, clearly worse ECE
+            r.test["ece"] += 0.05 + gen.normal(0, 0.003)
+        elif r.method == "ldam":  # better balanced accuracy, ECE as noisy as it is
+            r.test["ece"] += gen.normal(0, 0.01)
+        elif r.method == "logit_adjusted":  # worse ECE, the same balanced accuracy as ce
+            r.test["balanced_accuracy"] -= 0.015
+            r.test["accuracy"] -= 0.015
+            r.test["ece"] += 0.05
+    text = _write(tmp_path, records).read_text()
+    for heading in ("## All held-out tasks", "## Held-out tasks, in distribution",
+                    "## Held-out tasks, out of distribution"):
+        section = _section(text, heading)
+        column = _column(section, "Bal. acc. mean [95% CI]")
+        assert _row(section, "`agent`")[column].endswith(" †")
+        for method in ("schedule", "ce", "logit_adjusted", "ldam"):
+            assert "†" not in _row(section, f"`{method}`")[column], method
+        note = [line for line in section.splitlines() if line.startswith("† ")]
+        assert len(note) == 1 and "`AdaptiveLoss.fit_temperature`" in note[0]
+        listed = [line for line in section.splitlines() if line.startswith("- `")]
+        assert len(listed) == 1 and listed[0].startswith("- `agent`: balanced accuracy +4.")
+    # The listed ECE difference is the paired one against ce, stratified by task.
+    note = [line for line in _section(text, "## All held-out tasks").splitlines()
+            if line.startswith("- `agent`")][0]
+    a = np.array([r.test["ece"] for r in records if r.method == "agent"])
+    b = np.array([r.test["ece"] for r in records if r.method == "ce"])
+    strata = [r.task.imbalance_ratio for r in records if r.method == "agent"]
+    d = paired_difference(a, b, np.random.default_rng(0), strata=strata)
+    assert f"ECE {100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" \
+        in note
+    assert "Calibration: `agent`'s balanced accuracy comes with an ECE worse" in text
+    # Without the trade, no mark and no note.
+    text = _write(tmp_path / "calibrated", _records()).read_text()
+    assert "†" not in text and "Calibration:" not in text
+
+
 def test_write_report_fail_verdict_without_learning_curve(tmp_path):
     path = _write(tmp_path, _records(agent_gain=0.0), best_baseline="ldam")
     text = path.read_text()
