@@ -164,16 +164,16 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
                + rollout_baseline("ce", tasks, device="cpu"))
     (run / "evaluation.json").write_text(json.dumps(
         {"note": "tiny.", "records": [record_to_dict(r) for r in records]}))
-    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, device="cpu"),
-                       ["cb_beta0.9"], distribution=DIST)
+    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1,
+                                device="cpu"), ["cb_beta0.9"], distribution=DIST)
     data = json.loads((run / "evaluation.json").read_text())
     added = [r for r in data["records"] if r["method"] == "cb_beta0.9"]
     assert [r["task"] for r in added] == [t.to_dict() for t in tasks]
     assert len(data["records"]) == 3 * len(tasks) and "--add-methods" in data["note"]
     assert "cb_beta0.9" in path.read_text()
     with pytest.raises(ValueError, match="held-out tasks differ"):
-        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, device="cpu"),
-                    ["cb_beta0.9"], distribution=DIST)
+        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, ood_tasks=1,
+                             device="cpu"), ["cb_beta0.9"], distribution=DIST)
     with pytest.raises(SystemExit):
         from agents.evaluate import parse_args
         parse_args(["--add-methods", "nope"])
