@@ -85,6 +85,26 @@ def test_counting_executor_counts_each_population_as_it_finishes(one_thread):
     assert [r.test for r in counted] == [r.test for r in plain]
 
 
+def test_counting_executor_counts_ray_units_in_this_process(one_thread):
+    pytest.importorskip("ray")
+    from agents import distributed
+    from agents.baselines import constant_rule
+    from agents.evaluate import Counting
+    from agents.rollout import rollout_policy
+
+    tasks = [SMALL.replace(seed=1), SMALL.replace(width=16, seed=1), SMALL.replace(seed=2)]
+    local = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+    counts = []
+    ray_executor = distributed.RayExecutor("local", num_cpus=1)
+    try:
+        with distributed.using(Counting(ray_executor, counts.append)):
+            remote = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+    finally:
+        ray_executor.close()
+    assert sorted(counts) == [1, 2]
+    assert [r.test for r in remote] == [r.test for r in local]
+
+
 def test_progress_lines_and_bar():
     from agents.evaluate import Progress
 
