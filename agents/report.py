@@ -48,10 +48,15 @@ REPORT_METRICS: tuple[tuple[str, str], ...] = (
     ("ece_ts", "ECE after T-scaling"),
 )
 
+#: The split of a task that ``split_of`` gives none (None): one the distribution cannot draw,
+#: e.g. of an evaluation made with another distribution.
+NO_SPLIT = "no_split"
+
 #: Section titles of the known splits, in report order.
 SPLIT_TITLES: dict[str, str] = {
     "held_out_id": "Held-out tasks, in distribution (`held_out_id`)",
     "held_out_ood": "Held-out tasks, out of distribution (`held_out_ood`)",
+    NO_SPLIT: "Tasks in no split of the task distribution",
 }
 
 ALL_SPLITS = "all"
@@ -128,6 +133,12 @@ def _per_task(records: Iterable[EpisodeRecord], method: str, key: str) -> dict[T
         if r.method == method:
             sums.setdefault(r.task, []).append(_metric(r, key))
     return {task: float(np.mean(v)) for task, v in sums.items()}
+
+
+def _split(split_of: Callable[[TaskSpec], str | None], task: TaskSpec) -> str:
+    """The split of ``task`` by ``split_of``; :data:`NO_SPLIT` where it gives None."""
+    split = split_of(task)
+    return NO_SPLIT if split is None else str(split)
 
 
 def _stratum(task: TaskSpec) -> TaskSpec:
@@ -411,7 +422,7 @@ def _heatmap_figure(
     records: Sequence[EpisodeRecord],
     reference: str,
     methods: Sequence[str],
-    split_of: Callable[[TaskSpec], str] | None,
+    split_of: Callable[[TaskSpec], str | None] | None,
 ) -> Figure:
     """Task × method heatmap of the mean over seeds of the paired difference in test balanced
     accuracy against ``reference`` (points); of the mean balanced accuracy itself when the
@@ -420,7 +431,7 @@ def _heatmap_figure(
     splits: dict[TaskSpec, str | None] = {}
     for r in records:
         splits.setdefault(_stratum(r.task),
-                          None if split_of is None else str(split_of(r.task)))
+                          None if split_of is None else _split(split_of, r.task))
     tasks = list(splits)
     if split_of is not None:
         order = _split_order({str(v) for v in splits.values()})
@@ -471,7 +482,7 @@ def _heatmap_figure(
 
 def _short_split(split: str) -> str:
     return {"held_out_id": "held-out ID", "held_out_ood": "held-out OOD",
-            ALL_SPLITS: "all held-out"}.get(split, split)
+            NO_SPLIT: "no split", ALL_SPLITS: "all held-out"}.get(split, split)
 
 
 # --------------------------------------------------------------------------- report
@@ -521,7 +532,7 @@ def write_report(
     base_rule: str | None = None,
     budget_note: str = "",
     learning_curve: np.ndarray | None = None,
-    split_of: Callable[[TaskSpec], str] | None = None,
+    split_of: Callable[[TaskSpec], str | None] | None = None,
     rng_seed: int = 0,
     title: str = "lossgym evaluation report",
     margin: float = 1.0,
@@ -571,7 +582,9 @@ def write_report(
             agent in ``trajectories.png``; None, or a name without records, draws none.
         budget_note: free text placed under the title (compute budget, seeds, ...).
         learning_curve: ``[K, 2]`` array of (timesteps, mean episode return).
-        split_of: the held-out split of a task; None puts every record in one section.
+        split_of: the held-out split of a task (None for a task in no split, e.g. of an
+            evaluation made with another distribution: those get a section of their own);
+            None puts every record in one section.
         rng_seed: seed of every bootstrap (each interval gets a fresh generator from it).
         title: the report's title.
         margin: points of balanced accuracy by which target 2 requires beating logit
@@ -611,7 +624,7 @@ def write_report(
     by_split: dict[str, list[EpisodeRecord]] = {}
     if split_of is not None:
         for r in records:
-            by_split.setdefault(str(split_of(r.task)), []).append(r)
+            by_split.setdefault(_split(split_of, r.task), []).append(r)
     sections = _split_order(by_split)
     by_split[ALL_SPLITS] = records
     sections.append(ALL_SPLITS)
@@ -846,7 +859,7 @@ def _ratio_table(
     records: Sequence[EpisodeRecord],
     agent: str,
     reference: str,
-    split_of: Callable[[TaskSpec], str] | None,
+    split_of: Callable[[TaskSpec], str | None] | None,
     rng: Callable[[], np.random.Generator],
 ) -> tuple[list[str], list[tuple[float, dict[str, float]]]]:
     ratios = sorted({float(r.task.imbalance_ratio) for r in records if r.method == agent})
@@ -856,7 +869,7 @@ def _ratio_table(
     for ratio in ratios:
         recs = [r for r in records if float(r.task.imbalance_ratio) == ratio]
         splits = ", ".join(_short_split(s) for s in _split_order(
-            {split_of(r.task) for r in recs})) if split_of is not None else "all"
+            {_split(split_of, r.task) for r in recs})) if split_of is not None else "all"
         a, b, strata = _pairs(recs, agent, reference, PRIMARY)
         if a.size == 0:
             rows.append([_ratio(ratio), splits, "0"] + ["n/a"] * 6)

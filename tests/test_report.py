@@ -363,6 +363,15 @@ def test_a_gain_bought_with_calibration_is_marked_beside_it(tmp_path):
     assert "†" not in text and "Calibration:" not in text
 
 
+def test_tasks_in_no_split_get_a_section_of_their_own(tmp_path):
+    # An evaluation made with another distribution: split_of knows no split for ratio 50.
+    text = _write(tmp_path, _records(), split_of=lambda t: RATIOS[t.imbalance_ratio]
+                  if t.imbalance_ratio != 50.0 else None).read_text()
+    section = _section(text, "## Tasks in no split of the task distribution")
+    assert "1 base task × 10 seeds = 10 runs per method" in section
+    assert _row(_section(text, "by imbalance ratio"), "50")[1] == "no split"
+
+
 def test_write_report_fail_verdict_without_learning_curve(tmp_path):
     path = _write(tmp_path, _records(agent_gain=0.0), best_baseline="ldam")
     text = path.read_text()
