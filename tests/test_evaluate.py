@@ -46,6 +46,7 @@ def test_evaluate_end_to_end_writes_the_report(run_dir, capsys):
                    "adafocal", "oracle_constant"):
         assert method in text, method
     assert "PASS" in text or "FAIL" in text
+    assert "FEWER SEEDS (2) than the documented minimum of 5 per base task" in text
     for png in ("trajectories.png", "forest.png", "heatmap.png"):
         assert (run_dir / png).stat().st_size > 0
     records = json.loads((run_dir / "evaluation.json").read_text())["records"]
