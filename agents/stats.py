@@ -1,4 +1,4 @@
-"""Statistics for reports: robust aggregates, bootstrap intervals, paired tests, calibration.
+"""Statistics for reports: robust aggregates, bootstrap intervals, paired tests.
 
 Everything here is plain numpy/scipy. Functions that resample take a seeded
 :class:`numpy.random.Generator` (or an int seed, turned into one with
@@ -15,8 +15,9 @@ reproducible from its seed.
 * :func:`summarise`: mean and IQM with bootstrap intervals, standard deviation, count.
 * :func:`paired_difference`: mean paired difference with a bootstrap interval (stratified by
   task when ``strata`` are given), paired t-test and Wilcoxon signed-rank p-values.
-* :func:`fit_temperature`, :func:`ece_after_temperature`: temperature scaling (Guo et al. 2017)
-  and the expected calibration error (15 equal-width bins) before and after it.
+
+Temperature scaling and the expected calibration error live in :mod:`lossgym.metrics` (once):
+the engine computes the test ECE before and after scaling that the reports show.
 """
 
 from __future__ import annotations
@@ -25,21 +26,16 @@ import warnings
 from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
-from scipy import optimize, special
 from scipy import stats as sps
 
 __all__ = [
     "bootstrap_ci",
-    "ece_after_temperature",
-    "expected_calibration_error",
-    "fit_temperature",
     "iqm",
     "paired_difference",
     "stratified_bootstrap_ci",
     "stratified_bootstrap_samples",
     "stratified_mean",
     "summarise",
-    "temperature_nll",
 ]
 
 RngLike = np.random.Generator | int | None
@@ -48,8 +44,6 @@ RngLike = np.random.Generator | int | None
 #: task weighs the same), or the mean of all values pooled (every value weighs the same).
 STRATIFIED_STATS = ("task_mean", "pooled_mean")
 
-#: Search range of log T in :func:`fit_temperature` (T from about 0.01 to 100).
-LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
 
 
 def _as_1d(values: object, name: str = "values") -> np.ndarray:
@@ -328,101 +322,3 @@ def paired_difference(
         warnings.simplefilter("ignore")  # small-sample / ties notes
         out["wilcoxon_pvalue"] = float(sps.wilcoxon(d, zero_method="wilcox").pvalue)
     return out
-
-
-def _check_logits(logits: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(targets)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be [V, C], got shape {z.shape}")
-    if y.shape != (z.shape[0],):
-        raise ValueError(f"targets must be [{z.shape[0]}], got shape {y.shape}")
-    if z.shape[0] == 0:
-        raise ValueError("need at least one sample")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= z.shape[1]:
-        raise ValueError(f"targets must lie in [0, {z.shape[1]})")
-    return z, y
-
-
-def temperature_nll(logits: object, targets: object, temperature: float) -> float:
-    """Mean negative log-likelihood of ``targets`` under ``softmax(logits / temperature)``."""
-    z, y = _check_logits(logits, targets)
-    scaled = z / temperature
-    log_norm = special.logsumexp(scaled, axis=1)
-    return float(np.mean(log_norm - scaled[np.arange(y.size), y]))
-
-
-def fit_temperature(val_logits: object, val_targets: object) -> float:
-    """Temperature scaling (Guo et al. 2017): the T minimising validation NLL of ``logits / T``.
-
-    A bounded one-dimensional search over ``log T`` in :data:`LOG_T_BOUNDS`.
-
-    Args:
-        val_logits: validation logits ``[V, C]``.
-        val_targets: validation labels ``[V]``.
-
-    Returns:
-        The fitted temperature (> 1 softens overconfident predictions).
-    """
-    z, y = _check_logits(val_logits, val_targets)
-    rows = np.arange(y.size)
-    target_logit = z[rows, y]
-
-    def nll(log_t: float) -> float:
-        inv_t = np.exp(-log_t)
-        return float(np.mean(special.logsumexp(z * inv_t, axis=1) - target_logit * inv_t))
-
-    res = optimize.minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded",
-                                   options={"xatol": 1e-6})
-    return float(np.exp(res.x))
-
-
-def expected_calibration_error(logits: object, targets: object, n_bins: int = 15) -> float:
-    """Expected calibration error of the top-class softmax confidence.
-
-    Equal-width bins over [0, 1], right-closed ``(lo, hi]`` with the first also taking 0 (the
-    binning of :func:`lossgym.metrics.calibration_bins`); ``sum_b |acc_b - conf_b| n_b / V``.
-    Predictions are the arg-max class (first on ties).
-
-    Args:
-        logits: logits ``[V, C]``.
-        targets: labels ``[V]``.
-        n_bins: number of bins.
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-    z, y = _check_logits(logits, targets)
-    probs = special.softmax(z, axis=1)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    inner = np.arange(1, n_bins, dtype=np.float64) / n_bins
-    bins = np.clip(np.searchsorted(inner, conf, side="left"), 0, n_bins - 1)
-    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
-    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
-    return float(np.sum(np.abs(correct_sum - conf_sum)) / y.size)
-
-
-def ece_after_temperature(
-    val_logits: object,
-    val_targets: object,
-    test_logits: object,
-    test_targets: object,
-    n_bins: int = 15,
-) -> float:
-    """Test ECE after temperature scaling fitted on validation.
-
-    Fits T with :func:`fit_temperature` on ``(val_logits, val_targets)`` and returns
-    :func:`expected_calibration_error` of ``test_logits / T``. The ECE before scaling is
-    ``expected_calibration_error(test_logits, test_targets)``.
-
-    Args:
-        val_logits: validation logits ``[V, C]``.
-        val_targets: validation labels ``[V]``.
-        test_logits: test logits ``[N, C]``.
-        test_targets: test labels ``[N]``.
-        n_bins: number of ECE bins.
-    """
-    temperature = fit_temperature(val_logits, val_targets)
-    z, y = _check_logits(test_logits, test_targets)
-    return expected_calibration_error(z / temperature, y, n_bins)

@@ -42,9 +42,13 @@ features version 1 (no context features).
 
 Loading never unpickles anything: the manifest is JSON and the weights are safetensors. A
 truncated, modified or damaged file, an unsupported ``format_version``, features this version
-of lossgym does not compute, an unknown method or hyperparameter, a value out of range, or
-class counts that do not match raise ``ValueError`` naming the file, the bad value and what is
-allowed. Files are written atomically.
+of lossgym does not compute, an unknown method or hyperparameter, a value out of range (NaN
+and infinities included), class counts that are all zero or do not match the bound ones, or
+weights whose shapes differ from the layers' raise ``ValueError`` naming the file, the bad
+value and what is allowed. The weights' shapes are checked against the safetensors header
+before any layer is built, so a manifest allocates no more than its weights file holds. A
+checkpoint's state (:meth:`AdaptiveLoss.set_extra_state`) is checked entry by entry the same
+way. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
@@ -73,8 +78,10 @@ from lossgym.features import (
 )
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.losses import ParametricCriterion
+from lossgym.losses._kernel import check_logits_targets, check_target_bounds, check_targets
 from lossgym.methods import LossMethod, method_from_dict
 from lossgym.metrics import classification_metrics
+from lossgym.metrics import fit_temperature as temperature_scaling
 from lossgym.population import MinibatchContext
 from lossgym.schedules import LossSchedule
 
@@ -141,7 +148,8 @@ def _keys(values: object, required: Sequence[str], where: str) -> dict[str, Any]
 
 
 def _check_counts(counts: object, where: str) -> Tensor:
-    """Training-set class counts as a float32 ``[C]`` tensor (C >= 2, finite, >= 0)."""
+    """Training-set class counts as a float32 ``[C]`` tensor (C >= 2, finite, >= 0, not all
+    zero: a training set has samples)."""
     if isinstance(counts, Tensor):
         t = counts.detach().to("cpu", torch.float64)
     else:
@@ -149,9 +157,11 @@ def _check_counts(counts: object, where: str) -> Tensor:
             raise ValueError(f"{where} must be a list of class counts, got {counts!r}")
         t = torch.tensor([_real(c, f"{where}[{i}]", 0.0) for i, c in enumerate(counts)],
                          dtype=torch.float64)
-    if t.ndim != 1 or t.numel() < 2 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise ValueError(f"{where} must be [C] (C >= 2) finite counts >= 0, got "
-                         f"shape {tuple(t.shape)}")
+    if t.ndim != 1 or t.numel() < 2 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()) \
+            or not bool((t > 0).any()):
+        shown = t.tolist() if t.numel() <= 20 else f"a tensor of shape {tuple(t.shape)}"
+        raise ValueError(f"{where}={shown} is invalid; it must be [C] (C >= 2) finite counts "
+                         f">= 0 of a training set, not all zero")
     return t.float()
 
 
@@ -173,6 +183,78 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------- the actor
+def _layer_shapes(layers: object, obs_dim: int, action_dim: int) -> dict[str, tuple[int, ...]]:
+    """The weights a controller's layer list needs (name → shape, as the state dict of the
+    :class:`Controller`'s network names them), checking the list; allocates nothing."""
+    if not isinstance(layers, list) or not layers:
+        raise ValueError(f"controller.layers must be a non-empty list, got {layers!r:.80}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = obs_dim
+    for i, layer in enumerate(layers):
+        where = f"controller.layers[{i}]"
+        kind = layer.get("kind") if isinstance(layer, dict) else None
+        if kind not in LAYER_KINDS:
+            raise ValueError(f"{where} has kind {kind!r}; known kinds: {LAYER_KINDS}")
+        if kind in ("tanh", "relu"):
+            _keys(layer, ("kind",), where)
+            continue
+        if kind == "lstm":
+            _keys(layer, ("kind", "input_size", "hidden_size"), where)
+            if i:
+                raise ValueError(f"{where}: an lstm layer may only come first")
+            size_in, size_out = (_count(layer["input_size"], f"{where}.input_size"),
+                                 _count(layer["hidden_size"], f"{where}.hidden_size"))
+            shapes.update({f"{i}.weight_ih_l0": (4 * size_out, size_in),
+                           f"{i}.weight_hh_l0": (4 * size_out, size_out),
+                           f"{i}.bias_ih_l0": (4 * size_out,), f"{i}.bias_hh_l0": (4 * size_out,)})
+        else:
+            _keys(layer, ("kind", "in_features", "out_features"), where)
+            size_in, size_out = (_count(layer["in_features"], f"{where}.in_features"),
+                                 _count(layer["out_features"], f"{where}.out_features"))
+            shapes.update({f"{i}.weight": (size_out, size_in), f"{i}.bias": (size_out,)})
+        if size_in != width:
+            raise ValueError(f"{where} takes {size_in} inputs but receives {width} "
+                             f"({'the observation' if i == 0 else 'the previous layer'})")
+        width = size_out
+    if layers[-1]["kind"] != "linear" or width != action_dim:
+        raise ValueError(f"controller.layers must end with a linear layer of {action_dim} "
+                         "outputs (one per action dimension)")
+    return shapes
+
+
+def _check_weights(expected: Mapping[str, tuple[int, ...]],
+                  got: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+    """The weights (name → (shape, dtype name)) are exactly the ``expected`` float32 ones."""
+    if set(got) != set(expected):
+        raise ValueError(f"the weights hold tensors {sorted(got)} but the layers need "
+                         f"{sorted(expected)}")
+    for name, shape in expected.items():
+        if got[name] != (shape, "float32"):
+            raise ValueError(f"weight {name} is {got[name][1]} of shape {got[name][0]}; the "
+                             f"layers need float32 of shape {shape}")
+
+
+#: safetensors' dtype names → torch's.
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _safetensors_header(data: bytes) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name → (shape, dtype name) of the tensors in a safetensors file, from its header (an
+    8-byte little-endian length, then JSON) alone."""
+    if len(data) < 8:
+        raise ValueError("it is shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError(f"its header claims {size} bytes but the file holds {len(data) - 8}")
+    try:
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+        return {name: (tuple(int(n) for n in entry["shape"]),
+                       _SAFETENSORS_DTYPES.get(entry["dtype"], str(entry["dtype"])))
+                for name, entry in header.items() if name != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"its header is not safetensors JSON: {err!r}") from err
+
+
 class Controller(nn.Module):
     """An actor network with its observation normalisation: observations ``[N, D]`` (the
     features of :mod:`lossgym.features`) to actions ``[N, d]`` in [−1, 1].
@@ -212,7 +294,11 @@ class Controller(nn.Module):
             raise ValueError(f"controller.output={output!r} must be one of {OUTPUTS}")
         self.output = output
         self.algorithm = str(algorithm)
-        self.layers = [dict(layer) for layer in layers]
+        self.layers = [dict(layer) if isinstance(layer, Mapping) else layer for layer in layers]
+        # The shapes first, so that a manifest's layer list allocates nothing the weights lack.
+        expected = _layer_shapes(self.layers, self.spec.dim, mapping.dim)
+        _check_weights(expected, {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+                                 for k, v in tensors.items()})
         self.net = self._build(self.layers)
         self._load(tensors)
         self.net.requires_grad_(False)
@@ -224,51 +310,17 @@ class Controller(nn.Module):
             self.register_buffer("obs_var", torch.tensor(norm["var"], dtype=torch.float64))
 
     def _build(self, layers: list[dict[str, Any]]) -> nn.ModuleList:
-        if not layers:
-            raise ValueError("controller.layers is empty")
         modules: list[nn.Module] = []
-        width = self.spec.dim
-        for i, layer in enumerate(layers):
-            where = f"controller.layers[{i}]"
-            kind = layer.get("kind") if isinstance(layer, dict) else None
-            if kind not in LAYER_KINDS:
-                raise ValueError(f"{where} has kind {kind!r}; known kinds: {LAYER_KINDS}")
-            if kind in ("tanh", "relu"):
-                _keys(layer, ("kind",), where)
-                modules.append(nn.Tanh() if kind == "tanh" else nn.ReLU())
-                continue
-            if kind == "lstm":
-                _keys(layer, ("kind", "input_size", "hidden_size"), where)
-                if i:
-                    raise ValueError(f"{where}: an lstm layer may only come first")
-                size_in, size_out = (_count(layer["input_size"], f"{where}.input_size"),
-                                     _count(layer["hidden_size"], f"{where}.hidden_size"))
-            else:
-                _keys(layer, ("kind", "in_features", "out_features"), where)
-                size_in, size_out = (_count(layer["in_features"], f"{where}.in_features"),
-                                     _count(layer["out_features"], f"{where}.out_features"))
-            if size_in != width:
-                raise ValueError(f"{where} takes {size_in} inputs but receives {width} "
-                                 f"({'the observation' if i == 0 else 'the previous layer'})")
-            modules.append(nn.LSTM(size_in, size_out) if kind == "lstm"
-                           else nn.Linear(size_in, size_out))
-            width = size_out
-        if layers[-1]["kind"] != "linear" or width != self.mapping.dim:
-            raise ValueError(f"controller.layers must end with a linear layer of "
-                             f"{self.mapping.dim} outputs (one per action dimension)")
+        for layer in layers:
+            kind = layer["kind"]
+            modules.append(nn.Tanh() if kind == "tanh" else nn.ReLU() if kind == "relu"
+                           else nn.LSTM(layer["input_size"], layer["hidden_size"])
+                           if kind == "lstm" else
+                           nn.Linear(layer["in_features"], layer["out_features"]))
         return nn.ModuleList(modules)
 
     def _load(self, tensors: Mapping[str, Tensor]) -> None:
-        expected = {k: tuple(v.shape) for k, v in self.net.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in tensors.items()}
-        if set(got) != set(expected):
-            raise ValueError(f"the weights hold tensors {sorted(got)} but the layers need "
-                             f"{sorted(expected)}")
-        for name, shape in expected.items():
-            t = tensors[name]
-            if got[name] != shape or t.dtype != torch.float32:
-                raise ValueError(f"weight {name} is {t.dtype} of shape {got[name]}; the layers "
-                                 f"need float32 of shape {shape}")
+        for name, t in tensors.items():
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"weight {name} holds NaN or infinite values")
         self.net.load_state_dict(dict(tensors))
@@ -385,7 +437,23 @@ def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, 
     return folder
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"it holds {name}, which JSON does not allow: manifests hold finite "
+                     "numbers only")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"it holds the number {text}, beyond the float range: manifests hold "
+                         "finite numbers only")
+    return value
+
+
 def _manifest_path(path: str | Path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path={path!r} must be an export folder or its {MANIFEST} (a str or "
+                        f"os.PathLike), got {type(path).__name__}")
     path = Path(path)
     file = path / MANIFEST if path.is_dir() else path
     if not file.is_file():
@@ -410,8 +478,9 @@ def read_export(path: str | Path
     """
     file = _manifest_path(path)
     try:
-        manifest = json.loads(file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        manifest = json.loads(file.read_bytes().decode("utf-8"), parse_constant=_no_constant,
+                              parse_float=_finite_float)
+    except (ValueError, RecursionError) as err:  # decoding and JSON errors are ValueErrors
         raise ValueError(f"{file}: not a readable lossgym export manifest (truncated or "
                          f"damaged?): {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -486,13 +555,19 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
                          "manifest: it is truncated, modified or from another export")
     from safetensors.torch import load
 
+    layers = spec["layers"]
+    # The shapes against the weights file's header before anything is allocated.
+    expected = _layer_shapes(layers, FeatureSpec(mapping.parameters, features["version"]).dim,
+                            mapping.dim)
+    try:
+        header = _safetensors_header(data)
+    except ValueError as err:
+        raise ValueError(f"the weights file {weights_file} cannot be read: {err}") from err
+    _check_weights(expected, header)
     try:
         tensors = load(data)
     except Exception as err:  # safetensors raises its own error type for malformed data
         raise ValueError(f"the weights file {weights_file} cannot be read: {err}") from err
-    layers = spec["layers"]
-    if not isinstance(layers, list):
-        raise ValueError("controller.layers must be a list")
     base = manifest.get("base_rule")
     controller = Controller(layers, tensors, mapping, spec["output"], spec["obs_normalization"],
                             spec["algorithm"], features["version"],
@@ -583,7 +658,9 @@ class AdaptiveLoss(nn.Module):
             (α) and logit adjustment (τ) and the controller's imbalance feature. Default: the
             counts bound in the export (:meth:`load`), else the labels seen in training forwards
             until the first ``step()`` (exact after one epoch; before that the running count;
-            a warning says so).
+            a warning says so). While no label has been counted (a forward in ``eval()`` or
+            under ``torch.no_grad()`` before any training forward) the counts are unknown and
+            read as equal counts: uniform α weights, no logit adjustment, equal margins.
         total_steps: the number of ``step()`` calls in the training run; progress is
             ``steps done / total_steps`` (clipped to 1). :meth:`load` defaults to the
             export's (the horizon of the task it was exported for).
@@ -610,6 +687,14 @@ class AdaptiveLoss(nn.Module):
       minibatches of the L2 norm of the gradient of all model parameters; default: what
       :meth:`watch` or :meth:`record_gradients` recorded, else 0 (a zero gradient, as the
       environment shows before training; a warning says so).
+
+    Calibration: where a loss trades calibration for balanced accuracy (class-balance α,
+    logit adjustment τ and margins leave the trained model over- or under-confident), the
+    exported loss offers the fix. After training, ``criterion.fit_temperature(val_logits,
+    val_targets)`` fits a temperature T on the validation logits (temperature scaling, Guo et
+    al. 2017: :func:`lossgym.metrics.fit_temperature`, the T that minimises the validation
+    NLL), keeps it (in the state dict too) and returns it; ``criterion.calibrate(logits)``
+    returns ``logits / T`` for inference. Accuracy and balanced accuracy do not change.
 
     The loss is :class:`~lossgym.losses.ParametricCriterion`, the criterion the environment
     trains with: on the CPU (float32 / float64) the loss, its gradient, the recorded
@@ -667,6 +752,8 @@ class AdaptiveLoss(nn.Module):
         self._counts_inferred = class_counts is None
         self._num_classes = None if self._counts is None else int(self._counts.numel())
         self._warned: set[str] = set()
+        #: The temperature of :meth:`fit_temperature` (None until fitted).
+        self.temperature: float | None = None
         # Labels counted in training forwards while the class counts are unknown; kept across
         # begin(), which the first forward calls after counting its minibatch.
         self._seen: Tensor | None = None
@@ -688,6 +775,11 @@ class AdaptiveLoss(nn.Module):
             if given.numel() != len(bound):
                 raise ValueError(f"{_manifest_path(path)}: the export is bound to "
                                  f"{len(bound)} classes but class_counts has {given.numel()}")
+            if not torch.equal(given, torch.tensor(bound, dtype=torch.float32)):
+                raise ValueError(f"{_manifest_path(path)}: the export is bound to the class "
+                                 f"counts {bound} but class_counts is {given.tolist()}; pass "
+                                 "those counts or none (an export without bound counts takes "
+                                 "any)")
         counts = class_counts if class_counts is not None else bound
         if minibatches_per_step is None and "method" in manifest:
             minibatches_per_step = manifest["method"]["minibatches_per_step"]
@@ -797,6 +889,7 @@ class AdaptiveLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
+        check_logits_targets(logits, targets)
         num_classes = logits.shape[-1]
         if self._num_classes is None:
             self._num_classes = num_classes
@@ -804,11 +897,11 @@ class AdaptiveLoss(nn.Module):
             raise ValueError(f"logits have {num_classes} classes but this loss has "
                              f"{self._num_classes} (from its class counts or earlier logits)")
         counts = self._counts_for(logits, targets)
+        training = self._is_training_forward(logits)
+        if training and self._batch_size is None:  # before begin(): the context reads it
+            self._batch_size = int(targets.numel())
         if self._params is None:
             self.begin()
-        training = self._is_training_forward(logits)
-        if training and self._batch_size is None:
-            self._batch_size = int(targets.numel())
         if self.method is not None:
             loss = self._method_loss(logits, targets, counts)
         else:
@@ -861,6 +954,7 @@ class AdaptiveLoss(nn.Module):
                               "torch.bincount(train_labels)) to use the exact counts from the "
                               "start", UserWarning, stacklevel=3)
         if self._is_training_forward(logits):
+            check_target_bounds(targets, logits.shape[-1])
             self._seen = self._seen.to(logits.device)
             flat = targets.reshape(-1).to(logits.device)
             self._seen.index_add_(0, flat, torch.ones_like(flat, dtype=self._seen.dtype))
@@ -886,6 +980,7 @@ class AdaptiveLoss(nn.Module):
         validation NLL and a zero gradient. A method starts from its initial state (AdaFocal:
         γ0 in every bin). Called by the first forward if not called before.
         """
+        self._check_validation(val_logits, val_targets)
         self._reset_run()
         if self.method is not None:
             self._live_method(self._num_classes, self._device())
@@ -920,6 +1015,7 @@ class AdaptiveLoss(nn.Module):
         A method export learns from ``val_logits`` / ``val_targets`` where the method does
         (AdaFocal's γ update; required there) and ignores the other arguments.
         """
+        self._check_validation(val_logits, val_targets)
         if self._params is None:
             self.begin()
         self.steps_done += 1
@@ -955,6 +1051,25 @@ class AdaptiveLoss(nn.Module):
             self._describe_method()
         self.history.append(self.params)
 
+    def fit_temperature(self, val_logits: Tensor, val_targets: Tensor) -> float:
+        """Fit and keep the temperature T > 0 that minimises the NLL of ``val_logits / T``
+        (``[V, C]``, e.g. of the trained model on the validation set) for ``val_targets``
+        (``[V]``); returns T. See :meth:`calibrate`."""
+        self._check_validation(val_logits, val_targets)
+        if not val_targets.numel():
+            raise ValueError("fit_temperature needs validation samples, but val_targets is "
+                             "empty")
+        self.temperature = float(temperature_scaling(val_logits.detach(),
+                                                     val_targets.to(val_logits.device)))
+        return self.temperature
+
+    def calibrate(self, logits: Tensor) -> Tensor:
+        """``logits / T`` with the temperature of :meth:`fit_temperature`, for inference."""
+        if self.temperature is None:
+            raise RuntimeError("calibrate() needs a temperature: call "
+                               "fit_temperature(val_logits, val_targets) first")
+        return logits / self.temperature
+
     def _describe_method(self) -> None:
         """A method's parameters in use at the start of the period (``params``)."""
         method = self.method
@@ -974,15 +1089,29 @@ class AdaptiveLoss(nn.Module):
         self._params = params.detach().to("cpu", torch.float32)
         self._kwargs = dict(zip(self.controlled, self._params.tolist()))
 
-    def _val_metrics(self, val_logits: Tensor | None, val_targets: Tensor | None
-                     ) -> dict[str, Tensor]:
+    def _check_validation(self, val_logits: Tensor | None, val_targets: Tensor | None) -> None:
+        """Validation logits ``[V, C]`` (C this loss's classes where known) and int64 labels
+        ``[V]`` in [0, C), or neither."""
         if (val_logits is None) != (val_targets is None):
             raise ValueError("pass val_logits and val_targets together")
+        if val_logits is None:
+            return
+        if not isinstance(val_logits, Tensor) or not isinstance(val_targets, Tensor):
+            raise TypeError(f"val_logits and val_targets must be tensors, got "
+                            f"{type(val_logits).__name__} and {type(val_targets).__name__}")
+        if val_logits.ndim != 2 or tuple(val_targets.shape) != tuple(val_logits.shape[:1]):
+            raise ValueError(f"val_logits must be [V, C] and val_targets [V], got "
+                             f"{tuple(val_logits.shape)} and {tuple(val_targets.shape)}")
+        if self._num_classes is not None and val_logits.shape[-1] != self._num_classes:
+            raise ValueError(f"val_logits have {val_logits.shape[-1]} classes but this loss has "
+                             f"{self._num_classes}")
+        check_targets(val_logits, val_targets, "val_targets")
+
+    def _val_metrics(self, val_logits: Tensor | None, val_targets: Tensor | None
+                     ) -> dict[str, Tensor]:
         device = self._device()
         if val_logits is not None:
             assert val_targets is not None
-            if val_logits.ndim != 2:
-                raise ValueError(f"val_logits must be [V, C], got {tuple(val_logits.shape)}")
             if self._num_classes is None:
                 self._num_classes = val_logits.shape[-1]
             metrics = classification_metrics(val_logits.detach().unsqueeze(0),
@@ -1110,55 +1239,178 @@ class AdaptiveLoss(nn.Module):
             "minibatches_per_step": self.minibatches_per_step,
             "module": None if self._live is None or not self._live.state() else {
                 k: v.detach().cpu().tolist() for k, v in self._live.state().items()},
+            "temperature": self.temperature,
         }
 
     def set_extra_state(self, state: Any) -> None:
+        """Restore :meth:`get_extra_state`'s state, checked entry by entry first: a state that
+        is not one this loss could have saved raises ``ValueError`` and changes nothing."""
         if not isinstance(state, dict) or state.get("export_id") != self.export_id:
             theirs = state.get("export_id") if isinstance(state, dict) else None
             raise ValueError(f"this state was saved by the adaptive loss of export {theirs!r},"
                              f" not by this one ({self.export_id!r})")
+        st = self._checked_state(state)
         device = self._device()
 
         def tensor(values: list | None, dtype: torch.dtype = torch.float32,
                    on: torch.device | None = None) -> Tensor | None:
             return None if values is None else torch.tensor(values, dtype=dtype, device=on)
 
-        self.total_steps = state["total_steps"]
-        self.steps_done = state["steps_done"]
-        self._num_classes = state["num_classes"]
-        params = tensor(state["params"])
+        live = None
+        params = tensor(st["params"])
+        if self.method is not None and (params is not None or st["module"]):
+            live = method_from_dict(self.method.to_dict(), 1, st["num_classes"], device)
+            dtypes = {k: v.dtype for k, v in live.state().items()}
+            module = st["module"] or {}
+            if module and set(module) != set(dtypes):
+                raise ValueError(f"state['module'] holds {sorted(module)} but the method "
+                                 f"{self.method.name!r} keeps {sorted(dtypes)}")
+            try:
+                live.load_state({k: torch.tensor(v, dtype=dtypes[k]) for k, v in module.items()})
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise ValueError(f"state['module'] does not fit the method "
+                                 f"{self.method.name!r}: {err}") from err
+        self.total_steps = st["total_steps"]
+        self.steps_done = st["steps_done"]
+        self._num_classes = st["num_classes"]
         self._params = None
         self._kwargs = {}
         if params is not None:
             self._set_params(params)
-        self._last_change = tensor(state["last_change"])
-        self.history = [dict(h) for h in state["history"]]
-        self._counts = tensor(state["class_counts"])
-        self._counts_inferred = state["counts_inferred"]
-        self._seen = tensor(state["seen"])
-        self._state = None if state["state"] is None \
-            else tuple(tensor(s, on=device) for s in state["state"])  # type: ignore[assignment]
-        metrics = state["last_metrics"]
+        self._last_change = tensor(st["last_change"])
+        self.history = st["history"]
+        self._counts = tensor(st["class_counts"])
+        self._counts_inferred = st["counts_inferred"]
+        self._seen = tensor(st["seen"])
+        self._state = None if st["state"] is None \
+            else tuple(tensor(s, on=device) for s in st["state"])  # type: ignore[assignment]
+        metrics = st["last_metrics"]
         self._last_metrics = None if metrics is None else {
             k: tensor(v, torch.bool if k == "class_present" else torch.float32, device)
             for k, v in metrics.items()}
-        self.observation = tensor(state["observation"])
-        self._ce = [float(v) for v in state["ce"]]
-        self._grad_norms = [float(v) for v in state["grad_norms"]]
-        # Checkpoints from before method exports lack the last three entries.
-        self._minibatch = state.get("minibatch", 0)
-        self._batch_size = state.get("batch_size")
-        self._period_sizes = list(state.get("period_sizes", []))
-        self._model_setup = dict(state.get("model_setup", {}))
-        self.minibatches_per_step = state.get("minibatches_per_step", self.minibatches_per_step)
-        self.__dict__["_live"] = None
-        if self.method is not None and (params is not None or state.get("module")):
-            live = self._live_method(self._num_classes, device)
-            dtypes = {k: v.dtype for k, v in live.state().items()}
-            live.load_state({k: torch.tensor(v, dtype=dtypes[k])
-                             for k, v in (state.get("module") or {}).items()})
+        self.observation = tensor(st["observation"])
+        self._ce = st["ce"]
+        self._grad_norms = st["grad_norms"]
+        self._minibatch = st["minibatch"]
+        self._batch_size = st["batch_size"]
+        self._period_sizes = st["period_sizes"]
+        self._model_setup = st["model_setup"]
+        self.minibatches_per_step = st["minibatches_per_step"]
+        self.temperature = st["temperature"]
+        self.__dict__["_live"] = live
         if self.method is not None and params is not None:
             self._describe_method()
+
+    def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The entries of a saved state, each checked against what this loss saves (types,
+        lengths, ranges); entries that older checkpoints lack take their defaults."""
+        optional = {"minibatch": 0, "batch_size": None, "period_sizes": [], "model_setup": {},
+                    "minibatches_per_step": self.minibatches_per_step, "module": None,
+                    "temperature": None}
+        required = ("export_id", "total_steps", "steps_done", "num_classes", "params",
+                    "last_change", "history", "class_counts", "counts_inferred", "seen",
+                    "state", "last_metrics", "observation", "ce", "grad_norms")
+        missing = [k for k in required if k not in state]
+        unknown = sorted(set(state) - set(required) - set(optional))
+        if missing or unknown:
+            raise ValueError(f"the saved state lacks {missing} or has unknown entries {unknown}")
+        st = {**optional, **state}
+        out: dict[str, Any] = {"total_steps": _count(st["total_steps"], "state['total_steps']"),
+                               "steps_done": _count(st["steps_done"], "state['steps_done']", 0)}
+        c = st["num_classes"]
+        out["num_classes"] = None if c is None else _count(c, "state['num_classes']")
+        d = len(self.controlled)
+
+        def numbers(key: str, length: int | None = None, low: float = -math.inf,
+                    optional: bool = False) -> list[float] | None:
+            values = st[key]
+            if values is None and optional:
+                return None
+            if not isinstance(values, list) or (length is not None and len(values) != length):
+                wanted = "" if length is None else f"{length} "
+                raise ValueError(f"state[{key!r}] must be a list of {wanted}numbers"
+                                 f"{' or None' if optional else ''}, got {values!r:.80}")
+            return [_real(v, f"state[{key!r}][{i}]", low) for i, v in enumerate(values)]
+
+        def integers(key: str, low: int) -> list[int]:
+            values = st[key]
+            if not isinstance(values, list):
+                raise ValueError(f"state[{key!r}] must be a list of integers, got {values!r:.80}")
+            return [_count(v, f"state[{key!r}][{i}]", low) for i, v in enumerate(values)]
+
+        def array(values: object, where: str, shape: tuple[int, ...] | None) -> list:
+            try:
+                t = torch.tensor(values, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"{where} must be a (nested) list of numbers: {err}") from None
+            if (shape is not None and tuple(t.shape) != shape) or not bool(
+                    torch.isfinite(t).all()):
+                raise ValueError(f"{where} must be finite numbers of shape {shape}, got shape "
+                                 f"{tuple(t.shape)}")
+            return values  # type: ignore[return-value]
+
+        out["params"] = numbers("params", d, optional=True)
+        out["last_change"] = numbers("last_change", d)
+        classes = out["num_classes"]
+        for key in ("class_counts", "seen"):
+            out[key] = numbers(key, classes, 0.0, optional=True)
+            if out[key] is not None and classes is None:
+                raise ValueError(f"state[{key!r}] is given but state['num_classes'] is None")
+        history = st["history"]
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and all(isinstance(k, str) for k in h) for h in history):
+            raise ValueError(f"state['history'] must be a list of {{name: number}} objects, "
+                             f"got {history!r:.80}")
+        out["history"] = [{k: _real(v, f"state['history'][{i}][{k!r}]") for k, v in h.items()}
+                          for i, h in enumerate(history)]
+        if not isinstance(st["counts_inferred"], bool):
+            raise ValueError(f"state['counts_inferred']={st['counts_inferred']!r} must be a bool")
+        out["counts_inferred"] = st["counts_inferred"]
+        hidden = self.controller.recurrent_state_size if self.controller is not None else 0
+        lstm = st["state"]
+        if lstm is not None and (not hidden or not isinstance(lstm, list) or len(lstm) != 2):
+            raise ValueError(f"state['state'] must be None{' or [h, c]' if hidden else ''} for "
+                             f"this {'recurrent ' if hidden else ''}{self.kind}")
+        out["state"] = None if lstm is None else [
+            array(v, f"state['state'][{i}]", (1, 1, hidden)) for i, v in enumerate(lstm)]
+        metrics = st["last_metrics"]
+        if metrics is not None:
+            names = sorted(classification_metrics(torch.zeros(1, 2, 2), torch.arange(2), 2))
+            if not isinstance(metrics, dict) or sorted(metrics) != names:
+                raise ValueError(f"state['last_metrics'] must be None or hold exactly {names}")
+            for k, v in metrics.items():
+                array(v, f"state['last_metrics'][{k!r}]", None)
+        out["last_metrics"] = metrics
+        dim = self.controller.spec.dim if self.controller is not None else None
+        out["observation"] = numbers("observation", dim, optional=True)
+        if out["observation"] is not None and dim is None:
+            raise ValueError(f"state['observation'] must be None for a {self.kind}")
+        out["ce"] = numbers("ce")
+        out["grad_norms"] = numbers("grad_norms", low=0.0)
+        out["minibatch"] = _count(st["minibatch"], "state['minibatch']", 0)
+        out["batch_size"] = None if st["batch_size"] is None \
+            else _count(st["batch_size"], "state['batch_size']")
+        out["period_sizes"] = integers("period_sizes", 1)
+        setup = st["model_setup"]
+        if not isinstance(setup, dict) or set(setup) - {"arch", "width"} \
+                or setup.get("arch", "mlp") not in ("mlp", "cnn"):
+            raise ValueError(f"state['model_setup'] must be {{'arch': 'mlp' or 'cnn', 'width': "
+                             f"n}} or empty, got {setup!r:.80}")
+        if "width" in setup:
+            _count(setup["width"], "state['model_setup']['width']")
+        out["model_setup"] = dict(setup)
+        out["minibatches_per_step"] = _count(st["minibatches_per_step"],
+                                             "state['minibatches_per_step']")
+        module = st["module"]
+        if module is not None and (self.method is None or not isinstance(module, dict)):
+            raise ValueError(f"state['module'] must be None for a {self.kind}"
+                             if self.method is None else
+                             "state['module'] must be None or a {name: values} object")
+        out["module"] = module
+        t = st["temperature"]
+        out["temperature"] = None if t is None \
+            else _real(t, "state['temperature']", 1e-12)
+        return out
 
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v:.4g}" for k, v in self._kwargs.items()) or "not started"

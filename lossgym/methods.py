@@ -75,11 +75,12 @@ class LossMethod:
 
     def member_loss(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext,
                     reduction: str = "mean") -> Tensor:
-        """The loss reduced over each member's batch: ``[n]`` (``"none"``: ``[n, B]``)."""
+        """The loss reduced over each member's batch: ``[n]`` (``"none"``: ``[n, B]``); the
+        mean of an empty batch is 0, as its sum."""
         loss = self.per_sample(logits, targets, ctx)
         if reduction == "none":
             return loss
-        return loss.mean(-1) if reduction == "mean" else loss.sum(-1)
+        return loss.mean(-1) if reduction == "mean" and loss.shape[-1] else loss.sum(-1)
 
     def __call__(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
         return self.member_loss(logits, targets, ctx)

@@ -27,7 +27,7 @@ from lossgym.tasks import TaskSpec
 #: Task fields that all members of one population must share.
 SHARED_FIELDS = ("dataset", "arch", "width", "depth", "batch_size", "optimizer")
 
-SPLITS = ("train", "val", "test")
+DATA_SPLITS = ("train", "val", "test")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

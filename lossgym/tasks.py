@@ -34,10 +34,10 @@ from lossgym.data import (
     sample_train_pool,
 )
 from lossgym.data import class_counts as _profile_counts
+from lossgym.optim import OPTIMIZERS
 
 ARCHS = ("mlp", "cnn")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SPLITS = ("train", "held_out", "held_out_id", "held_out_ood")
+TASK_SPLITS = ("train", "held_out", "held_out_id", "held_out_ood")
 
 SEED_STREAMS: dict[str, int] = {"data": 0x64617461, "init": 0x696E6974, "order": 0x6F726472}
 """Fixed per-stream integers for :meth:`TaskSpec.derive_seed` (the ASCII codes of "data",
@@ -572,12 +572,12 @@ class TaskDistribution:
 
         Args:
             rng: Source of all randomness; advanced by the call.
-            split: One of :data:`SPLITS`.
+            split: One of :data:`TASK_SPLITS`.
         """
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r} is unknown; splits: {SPLITS}")
+        if split not in TASK_SPLITS:
+            raise ValueError(f"split={split!r} is unknown; splits: {TASK_SPLITS}")
         if split == "held_out":
             split = ("held_out_id", "held_out_ood")[int(rng.integers(2))]
         grids = getattr(self, split)
@@ -605,6 +605,44 @@ class TaskDistribution:
     def is_train(self, spec: TaskSpec) -> bool:
         """Whether ``spec`` belongs to the train split."""
         return self.split_of(spec) == "train"
+
+    @classmethod
+    def wide(cls) -> TaskDistribution:
+        """:meth:`default` widened over the training regime, where the best loss and the best
+        time to change it move (``scripts/headroom.py`` measures the room on both).
+
+        * train: datasets mnist1d and synthetic; exponential imbalance rho in {10, 20, 50,
+          100}; label noise {0, 0.1, 0.2, 0.3, 0.4} (default: up to 0.2); MLP of width
+          {64, 128}, depth 2 (default: also 256, which costs about 3x per run); AdamW
+          (decoupled weight decay) or Adam (weight decay as coupled L2; default: AdamW only)
+          with lr {3e-4, 1e-3, 3e-3} (default: 1e-3) and weight decay {0, 1e-3, 1e-2, 1e-1}
+          (default: no 0); budget via minibatches_per_step {5, 10, 20, 40, 80} over a horizon
+          of 20, about 1 to 28 epochs (default: {20, 40, 60}, about 4 to 21); seeds 0..9999.
+        * held_out_id and held_out_ood: built from the train grid as in :meth:`default`
+          (unseen seeds; unseen ratios {30, 200}; the CNN at 16 or 32 channels; digits at
+          rho in {10, 15}).
+        """
+        train = TaskFactors(
+            datasets=("mnist1d", "synthetic"),
+            imbalance_ratios=(10.0, 20.0, 50.0, 100.0),
+            label_noises=(0.0, 0.1, 0.2, 0.3, 0.4),
+            widths=(64, 128),
+            optimizers=("adamw", "adam"),
+            lrs=(3e-4, 1e-3, 3e-3),
+            weight_decays=(0.0, 1e-3, 1e-2, 1e-1),
+            minibatches_per_step=(5, 10, 20, 40, 80),
+            seed_range=(0, 10_000),
+        )
+        held_out = dataclasses.replace(train, seed_range=_HELD_OUT_SEEDS)
+        return cls(
+            train=(train,),
+            held_out_id=(held_out,),
+            held_out_ood=(
+                dataclasses.replace(held_out, imbalance_ratios=(30.0, 200.0)),
+                dataclasses.replace(held_out, archs=("cnn",), widths=(16, 32)),
+                dataclasses.replace(held_out, datasets=("digits",), imbalance_ratios=(10.0, 15.0)),
+            ),
+        )
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -198,3 +198,17 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
     with pytest.raises(SystemExit):
         from agents.evaluate import parse_args
         parse_args(["--add-methods", "nope"])
+
+
+def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
+                             small=True, device="cpu"), distribution=DIST, log=False)
+    text = path.read_text()
+    methods = {r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]}
+    assert methods == {"agent", "agent_replay", "agent_mean_action", "agent_task_replay", "ce",
+                       "logit_adjusted", "ldam_drw", "tuned_drw"}
+    assert "SMALL VERSION" in text and "FEWER SEEDS (2)" in text

@@ -725,3 +725,35 @@ def test_watch_warns_about_parameters_without_gradient():
         for _ in range(2):
             criterion(used(torch.randn(16, 4)), torch.randint(0, 3, (16,))).backward()
     assert criterion._grad_norms == []  # incomplete passes are not recorded
+
+
+# ---------------------------------------------------------------------------- calibration
+def test_fit_temperature_lowers_the_validation_ece_of_over_confident_logits(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 3, generator=gen) * 1.5
+    labels = torch.multinomial(true_logits.softmax(-1), 1, generator=gen).squeeze(-1)
+    logits = 4.0 * true_logits  # over-confident by a temperature of 4
+    val, test = slice(0, 2000), slice(2000, None)
+    export = write_export(LossSchedule({"alpha": constant(0.5)}), tmp_path / "a", total_steps=4)
+    criterion = AdaptiveLoss.load(export, class_counts=COUNTS)
+    with pytest.raises(RuntimeError, match="call fit_temperature"):
+        criterion.calibrate(logits)
+    temperature = criterion.fit_temperature(logits[val], labels[val])
+    assert isinstance(temperature, float) and temperature == criterion.temperature
+    assert 3.0 < temperature < 5.0
+
+    def ece(z, y):
+        return float(classification_metrics(z.unsqueeze(0), y, 3)["ece"])
+
+    for part in (val, test):
+        calibrated = criterion.calibrate(logits[part])
+        assert ece(calibrated, labels[part]) < 0.5 * ece(logits[part], labels[part])
+        assert torch.equal(calibrated.argmax(-1), logits[part].argmax(-1))
+    # The temperature is part of the checkpoint.
+    twin = AdaptiveLoss.load(export, class_counts=COUNTS)
+    twin.load_state_dict(criterion.state_dict())
+    assert twin.temperature == temperature
+    with pytest.raises(IndexError, match=r"val_targets: Target 3 is out of bounds \[0, 3\)"):
+        criterion.fit_temperature(logits[:4], torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="needs validation samples"):
+        criterion.fit_temperature(logits[:0], labels[:0])

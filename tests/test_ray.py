@@ -37,7 +37,7 @@ def records_of(path):
 
 
 def test_evaluation_on_ray_equals_the_local_one(executor, run_dir):  # noqa: F811
-    small = dict(seeds=2, id_tasks=1, tune_tasks=2, search_budget=4, device="cpu")
+    small = dict(seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2, search_budget=4, device="cpu")
     local = records_of(evaluate(EvalArgs(run_dir=str(run_dir), pbt=False, **small),
                                 distribution=DIST, log=False))
     text = (run_dir / "report.md").read_text()

@@ -21,8 +21,7 @@ from lossgym import params as loss_params
 from lossgym.actions import ACTION_MODES, ActionMapping, parse_parameters
 from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource, as_task
 from lossgym.schedules import LossSchedule, constant
-from lossgym.tasks import SPLITS as TASK_SPLITS
-from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.tasks import TASK_SPLITS, TaskDistribution, TaskSpec
 
 RENDER_MODES = ("ansi", "rgb_array")
 #: The base rule where one is needed and none is given: logit adjustment (τ = 1).

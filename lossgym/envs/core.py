@@ -22,8 +22,7 @@ from lossgym.features import FeatureSpec, compute_features, context_values, log_
 from lossgym.losses import ParametricCriterion
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
 from lossgym.schedules import LossSchedule
-from lossgym.tasks import SPLITS as TASK_SPLITS
-from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.tasks import TASK_SPLITS, TaskDistribution, TaskSpec
 
 METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
 REWARD_BASELINES = ("none", "paired", "base")

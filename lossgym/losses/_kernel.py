@@ -17,6 +17,7 @@ so a caller that keeps its terms for a period (the parametric criterion) pays fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -45,18 +46,105 @@ def check_reduction(reduction: str) -> None:
 
 
 def reduce(loss: Tensor, reduction: str) -> Tensor:
+    """``loss`` reduced; the mean of an empty batch is 0 (with a zero gradient), as its sum."""
     check_reduction(reduction)
     if reduction == "none":
         return loss
-    return loss.mean() if reduction == "mean" else loss.sum()
+    return loss.mean() if reduction == "mean" and loss.numel() else loss.sum()
 
 
-def check_logits_targets(logits: Tensor, targets: Tensor) -> None:
+def check_logits_targets(logits: Tensor, targets: Tensor, what: str = "targets") -> None:
+    """Floating logits ``[..., B, C]`` and int64 targets ``[..., B]``: shapes and dtypes only
+    (no kernel); :func:`check_targets` adds the bounds."""
+    if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError(f"logits and {what} must be tensors, got {type(logits).__name__} and "
+                        f"{type(targets).__name__}")
     if logits.ndim < 2 or logits.shape[:-1] != targets.shape:
         raise ValueError(
-            f"logits must have shape [..., B, C] and targets [..., B]; got logits "
-            f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
+            f"logits must have shape [..., B, C] and {what} [..., B]; got logits "
+            f"{tuple(logits.shape)} and {what} {tuple(targets.shape)}"
         )
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    if targets.dtype is not torch.int64:
+        raise ValueError(f"{what} must be int64 class indices in [0, {logits.shape[-1]}), got "
+                         f"dtype {targets.dtype} (convert with .long())")
+
+
+def check_target_bounds(targets: Tensor, num_classes: int, what: str = "targets") -> None:
+    """Targets in [0, C), with the C extension's message. CPU tensors only: on CUDA the check
+    would be a host sync, so there torch's kernels assert on the device instead."""
+    if not targets.is_cpu or not targets.numel():
+        return
+    low, high = (int(v) for v in torch.aminmax(targets))
+    if low < 0 or high >= num_classes:
+        flat = targets.reshape(-1)
+        k = int(((flat < 0) | (flat >= num_classes)).nonzero()[0, 0])
+        prefix = "" if what == "targets" else f"{what}: "
+        raise IndexError(f"{prefix}Target {int(flat[k])} is out of bounds [0, {num_classes}) "
+                         f"(sample {k})")
+
+
+def check_targets(logits: Tensor, targets: Tensor, what: str = "targets") -> None:
+    """What every loss asks of its inputs: floating logits ``[..., B, C]``, int64 targets
+    ``[..., B]`` in [0, C) (the bounds on the CPU only; samples count in the flattened
+    targets)."""
+    check_logits_targets(logits, targets, what)
+    check_target_bounds(targets, logits.shape[-1], what)
+
+
+def _interval(low: float, high: float, open_low: bool, open_high: bool) -> str:
+    if high == math.inf:
+        bound = "" if low == -math.inf else f" {'>' if open_low else '>='} {low:g}"
+    else:
+        bound = f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    return "a finite number" + bound
+
+
+def check_range(value: float | Tensor, name: str, low: float = -math.inf,
+                high: float = math.inf, *, open_low: bool = False, open_high: bool = False
+                ) -> tuple[float, float] | None:
+    """A ``ValueError`` naming ``name`` and the value unless ``value`` is finite and within
+    the bounds. Python numbers are always checked, CPU tensors with one reduction (whose
+    extremes, min and max, are returned); CUDA tensors are not inspected (that would be a
+    host sync)."""
+
+    def inside(v: float) -> bool:
+        return math.isfinite(v) and (v > low if open_low else v >= low) \
+            and (v < high if open_high else v <= high)
+
+    if isinstance(value, Tensor):
+        if not value.is_cpu or not value.numel() or value.dtype is torch.bool:
+            return None
+        v = value.detach()
+        # One kernel: NaN propagates into both extremes.
+        extremes = tuple(float(x) for x in torch.aminmax(v.reshape(-1)))
+        if all(inside(x) for x in extremes):
+            return extremes  # type: ignore[return-value]
+        bad = next(x for x in v.reshape(-1).tolist() if not inside(float(x)))
+        raise ValueError(f"{name} holds {bad!r}; every value of {name} must be "
+                         f"{_interval(low, high, open_low, open_high)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # align() names the type
+    if not inside(float(value)):
+        raise ValueError(f"{name}={value!r} is invalid; it must be "
+                         f"{_interval(low, high, open_low, open_high)}")
+    return None
+
+
+def class_counts_values(counts: Tensor, name: str = "class_counts") -> Tensor:
+    """Class counts ``[..., C]`` as floats: finite and >= 0 (checked as :func:`check_range`),
+    and a row of all zeros, counts that are unknown, read as equal counts."""
+    if not isinstance(counts, Tensor):
+        raise TypeError(f"{name} must be a tensor of per-class counts, got "
+                        f"{type(counts).__name__}")
+    extremes = check_range(counts, name, 0.0)
+    c = counts if counts.is_floating_point() else counts.to(torch.get_default_dtype())
+    if c.ndim == 0 or not c.shape[-1] or (extremes is not None and extremes[0] > 0):
+        return c  # (align_class names a bad shape)
+    if extremes is not None and c.ndim == 1:
+        return c if extremes[1] > 0 else torch.ones_like(c)
+    return c + (c.amax(dim=-1, keepdim=True) <= 0)  # counts are >= 0: a row of zeros gets 1s
 
 
 def is_zero(value: float | Tensor | None) -> bool:
@@ -128,6 +216,14 @@ def gate_weights(hardness: Tensor, strength: float | Tensor) -> Tensor:
 # ------------------------------------------------------------------------------- terms
 _SCALARS = ("scale", "gamma", "label_smoothing", "poly_epsilon")
 _CLASS_TERMS = ("weight", "shift", "margins")
+#: Where each scalar term is defined: (low, high, low excluded); every term must be finite.
+DOMAINS: dict[str, tuple[float, float, bool]] = {
+    "scale": (0.0, math.inf, True),
+    "gamma": (0.0, math.inf, False),
+    "label_smoothing": (0.0, 1.0, False),
+    "poly_epsilon": (-math.inf, math.inf, False),
+    "gate": (-math.inf, math.inf, False),
+}
 
 
 @dataclass(eq=False)
@@ -138,6 +234,11 @@ class Terms:
     ``[M]``, per sample ``[M, B]``); class terms are ``[C]`` or ``[..., C]`` with leading dims
     a prefix of the targets' shape. ``margins`` are in the units of the scaled logits (LDAM's
     s Δ u_c).
+
+    The scalars must lie in :data:`DOMAINS` (s > 0, γ >= 0, ε_ls in [0, 1], the others finite)
+    and the weights be finite and >= 0; a ``ValueError`` names the term otherwise (checked as
+    :func:`check_range`: Python numbers always, CPU tensors once per terms object, CUDA
+    tensors not).
     """
 
     scale: float | Tensor = 1.0
@@ -151,6 +252,12 @@ class Terms:
     eps: float = FOCAL_EPS
     # The fast path's arguments by (dtype, reduction, members): see native_plan.
     _plans: dict[tuple[Any, ...], NativePlan | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, (low, high, open_low) in DOMAINS.items():
+            check_range(getattr(self, name), name, low, high, open_low=open_low)
+        if self.weight is not None:
+            check_range(self.weight, "weight", 0.0)
 
     def is_plain(self) -> bool:
         """Plain cross-entropy: torch's fused kernel is exact and as fast."""
@@ -294,23 +401,21 @@ class _Native(torch.autograd.Function):
         return grad * (grad_out.unsqueeze(-1) if ctx.per_sample else grad_out), None, None, None
 
 
-def check_targets(logits: Tensor, targets: Tensor) -> None:
-    """Targets must be int64 class indices in [0, C); the message is the extension's."""
-    if targets.dtype is not torch.int64:
-        raise ValueError(f"targets must be int64 class indices, got {targets.dtype}")
-    if targets.numel() and not targets.is_cuda:
-        low, high = int(targets.min()), int(targets.max())
-        bad = low if low < 0 else high
-        if low < 0 or high >= logits.shape[-1]:
-            raise IndexError(f"Target {bad} is out of bounds [0, {logits.shape[-1]})")
-
-
 def modulated_ce(logits: Tensor, targets: Tensor, terms: Terms, reduction: str = "mean",
                  ce_out: list | None = None) -> Tensor:
     """The modulated cross-entropy of logits ``[..., B, C]`` and int64 targets ``[..., B]``
     (module docstring). Where ``ce_out`` is a list, the (detached) mean plain cross-entropy of
-    the untransformed logits is appended to it."""
+    the untransformed logits is appended to it (nothing for an empty batch).
+
+    The targets are checked (:func:`check_targets`): the C extension checks their bounds as
+    it goes, the torch paths first. An empty batch gives the empty loss (``"none"``) or 0 with
+    a zero gradient (``"mean"``, ``"sum"``)."""
+    check_reduction(reduction)
+    check_logits_targets(logits, targets)
+    if not targets.numel():
+        return reduce(logits.sum(dim=-1), reduction)
     if terms.is_plain():
+        check_target_bounds(targets, logits.shape[-1])
         # Torch's fused kernel: F.cross_entropy's exact value and gradient, and the cheapest.
         out = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                               reduction=reduction, label_smoothing=float(terms.label_smoothing))
@@ -325,7 +430,7 @@ def modulated_ce(logits: Tensor, targets: Tensor, terms: Terms, reduction: str =
             raise ValueError(f"logits {tuple(logits.shape)} do not fit the terms' "
                              f"{native[0].members} members")
         return _Native.apply(logits, targets, native[0], ce_out)
-    check_targets(logits, targets)
+    check_target_bounds(targets, logits.shape[-1])
     if ce_out is not None:
         ce_out.append(F.cross_entropy(logits.detach().reshape(-1, logits.shape[-1]),
                                       targets.reshape(-1)))

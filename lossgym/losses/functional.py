@@ -23,9 +23,22 @@ counts ``[C]`` a parameter of shape ``M`` yields weights of shape ``M + [C]``.
 Anything that cannot be aligned raises ``ValueError`` naming the parameter, its shape and the
 allowed shapes.
 
+Checked inputs
+--------------
+Targets are int64 class indices in ``[0, C)`` (others raise ``ValueError``, out-of-range ones
+``IndexError("Target 5 is out of bounds [0, 5) (sample 3)")``, the sample counted in the
+flattened targets).  Class counts are finite and ``>= 0``; counts that are all zero (per row of
+``[..., C]``) mean "unknown" and read as equal counts (uniform weights, no logit adjustment).
+Parameters outside their domain (γ < 0, β outside [0, 1), NaN or infinite values) raise
+``ValueError`` naming them.  Python numbers are always checked, CPU tensors with one reduction
+each; CUDA tensors are not inspected, since that would be a host sync (torch's kernels assert
+out-of-range targets on the device).
+
 Reductions are ``"none"`` (per-sample loss, shape ``targets.shape``), ``"mean"`` (the arithmetic
 mean of that) and ``"sum"``.  Note that for class-weighted losses ``"mean"`` is the *plain* mean
-of the weighted per-sample terms, not ``F.cross_entropy``'s division by the sum of weights.
+of the weighted per-sample terms, not ``F.cross_entropy``'s division by the sum of weights.  An
+empty batch gives an empty ``"none"`` loss, and 0 with a zero gradient for ``"mean"`` and
+``"sum"``.
 """
 
 from __future__ import annotations
@@ -41,16 +54,15 @@ from lossgym.losses._kernel import (
     align,
     align_class,
     check_logits_targets,
+    check_range,
     check_reduction,
+    check_targets,
+    class_counts_values,
     gate_weights,
     modulated_ce,
     reduce,
 )
 from lossgym.losses.parametric import log_power_weights, parametric_loss
-
-
-def _float_dtype(t: Tensor) -> torch.dtype:
-    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
 
 
 def _member_param(value: float | Tensor, counts: Tensor, name: str) -> float | Tensor:
@@ -145,6 +157,7 @@ def sigmoid_focal_loss(
             f"inputs and targets must have the same shape, got {tuple(inputs.shape)} and "
             f"{tuple(targets.shape)}"
         )
+    check_range(gamma, "gamma", 0.0)
     g = align(gamma, inputs.shape, "gamma", inputs)
     targets = targets.to(dtype=inputs.dtype)
     p = torch.sigmoid(inputs)
@@ -168,7 +181,8 @@ def class_balanced_weights(class_counts: Tensor, beta: float | Tensor = 0.9999) 
     .. math:: w_c \propto \frac{1 - \beta}{1 - \beta^{n_c}}, \qquad \sum_c w_c = C
 
     (the paper's normalisation).  ``beta`` in ``[0, 1)``: 0 gives uniform weights, ``beta -> 1``
-    approaches inverse frequency.  Zero counts are treated as 1 so weights stay finite.
+    approaches inverse frequency; other values raise ``ValueError``.  Zero counts are treated as
+    1 so weights stay finite (all zero: uniform weights); negative counts raise ``ValueError``.
 
     Args:
         class_counts: ``[C]`` or ``[N, C]`` (any leading dims) per-class sample counts.
@@ -177,7 +191,8 @@ def class_balanced_weights(class_counts: Tensor, beta: float | Tensor = 0.9999) 
     Returns:
         Float tensor of the broadcast shape of counts and beta (``[..., C]``).
     """
-    counts = class_counts.to(_float_dtype(class_counts)).clamp_min(1.0)
+    counts = class_counts_values(class_counts).clamp_min(1.0)
+    check_range(beta, "beta", 0.0, 1.0, open_high=True)
     b = _member_param(beta, counts, "beta")
     log_beta = torch.log(torch.as_tensor(b, dtype=counts.dtype, device=counts.device))
     # 1/(1 - beta^n) via expm1 so that beta close to 1 keeps its precision; the constant
@@ -204,10 +219,12 @@ def power_class_weights(class_counts: Tensor, alpha: float | Tensor) -> Tensor:
     rebalancing effect.
 
     Args:
-        class_counts: ``[C]`` or ``[N, C]`` counts (zeros allowed: the power uses max(n, 1)).
-        alpha: float or per-member tensor (``[N]``).
+        class_counts: ``[C]`` or ``[N, C]`` counts, finite and >= 0 (zeros allowed: the power
+            uses max(n, 1); all zero, unknown counts, give uniform weights).
+        alpha: finite float or per-member tensor (``[N]``).
     """
-    counts = class_counts.to(_float_dtype(class_counts))
+    counts = class_counts_values(class_counts)
+    check_range(alpha, "alpha")
     a = _member_param(alpha, counts, "alpha")
     log_w = log_power_weights(counts.clamp_min(1.0).log(), counts.log(), a)
     return log_w.exp()
@@ -318,10 +335,11 @@ def ldam_margins(class_counts: Tensor, max_margin: float | Tensor = 0.5) -> Tens
     i.e. :math:`\Delta_c \propto n_c^{-1/4}` with the rarest class getting ``max_margin``.
 
     Args:
-        class_counts: ``[C]`` or ``[N, C]``.
-        max_margin: float or per-member tensor.
+        class_counts: ``[C]`` or ``[N, C]``, finite and >= 0 (all zero: equal margins).
+        max_margin: finite float or per-member tensor.
     """
-    counts = class_counts.to(_float_dtype(class_counts)).clamp_min(1.0)
+    counts = class_counts_values(class_counts).clamp_min(1.0)
+    check_range(max_margin, "max_margin")
     inv = counts.pow(-0.25)
     unit = inv / inv.amax(dim=-1, keepdim=True)
     return unit * _member_param(max_margin, counts, "max_margin")
@@ -356,6 +374,7 @@ def ldam_loss(
     num_classes = logits.shape[-1]
     unit = align_class(ldam_margins(class_counts, 1.0), targets.shape, num_classes,
                        "class_counts", logits)
+    check_range(max_margin, "max_margin")
     s = align(scale, targets.shape, "scale", logits)
     d = align(max_margin, targets.shape, "max_margin", logits)
     column = (s * d).unsqueeze(-1) if isinstance(s * d, Tensor) else s * d
@@ -374,7 +393,7 @@ def flsd53_gamma(logits: Tensor, targets: Tensor) -> Tensor:
     using Focal Loss", NeurIPS 2020): :math:`\gamma = 5` if :math:`p_t < 0.2` else 3, from the
     detached :math:`p_t`.  Returns a ``targets``-shaped float tensor.
     """
-    check_logits_targets(logits, targets)
+    check_targets(logits, targets)
     with torch.no_grad():
         logp_t = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         low = logp_t.exp() < 0.2
@@ -435,7 +454,8 @@ def adafocal_loss(
         bin_edges: ``[K+1]`` or ``[N, K+1]`` increasing edges (usually from 0 to 1).
     """
     check_reduction(reduction)
-    check_logits_targets(logits, targets)
+    check_targets(logits, targets)
+    check_range(gamma_bins, "gamma_bins")
     logp = F.log_softmax(logits, dim=-1)
     logp_t = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     p_t = logp_t.exp()
@@ -514,7 +534,7 @@ def calibration_bin_stats(
         ``(confidence, accuracy, count)``, each ``[..., K]``; empty bins report 0 confidence
         and accuracy.
     """
-    check_logits_targets(logits, targets)
+    check_targets(logits, targets)
     with torch.no_grad():
         probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         conf, pred = probs.max(dim=-1)
@@ -597,7 +617,7 @@ def gradient_gate_weights(logits: Tensor, targets: Tensor, strength: float | Ten
     gives 1/2 everywhere.  ``strength``: float or per-member tensor.  Returns ``targets``-shaped
     weights (not normalised).
     """
-    check_logits_targets(logits, targets)
+    check_targets(logits, targets)
     s = align(strength, targets.shape, "strength", logits)
     logp_t = F.log_softmax(logits.detach(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return gate_weights(-torch.expm1(logp_t), s)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lossgym import params as loss_params
-from lossgym.losses._kernel import check_logits_targets, check_reduction, reduce
+from lossgym.losses._kernel import check_reduction, check_targets, reduce
 from lossgym.losses.functional import (
     adafocal_loss,
     adafocal_update,
@@ -239,7 +239,7 @@ class AdaLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        check_logits_targets(logits, targets)
+        check_targets(logits, targets)
         expected = tuple(targets.shape[:-1]) + (self.num_classes,)
         if tuple(self.running_mean.shape) != expected or logits.shape[-1] != self.num_classes:
             raise ValueError(

@@ -22,7 +22,9 @@ from lossgym.losses._kernel import (
     align,
     align_class,
     check_logits_targets,
+    check_range,
     check_reduction,
+    class_counts_values,
     is_zero,
     modulated_ce,
 )
@@ -113,7 +115,8 @@ def _lead(values: Mapping[str, float | Tensor], counts: Tensor, shape: Sequence[
 def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None,
                targets_shape: Sequence[int], like: Tensor) -> Terms:
     """The terms of the parametric loss for parameter ``values`` (name → float or tensor;
-    missing names are neutral) and counts ``[C]`` or ``[N, C]``."""
+    missing names are neutral) and counts ``[C]`` or ``[N, C]`` (finite, >= 0; a row of
+    zeros, unknown counts, reads as equal counts)."""
     known = {p.name: p for p in loss_params.LOSS_PARAMS}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -126,11 +129,14 @@ def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None
         if class_counts is None:
             raise ValueError(f"class_counts is needed for the parameters {needs}")
         lead = _lead(active, class_counts, targets_shape)
-        counts = align_class(class_counts, lead, like.shape[-1], "class_counts", like)
+        counts = class_counts_values(class_counts)
+        counts = align_class(counts, lead, like.shape[-1], "class_counts", like)
         counts = counts.to(like.dtype if like.is_floating_point() else torch.float32)
         classes = ClassStats(counts.clamp_min(1.0).log(), counts.log())
         cols = {}
         for k, v in active.items():
+            if k in needs:
+                check_range(v, k)
             if isinstance(v, Tensor):
                 v = align(v.reshape(()) if v.numel() == 1 else v,
                           lead if v.numel() > 1 else (), k, like)
@@ -204,6 +210,12 @@ def parametric_loss(
     (needed for α, τ and the margin). Host numbers equal to the neutral value cost nothing,
     tensors never trigger host syncs, and on the CPU numbers and per-member tensors that need
     no gradient run as one call of the C extension.
+
+    Values: γ >= 0, ε_ls in [0, 1], s > 0, the others finite; counts finite and >= 0. Counts
+    that are all zero (in a row of ``[N, C]``) mean "unknown" and read as equal counts:
+    uniform weights, no logit adjustment, the full margin Δ for every class. Anything else
+    raises ``ValueError`` naming the value (tensors: on the CPU; CUDA tensors are not
+    inspected, which would be a host sync).
     """
     check_reduction(reduction)
     check_logits_targets(logits, targets)

@@ -1,0 +1,504 @@
+"""Bad and edge-case inputs (issue 14, "A user's first hour"): every loss checks its targets with
+one message, treats an empty batch the same way, reads all-zero class counts as unknown (equal
+counts) and refuses values outside their domain with a ValueError that names them."""
+
+import hashlib
+import json
+import math
+import re
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossgym import AdaptiveLoss
+from lossgym.actions import ActionMapping
+from lossgym.export import Controller, _digest, write_export
+from lossgym.features import FeatureSpec
+from lossgym.losses import (
+    AdaFocalLoss,
+    AdaLoss,
+    FocalLoss,
+    LDAMLoss,
+    ParametricLoss,
+    adafocal_loss,
+    calibration_bin_stats,
+    class_balanced_weights,
+    drw_weights,
+    flsd53_gamma,
+    flsd53_loss,
+    focal_loss,
+    gradient_gate_weights,
+    gradient_gated_cross_entropy,
+    ldam_loss,
+    ldam_margins,
+    logit_adjusted_cross_entropy,
+    parametric_loss,
+    poly1_cross_entropy,
+    power_class_weights,
+    sigmoid_focal_loss,
+    weighted_cross_entropy,
+)
+from lossgym.methods import METHODS, make_method
+from lossgym.population import MinibatchContext
+from lossgym.schedules import LossSchedule, constant
+
+C = 5
+COUNTS = torch.tensor([40.0, 20.0, 10.0, 5.0, 1.0])
+EDGES = torch.tensor([0.0, 0.5, 1.0])
+
+#: Every public loss of logits and targets, with a reduction.
+LOSSES = {
+    "focal": lambda z, t, r: focal_loss(z, t, reduction=r),
+    "focal_alpha": lambda z, t, r: focal_loss(z, t, alpha=torch.ones(C), reduction=r),
+    "weighted_ce": lambda z, t, r: weighted_cross_entropy(z, t, reduction=r),
+    "weighted_ce_w": lambda z, t, r: weighted_cross_entropy(z, t, COUNTS, reduction=r),
+    "logit_adjusted": lambda z, t, r: logit_adjusted_cross_entropy(z, t, COUNTS, reduction=r),
+    "poly1": lambda z, t, r: poly1_cross_entropy(z, t, reduction=r),
+    "ldam": lambda z, t, r: ldam_loss(z, t, COUNTS, reduction=r),
+    "flsd53": lambda z, t, r: flsd53_loss(z, t, reduction=r),
+    "gradient_gated": lambda z, t, r: gradient_gated_cross_entropy(z, t, 1.0, reduction=r),
+    "adafocal": lambda z, t, r: adafocal_loss(z, t, torch.ones(2), EDGES, reduction=r),
+    "parametric_ce": lambda z, t, r: parametric_loss(z, t, reduction=r),
+    "parametric": lambda z, t, r: parametric_loss(z, t, COUNTS, r, gamma=1.0, alpha=0.5),
+    "parametric_gate": lambda z, t, r: parametric_loss(z, t, reduction=r, gate=1.0),
+    "FocalLoss": lambda z, t, r: FocalLoss(reduction=r)(z, t),
+    "ParametricLoss": lambda z, t, r: ParametricLoss(COUNTS, r, tau=1.0)(z, t),
+    "LDAMLoss": lambda z, t, r: LDAMLoss(COUNTS, reduction=r)(z, t),
+    "AdaFocalLoss": lambda z, t, r: AdaFocalLoss(2, reduction=r)(z, t),
+}
+#: Functions of logits and targets that are not losses but index with the targets.
+TARGET_FUNCTIONS = {
+    "flsd53_gamma": lambda z, t: flsd53_gamma(z, t),
+    "gradient_gate_weights": lambda z, t: gradient_gate_weights(z, t, 1.0),
+    "calibration_bin_stats": lambda z, t: calibration_bin_stats(z, t, EDGES),
+    "AdaLoss": lambda z, t: AdaLoss(C)(z, t),
+}
+ALL = {**{k: partial(f, r="mean") for k, f in LOSSES.items()}, **TARGET_FUNCTIONS}
+
+
+def _logits(shape=(6,)):
+    return torch.randn(*shape, C, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def kernels(request, torch_kernels):
+    """Each test runs with the C extension (where it takes the inputs) and without."""
+    if request.param == "torch":
+        with torch_kernels():
+            yield
+    else:
+        yield
+
+
+# ------------------------------------------------------------------------------- targets
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("bad, sample", [(5, 3), (-1, 3), (-100, 2), (7, 0)])
+def test_out_of_range_targets_raise_the_same_index_error(name, bad, sample, kernels):
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    targets[sample] = bad
+    message = f"Target {bad} is out of bounds [0, {C}) (sample {sample})"
+    with pytest.raises(IndexError, match=re.escape(message)):
+        ALL[name](_logits(), targets)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_the_sample_counts_in_the_flattened_targets_of_a_population(name, kernels):
+    if name in ("AdaLoss",):  # its state is per member: one member's worth
+        pytest.skip("AdaLoss without members takes [B] targets")
+    targets = torch.zeros(2, 6, dtype=torch.long)
+    targets[1, 2] = C
+    with pytest.raises(IndexError, match=re.escape(f"Target {C} is out of bounds [0, {C}) "
+                                                   "(sample 8)")):
+        ALL[name](_logits((2, 6)), targets)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.uint8])
+def test_targets_of_another_dtype_raise_naming_it(name, dtype, kernels):
+    targets = torch.tensor([0, 1, 2, 3, 4, 0]).to(dtype)
+    with pytest.raises(ValueError, match=rf"targets must be int64 class indices in \[0, 5\), "
+                                         rf"got dtype {re.escape(str(dtype))}"):
+        ALL[name](_logits(), targets)
+
+
+def test_integer_logits_raise_naming_them():
+    with pytest.raises(ValueError, match="logits must be floating point, got torch.int64"):
+        focal_loss(torch.zeros(4, C, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------- empty batch
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("shape", [(0,), (3, 0)])
+def test_an_empty_batch_is_zero_with_a_zero_gradient(name, shape, kernels):
+    if name == "AdaFocalLoss" and len(shape) > 1:
+        pytest.skip("its γ state has no member dim")
+    for reduction in ("mean", "sum"):
+        logits = torch.randn(*shape, C, requires_grad=True)
+        out = LOSSES[name](logits, torch.zeros(shape, dtype=torch.long), reduction)
+        assert out.shape == () and out.item() == 0.0
+        (grad,) = torch.autograd.grad(out, logits, allow_unused=True)
+        assert grad is None or (grad.shape == logits.shape and not grad.any())
+    out = LOSSES[name](torch.randn(*shape, C), torch.zeros(shape, dtype=torch.long), "none")
+    assert out.shape == shape
+
+
+def test_sigmoid_focal_and_adaloss_of_an_empty_batch_are_zero():
+    assert sigmoid_focal_loss(torch.zeros(0), torch.zeros(0), reduction="mean").item() == 0.0
+    assert AdaLoss(C)(torch.zeros(0, C), torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gives_zero_for_a_member_with_an_empty_batch(name):
+    method = make_method(name, num_members=2, num_classes=C)
+    ctx = MinibatchContext(torch.full((2,), 0.9), COUNTS.expand(2, C))
+    out = method(torch.randn(2, 0, C), torch.zeros(2, 0, dtype=torch.long), ctx)
+    assert out.tolist() == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- class counts
+COUNT_FUNCTIONS = {
+    "parametric_alpha": lambda n: parametric_loss(_logits(), torch.arange(6) % C, n, alpha=0.5),
+    "parametric_tau": lambda n: parametric_loss(_logits(), torch.arange(6) % C, n, tau=1.0),
+    "parametric_margin": lambda n: parametric_loss(_logits(), torch.arange(6) % C, n,
+                                                   margin=0.5, scale=10.0),
+    "parametric_all": lambda n: parametric_loss(_logits(), torch.arange(6) % C, n, gamma=1.0,
+                                                alpha=1.0, tau=1.0, margin=0.5),
+    "logit_adjusted": lambda n: logit_adjusted_cross_entropy(_logits(), torch.arange(6) % C, n),
+    "ldam": lambda n: ldam_loss(_logits(), torch.arange(6) % C, n),
+    "power_class_weights": lambda n: power_class_weights(n, 0.5),
+    "class_balanced_weights": lambda n: class_balanced_weights(n, 0.99),
+    "drw_weights": lambda n: drw_weights(n, 1.0),
+    "ldam_margins": lambda n: ldam_margins(n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUNT_FUNCTIONS))
+def test_all_zero_counts_read_as_equal_counts(name, kernels):
+    zero = COUNT_FUNCTIONS[name](torch.zeros(C))
+    assert bool(torch.isfinite(zero).all())
+    torch.testing.assert_close(zero, COUNT_FUNCTIONS[name](torch.ones(C)))
+
+
+def test_all_zero_counts_mean_uniform_weights_and_no_adjustment():
+    assert power_class_weights(torch.zeros(C), 0.5).tolist() == [1.0] * C
+    z, y = _logits(), torch.arange(6) % C
+    plain = torch.nn.functional.cross_entropy(z, y)
+    torch.testing.assert_close(parametric_loss(z, y, torch.zeros(C), alpha=0.7, tau=1.5), plain)
+    # Per member: only the member whose counts are all zero reads them as equal.
+    counts = torch.stack([torch.zeros(C), COUNTS])
+    w = power_class_weights(counts, 1.0)
+    assert w[0].tolist() == [1.0] * C
+    torch.testing.assert_close(w[1], power_class_weights(COUNTS, 1.0))
+
+
+@pytest.mark.parametrize("name", sorted(COUNT_FUNCTIONS))
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_negative_or_non_finite_counts_raise_naming_them(name, bad, kernels):
+    counts = COUNTS.clone()
+    counts[2] = bad
+    with pytest.raises(ValueError, match=rf"class_counts holds {bad!r}.*>= 0"):
+        COUNT_FUNCTIONS[name](counts)
+
+
+def test_per_member_counts_are_checked_for_every_member():
+    counts = torch.stack([COUNTS, COUNTS])
+    counts[1, 0] = -3
+    with pytest.raises(ValueError, match="class_counts holds -3.0"):
+        parametric_loss(_logits((2, 6)), torch.zeros(2, 6, dtype=torch.long), counts, alpha=1.0)
+
+
+# ------------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("call, needle", [
+    (lambda z, t: focal_loss(z, t, gamma=math.nan), "gamma=nan"),
+    (lambda z, t: focal_loss(z, t, gamma=-0.5), "gamma=-0.5"),
+    (lambda z, t: focal_loss(z, t, gamma=torch.tensor([1.0, -2.0])), "gamma holds -2.0"),
+    (lambda z, t: FocalLoss(gamma=math.inf)(z, t), "gamma=inf"),
+    (lambda z, t: parametric_loss(z, t, gamma=math.nan), "gamma=nan"),
+    (lambda z, t: parametric_loss(z, t, gamma=-1.0), "gamma=-1.0"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, alpha=math.nan), "alpha=nan"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, tau=math.inf), "tau=inf"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, margin=torch.tensor(math.nan)), "margin holds"),
+    (lambda z, t: parametric_loss(z, t, label_smoothing=1.5), "label_smoothing=1.5"),
+    (lambda z, t: parametric_loss(z, t, scale=0.0), "scale=0.0"),
+    (lambda z, t: parametric_loss(z, t, poly_epsilon=math.nan), "poly_epsilon=nan"),
+    (lambda z, t: parametric_loss(z, t, gate=math.inf), "gate=inf"),
+    (lambda z, t: ParametricLoss(gamma=-1.0)(z, t), "gamma=-1.0"),
+    (lambda z, t: weighted_cross_entropy(z, t, -COUNTS), "weight holds -40.0"),
+    (lambda z, t: ldam_loss(z, t, COUNTS, scale=-30.0), "scale=-30.0"),
+    (lambda z, t: ldam_loss(z, t, COUNTS, max_margin=math.nan), "max_margin=nan"),
+    (lambda z, t: poly1_cross_entropy(z, t, epsilon=math.nan), "poly_epsilon=nan"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), gamma=-1.0), "gamma=-1.0"),
+    (lambda z, t: adafocal_loss(z, t, torch.tensor([1.0, math.nan]), EDGES), "gamma_bins"),
+    (lambda z, t: class_balanced_weights(COUNTS, 1.0), r"beta=1.0 .* in \[0, 1\)"),
+    (lambda z, t: class_balanced_weights(COUNTS, -0.1), "beta=-0.1"),
+    (lambda z, t: class_balanced_weights(COUNTS, math.nan), "beta=nan"),
+    (lambda z, t: class_balanced_weights(COUNTS, torch.tensor([0.9, 1.0])), "beta holds 1.0"),
+    (lambda z, t: power_class_weights(COUNTS, math.nan), "alpha=nan"),
+])
+def test_values_outside_their_domain_raise_naming_them(call, needle, kernels):
+    with pytest.raises(ValueError, match=needle):
+        call(_logits(), torch.arange(6) % C)
+
+
+
+def test_the_checks_read_no_values_off_the_cpu():
+    """On CUDA a check that reads a value is a host sync; meta tensors have no values, so a
+    loss that runs on them reads none (the CPU-only stand-in for a CUDA sync check)."""
+    m = "meta"
+    z = torch.randn(3, 6, C, device=m, requires_grad=True)
+    y = torch.zeros(3, 6, dtype=torch.long, device=m)
+    counts, g = torch.ones(C, device=m), torch.ones(3, device=m)
+    outs = [
+        focal_loss(z, y, gamma=g, alpha=torch.ones(C, device=m)),
+        parametric_loss(z, y, counts, gamma=g, alpha=g, tau=1.0, margin=0.5, scale=5.0,
+                        label_smoothing=0.1, poly_epsilon=g, gate=1.0),
+        parametric_loss(z, y),
+        weighted_cross_entropy(z, y, counts),
+        logit_adjusted_cross_entropy(z, y, torch.zeros(3, C, device=m), tau=g),
+        ldam_loss(z, y, counts, max_margin=g),
+        gradient_gated_cross_entropy(z, y, g),
+        flsd53_loss(z, y),
+        AdaLoss(C, num_members=3).to(m)(z, y),
+        class_balanced_weights(counts, torch.full((3,), 0.9, device=m)),
+        focal_loss(z[:, :0], y[:, :0]),
+    ]
+    assert all(out.device.type == m for out in outs)
+
+
+# ------------------------------------------------------------------------------- AdaptiveLoss
+def _controller(lstm=False):
+    """A small controller with random weights (feed-forward, or an LSTM first)."""
+    mapping = ActionMapping()
+    dim = FeatureSpec(mapping.parameters).dim
+    first = {"kind": "lstm", "input_size": dim, "hidden_size": 8} if lstm else \
+        {"kind": "linear", "in_features": dim, "out_features": 8}
+    layers = [first, {"kind": "tanh"}, {"kind": "linear", "in_features": 8, "out_features": 2}]
+    net = torch.nn.ModuleList([torch.nn.LSTM(dim, 8) if lstm else torch.nn.Linear(dim, 8),
+                               torch.nn.Tanh(), torch.nn.Linear(8, 2)])
+    return Controller(layers, dict(net.state_dict()), mapping)
+
+
+def _resign(folder, edit):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("sha256")
+    edit(manifest)
+    manifest["sha256"] = _digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+EXPORTS = {
+    "alpha": lambda: LossSchedule({"alpha": constant(0.5)}),
+    "tau": lambda: LossSchedule({"tau": constant(1.0)}),
+    "all": lambda: LossSchedule({"alpha": constant(1.0), "tau": constant(1.0),
+                                 "margin": constant(0.5), "scale": constant(5.0)}),
+    "controller": lambda: _controller(),
+    "cb_effective": lambda: make_method("cb_effective"),
+    "ldam_drw": lambda: make_method("ldam_drw"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+@pytest.mark.parametrize("mode", ["no_grad", "eval"])
+def test_a_forward_before_any_training_forward_is_finite(tmp_path, name, mode):
+    """Issue 14's NaN: the counts are unknown (nothing counted yet), so they read as equal."""
+    out = write_export(EXPORTS[name](), tmp_path / name, total_steps=4)
+    criterion = AdaptiveLoss.load(out)
+    logits, targets = torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3
+    with pytest.warns(UserWarning, match="no class counts"):
+        if mode == "no_grad":
+            with torch.no_grad():
+                loss = criterion(logits, targets)
+        else:
+            loss = criterion.eval()(logits, targets)
+    assert bool(torch.isfinite(loss))
+    if name in ("alpha", "tau"):  # equal counts: uniform weights, no logit adjustment
+        torch.testing.assert_close(loss.detach(), F.cross_entropy(logits.detach(), targets))
+
+
+def test_all_zero_bound_counts_are_refused(tmp_path):
+    rule = LossSchedule({"alpha": constant(0.5)})
+    with pytest.raises(ValueError, match=r"class_counts=\[0.0, 0.0, 0.0\] is invalid.*not all "
+                                         "zero"):
+        write_export(rule, tmp_path / "w", total_steps=4, class_counts=[0, 0, 0])
+    out = write_export(rule, tmp_path / "r", total_steps=4, class_counts=[3, 2, 1])
+    _resign(out, lambda m: m.update(class_counts=[0, 0, 0]))
+    with pytest.raises(ValueError, match=r"manifest.json: class_counts=\[0.0, 0.0, 0.0\]"):
+        AdaptiveLoss.load(out)
+    with pytest.raises(ValueError, match="not all zero"):
+        AdaptiveLoss(rule, class_counts=torch.zeros(3), total_steps=4)
+
+
+def test_class_counts_other_than_the_bound_ones_are_refused(tmp_path):
+    out = write_export(LossSchedule({"alpha": constant(1.0)}), tmp_path / "bound",
+                       total_steps=4, class_counts=[10, 5, 1])
+    with pytest.raises(ValueError, match=r"bound to the class counts \[10.0, 5.0, 1.0\] but "
+                                         r"class_counts is \[1.0, 2.0, 3.0\]"):
+        AdaptiveLoss.load(out, class_counts=[1, 2, 3])
+    loaded = AdaptiveLoss.load(out, class_counts=torch.tensor([10, 5, 1]))  # the same counts
+    assert loaded.class_counts.tolist() == [10.0, 5.0, 1.0]
+
+
+@pytest.mark.parametrize("path", [5, None, 1.5, ["a"]])
+def test_loading_what_is_not_a_path_names_it(path):
+    with pytest.raises(TypeError, match=rf"path={re.escape(repr(path))} must be an export folder "
+                                        "or its manifest.json"):
+        AdaptiveLoss.load(path)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_non_finite_number_in_a_manifest_names_the_file(tmp_path, token):
+    out = write_export(LossSchedule({"alpha": constant(0.5)}), tmp_path / "e", total_steps=4)
+    path = out / "manifest.json"
+    path.write_text(path.read_text().replace('"total_steps": 4', f'"total_steps": {token}'))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*{re.escape(token)}.*finite "
+                                         "numbers only"):
+        AdaptiveLoss.load(out)
+
+
+def test_layers_the_weights_lack_are_refused_before_anything_is_allocated(tmp_path,
+                                                                          monkeypatch):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    dim = FeatureSpec(ActionMapping().parameters).dim
+    wide = [{"kind": "linear", "in_features": dim, "out_features": 20000}, {"kind": "tanh"},
+            {"kind": "linear", "in_features": 20000, "out_features": 2}]
+    _resign(out, lambda m: m["controller"].update(layers=wide))
+    small = _controller().tensors()
+    built = []
+    original = torch.nn.Linear.__init__
+    monkeypatch.setattr(torch.nn.Linear, "__init__",
+                        lambda self, *a, **k: built.append(a) or original(self, *a, **k))
+    with pytest.raises(ValueError, match=r"manifest.json: weight 0.weight is float32 of shape "
+                                         rf"\(8, {dim}\); the layers need float32 of shape "
+                                         rf"\(20000, {dim}\)"):
+        AdaptiveLoss.load(out)
+    assert built == []
+    with pytest.raises(ValueError, match="weight 0.weight"):
+        Controller(wide, small, ActionMapping())
+    assert built == []
+
+
+def test_a_weights_file_whose_header_lies_is_refused(tmp_path):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    data = b"\xff" * 8 + (out / "actor.safetensors").read_bytes()[8:]
+    (out / "actor.safetensors").write_bytes(data)
+    _resign(out, lambda m: m["controller"]["weights"].update(
+        sha256=hashlib.sha256(data).hexdigest()))
+    with pytest.raises(ValueError, match="actor.safetensors cannot be read: its header claims"):
+        AdaptiveLoss.load(out)
+
+
+VALIDATION_EXPORTS = {"schedule": EXPORTS["alpha"], "controller": EXPORTS["controller"],
+                      "adafocal": lambda: make_method("adafocal")}
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATION_EXPORTS))
+@pytest.mark.parametrize("logits, targets, error, match", [
+    (torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 0]), IndexError,
+     re.escape("val_targets: Target 3 is out of bounds [0, 3) (sample 3)")),
+    (torch.randn(6, 3), torch.tensor([0, -1, 2, 0, 0, 0]), IndexError, "Target -1"),
+    (torch.randn(6, 3), torch.zeros(6), ValueError, "val_targets must be int64"),
+    (torch.randn(6, 3), torch.zeros(5, dtype=torch.long), ValueError,
+     r"val_logits must be \[V, C\] and val_targets \[V\], got \(6, 3\) and \(5,\)"),
+    (torch.randn(6, 4), torch.zeros(6, dtype=torch.long), ValueError,
+     "val_logits have 4 classes but this loss has 3"),
+    ([[0.0, 1.0, 2.0]], [0], TypeError, "val_logits and val_targets must be tensors"),
+])
+def test_bad_validation_inputs_to_step_raise_and_change_nothing(tmp_path, name, logits,
+                                                                targets, error, match):
+    out = write_export(VALIDATION_EXPORTS[name](), tmp_path / name, total_steps=4,
+                       class_counts=[5, 3, 1])
+    criterion = AdaptiveLoss.load(out)
+    criterion(torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3).backward()
+    before = criterion.get_extra_state()
+    with pytest.raises(error, match=match):
+        criterion.step(logits, targets)
+    assert criterion.get_extra_state() == before
+    with pytest.raises(error, match=match):
+        criterion.begin(logits, targets)
+
+
+def test_out_of_range_targets_of_a_training_forward_that_counts_labels(tmp_path):
+    criterion = AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4)
+    with pytest.warns(UserWarning), pytest.raises(IndexError, match=re.escape(
+            "Target 3 is out of bounds [0, 3) (sample 1)")):
+        criterion(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 3, 1, 2]))
+    with pytest.raises(ValueError, match="targets must be int64"):
+        criterion(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 1, 2]).int())
+
+
+def _trained(export, **kw):
+    criterion = AdaptiveLoss.load(export, **kw)
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    criterion.watch(model)
+    for _ in range(2):
+        for _ in range(2):
+            x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+            criterion(model(x), y).backward()
+        with torch.no_grad():
+            criterion.step(model(torch.randn(12, 4, generator=gen)), torch.arange(12) % 3)
+    return criterion
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"steps_done": -3}, r"state\['steps_done'\]=-3 must be an integer >= 0"),
+    ({"steps_done": 1.5}, r"state\['steps_done'\]=1.5"),
+    ({"total_steps": 0}, r"state\['total_steps'\]=0"),
+    ({"params": "abc"}, r"state\['params'\] must be a list of 2 numbers or None, got 'abc'"),
+    ({"params": [1.0, 2.0, 3.0]}, r"state\['params'\] must be a list of 2 numbers"),
+    ({"params": [1.0, float("nan")]}, r"state\['params'\]\[1\]=nan"),
+    ({"last_change": None}, r"state\['last_change'\] must be a list of 2 numbers"),
+    ({"class_counts": [1.0]}, r"state\['class_counts'\] must be a list of 3 numbers"),
+    ({"class_counts": [1.0, -2.0, 3.0]}, r"state\['class_counts'\]\[1\]=-2.0"),
+    ({"num_classes": "3"}, r"state\['num_classes'\]='3'"),
+    ({"history": 5}, r"state\['history'\] must be a list"),
+    ({"history": [{"gamma": "x"}]}, r"state\['history'\]\[0\]\['gamma'\]='x'"),
+    ({"counts_inferred": 1}, r"state\['counts_inferred'\]=1 must be a bool"),
+    ({"state": [[1.0]]}, r"state\['state'\] must be None for this controller"),
+    ({"observation": [0.0] * 3}, r"state\['observation'\] must be a list of \d+ numbers"),
+    ({"last_metrics": {"nll": [1.0]}}, r"state\['last_metrics'\] must be None or hold exactly"),
+    ({"ce": [1.0, "x"]}, r"state\['ce'\]\[1\]='x'"),
+    ({"grad_norms": [-1.0]}, r"state\['grad_norms'\]\[0\]=-1.0"),
+    ({"minibatch": -1}, r"state\['minibatch'\]=-1"),
+    ({"batch_size": 0}, r"state\['batch_size'\]=0"),
+    ({"period_sizes": [2, 0]}, r"state\['period_sizes'\]\[1\]=0"),
+    ({"model_setup": {"arch": "rnn"}}, r"state\['model_setup'\] must be"),
+    ({"minibatches_per_step": None}, r"state\['minibatches_per_step'\]=None"),
+    ({"module": {"x": [1.0]}}, r"state\['module'\] must be None for a controller"),
+    ({"temperature": -1.0}, r"state\['temperature'\]=-1.0"),
+    ({"bogus": 1}, r"unknown entries \['bogus'\]"),
+])
+def test_a_tampered_checkpoint_is_refused_and_changes_nothing(tmp_path, edit, match):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    criterion = _trained(out, class_counts=[5, 3, 1])
+    state = criterion.state_dict()
+    state["_extra_state"] = {**state["_extra_state"], **edit}
+    fresh = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    before = fresh.get_extra_state()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.get_extra_state() == before
+
+
+@pytest.mark.parametrize("kind", ["lstm", "adafocal", "adaloss"])
+def test_checkpoints_with_recurrent_or_method_state_still_round_trip(tmp_path, kind):
+    rule = _controller(lstm=True) if kind == "lstm" else make_method(kind)
+    out = write_export(rule, tmp_path / kind, total_steps=4)
+    criterion = _trained(out, class_counts=[5, 3, 1])
+    twin = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    twin.load_state_dict(criterion.state_dict())
+    assert twin.state_dict()["_extra_state"] == criterion.state_dict()["_extra_state"]
+    state = criterion.state_dict()
+    if kind == "lstm":
+        state["_extra_state"] = {**state["_extra_state"], "state": [[[[0.0] * 7]]] * 2}
+        match = r"state\['state'\]\[0\] must be finite numbers of shape \(1, 1, 8\)"
+    else:
+        module = state["_extra_state"]["module"]
+        key = sorted(module)[0]
+        state["_extra_state"] = {**state["_extra_state"], "module": {**module, key: [1.0]}}
+        match = r"state\['module'\] does not fit the method"
+    with pytest.raises(ValueError, match=match):
+        AdaptiveLoss.load(out, class_counts=[5, 3, 1]).load_state_dict(state)
