@@ -200,15 +200,22 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
         parse_args(["--add-methods", "nope"])
 
 
-def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path):
+def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
-                             small=True, device="cpu"), distribution=DIST, log=False)
+                             small=True, device="cpu", progress="lines"), distribution=DIST)
     text = path.read_text()
-    methods = {r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]}
+    records = json.loads((run / "evaluation.json").read_text())["records"]
+    methods = {r["method"] for r in records}
     assert methods == {"agent", "agent_replay", "agent_mean_action", "agent_task_replay", "ce",
                        "logit_adjusted", "ldam_drw", "tuned_drw"}
     assert "SMALL VERSION" in text and "FEWER SEEDS (2)" in text
+    # Its progress ends at its plan: the held-out records and DRW's 10 candidates x 2 tasks.
+    total = len(records) + 10 * 2
+    lines = capsys.readouterr().out.splitlines()
+    counts = [line for line in lines if "inner training runs (" in line]
+    assert counts[-1].endswith(f"] {total}/{total} inner training runs (100 %)")
+    assert "planned" in lines[0] and "PBT" not in lines[0]
