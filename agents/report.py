@@ -799,7 +799,8 @@ def _method_table(
                   f"`{reference}`'s and ECE worse than `{reference}`'s, both by a paired 95 % "
                   "CI that excludes 0. A softmax temperature fitted on the validation split "
                   "recalibrates without changing any prediction (the ECE after T-scaling "
-                  "column); for an exported loss, `AdaptiveLoss.fit_temperature` fits it. "
+                  "column); for an exported loss, `AdaptiveLoss.fit_temperature(val_logits, "
+                  "val_targets)` fits it and `calibrate(logits)` applies it. "
                   f"Paired differences against `{reference}` (points):", ""]
         lines += [f"- `{m}`: balanced accuracy {_signed(b['mean'])} "
                   f"{_interval(b['ci_low'], b['ci_high'], True)}, ECE {_signed(e['mean'])} "
