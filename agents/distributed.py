@@ -57,9 +57,16 @@ def run_unit(fn: Callable[..., Any], args: tuple, threads: int | None = None) ->
 class Executor:
     """Runs units ``fn(*args)``; the base class runs them here, in order."""
 
-    def map(self, fn: Callable[..., Any], units: Sequence[tuple]) -> list[Any]:
-        """``[fn(*args) for args in units]``, in order."""
-        return [fn(*args) for args in units]
+    def map(self, fn: Callable[..., Any], units: Sequence[tuple],
+            on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        """``[fn(*args) for args in units]``, in order; ``on_result(result)`` as each unit
+        finishes (to count finished units)."""
+        results = []
+        for args in units:
+            results.append(fn(*args))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
 
     def gather(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """The results of independent zero-argument ``calls``, in order."""
@@ -119,8 +126,10 @@ class RayExecutor(Executor):
         self._remote = ray.remote(num_cpus=1, max_retries=max_retries,
                                   retry_exceptions=True)(run_unit)
 
-    def map(self, fn: Callable[..., Any], units: Sequence[tuple]) -> list[Any]:
-        """Submit every unit, then collect results as they finish; in order.
+    def map(self, fn: Callable[..., Any], units: Sequence[tuple],
+            on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        """Submit every unit, then collect results as they finish (``on_result(result)`` on
+        each, in this process); in order.
 
         Raises:
             UnitsFailed: when a unit still fails after ``max_retries`` retries; it carries
@@ -139,6 +148,9 @@ class RayExecutor(Executor):
                     results[i] = ray.get(ref)
                 except Exception as error:  # a Ray error wrapping the unit's last failure
                     errors[i] = error
+                    continue
+                if on_result is not None:
+                    on_result(results[i])
         if errors:
             raise UnitsFailed(results, errors)
         return results

@@ -20,6 +20,11 @@ Reads top to bottom:
 5. **The report**: ``report.md`` and plots in the run folder (atomically), plus
    ``evaluation.json`` with every record.
 
+Progress (``--progress``) counts the inner training runs of the plan (every rollout, tuning
+and search above: each population's runs as it finishes, wherever it ran) and shows a bar with
+an ETA on a terminal, or a timestamped line at each tenth of the plan for logs. PBT's trials
+run on Ray Tune, outside the count.
+
 With Ray (``pip install 'lossgym[ray]'``), ``--ray auto|local|ADDRESS`` runs every population
 as a Ray task (:mod:`agents.distributed`), with the same records as a local run, and a
 Population Based Training baseline (:mod:`agents.pbt`, ``pbt``) gets the searches' budget.
@@ -29,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,6 +64,9 @@ STATIC_METHODS = ("ce", "focal_0.5", "focal_1", "focal_2", "focal_3", "focal_5",
 MIN_SEEDS = 5
 NOT_BASELINES = ("agent", "agent_replay", "agent_task_replay", "agent_mean_action",
                  "oracle_constant")
+#: The oracle's grid of constants (it picks the best on the held-out tasks' test split).
+ORACLE_GRID = {"gamma": (0.0, 1.0, 2.0), "alpha": (0.0, 0.5, 1.0)}
+PROGRESS_MODES = ("auto", "bar", "lines")
 
 
 def task_replay_actions(records: Sequence[EpisodeRecord]) -> np.ndarray:
@@ -111,6 +121,9 @@ class EvalArgs:
     small: bool = False
     """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW and
     LDAM-DRW besides the agent and its ablations; no searches, PBT or oracle."""
+    progress: str = field(default="auto", metadata={"choices": PROGRESS_MODES})
+    """"bar": a progress bar with an ETA; "lines": a timestamped line at each tenth of the
+    inner training runs, for logs; "auto": the bar when stdout is a terminal, else lines."""
 
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
@@ -147,15 +160,130 @@ def record_to_dict(r: EpisodeRecord) -> dict:
             "params": r.params.tolist(), "parameters": list(r.parameters)}
 
 
+class Progress:
+    """Finished inner training runs against the planned total, shown as ``mode`` says:
+    ``"bar"`` (a tqdm bar with an ETA on ``out``), ``"lines"`` (a timestamped line with the
+    ETA at each tenth of the total) or ``"none"``. :meth:`add` may be called from any thread.
+    """
+
+    def __init__(self, mode: str, out: object = None) -> None:
+        if mode not in ("bar", "lines", "none"):
+            raise ValueError(f"mode={mode!r} must be 'bar', 'lines' or 'none'")
+        self.total, self.done, self.mode = 0, 0, mode
+        self.start = time.time()
+        self.out = sys.stdout if out is None else out
+        self._lock = threading.Lock()
+        self._tenths = 0  # tenths of the total already reported as lines
+        self._bar = None
+
+    def say(self, message: str) -> None:
+        """A timestamped line (above the bar, when there is one)."""
+        line = f"[{time.time() - self.start:7.1f}s] {message}"
+        if self._bar is not None:
+            self._bar.write(line, file=self.out)
+        elif self.mode != "none":
+            print(line, file=self.out, flush=True)
+
+    def add(self, runs: int) -> None:
+        """Count ``runs`` more finished inner training runs."""
+        with self._lock:
+            self.done += runs
+            if self._bar is not None:
+                self._bar.update(runs)
+            self._line_at_tenths()
+
+    def set_total(self, total: int) -> None:
+        """Plan ``total`` inner training runs, or correct the plan once what it depends on is
+        known; the bar appears at the first call."""
+        with self._lock:
+            self.total = total
+            self._line_at_tenths()
+            if self.mode != "bar":
+                return
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total, unit="run", desc="inner training runs",
+                                 file=self.out, dynamic_ncols=True)
+            else:
+                self._bar.total = total
+                self._bar.refresh()
+
+    def _line_at_tenths(self) -> None:
+        """In ``"lines"`` mode, a line when the count passes another tenth of the total."""
+        tenths = min(10 * self.done // max(self.total, 1), 10)
+        if self.mode != "lines" or tenths <= self._tenths:
+            return
+        self._tenths = tenths
+        elapsed = time.time() - self.start
+        left = elapsed * (self.total - self.done) / self.done
+        self.say(f"{self.done}/{self.total} inner training runs "
+                 f"({100 * self.done / max(self.total, 1):.0f} %)"
+                 + (f", ETA {_duration(left)}" if left > 0 else ""))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _runs_in(result: object) -> int:
+    """The inner training runs a unit's result holds: its records (in nested lists)."""
+    if isinstance(result, EpisodeRecord):
+        return 1
+    if isinstance(result, (list, tuple)):
+        return sum(_runs_in(item) for item in result)
+    return 0
+
+
+class Counting(distributed.Executor):
+    """``inner``, calling ``count(runs)`` with the inner training runs (records) of each unit
+    as it finishes; results and where units run are ``inner``'s."""
+
+    def __init__(self, inner: distributed.Executor, count: Callable[[int], None]) -> None:
+        self.inner, self.count = inner, count
+
+    def map(self, fn: Callable[..., object], units: Sequence[tuple],
+            on_result: Callable[[object], None] | None = None) -> list[object]:
+        def finished(result: object) -> None:
+            self.count(_runs_in(result))
+            if on_result is not None:
+                on_result(result)
+
+        return self.inner.map(fn, units, on_result=finished)
+
+    def gather(self, calls: Sequence[Callable[[], object]]) -> list[object]:
+        return self.inner.gather(calls)
+
+
+def grid_runs(space: str, tasks: Sequence[TaskSpec], **grid: Sequence[object]) -> int:
+    """Inner training runs of ``bl.grid_search(space, tasks, **grid)``: candidates × tasks."""
+    return math.prod(len(v) for v in {**bl.GRIDS.get(space, {}), **grid}.values()) * len(tasks)
+
+
 def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
              log: bool = True) -> Path:
     """Run the whole evaluation (on ``distribution``, by default
-    ``TaskDistribution.default()``), on Ray with ``args.ray``; returns the report's path."""
+    ``TaskDistribution.default()``), on Ray with ``args.ray``; returns the report's path.
+    With ``log``, progress as ``args.progress`` says; without, nothing is printed."""
     executor = distributed.executor_from(args.ray)
+    if not log:
+        mode = "none"
+    elif args.progress == "auto":
+        mode = "bar" if sys.stdout.isatty() else "lines"
+    else:
+        mode = args.progress
+    progress = Progress(mode)
     try:
-        with distributed.using(executor):
-            return _evaluate(args, distribution, log)
+        with distributed.using(Counting(executor, progress.add)):
+            return _evaluate(args, distribution, progress)
     finally:
+        progress.close()
         executor.close()
 
 
@@ -185,28 +313,19 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     return ScheduleRule(schedule, parameters), note
 
 
-def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) -> Path:
-    start = time.time()
+def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: Progress
+              ) -> Path:
+    start = progress.start
     run_dir = Path(args.run_dir)
     rng = np.random.default_rng(args.seed)
     dist = distribution or TaskDistribution.default()
     kw = {"device": args.device}
-
-    def say(message: str) -> None:
-        if log:
-            print(f"[{time.time() - start:7.1f}s] {message}", flush=True)
 
     tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
     # A search budget counts candidate × task inner runs: a whole number of candidates.
     budget = args.search_budget or agent_episodes(run_dir)
     budget = max(-(-budget // len(tune)), 2) * len(tune)  # rounded up: never fewer
-    say(f"{len(tasks)} held-out runs per method; tuning on {len(tune)} train tasks; "
-        f"search budget {budget} inner runs")
-
-    # Independent calls go to the executor together (in threads with Ray), in two waves: the
-    # agent, the fixed baselines and every tuning and search; then what depends on them.
-    run = distributed.current().gather
     agent = AgentPolicy(run_dir)
 
     # The searches cover every loss parameter the agent controls (γ, α and the rest), over
@@ -222,9 +341,29 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
     spaces = ("drw",) if args.small else ("drw", "feedback", "constant")
     searches = [] if args.small else [
         random_search, cma_search,
-        partial(bl.grid_search, "constant", tasks, select="test", gamma=(0.0, 1.0, 2.0),
-                alpha=(0.0, 0.5, 1.0), **kw),
+        partial(bl.grid_search, "constant", tasks, select="test", **ORACLE_GRID, **kw),
         partial(_pbt, args, tune, budget, run_dir, agent.parameters)]
+    # The inner training runs of each wave, for the progress. The second wave runs the three
+    # ablations, the tuned policies and the oracle on the held-out tasks; until the first wave
+    # is done, the plan counts every tuned policy there can be: one per tuned space, and
+    # random search, its best constant, CMA-ES and PBT (the constant and PBT may drop out).
+    first_runs = (len(tasks) * (1 + len(hand) + len(methods))
+                  + sum(grid_runs(space, tune) for space in spaces)
+                  + (0 if args.small else 2 * budget + grid_runs("constant", tasks,
+                                                                 **ORACLE_GRID)))
+
+    def second_runs(tuned: int, oracle: int) -> int:
+        return len(tasks) * (3 + tuned + oracle)
+
+    progress.set_total(first_runs + (second_runs(len(spaces), 0) if args.small else
+                                     second_runs(len(spaces) + 4, 1)))
+    say = progress.say
+    say(f"{len(tasks)} held-out runs per method; tuning on {len(tune)} train tasks; "
+        f"search budget {budget} inner runs; {progress.total} inner training runs planned"
+        + ("" if args.small else " (PBT's, on Ray Tune, are not counted)"))
+    # Independent calls go to the executor together (in threads with Ray), in two waves: the
+    # agent, the fixed baselines and every tuning and search; then what depends on them.
+    run = distributed.current().gather
     first = run([
         partial(rollout_policy, agent, tasks, "agent", **kw),
         *[partial(rollout_policy, make(), tasks, name, **kw) for name, make in hand.items()],
@@ -253,6 +392,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, log: bool) 
                          "oracle_constant", **kw)]
     else:
         pbt_note = "SMALL VERSION (make demo): no searches, PBT or oracle."
+    progress.set_total(first_runs + second_runs(len(tuned), len(extra)))
     actions = np.stack([r.actions for r in agent_records])
     second = run([
         # Replay needs one policy row per member: run each compatible group separately.

@@ -48,14 +48,22 @@ REPORT_METRICS: tuple[tuple[str, str], ...] = (
     ("ece_ts", "ECE after T-scaling"),
 )
 
+#: The split of a task that ``split_of`` gives none (None): one the distribution cannot draw,
+#: e.g. of an evaluation made with another distribution.
+NO_SPLIT = "no_split"
+
 #: Section titles of the known splits, in report order.
 SPLIT_TITLES: dict[str, str] = {
     "held_out_id": "Held-out tasks, in distribution (`held_out_id`)",
     "held_out_ood": "Held-out tasks, out of distribution (`held_out_ood`)",
+    NO_SPLIT: "Tasks in no split of the task distribution",
 }
 
 ALL_SPLITS = "all"
 PRIMARY = "balanced_accuracy"
+#: Largest |accuracy − balanced accuracy| of a run at which the two are one number (on a
+#: balanced test split they differ by float rounding only).
+SAME_AS_PRIMARY = 1e-6
 
 
 # --------------------------------------------------------------------------- formatting
@@ -103,6 +111,16 @@ def _metric(record: EpisodeRecord, key: str) -> float:
         return float("nan")
 
 
+def _shown_metrics(records: Sequence[EpisodeRecord]) -> tuple[tuple[str, str], ...]:
+    """:data:`REPORT_METRICS`, less accuracy when it equals balanced accuracy on every run
+    (as it does on a balanced test split: every class has as many test samples)."""
+    pairs = [(_metric(r, "accuracy"), _metric(r, PRIMARY)) for r in records]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if pairs and all(abs(a - b) <= SAME_AS_PRIMARY for a, b in pairs):
+        return tuple(m for m in REPORT_METRICS if m[0] != "accuracy")
+    return REPORT_METRICS
+
+
 def _finite(values: Iterable[float]) -> np.ndarray:
     arr = np.asarray(list(values), dtype=np.float64)
     return arr[np.isfinite(arr)]
@@ -115,6 +133,12 @@ def _per_task(records: Iterable[EpisodeRecord], method: str, key: str) -> dict[T
         if r.method == method:
             sums.setdefault(r.task, []).append(_metric(r, key))
     return {task: float(np.mean(v)) for task, v in sums.items()}
+
+
+def _split(split_of: Callable[[TaskSpec], str | None], task: TaskSpec) -> str:
+    """The split of ``task`` by ``split_of``; :data:`NO_SPLIT` where it gives None."""
+    split = split_of(task)
+    return NO_SPLIT if split is None else str(split)
 
 
 def _stratum(task: TaskSpec) -> TaskSpec:
@@ -398,7 +422,7 @@ def _heatmap_figure(
     records: Sequence[EpisodeRecord],
     reference: str,
     methods: Sequence[str],
-    split_of: Callable[[TaskSpec], str] | None,
+    split_of: Callable[[TaskSpec], str | None] | None,
 ) -> Figure:
     """Task × method heatmap of the mean over seeds of the paired difference in test balanced
     accuracy against ``reference`` (points); of the mean balanced accuracy itself when the
@@ -407,7 +431,7 @@ def _heatmap_figure(
     splits: dict[TaskSpec, str | None] = {}
     for r in records:
         splits.setdefault(_stratum(r.task),
-                          None if split_of is None else str(split_of(r.task)))
+                          None if split_of is None else _split(split_of, r.task))
     tasks = list(splits)
     if split_of is not None:
         order = _split_order({str(v) for v in splits.values()})
@@ -458,7 +482,7 @@ def _heatmap_figure(
 
 def _short_split(split: str) -> str:
     return {"held_out_id": "held-out ID", "held_out_ood": "held-out OOD",
-            ALL_SPLITS: "all held-out"}.get(split, split)
+            NO_SPLIT: "no split", ALL_SPLITS: "all held-out"}.get(split, split)
 
 
 # --------------------------------------------------------------------------- report
@@ -473,6 +497,22 @@ def _method_order(records: Sequence[EpisodeRecord], agent: str | None) -> list[s
         methods.remove(agent)
         methods.insert(0, agent)
     return methods
+
+
+def _size_line(records: Sequence[EpisodeRecord]) -> str:
+    """What a section holds, in the units of the method table's Runs column: base tasks ×
+    seeds = runs per method, and how many methods."""
+    seeds: dict[TaskSpec, set[int]] = {}
+    for r in records:
+        seeds.setdefault(_stratum(r.task), set()).add(r.task.seed)
+    counts = sorted({len(s) for s in seeds.values()})
+    runs = sum(len(s) for s in seeds.values())
+    tasks = f"{len(seeds)} base task{'s' if len(seeds) != 1 else ''}"
+    tasks += (f" × {counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1
+              else f" with {counts[0]}–{counts[-1]} seeds each")
+    methods = len({r.method for r in records})
+    return (f"{tasks} = {runs} runs per method (the Runs column); {methods} method"
+            f"{'s' if methods != 1 else ''}, {len(records)} runs in all.")
 
 
 def _split_order(names: Iterable[str]) -> list[str]:
@@ -492,7 +532,7 @@ def write_report(
     base_rule: str | None = None,
     budget_note: str = "",
     learning_curve: np.ndarray | None = None,
-    split_of: Callable[[TaskSpec], str] | None = None,
+    split_of: Callable[[TaskSpec], str | None] | None = None,
     rng_seed: int = 0,
     title: str = "lossgym evaluation report",
     margin: float = 1.0,
@@ -501,13 +541,18 @@ def write_report(
 
     The report has, for each held-out split (``split_of(task)``: ``"held_out_id"``,
     ``"held_out_ood"``, any other name in its own section) and for all records together: a
-    table per method of test balanced accuracy, macro-F1, accuracy and ECE (percent; mean with
-    95 % percentile-bootstrap CI, and IQM with CI), runs and divergences; then the agent's paired
-    differences against ``best_baseline``, the best static loss and ``reference`` (mean, 95 % CI,
-    paired t-test and Wilcoxon p-values). Then agent − ``reference`` balanced accuracy per
-    ``task.imbalance_ratio``, and a verdict with four targets (issue 13's first four), each
-    PASS/FAIL (N/A when it cannot be evaluated), on the pooled held-out records with CIs that
-    resample seeds within tasks:
+    table per method of test balanced accuracy, macro-F1, accuracy (left out, and said so once,
+    when it equals balanced accuracy on every run, as on a balanced test split), ECE and ECE
+    after temperature scaling (percent; mean with 95 % percentile-bootstrap CI, and IQM with
+    CI), runs and divergences, with a † beside the balanced accuracy of each method that
+    trades calibration for it (balanced accuracy above ``reference``'s and ECE worse, both by a
+    paired 95 % CI that excludes 0; a note under the table gives both differences); then the
+    agent's paired differences against ``best_baseline``, the best static loss and
+    ``reference`` (mean, 95 % CI, paired t-test and Wilcoxon p-values). Then agent −
+    ``reference`` balanced accuracy per ``task.imbalance_ratio``, and a verdict with four
+    targets (issue 13's first four), each PASS/FAIL (N/A when it cannot be evaluated), on the
+    pooled held-out records with CIs that resample seeds within tasks (and, when the agent
+    trades calibration for its balanced accuracy on them, a line that says so):
 
     1. the agent beats the best single tuned baseline: the CI of the mean paired difference in
        balanced accuracy lies above zero;
@@ -537,7 +582,9 @@ def write_report(
             agent in ``trajectories.png``; None, or a name without records, draws none.
         budget_note: free text placed under the title (compute budget, seeds, ...).
         learning_curve: ``[K, 2]`` array of (timesteps, mean episode return).
-        split_of: the held-out split of a task; None puts every record in one section.
+        split_of: the held-out split of a task (None for a task in no split, e.g. of an
+            evaluation made with another distribution: those get a section of their own);
+            None puts every record in one section.
         rng_seed: seed of every bootstrap (each interval gets a fresh generator from it).
         title: the report's title.
         margin: points of balanced accuracy by which target 2 requires beating logit
@@ -568,6 +615,7 @@ def write_report(
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     methods = _method_order(records, agent)
+    metrics = _shown_metrics(records)
 
     def rng() -> np.random.Generator:
         return np.random.default_rng(rng_seed)
@@ -576,7 +624,7 @@ def write_report(
     by_split: dict[str, list[EpisodeRecord]] = {}
     if split_of is not None:
         for r in records:
-            by_split.setdefault(str(split_of(r.task)), []).append(r)
+            by_split.setdefault(_split(split_of, r.task), []).append(r)
     sections = _split_order(by_split)
     by_split[ALL_SPLITS] = records
     sections.append(ALL_SPLITS)
@@ -590,7 +638,7 @@ def write_report(
             if recs:
                 summaries[split][method] = {
                     key: summarise(_finite(_metric(r, key) for r in recs), rng())
-                    for key, _ in REPORT_METRICS
+                    for key, _ in metrics
                 }
 
     def overall_mean(method: str) -> float:
@@ -618,19 +666,20 @@ def write_report(
     if budget_note:
         lines += [budget_note.strip(), ""]
     lines += _preamble(agent, reference, has_reference, best_baseline, baseline_auto,
-                       statics, best_static, rng_seed)
+                       statics, best_static, rng_seed, metrics)
 
+    trades: dict[str, dict[str, tuple[dict[str, float], dict[str, float]]]] = {}
     for split in sections:
         recs = by_split[split]
         heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
             split, f"Split `{split}`")
-        n_tasks = len({r.task for r in recs})
-        lines += [f"## {heading}", "", f"{len(recs)} runs on {n_tasks} tasks.", "",
-                  "### Test metrics (%)", ""]
-        lines += _method_table(recs, summaries[split], methods)
+        trades[split] = _calibration_trades(recs, methods, reference, rng)
+        lines += [f"## {heading}", "", _size_line(recs), "", "### Test metrics (%)", ""]
+        lines += _method_table(recs, summaries[split], methods, metrics, reference,
+                               trades[split])
         if comparisons:
             lines += ["", f"### Paired differences: `{agent}` − baseline (points)", ""]
-            lines += _paired_table(recs, agent, comparisons, rng)
+            lines += _paired_table(recs, agent, comparisons, rng, metrics)
         lines.append("")
 
     if agent is not None and has_reference:
@@ -639,6 +688,12 @@ def write_report(
         lines += table + [""]
 
     lines += _verdict(records, agent, best_baseline, reference, has_reference, margin, rng)
+    if agent in trades[ALL_SPLITS]:
+        ece = trades[ALL_SPLITS][agent][1]
+        lines += ["", f"Calibration: `{agent}`'s balanced accuracy comes with an ECE worse than "
+                  f"`{reference}`'s by {_signed(ece['mean'])} points "
+                  f"{_interval(ece['ci_low'], ece['ci_high'], True)} (†, under the method "
+                  "tables); `AdaptiveLoss.fit_temperature` recalibrates an exported loss."]
 
     figures = []
     if curve is not None:
@@ -676,6 +731,7 @@ def _preamble(
     statics: Sequence[str],
     best_static: str | None,
     rng_seed: int,
+    metrics: Sequence[tuple[str, str]],
 ) -> list[str]:
     lines = []
     if agent is not None:
@@ -698,7 +754,10 @@ def _preamble(
         "that task alone (runs whose tasks differ only in their seed form one task), so the "
         "interval measures seed noise, not which tasks were drawn. The p-values are those of "
         "the paired t-test and the Wilcoxon signed-rank test over all pairs. Every bootstrap "
-        f"uses a generator seeded with {rng_seed}.",
+        f"uses a generator seeded with {rng_seed}."
+        + ("" if "accuracy" in dict(metrics) else
+           " Accuracy equals balanced accuracy on every run (the test split has as many "
+           "samples in every class), so it is not listed separately."),
         "",
     ]
     return lines
@@ -708,9 +767,15 @@ def _method_table(
     records: Sequence[EpisodeRecord],
     summaries: dict[str, dict[str, dict[str, object]]],
     methods: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
+    reference: str,
+    trades: dict[str, tuple[dict[str, float], dict[str, float]]],
 ) -> list[str]:
+    """The test metrics of each method; a † beside the balanced accuracy of the methods in
+    ``trades`` (:func:`_calibration_trades` against ``reference``), explained under the
+    table."""
     header = ["Method", "Runs", "Diverged"]
-    for _, label in REPORT_METRICS:
+    for _, label in metrics:
         header += [f"{label} mean [95% CI]", f"{label} IQM [95% CI]"]
     rows = []
     for method in methods:
@@ -718,17 +783,50 @@ def _method_table(
             continue
         recs = [r for r in records if r.method == method]
         row = [f"`{method}`", str(len(recs)), str(sum(bool(r.diverged) for r in recs))]
-        for key, _ in REPORT_METRICS:
+        for key, _ in metrics:
             s = summaries[method][key]
-            row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}")
+            mark = " †" if key == PRIMARY and method in trades else ""
+            row.append(f"{_pct(s['mean'])} {_interval(*s['mean_ci'])}{mark}")
             row.append(f"{_pct(s['iqm'])} {_interval(*s['iqm_ci'])}")
         rows.append(row)
     lines = _table(header, rows)
-    dropped = sum(1 for r in records for key, _ in REPORT_METRICS
+    dropped = sum(1 for r in records for key, _ in metrics
                   if not math.isfinite(_metric(r, key)))
     if dropped:
         lines += ["", f"{dropped} non-finite metric values were left out of the statistics."]
+    if trades:
+        lines += ["", f"† Trades calibration for balanced accuracy: balanced accuracy above "
+                  f"`{reference}`'s and ECE worse than `{reference}`'s, both by a paired 95 % "
+                  "CI that excludes 0. A softmax temperature fitted on the validation split "
+                  "recalibrates without changing any prediction (the ECE after T-scaling "
+                  "column); for an exported loss, `AdaptiveLoss.fit_temperature(val_logits, "
+                  "val_targets)` fits it and `calibrate(logits)` applies it. "
+                  f"Paired differences against `{reference}` (points):", ""]
+        lines += [f"- `{m}`: balanced accuracy {_signed(b['mean'])} "
+                  f"{_interval(b['ci_low'], b['ci_high'], True)}, ECE {_signed(e['mean'])} "
+                  f"{_interval(e['ci_low'], e['ci_high'], True)}"
+                  for m, (b, e) in trades.items()]
     return lines
+
+
+def _calibration_trades(
+    records: Sequence[EpisodeRecord],
+    methods: Sequence[str],
+    reference: str,
+    rng: Callable[[], np.random.Generator],
+) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """The methods whose balanced accuracy is above ``reference``'s and whose ECE is worse
+    (higher), each by a paired 95 % CI that excludes 0: method → (the paired difference in
+    balanced accuracy, in ECE)."""
+    trades = {}
+    for method in methods:
+        if method == reference:
+            continue
+        gain = _paired(records, method, reference, PRIMARY, rng())
+        loss = _paired(records, method, reference, "ece", rng())
+        if gain is not None and loss is not None and gain["ci_low"] > 0 and loss["ci_low"] > 0:
+            trades[method] = (gain, loss)
+    return trades
 
 
 def _paired_table(
@@ -736,6 +834,7 @@ def _paired_table(
     agent: str,
     comparisons: Sequence[tuple[str, str]],
     rng: Callable[[], np.random.Generator],
+    metrics: Sequence[tuple[str, str]],
 ) -> list[str]:
     header = ["Baseline", "Metric", "Pairs", "Mean diff.", "95% CI", "t-test p", "Wilcoxon p"]
     rows = []
@@ -745,7 +844,7 @@ def _paired_table(
             continue
         roles = [r for r, m in comparisons if m == other]
         seen.add(other)
-        for key, label in REPORT_METRICS:
+        for key, label in metrics:
             d = _paired(records, agent, other, key, rng())
             if d is None:
                 rows.append([f"`{other}` ({', '.join(roles)})", label, "0", "n/a", "n/a",
@@ -761,7 +860,7 @@ def _ratio_table(
     records: Sequence[EpisodeRecord],
     agent: str,
     reference: str,
-    split_of: Callable[[TaskSpec], str] | None,
+    split_of: Callable[[TaskSpec], str | None] | None,
     rng: Callable[[], np.random.Generator],
 ) -> tuple[list[str], list[tuple[float, dict[str, float]]]]:
     ratios = sorted({float(r.task.imbalance_ratio) for r in records if r.method == agent})
@@ -771,7 +870,7 @@ def _ratio_table(
     for ratio in ratios:
         recs = [r for r in records if float(r.task.imbalance_ratio) == ratio]
         splits = ", ".join(_short_split(s) for s in _split_order(
-            {split_of(r.task) for r in recs})) if split_of is not None else "all"
+            {_split(split_of, r.task) for r in recs})) if split_of is not None else "all"
         a, b, strata = _pairs(recs, agent, reference, PRIMARY)
         if a.size == 0:
             rows.append([_ratio(ratio), splits, "0"] + ["n/a"] * 6)

@@ -1,5 +1,7 @@
 import dataclasses
+import io
 import json
+import re
 import sys
 
 import pytest
@@ -34,15 +36,17 @@ def run_dir(tmp_path_factory):
         train_mod.make_env = original
 
 
-def test_evaluate_end_to_end_writes_the_report(run_dir):
-    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
-                             search_budget=4), distribution=DIST, log=False)
+def test_evaluate_end_to_end_writes_the_report(run_dir, capsys):
+    path = evaluate(EvalArgs(run_dir=str(run_dir), seeds=2, id_tasks=1, ood_tasks=1,
+                             tune_tasks=2, search_budget=4, progress="lines"),
+                    distribution=DIST)
     text = path.read_text()
     for method in ("agent", "agent_replay", "agent_mean_action", "ce", "tuned_drw",
                    "tuned_feedback", "random_search", "cma_es", "ldam_drw",
                    "adafocal", "oracle_constant"):
         assert method in text, method
     assert "PASS" in text or "FAIL" in text
+    assert "FEWER SEEDS (2) than the documented minimum of 5 per base task" in text
     for png in ("trajectories.png", "forest.png", "heatmap.png"):
         assert (run_dir / png).stat().st_size > 0
     records = json.loads((run_dir / "evaluation.json").read_text())["records"]
@@ -51,6 +55,86 @@ def test_evaluate_end_to_end_writes_the_report(run_dir):
     assert len(agent) == 4  # (1 ID + 1 OOD base task) x 2 seeds
     # The open-loop replay of the agent's own actions reproduces its episodes exactly.
     assert [r["test"] for r in agent] == [r["test"] for r in replay]
+    # Progress for a log: timestamped lines at each tenth of the inner training runs, which
+    # end at the plan: every held-out record, and the tuning grids (drw 10, feedback 8,
+    # constant 18 candidates) on 2 train tasks, the two searches' 4 and the oracle's 9 x 4.
+    lines = [line for line in capsys.readouterr().out.splitlines()  # Ray Tune prints too
+             if re.match(r"\[ *\d+\.\ds\] ", line)]
+    for said in ("inner training runs planned", "tuning and searches done",
+                 "held-out evaluation done", "report written"):
+        assert any(said in line for line in lines), said
+    counts = [line for line in lines if "inner training runs (" in line]
+    total = len(records) + 2 * (10 + 8 + 18) + 2 * 4 + 9 * 4
+    assert counts[-1].split("] ")[1].startswith(f"{total}/{total} inner training runs (100 %)")
+    assert 5 <= len(counts) <= 10 and all("ETA" in line for line in counts[:-1])
+
+
+def test_counting_executor_counts_each_population_as_it_finishes(one_thread):
+    from agents import distributed
+    from agents.baselines import constant_rule
+    from agents.evaluate import Counting
+    from agents.rollout import rollout_method, rollout_policy
+
+    tasks = [SMALL.replace(seed=1), SMALL.replace(width=16, seed=1), SMALL.replace(seed=2)]
+    counts = []
+    with distributed.using(Counting(distributed.LocalExecutor(), counts.append)):
+        counted = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+        counted += rollout_method("logit_adjusted", tasks, device="cpu")
+    assert counts == [2, 1, 2, 1]  # two populations (two widths) each
+    plain = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+    plain += rollout_method("logit_adjusted", tasks, device="cpu")
+    assert [r.test for r in counted] == [r.test for r in plain]
+
+
+def test_counting_executor_counts_ray_units_in_this_process(one_thread):
+    pytest.importorskip("ray")
+    from agents import distributed
+    from agents.baselines import constant_rule
+    from agents.evaluate import Counting
+    from agents.rollout import rollout_policy
+
+    tasks = [SMALL.replace(seed=1), SMALL.replace(width=16, seed=1), SMALL.replace(seed=2)]
+    local = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+    counts = []
+    ray_executor = distributed.RayExecutor("local", num_cpus=1)
+    try:
+        with distributed.using(Counting(ray_executor, counts.append)):
+            remote = rollout_policy(constant_rule(1.0, 0.5), tasks, "c", device="cpu")
+    finally:
+        ray_executor.close()
+    assert sorted(counts) == [1, 2]
+    assert [r.test for r in remote] == [r.test for r in local]
+
+
+def test_progress_lines_and_bar():
+    from agents.evaluate import Progress
+
+    out = io.StringIO()
+    progress = Progress("lines", out=out)
+    progress.set_total(20)
+    progress.say("hello")
+    for _ in range(19):
+        progress.add(1)
+    progress.set_total(19)  # a corrected plan
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert re.fullmatch(r"\[ *\d+\.\ds\] hello", lines[0])
+    assert len(lines) == 11
+    assert re.search(r"\] 2/20 inner training runs \(10 %\), ETA (\d+ min )?\d+ s$", lines[1])
+    assert "] 18/20 inner training runs (90 %), ETA " in lines[-2]
+    assert lines[-1].endswith("] 19/19 inner training runs (100 %)")
+    bar = io.StringIO()
+    progress = Progress("bar", out=bar)
+    progress.set_total(4)
+    progress.add(1)
+    progress.say("a line above the bar")
+    progress.add(3)
+    progress.close()
+    text = bar.getvalue()
+    assert "a line above the bar" in text and "4/4" in text and "inner training runs" in text
+    assert Progress("none").say("nothing") is None
+    with pytest.raises(ValueError):
+        Progress("loud")
 
 
 def test_held_out_tasks_are_paired_and_unseen():
@@ -101,30 +185,37 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
                + rollout_baseline("ce", tasks, device="cpu"))
     (run / "evaluation.json").write_text(json.dumps(
         {"note": "tiny.", "records": [record_to_dict(r) for r in records]}))
-    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, device="cpu"),
-                       ["cb_beta0.9"], distribution=DIST)
+    path = add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1,
+                                device="cpu"), ["cb_beta0.9"], distribution=DIST)
     data = json.loads((run / "evaluation.json").read_text())
     added = [r for r in data["records"] if r["method"] == "cb_beta0.9"]
     assert [r["task"] for r in added] == [t.to_dict() for t in tasks]
     assert len(data["records"]) == 3 * len(tasks) and "--add-methods" in data["note"]
     assert "cb_beta0.9" in path.read_text()
     with pytest.raises(ValueError, match="held-out tasks differ"):
-        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, ood_tasks=1, device="cpu"),
-                    ["cb_beta0.9"], distribution=DIST)
+        add_methods(EvalArgs(run_dir=str(run), seeds=3, id_tasks=1, ood_tasks=1,
+                             device="cpu"), ["cb_beta0.9"], distribution=DIST)
     with pytest.raises(SystemExit):
         from agents.evaluate import parse_args
         parse_args(["--add-methods", "nope"])
 
 
-def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path):
+def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
-                             small=True, device="cpu"), distribution=DIST, log=False)
+                             small=True, device="cpu", progress="lines"), distribution=DIST)
     text = path.read_text()
-    methods = {r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]}
+    records = json.loads((run / "evaluation.json").read_text())["records"]
+    methods = {r["method"] for r in records}
     assert methods == {"agent", "agent_replay", "agent_mean_action", "agent_task_replay", "ce",
                        "logit_adjusted", "ldam_drw", "tuned_drw"}
     assert "SMALL VERSION" in text and "FEWER SEEDS (2)" in text
+    # Its progress ends at its plan: the held-out records and DRW's 10 candidates x 2 tasks.
+    total = len(records) + 10 * 2
+    lines = capsys.readouterr().out.splitlines()
+    counts = [line for line in lines if "inner training runs (" in line]
+    assert counts[-1].endswith(f"] {total}/{total} inner training runs (100 %)")
+    assert "planned" in lines[0] and "PBT" not in lines[0]

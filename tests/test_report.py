@@ -160,7 +160,8 @@ def _split_of(task: TaskSpec) -> str:
 
 def _record(task: TaskSpec, method: str, bal: float, params: np.ndarray | None = None,
             diverged: bool = False) -> EpisodeRecord:
-    test = {"accuracy": bal + 0.05, "balanced_accuracy": bal, "macro_f1": bal - 0.02,
+    # The test split is balanced, so accuracy is balanced accuracy.
+    test = {"accuracy": bal, "balanced_accuracy": bal, "macro_f1": bal - 0.02,
             "ece": 0.1 - bal / 10, "nll": 1.0, "worst_class_recall": bal / 2}
     has = params is not None
     return EpisodeRecord(
@@ -212,6 +213,15 @@ def _row(section: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no row {first_cell!r}")
 
 
+def _column(section: str, title: str) -> int:
+    """Index of the first table column titled ``title`` in ``section``."""
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if title in cells:
+            return cells.index(title)
+    raise AssertionError(f"no column {title!r}")
+
+
 def _numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
 
@@ -251,7 +261,8 @@ def test_write_report_contents_and_files(tmp_path):
             row = _row(section, f"`{method}`")
             assert int(row[1]) == len(recs)
             assert int(row[2]) == sum(r.diverged for r in recs)
-            for col, key in ((3, "balanced_accuracy"), (9, "ece")):
+            for title, key in (("Bal. acc.", "balanced_accuracy"), ("ECE", "ece")):
+                col = _column(section, f"{title} mean [95% CI]")
                 s = summarise([r.test[key] for r in recs], np.random.default_rng(0))
                 mean, lo, hi = _numbers(row[col])
                 np.testing.assert_allclose([mean, lo, hi],
@@ -282,6 +293,89 @@ def test_write_report_contents_and_files(tmp_path):
     verdict = _section(text, "## Verdict")
     assert verdict.count("**PASS**") == 3 and "**FAIL**" not in verdict
     assert "3 of 3 evaluated targets hold" in verdict
+
+
+def test_section_headers_count_what_the_runs_column_counts(tmp_path):
+    # 3 base tasks (2 in distribution, 1 out) x 10 seeds, 5 methods.
+    text = _write(tmp_path, _records()).read_text()
+    for heading, tasks, runs in (("## All held-out tasks", 3, 30),
+                                 ("## Held-out tasks, in distribution", 2, 20),
+                                 ("## Held-out tasks, out of distribution", 1, 10)):
+        section = _section(text, heading)
+        base = "task" if tasks == 1 else "tasks"
+        assert (f"{tasks} base {base} × 10 seeds = {runs} runs per method (the Runs column); "
+                f"5 methods, {5 * runs} runs in all.") in section
+        for method in ("agent", "ce", "ldam"):
+            assert _row(section, f"`{method}`")[1] == str(runs)
+    # Base tasks with different numbers of seeds say so.
+    fewer = [r for r in _records() if r.task.imbalance_ratio != 100.0 or r.task.seed < 4]
+    section = _section(_write(tmp_path / "fewer", fewer).read_text(), "## All held-out tasks")
+    assert "3 base tasks with 4–10 seeds each = 24 runs per method" in section
+    assert _row(section, "`agent`")[1] == "24"
+
+
+def test_accuracy_on_a_balanced_test_split_is_said_once_not_listed(tmp_path):
+    text = _write(tmp_path, _records()).read_text()
+    assert text.count("Accuracy equals balanced accuracy on every run") == 1
+    assert "Accuracy mean" not in text and "| Accuracy |" not in text
+    assert "Bal. acc. mean [95% CI]" in text
+    # Where they differ on a run (an unbalanced test split), accuracy keeps its columns.
+    records = _records()
+    records[0].test["accuracy"] += 0.01
+    text = _write(tmp_path / "unbalanced", records).read_text()
+    assert "Accuracy equals balanced accuracy" not in text
+    table = _section(text, "## All held-out tasks")
+    assert _column(table, "Accuracy mean [95% CI]") == _column(table, "Macro-F1 IQM [95% CI]") + 1
+    assert "| Accuracy |" in table
+
+
+def test_a_gain_bought_with_calibration_is_marked_beside_it(tmp_path):
+    gen = np.random.default_rng(5)
+    records = _records()
+    for r in records:
+        if r.method == "agent":  # better balanced accuracy, clearly worse ECE
+            r.test["ece"] += 0.05 + gen.normal(0, 0.003)
+        elif r.method == "ldam":  # better balanced accuracy, ECE as noisy as it is
+            r.test["ece"] += gen.normal(0, 0.01)
+        elif r.method == "logit_adjusted":  # worse ECE, the same balanced accuracy as ce
+            r.test["balanced_accuracy"] -= 0.015
+            r.test["accuracy"] -= 0.015
+            r.test["ece"] += 0.05
+    text = _write(tmp_path, records).read_text()
+    for heading in ("## All held-out tasks", "## Held-out tasks, in distribution",
+                    "## Held-out tasks, out of distribution"):
+        section = _section(text, heading)
+        column = _column(section, "Bal. acc. mean [95% CI]")
+        assert _row(section, "`agent`")[column].endswith(" †")
+        for method in ("schedule", "ce", "logit_adjusted", "ldam"):
+            assert "†" not in _row(section, f"`{method}`")[column], method
+        note = [line for line in section.splitlines() if line.startswith("† ")]
+        assert len(note) == 1
+        assert "`AdaptiveLoss.fit_temperature(val_logits, val_targets)`" in note[0]
+        listed = [line for line in section.splitlines() if line.startswith("- `")]
+        assert len(listed) == 1 and listed[0].startswith("- `agent`: balanced accuracy +4.")
+    # The listed ECE difference is the paired one against ce, stratified by task.
+    note = [line for line in _section(text, "## All held-out tasks").splitlines()
+            if line.startswith("- `agent`")][0]
+    a = np.array([r.test["ece"] for r in records if r.method == "agent"])
+    b = np.array([r.test["ece"] for r in records if r.method == "ce"])
+    strata = [r.task.imbalance_ratio for r in records if r.method == "agent"]
+    d = paired_difference(a, b, np.random.default_rng(0), strata=strata)
+    assert f"ECE {100 * d['mean']:+.2f} [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" \
+        in note
+    assert "Calibration: `agent`'s balanced accuracy comes with an ECE worse" in text
+    # Without the trade, no mark and no note.
+    text = _write(tmp_path / "calibrated", _records()).read_text()
+    assert "†" not in text and "Calibration:" not in text
+
+
+def test_tasks_in_no_split_get_a_section_of_their_own(tmp_path):
+    # An evaluation made with another distribution: split_of knows no split for ratio 50.
+    text = _write(tmp_path, _records(), split_of=lambda t: RATIOS[t.imbalance_ratio]
+                  if t.imbalance_ratio != 50.0 else None).read_text()
+    section = _section(text, "## Tasks in no split of the task distribution")
+    assert "1 base task × 10 seeds = 10 runs per method" in section
+    assert _row(_section(text, "by imbalance ratio"), "50")[1] == "no split"
 
 
 def test_write_report_fail_verdict_without_learning_curve(tmp_path):
