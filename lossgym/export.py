@@ -78,7 +78,13 @@ from lossgym.features import (
 )
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.losses import ParametricCriterion
-from lossgym.losses._kernel import check_logits_targets, check_target_bounds, check_targets
+from lossgym.losses._kernel import (
+    _Native,
+    check_logits_targets,
+    check_target_bounds,
+    check_targets,
+    native_plan,
+)
 from lossgym.methods import LossMethod, method_from_dict
 from lossgym.metrics import classification_metrics
 from lossgym.metrics import fit_temperature as temperature_scaling
@@ -799,6 +805,9 @@ class AdaptiveLoss(nn.Module):
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
         self._counts_row: tuple[tuple, Tensor] | None = None
+        # (logits shape, dtype, the C extension's plan) of the period, once the counts are
+        # known: what forward() calls directly.
+        self._fast: tuple[torch.Size, torch.dtype, tuple, str] | None = None
         self._period_sizes: list[int] = []  # training minibatches of each period so far
         self._clear_period()
 
@@ -890,6 +899,18 @@ class AdaptiveLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss of logits ``[..., B, C]`` and int64 targets ``[..., B]``."""
+        fast = self._fast
+        if fast is not None and logits.shape == fast[0] and logits.dtype is fast[1] \
+                and logits.is_cpu and targets.dtype is torch.int64 \
+                and targets.shape == fast[0][:-1] and self.reduction == fast[3]:
+            # The period's plan of the C extension (the parameters and counts are fixed until
+            # step()): the loss, its gradient and the recorded cross-entropy in one call, the
+            # targets checked in it.
+            training = self._is_training_forward(logits)
+            loss = _Native.apply(logits, targets, fast[2][0],
+                                 self._ce if training and self.controller is not None else None)
+            self._minibatch += training
+            return loss
         check_logits_targets(logits, targets)
         num_classes = logits.shape[-1]
         if self._num_classes is None:
@@ -910,6 +931,10 @@ class AdaptiveLoss(nn.Module):
             record = self.controller is not None and training
             loss = self._loss(logits, targets, self._kwargs, counts.to(logits.dtype),
                               self._ce if record else None)
+            if self._counts is not None and self._loss.cached_terms is not None:
+                plan = native_plan(self._loss.cached_terms, logits, targets, self.reduction)
+                if plan is not None:
+                    self._fast = (logits.shape, logits.dtype, plan, self.reduction)
         if training:
             self._minibatch += 1
         return loss
@@ -1051,6 +1076,7 @@ class AdaptiveLoss(nn.Module):
             self._decide(t, loss, g_mean, g_std, metrics)
         if self._counts_inferred and self._counts is None and self._seen is not None:
             self._counts = self._seen
+            self._fast = None
         self._clear_period()
         if self.method is not None:
             self._describe_method()
@@ -1093,6 +1119,7 @@ class AdaptiveLoss(nn.Module):
     def _set_params(self, params: Tensor) -> None:
         self._params = params.detach().to("cpu", torch.float32)
         self._kwargs = dict(zip(self.controlled, self._params.tolist()))
+        self._fast = None
 
     def _check_validation(self, val_logits: Tensor | None, val_targets: Tensor | None) -> None:
         """Validation logits ``[V, C]`` (C this loss's classes where known) and int64 labels

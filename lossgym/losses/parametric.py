@@ -179,6 +179,11 @@ class ParametricCriterion:
             self._cached = (key, loss_terms(values, counts, targets.shape, logits))
         return self._cached[1]
 
+    @property
+    def cached_terms(self) -> Terms | None:
+        """The terms of the last call (None before it)."""
+        return None if self._cached is None else self._cached[1]
+
     def __call__(self, logits: Tensor, targets: Tensor, values: Mapping[str, float | Tensor],
                  class_counts: Tensor | None = None, ce_out: list | None = None) -> Tensor:
         return modulated_ce(logits, targets, self.terms(values, logits, targets, class_counts),
