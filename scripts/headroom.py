@@ -308,6 +308,11 @@ def verdict(ci: Sequence[float]) -> str:
     return "within noise (CI contains 0)"
 
 
+def _order(value: Any) -> tuple[bool, Any]:
+    """Numbers in numeric order, then strings."""
+    return (isinstance(value, str), value if isinstance(value, str) else float(value))
+
+
 def analyse(tasks: list[TaskSpec], val: dict[str, np.ndarray], test: dict[str, np.ndarray],
             candidates: dict[str, list[dict[str, Any]]], boot_seed: int, n_boot: int
             ) -> dict[str, Any]:
@@ -368,7 +373,7 @@ def analyse(tasks: list[TaskSpec], val: dict[str, np.ndarray], test: dict[str, n
     # By factor: the rooms over the tasks that share one factor value.
     by_factor: dict[str, list[dict[str, Any]]] = {}
     for factor in FACTORS:
-        values = sorted({getattr(t, factor) for t in tasks}, key=str)
+        values = sorted({getattr(t, factor) for t in tasks}, key=_order)
         if len(values) < 2:
             continue
         by_factor[factor] = []
@@ -450,7 +455,9 @@ def render_report(result: dict[str, Any]) -> str:
         f"{cfg['tasks']} train-split base tasks × {cfg['seeds']} paired seeds; budget "
         f"{cfg['budget']} candidates per family and task, each trained on every seed "
         f"({result['inner_runs']} inner runs in {result['seconds']['total'] / 60:.1f} min on "
-        f"{result['threads']} thread(s), device {result['device']}).",
+        f"{result['threads']} thread(s), device {result['device']}"
+        + (f"; {result['seconds']['cpu'] / 60:.1f} CPU-min" if "cpu" in result["seconds"]
+           else "") + ").",
         "Selection: leave-one-seed-out cross-fitting. For each task and seed s the candidate with "
         "the best mean VALIDATION balanced accuracy over the task's other seeds is chosen (over "
         "all tasks for the single best rule), and its TEST balanced accuracy on seed s is "
@@ -503,7 +510,7 @@ def render_report(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for factor, rows in s["by_factor"].items():
-        for row in rows:
+        for row in sorted(rows, key=lambda r: _order(r["value"])):
             out.append(f"| {factor} | {row['value']} | {row['tasks']} | "
                        f"{_ci(row['selection_room'])} | {_ci(row['dynamic_room'])} |")
     out += [
@@ -560,6 +567,18 @@ def render_index(out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def render_only(out_dir: Path) -> dict[str, Any]:
+    """Rewrite every ``<distribution>/report.md`` and the index from the stored JSON (the
+    numbers and the command are the stored run's; only the rendering is new)."""
+    results = {}
+    for path in sorted(out_dir.glob("*/headroom.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        atomic_write_text(path.parent / "report.md", render_report(result))
+        results[path.parent.name] = result
+    atomic_write_text(out_dir / "report.md", render_index(out_dir))
+    return results
+
+
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -573,6 +592,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of tasks, seeds, candidates")
     parser.add_argument("--n-boot", type=int, default=5000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the reports from the headroom.json files under --out")
     parser.add_argument("--quick", action="store_true",
                         help="tiny: 2 tasks × 2 seeds, 2 steps of 2 minibatches (for tests)")
     args = parser.parse_args(argv)
@@ -592,7 +613,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    started = time.perf_counter()
+    if args.render_only:
+        return render_only(Path(args.out))
+    started, cpu_started = time.perf_counter(), time.process_time()
     distribution = getattr(TaskDistribution, args.distribution)()
     rng = np.random.default_rng(args.seed)
     tasks, seeds = draw_tasks(distribution, args.tasks, args.seeds, rng, args.quick)
@@ -611,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test = {f: v.reshape(len(v), *shape) for f, v in test.items()}
     summary = analyse(tasks, val, test, candidates, args.seed + 2, args.n_boot)
     seconds["total"] = time.perf_counter() - started
+    seconds["cpu"] = time.process_time() - cpu_started
     result = {
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/headroom.py "
                    + shlex.join(argv),

@@ -112,3 +112,13 @@ def test_wide_distribution_widens_the_default_and_keeps_its_splits_apart():
     assert not wide.is_train(TaskSpec(width=256, seed=5))
     for split in ("held_out_id", "held_out_ood"):
         assert wide.split_of(wide.sample(rng, split)) == split
+
+
+def test_render_only_rewrites_the_same_reports_from_the_json(headroom, quick_run):
+    out, result = quick_run
+    before = {p: p.read_text(encoding="utf-8") for p in out.rglob("report.md")}
+    (out / "default" / "report.md").unlink()
+    rendered = headroom.main(["--render-only", "--out", str(out)])
+    assert list(rendered) == ["default"] and rendered["default"]["summary"] == json.loads(
+        json.dumps(result["summary"]))
+    assert {p: p.read_text(encoding="utf-8") for p in out.rglob("report.md")} == before
