@@ -43,6 +43,12 @@ def test_quick_run_writes_a_report_that_round_trips(quick_run):
             assert np.all((scores >= 0) & (scores <= 1))
     names = [c["name"] for c in result["candidates"]["rule"]]
     assert "drw_s0.7" in names and "feedback_eta1" in names
+    # The fixed pair: deferred re-weighting against the same weights from the start.
+    contrast = result["summary"]["contrasts"]["ce_drw - class_balanced"]
+    test = np.asarray(result["scores"]["test"]["rule"])
+    d = test[names.index("ce_drw")] - test[names.index("class_balanced")]
+    assert contrast["mean"] == pytest.approx(d.mean())
+    assert contrast["ci"][0] <= contrast["ci"][1]
 
 
 def test_per_task_best_is_at_least_the_single_best_on_the_selection_split(quick_run):
