@@ -586,7 +586,9 @@ def render_index(out_dir: Path) -> str:
                   result["command"], "```", "",
                   f"{cfg['tasks']} tasks × {cfg['seeds']} seeds, budget {cfg['budget']}, "
                   f"{result['inner_runs']} inner runs, "
-                  f"{result['seconds']['total'] / 60:.1f} min.", "",
+                  f"{result['seconds']['total'] / 60:.1f} min wall"
+                  + (f", {result['seconds']['cpu'] / 60:.1f} CPU-min" if "cpu" in result["seconds"]
+                     else "") + ".", "",
                   room_table(result), ""]
     return "\n".join(parts)
 
