@@ -53,7 +53,7 @@ from agents.baselines import (
 )
 from agents.rollout import ScheduleRule, group_tasks
 from lossgym.io import atomic_write_text
-from lossgym.methods import LossMethod, MethodMix, make_method
+from lossgym.methods import RENAMED, LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
 from lossgym.schedules import LossSchedule, constant, cosine, join, linear, step
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -307,6 +307,11 @@ def verdict(ci: Sequence[float]) -> str:
     return "within noise (CI contains 0)"
 
 
+def _order(value: Any) -> tuple[bool, Any]:
+    """Numbers in numeric order, then strings."""
+    return (isinstance(value, str), value if isinstance(value, str) else float(value))
+
+
 def analyse(tasks: list[TaskSpec], val: dict[str, np.ndarray], test: dict[str, np.ndarray],
             candidates: dict[str, list[dict[str, Any]]], boot_seed: int, n_boot: int
             ) -> dict[str, Any]:
@@ -367,7 +372,7 @@ def analyse(tasks: list[TaskSpec], val: dict[str, np.ndarray], test: dict[str, n
     # By factor: the rooms over the tasks that share one factor value.
     by_factor: dict[str, list[dict[str, Any]]] = {}
     for factor in FACTORS:
-        values = sorted({getattr(t, factor) for t in tasks}, key=str)
+        values = sorted({getattr(t, factor) for t in tasks}, key=_order)
         if len(values) < 2:
             continue
         by_factor[factor] = []
@@ -385,6 +390,28 @@ def analyse(tasks: list[TaskSpec], val: dict[str, np.ndarray], test: dict[str, n
     summary["single_best_rule_per_fold"] = [
         candidate_label("rule", candidates["rule"][k]) for k in single]
     return summary
+
+
+#: Fixed pairs of rules (no selection, so no selection bias): the value of deferring the same
+#: re-weighting (a schedule) over applying it from the start (a constant).
+CONTRASTS = (("ce_drw", "cb_effective"),)
+
+
+def add_contrasts(result: dict[str, Any]) -> dict[str, Any]:
+    """Paired test differences of the rule pairs of :data:`CONTRASTS` that both ran, with the
+    stratified bootstrap (its own generator, so stored runs re-render to the same numbers)."""
+    # Runs stored before issue 12's renames name the rules as they were then.
+    names = [RENAMED.get(c["name"], c["name"]) for c in result["candidates"]["rule"]]
+    test = np.asarray(result["scores"]["test"]["rule"])
+    rng = np.random.default_rng(result["config"]["seed"] + 3)
+    out = {}
+    for a, b in CONTRASTS:
+        if a in names and b in names:
+            d = test[names.index(a)] - test[names.index(b)]
+            entry = _summary(d, rng, result["config"]["n_boot"])
+            out[f"{a} - {b}"] = {**entry, "verdict": verdict(entry["ci"])}
+    result["summary"]["contrasts"] = out
+    return result
 
 
 # ------------------------------------------------------------------------------ report
@@ -449,7 +476,9 @@ def render_report(result: dict[str, Any]) -> str:
         f"{cfg['tasks']} train-split base tasks × {cfg['seeds']} paired seeds; budget "
         f"{cfg['budget']} candidates per family and task, each trained on every seed "
         f"({result['inner_runs']} inner runs in {result['seconds']['total'] / 60:.1f} min on "
-        f"{result['threads']} thread(s), device {result['device']}).",
+        f"{result['threads']} thread(s), device {result['device']}"
+        + (f"; {result['seconds']['cpu'] / 60:.1f} CPU-min" if "cpu" in result["seconds"]
+           else "") + ").",
         "Selection: leave-one-seed-out cross-fitting. For each task and seed s the candidate with "
         "the best mean VALIDATION balanced accuracy over the task's other seeds is chosen (over "
         "all tasks for the single best rule), and its TEST balanced accuracy on seed s is "
@@ -462,6 +491,9 @@ def render_report(result: dict[str, Any]) -> str:
         room_table(result),
         "",
         method_table(result),
+        "",
+        *[f"Fixed rule pair (no selection), test: {name} {_ci(entry)} points, "
+          f"{entry['verdict']}." for name, entry in s.get("contrasts", {}).items()],
         "",
         "In-sample (selection split, validation, all seeds; optimistic): selection room "
         f"{_pts(s['in_sample_val']['selection_room'])}, dynamic room "
@@ -502,7 +534,7 @@ def render_report(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for factor, rows in s["by_factor"].items():
-        for row in rows:
+        for row in sorted(rows, key=lambda r: _order(r["value"])):
             out.append(f"| {factor} | {row['value']} | {row['tasks']} | "
                        f"{_ci(row['selection_room'])} | {_ci(row['dynamic_room'])} |")
     out += [
@@ -554,9 +586,24 @@ def render_index(out_dir: Path) -> str:
                   result["command"], "```", "",
                   f"{cfg['tasks']} tasks × {cfg['seeds']} seeds, budget {cfg['budget']}, "
                   f"{result['inner_runs']} inner runs, "
-                  f"{result['seconds']['total'] / 60:.1f} min.", "",
+                  f"{result['seconds']['total'] / 60:.1f} min wall"
+                  + (f", {result['seconds']['cpu'] / 60:.1f} CPU-min" if "cpu" in result["seconds"]
+                     else "") + ".", "",
                   room_table(result), ""]
     return "\n".join(parts)
+
+
+def render_only(out_dir: Path) -> dict[str, Any]:
+    """Rewrite every ``<distribution>/report.md`` and the index from the stored JSON (the
+    numbers and the command are the stored run's; only the rendering is new)."""
+    results = {}
+    for path in sorted(out_dir.glob("*/headroom.json")):
+        result = add_contrasts(json.loads(path.read_text(encoding="utf-8")))
+        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+        atomic_write_text(path.parent / "report.md", render_report(result))
+        results[path.parent.name] = result
+    atomic_write_text(out_dir / "report.md", render_index(out_dir))
+    return results
 
 
 # ------------------------------------------------------------------------------ main
@@ -572,6 +619,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of tasks, seeds, candidates")
     parser.add_argument("--n-boot", type=int, default=5000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the reports from the headroom.json files under --out")
     parser.add_argument("--quick", action="store_true",
                         help="tiny: 2 tasks × 2 seeds, 2 steps of 2 minibatches (for tests)")
     args = parser.parse_args(argv)
@@ -591,7 +640,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    started = time.perf_counter()
+    if args.render_only:
+        return render_only(Path(args.out))
+    started, cpu_started = time.perf_counter(), time.process_time()
     distribution = getattr(TaskDistribution, args.distribution)()
     rng = np.random.default_rng(args.seed)
     tasks, seeds = draw_tasks(distribution, args.tasks, args.seeds, rng, args.quick)
@@ -610,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     test = {f: v.reshape(len(v), *shape) for f, v in test.items()}
     summary = analyse(tasks, val, test, candidates, args.seed + 2, args.n_boot)
     seconds["total"] = time.perf_counter() - started
+    seconds["cpu"] = time.process_time() - cpu_started
     result = {
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/headroom.py "
                    + shlex.join(argv),
@@ -629,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "test": {f: v.tolist() for f, v in test.items()}},
         "summary": summary,
     }
+    add_contrasts(result)
     out_dir = Path(args.out)
     target = out_dir / args.distribution
     atomic_write_text(target / "headroom.json", json.dumps(result, indent=1) + "\n")
@@ -638,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{result['inner_runs']} inner runs, {seconds['total'] / 60:.1f} min")
     print(room_table(result))
     print(method_table(result))
+    for name, entry in result["summary"]["contrasts"].items():
+        print(f"{name}: {_ci(entry)} points, {entry['verdict']}")
     return result
 
 

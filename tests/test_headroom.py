@@ -43,6 +43,12 @@ def test_quick_run_writes_a_report_that_round_trips(quick_run):
             assert np.all((scores >= 0) & (scores <= 1))
     names = [c["name"] for c in result["candidates"]["rule"]]
     assert "drw_s0.7" in names and "feedback_eta1" in names
+    # The fixed pair: deferred re-weighting against the same weights from the start.
+    contrast = result["summary"]["contrasts"]["ce_drw - class_balanced"]
+    test = np.asarray(result["scores"]["test"]["rule"])
+    d = test[names.index("ce_drw")] - test[names.index("class_balanced")]
+    assert contrast["mean"] == pytest.approx(d.mean())
+    assert contrast["ci"][0] <= contrast["ci"][1]
 
 
 def test_per_task_best_is_at_least_the_single_best_on_the_selection_split(quick_run):
@@ -112,3 +118,13 @@ def test_wide_distribution_widens_the_default_and_keeps_its_splits_apart():
     assert not wide.is_train(TaskSpec(width=256, seed=5))
     for split in ("held_out_id", "held_out_ood"):
         assert wide.split_of(wide.sample(rng, split)) == split
+
+
+def test_render_only_rewrites_the_same_reports_from_the_json(headroom, quick_run):
+    out, result = quick_run
+    before = {p: p.read_text(encoding="utf-8") for p in out.rglob("report.md")}
+    (out / "default" / "report.md").unlink()
+    rendered = headroom.main(["--render-only", "--out", str(out)])
+    assert list(rendered) == ["default"] and rendered["default"]["summary"] == json.loads(
+        json.dumps(result["summary"]))
+    assert {p: p.read_text(encoding="utf-8") for p in out.rglob("report.md")} == before
