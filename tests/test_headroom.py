@@ -44,7 +44,7 @@ def test_quick_run_writes_a_report_that_round_trips(quick_run):
     names = [c["name"] for c in result["candidates"]["rule"]]
     assert "drw_s0.7" in names and "feedback_eta1" in names
     # The fixed pair: deferred re-weighting against the same weights from the start.
-    contrast = result["summary"]["contrasts"]["ce_drw - class_balanced"]
+    contrast = result["summary"]["contrasts"]["ce_drw - cb_effective"]
     test = np.asarray(result["scores"]["test"]["rule"])
     d = test[names.index("ce_drw")] - test[names.index("class_balanced")]
     assert contrast["mean"] == pytest.approx(d.mean())
