@@ -46,7 +46,7 @@ def test_quick_run_writes_a_report_that_round_trips(quick_run):
     # The fixed pair: deferred re-weighting against the same weights from the start.
     contrast = result["summary"]["contrasts"]["ce_drw - cb_effective"]
     test = np.asarray(result["scores"]["test"]["rule"])
-    d = test[names.index("ce_drw")] - test[names.index("class_balanced")]
+    d = test[names.index("ce_drw")] - test[names.index("cb_effective")]
     assert contrast["mean"] == pytest.approx(d.mean())
     assert contrast["ci"][0] <= contrast["ci"][1]
 
