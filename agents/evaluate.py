@@ -391,7 +391,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         extra = [partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks,
                          "oracle_constant", **kw)]
     else:
-        pbt_note = "SMALL VERSION (make demo): no searches, PBT or oracle."
+        pbt_note = "No searches, PBT or oracle (--small)."
     progress.set_total(first_runs + second_runs(len(tuned), len(extra)))
     actions = np.stack([r.actions for r in agent_records])
     second = run([
@@ -422,20 +422,20 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     equal = ("equal to the agent's training episodes" if budget >= episodes else
              f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
              "searches are handicapped")
-    note = ("SMALL VERSION (make demo): the agent against cross-entropy, logit adjustment, "
-            "tuned DRW and LDAM-DRW only; `make reproduce` runs every baseline. "
-            if args.small else "") + (
+    note = ("SMALL VERSION (--small, as in make demo): the agent against cross-entropy, logit "
+            "adjustment, tuned DRW and LDAM-DRW only; the full evaluation (make reproduce) runs "
+            "every baseline. " if args.small else "") + (
         f"FEWER SEEDS ({args.seeds}) than the documented minimum of {MIN_SEEDS} per base "
         f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
         f"Agent: {run_dir.name}, trained on {episodes} episodes. "
-            f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
-            f"Tuning: {len(tune)} train tasks. Searches (random, CMA-ES, over the agent's "
-            f"parameters {', '.join(agent.parameters)}, constants and schedules together; "
+        f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
+        f"Tuning: {len(tune)} train tasks. ") + ("" if args.small else (
+            f"Searches (random, CMA-ES, over the agent's parameters "
+            f"{', '.join(agent.parameters)}, constants and schedules together; "
             f"random_search_constant is the best constant among random search's draws): "
-            f"{budget} inner runs each, {equal} "
-            f"(the agent's paired reward also trained one cross-entropy twin per episode, "
-            f"not counted). {pbt_note} Wall time of the evaluation: "
-            f"{time.time() - start:.0f} s.")
+            f"{budget} inner runs each, {equal} (the agent's reward also trained one twin per "
+            f"episode, not counted). ")) + f"{pbt_note} Wall time of the evaluation: " \
+        f"{time.time() - start:.0f} s."
     base = None  # the method whose records are the agent's base rule, for the trajectories
     if agent.base_rule is not None and agent.base_rule == DEFAULT_BASE_RULE:
         base = "logit_adjusted"
