@@ -331,10 +331,11 @@ class ConstantActionPolicy:
 
     def __init__(self, action: Sequence[float] | np.ndarray,
                  parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "absolute",
-                 base_rule: LossSchedule | None = None) -> None:
+                 base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
         self.parameters = _check_parameters(parameters, mode)
         self.mode = mode
         self.base_rule = base_rule  # what residual actions correct
+        self.max_step = max_step  # of delta and residual actions
         array = np.asarray(action, dtype=np.float64).reshape(-1)
         if array.shape != (len(self.parameters),) or not np.all(np.isfinite(array)):
             raise ValueError(f"action={np.asarray(action).tolist()} is invalid: must be "
@@ -366,10 +367,12 @@ class ReplayPolicy:
     """
 
     def __init__(self, actions: np.ndarray, parameters: Sequence[str] = DEFAULT_PARAMETERS,
-                 mode: str = "absolute", base_rule: LossSchedule | None = None) -> None:
+                 mode: str = "absolute", base_rule: LossSchedule | None = None,
+                 max_step: float = 0.1) -> None:
         self.parameters = _check_parameters(parameters, mode)
         self.mode = mode
         self.base_rule = base_rule  # what residual actions correct
+        self.max_step = max_step  # of delta and residual actions
         array = np.asarray(actions, dtype=np.float64)
         if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1 \
                 or array.shape[2] != len(self.parameters):
@@ -438,6 +441,7 @@ class PerMemberPolicy:
         self.parameters = tuple(first.parameters)
         self.mode = first.mode
         self.base_rule = getattr(first, "base_rule", None)
+        self.max_step = getattr(first, "max_step", 0.1)
         rules = {hasattr(p, "params") for p in self.policies}
         if len(rules) > 1:
             raise ValueError("policies mix rules (params) and action policies (act)")

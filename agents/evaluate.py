@@ -398,16 +398,19 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         # Replay needs one policy row per member: run each compatible group separately.
         partial(bl.rollout_members,
                 [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
-                                base_rule=agent.base_rule)
+                                base_rule=agent.base_rule,
+                                max_step=agent.max_step)
                  for a in actions],
                 tasks, "agent_replay", **kw),
         partial(rollout_policy,
                 bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters,
-                                        mode=agent.mode, base_rule=agent.base_rule),
+                                        mode=agent.mode, base_rule=agent.base_rule,
+                                        max_step=agent.max_step),
                 tasks, "agent_mean_action", **kw),
         partial(bl.rollout_members,
                 [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
-                                base_rule=agent.base_rule)
+                                base_rule=agent.base_rule,
+                                max_step=agent.max_step)
                  for a in task_replay_actions(agent_records)],
                 tasks, "agent_task_replay", **kw),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],

@@ -157,8 +157,8 @@ def test_residual_replays_reproduce_the_agents_run():
     # Replaying a residual run's own actions around its base rule gives the same run.
     from agents.baselines import ReplayPolicy
 
-    class Residual:
-        parameters, mode, base_rule = PARAMS, "residual", BASE
+    class Residual:  # max_step 0.2, not the mapping's default 0.1: replays must carry it
+        parameters, mode, base_rule, max_step = PARAMS, "residual", BASE, 0.2
 
         def reset(self, n):
             self.t = 0
@@ -168,7 +168,7 @@ def test_residual_replays_reproduce_the_agents_run():
             return np.full((len(obs), len(PARAMS)), 0.3 * (-1) ** self.t, dtype=np.float32)
 
     [run] = rollout_policy(Residual(), [SMALL.replace(seed=2)], device="cpu")
-    [again] = rollout_policy(ReplayPolicy(run.actions[None], PARAMS, "residual", BASE),
-                             [SMALL.replace(seed=2)], device="cpu")
+    [again] = rollout_policy(ReplayPolicy(run.actions[None], PARAMS, "residual", BASE,
+                                          max_step=0.2), [SMALL.replace(seed=2)], device="cpu")
     np.testing.assert_array_equal(run.params, again.params)
     assert run.test == again.test
