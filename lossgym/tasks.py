@@ -548,6 +548,12 @@ class TaskDistribution:
             minibatches_per_step=(20, 40, 60),
             seed_range=(0, 10_000),
         )
+        return cls._with_held_out(train)
+
+    @classmethod
+    def _with_held_out(cls, train: TaskFactors) -> TaskDistribution:
+        """A distribution on the train grid ``train`` with the standard held-out splits: the
+        same factors with unseen seeds, and three OOD grids (unseen ratios, the CNN, digits)."""
         held_out = dataclasses.replace(train, seed_range=_HELD_OUT_SEEDS)
         return cls(
             train=(train,),
@@ -619,8 +625,8 @@ class TaskDistribution:
           (default: no 0); budget via minibatches_per_step {5, 10, 20, 40, 80} over a horizon
           of 20, about 1 to 28 epochs (default: {20, 40, 60}, about 4 to 21); seeds 0..9999.
         * held_out_id and held_out_ood: built from the train grid as in :meth:`default`
-          (unseen seeds; unseen ratios {30, 200}; the CNN at 16 or 32 channels; digits at
-          rho in {10, 15}).
+          (unseen seeds; unseen ratios {30, 200}; the CNN on MNIST-1D at 16 or 32 channels and
+          lr 1e-2; digits at rho in {10, 15}).
         """
         train = TaskFactors(
             datasets=("mnist1d", "synthetic"),
@@ -633,16 +639,7 @@ class TaskDistribution:
             minibatches_per_step=(5, 10, 20, 40, 80),
             seed_range=(0, 10_000),
         )
-        held_out = dataclasses.replace(train, seed_range=_HELD_OUT_SEEDS)
-        return cls(
-            train=(train,),
-            held_out_id=(held_out,),
-            held_out_ood=(
-                dataclasses.replace(held_out, imbalance_ratios=(30.0, 200.0)),
-                dataclasses.replace(held_out, archs=("cnn",), widths=(16, 32)),
-                dataclasses.replace(held_out, datasets=("digits",), imbalance_ratios=(10.0, 15.0)),
-            ),
-        )
+        return cls._with_held_out(train)
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -3,7 +3,6 @@ one message, treats an empty batch the same way, reads all-zero class counts as 
 counts) and refuses values outside their domain with a ValueError that names them."""
 
 import hashlib
-import json
 import math
 import re
 from functools import partial
@@ -11,10 +10,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from test_export import resign
 
 from lossgym import AdaptiveLoss
 from lossgym.actions import ActionMapping
-from lossgym.export import Controller, _digest, write_export
+from lossgym.export import Controller, write_export
 from lossgym.features import FeatureSpec
 from lossgym.losses import (
     AdaFocalLoss,
@@ -280,15 +280,6 @@ def _controller(lstm=False):
     return Controller(layers, dict(net.state_dict()), mapping)
 
 
-def _resign(folder, edit):
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.pop("sha256")
-    edit(manifest)
-    manifest["sha256"] = _digest(manifest)
-    path.write_text(json.dumps(manifest))
-
-
 EXPORTS = {
     "alpha": lambda: LossSchedule({"alpha": constant(0.5)}),
     "tau": lambda: LossSchedule({"tau": constant(1.0)}),
@@ -324,7 +315,7 @@ def test_all_zero_bound_counts_are_refused(tmp_path):
                                          "zero"):
         write_export(rule, tmp_path / "w", total_steps=4, class_counts=[0, 0, 0])
     out = write_export(rule, tmp_path / "r", total_steps=4, class_counts=[3, 2, 1])
-    _resign(out, lambda m: m.update(class_counts=[0, 0, 0]))
+    resign(out, lambda m: m.update(class_counts=[0, 0, 0]))
     with pytest.raises(ValueError, match=r"manifest.json: class_counts=\[0.0, 0.0, 0.0\]"):
         AdaptiveLoss.load(out)
     with pytest.raises(ValueError, match="not all zero"):
@@ -364,7 +355,7 @@ def test_layers_the_weights_lack_are_refused_before_anything_is_allocated(tmp_pa
     dim = FeatureSpec(ActionMapping().parameters).dim
     wide = [{"kind": "linear", "in_features": dim, "out_features": 20000}, {"kind": "tanh"},
             {"kind": "linear", "in_features": 20000, "out_features": 2}]
-    _resign(out, lambda m: m["controller"].update(layers=wide))
+    resign(out, lambda m: m["controller"].update(layers=wide))
     small = _controller().tensors()
     built = []
     original = torch.nn.Linear.__init__
@@ -384,7 +375,7 @@ def test_a_weights_file_whose_header_lies_is_refused(tmp_path):
     out = write_export(_controller(), tmp_path / "c", total_steps=4)
     data = b"\xff" * 8 + (out / "actor.safetensors").read_bytes()[8:]
     (out / "actor.safetensors").write_bytes(data)
-    _resign(out, lambda m: m["controller"]["weights"].update(
+    resign(out, lambda m: m["controller"]["weights"].update(
         sha256=hashlib.sha256(data).hexdigest()))
     with pytest.raises(ValueError, match="actor.safetensors cannot be read: its header claims"):
         AdaptiveLoss.load(out)
