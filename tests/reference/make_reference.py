@@ -151,7 +151,8 @@ def method_losses() -> dict:
                     z = logits[mb].clone().requires_grad_(True)
                     value = loss(z, targets[mb])
                     value.backward()
-                    rows.append({"value": float(value), "grad": z.grad.flatten().tolist()})
+                    rows.append({"value": float(value.detach()),
+                                 "grad": z.grad.flatten().tolist()})
                 with torch.no_grad():
                     loss.step(logits[0], targets[0])
             out[m] = rows
