@@ -3,7 +3,7 @@
 
 On small CPU batches a loss step costs the number of kernels it launches, not its arithmetic:
 the extension computes the closed-form loss with its gradient
-(:class:`lossgym.losses._CompiledModulatedCE`) and the gradient norm (:func:`squared_norm`) in
+(:func:`lossgym.losses.modulated_ce`'s fast path) and the gradient norm (:func:`squared_norm`) in
 one call each. Where it is missing, or for tensors it does not take (CUDA, other dtypes),
 lossgym runs the same computations as torch kernels. ``LOSSGYM_NO_EXTENSION=1`` turns it off
 (as tests do, to compare the two).
