@@ -220,6 +220,15 @@ class _Staging:
 # --------------------------------------------------------------------------- figures
 
 
+def _message_figure(text: str) -> Figure:
+    """A small figure that says why there is nothing to plot."""
+    fig = _new_figure(6.0, 2.5)
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -282,11 +291,7 @@ def _trajectories_figure(
 
     names, data = _trajectory_data(records, methods)
     if not names:
-        fig = _new_figure(6.0, 2.5)
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no method chose loss parameters", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message_figure("no method chose loss parameters")
     ncols = min(len(names), 3)
     nrows = -(-len(names) // ncols)
     fig = _new_figure(4.3 * ncols, 3.3 * nrows + 0.6)
@@ -374,11 +379,7 @@ def _forest_figure(
     held-out records; sorted by the difference against the first panel's comparison."""
     titles, panels = _forest_data(records, reference, best_baseline, methods, rng)
     if not titles:
-        fig = _new_figure(6.0, 2.5)
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no paired runs to compare", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
+        return _message_figure("no paired runs to compare")
     first = panels[titles[0]]
     order = sorted({m for p in panels.values() for m in p},
                    key=lambda m: first[m]["mean"] if m in first
