@@ -419,10 +419,10 @@ def modulated_ce(logits: Tensor, targets: Tensor, terms: Terms, reduction: str =
         # Torch's fused kernel: F.cross_entropy's exact value and gradient, and the cheapest.
         out = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                               reduction=reduction, label_smoothing=float(terms.label_smoothing))
-        if ce_out is not None:
-            ce_out.append(out.detach().mean() if terms.label_smoothing == 0 and reduction
-                          == "mean" else F.cross_entropy(
-                              logits.detach().reshape(-1, logits.shape[-1]), targets.reshape(-1)))
+        if ce_out is not None:  # plain mean cross-entropy: the loss itself, else computed
+            plain_mean = terms.label_smoothing == 0 and reduction == "mean"
+            ce_out.append(out.detach() if plain_mean else F.cross_entropy(
+                logits.detach().reshape(-1, logits.shape[-1]), targets.reshape(-1)))
         return out.reshape(targets.shape) if reduction == "none" else out
     native = native_plan(terms, logits, targets, reduction)
     if native is not None:
