@@ -14,7 +14,11 @@ of its Gaussian, as ``predict(deterministic=True)`` does. Reads top to bottom:
    population: the first draw fixes them).
 2. **Fitness** is each member's whole-episode return against its base twin (the env's
    ``reward_baseline``: ``"paired"`` trains a cross-entropy twin beside every member), turned
-   into centred ranks in [−0.5, 0.5] over the population.
+   into centred ranks in [−0.5, 0.5] over the population. With residual actions against the
+   base twin (the default agent), the twin is the zero action, and every member on one task
+   and seed would train the same twin: the population then holds **one twin per task**, a
+   member acting with the zero action, instead of one per member (2P + P/k runs instead of
+   4P for k pairs per task; :func:`shares_twins`).
 3. **Update** (Salimans et al. 2017): g = Σ_k (F(θ + σε_k) − F(θ − σε_k)) ε_k / (2P), the
    1/σ left to the step size; Adam ascends g with coupled L2 ``weight_decay``.
 4. **Observation normalisation**: running mean and variance of every observation the members
@@ -72,6 +76,9 @@ class ESArgs:
     default PPO run's budget)."""
     pairs: int = 16
     """antithetic pairs P per generation (2P members, plus their twins in the population)."""
+    pairs_per_task: int = 1
+    """pairs k that share one task and seed (and one twin): fewer twins to train, fewer tasks
+    per generation."""
     sigma: float = 0.05
     """standard deviation of the perturbations of the actor's parameters."""
     learning_rate: float = 0.02
@@ -199,36 +206,61 @@ class Generation:
     """seconds spent in the env (the batched inner training)."""
     policy_seconds: float
     """seconds spent computing actions."""
+    twins: int = 0
+    """twin runs the population trained beside the members."""
 
 
-def pair_tasks(source: TaskSource, rng: np.random.Generator, pairs: int) -> list[TaskSpec]:
-    """One task per pair, all able to share one population, each given to both members."""
+def pair_tasks(source: TaskSource, rng: np.random.Generator, pairs: int, per_task: int = 1
+               ) -> list[TaskSpec]:
+    """Members' tasks: one task for every ``per_task`` pairs, all able to share one population,
+    each given to both members of its pairs."""
+    count = -(-pairs // per_task)
     first = source.draw(rng)
-    tasks = [first] + [source.draw(rng, like=first) for _ in range(pairs - 1)]
-    return [task for task in tasks for _ in range(2)]
+    tasks = [first] + [source.draw(rng, like=first) for _ in range(count - 1)]
+    return [tasks[k // per_task] for k in range(pairs) for _ in range(2)]
+
+
+def shares_twins(env_kwargs: dict[str, Any]) -> bool:
+    """Whether a generation trains one base twin per task instead of one per member: with
+    residual actions against the base twin, the zero action is the twin."""
+    return (env_kwargs.get("reward_baseline") == "base"
+            and env_kwargs.get("action_mode") == "residual")
 
 
 def run_generation(actor: PopulationActor, thetas: torch.Tensor, tasks: list[TaskSpec],
                    normalise: FrozenNormalizer, env_kwargs: dict[str, Any], device: str,
-                   seed: int) -> Generation:
-    """One episode of every member: member i acts with ``thetas[i]`` on ``tasks[i]``."""
+                   seed: int, share_twins: bool | None = None) -> Generation:
+    """One episode of every member: member i acts with ``thetas[i]`` on ``tasks[i]``.
+
+    With ``share_twins`` (default :func:`shares_twins`), the env runs without twins and the
+    population holds one more member per distinct task that plays the zero action (the base
+    rule); each member's return is its own minus its task's twin's, which is what the env's
+    twin would have given it. A twin that diverged leaves its members their own returns."""
     n = len(tasks)
+    share = shares_twins(env_kwargs) if share_twins is None else share_twins
+    twins = list(dict.fromkeys(tasks)) if share else []
+    twin_of = np.array([twins.index(t) for t in tasks]) if share else None
+    if share:
+        env_kwargs = {**env_kwargs, "reward_baseline": "none"}
+    everyone = list(tasks) + twins
+    total = len(everyone)
     start = time.perf_counter()
     # Episodes end together (one horizon) unless a member diverges; members that are done sit
     # out on their autoreset episode (a draw of the first task with a new seed: same shapes).
-    venv = LossTuningVectorEnv(num_envs=n, tasks=tasks[0], split="train", device=device,
+    venv = LossTuningVectorEnv(num_envs=total, tasks=tasks[0], split="train", device=device,
                                **env_kwargs)
-    obs, _ = venv.reset(seed=seed, options={"task": list(tasks)})
+    obs, _ = venv.reset(seed=seed, options={"task": everyone})
     env_seconds = time.perf_counter() - start
     policy_seconds = 0.0
-    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
-    diverged, done = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    returns, lengths = np.zeros(total), np.zeros(total, dtype=np.int64)
+    diverged, done = np.zeros(total, dtype=bool), np.zeros(total, dtype=bool)
+    actions = np.zeros((total, *venv.single_action_space.shape), dtype=np.float32)
     seen = []
     try:
         while not done.all():
-            seen.append(obs[~done].copy())
+            seen.append(obs[:n][~done[:n]].copy())
             tick = time.perf_counter()
-            actions = actor.act(thetas, normalise(obs))
+            actions[:n] = actor.act(thetas, normalise(obs[:n]))
             tock = time.perf_counter()
             obs, rewards, terminated, truncated, infos = venv.step(actions)
             env_seconds += time.perf_counter() - tock
@@ -238,14 +270,19 @@ def run_generation(actor: PopulationActor, thetas: torch.Tensor, tasks: list[Tas
             lengths[live] += 1
             ended = live & (terminated | truncated)
             if ended.any():
-                per_member = unbatch_infos(infos, n)
+                per_member = unbatch_infos(infos, total)
                 for i in np.flatnonzero(ended):
                     diverged[i] = bool(per_member[i].get("final_info", {}).get("diverged"))
             done |= ended
     finally:
         venv.close()
-    return Generation(returns, lengths, diverged, list(tasks), np.concatenate(seen),
-                      env_seconds, policy_seconds)
+    own = returns[:n]
+    if share:
+        twin_returns = np.where(diverged[n:], 0.0, returns[n:])
+        own = own - twin_returns[twin_of]
+    return Generation(own, lengths[:n], diverged[:n], list(tasks), np.concatenate(seen),
+                      env_seconds, policy_seconds, len(twins) if share else
+                      n * (env_kwargs.get("reward_baseline") in ("paired", "base")))
 
 
 # --------------------------------------------------------------------------- saving
@@ -259,9 +296,9 @@ def _save_policy(model: Any, normalise: FrozenNormalizer, run_dir: Path, timeste
         atomic_write_text(run_dir / "policy.norm.json", json.dumps(normalise.state()))
 
 
-GENERATION_FIELDS = ("generation", "episodes", "population", "max_minibatches", "mean_return",
-                     "best_return", "worst_return", "mean_pair_gap", "diverged", "theta_norm",
-                     "env_seconds", "policy_seconds", "update_seconds", "seconds")
+GENERATION_FIELDS = ("generation", "episodes", "twins", "population", "max_minibatches",
+                     "mean_return", "best_return", "worst_return", "mean_pair_gap", "diverged",
+                     "theta_norm", "env_seconds", "policy_seconds", "update_seconds", "seconds")
 
 
 # --------------------------------------------------------------------------------- train
@@ -274,9 +311,9 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             default ``TaskDistribution.default()``) or one :class:`TaskSpec` (a fresh seed per
             pair).
     """
-    if args.generations < 1 or args.pairs < 1:
-        raise ValueError(f"generations={args.generations} and pairs={args.pairs} must be "
-                         "positive")
+    if args.generations < 1 or args.pairs < 1 or args.pairs_per_task < 1:
+        raise ValueError(f"generations={args.generations}, pairs={args.pairs} and "
+                         f"pairs_per_task={args.pairs_per_task} must be positive")
     if not args.sigma > 0 or not args.learning_rate > 0 or args.weight_decay < 0:
         raise ValueError(f"sigma={args.sigma} and learning_rate={args.learning_rate} must be "
                          f"positive and weight_decay={args.weight_decay} non-negative")
@@ -326,8 +363,9 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             # Members 2k and 2k + 1: θ + σ ε_k and θ − σ ε_k.
             signed = torch.stack([eps, -eps], dim=1).reshape(members, -1)
             thetas = theta.detach() + args.sigma * signed
-            gen = run_generation(actor, thetas, pair_tasks(source, rng, args.pairs), normalise,
-                                 env_kwargs, args.device, int(rng.integers(0, 2**31 - 1)))
+            members_tasks = pair_tasks(source, rng, args.pairs, args.pairs_per_task)
+            gen = run_generation(actor, thetas, members_tasks, normalise, env_kwargs, args.device,
+                                 int(rng.integers(0, 2**31 - 1)))
             update_tick = time.perf_counter()
             optimizer.zero_grad()
             theta.grad = -es_gradient(gen.returns, eps)  # Adam minimises: ascend g
@@ -344,6 +382,7 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
                                    "t": round(elapsed, 6)})
             task = gen.tasks[0]
             row = {"generation": generation, "episodes": (generation + 1) * members,
+                   "twins": gen.twins,
                    "population": f"{task.dataset} {task.arch}{task.width}",
                    "max_minibatches": max(t.minibatches_per_step for t in gen.tasks),
                    "mean_return": float(gen.returns.mean()),
@@ -376,6 +415,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--run-dir", default=defaults.run_dir)
     parser.add_argument("--generations", type=int, default=defaults.generations)
     parser.add_argument("--pairs", type=int, default=defaults.pairs)
+    parser.add_argument("--pairs-per-task", type=int, default=defaults.pairs_per_task)
     parser.add_argument("--sigma", type=float, default=defaults.sigma)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
@@ -389,7 +429,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     if not isinstance(ns.env_kwargs, dict):
         parser.error("--env-kwargs must be a JSON object")
     return ESArgs(run_dir=ns.run_dir, generations=ns.generations, pairs=ns.pairs,
-                  sigma=ns.sigma, learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,
+                  pairs_per_task=ns.pairs_per_task, sigma=ns.sigma,
+                  learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,
                   normalize=ns.normalize, seed=ns.seed, device=ns.device,
                   env_kwargs=ns.env_kwargs, progress=not ns.quiet)
 

@@ -102,6 +102,31 @@ def test_antithetic_pairs_share_task_and_seed(one_thread):
     assert gen.observations.shape == (6 * SMALL.horizon, dim)
 
 
+def test_one_shared_twin_per_task_gives_the_env_twins_returns(one_thread):
+    # Residual actions against the base twin: the population holds one zero-action member per
+    # task instead of a twin per member, and every member's return is what the env's own twin
+    # gives it (the same run of the base rule on the same task and seed).
+    tasks = pair_tasks(TaskSource(SMALL, "train"), np.random.default_rng(1), 4, per_task=2)
+    assert len(tasks) == 8 and len(set(tasks)) == 2
+    assert tasks[0] == tasks[3] and tasks[4] == tasks[7] and tasks[0] != tasks[4]
+    actor = PopulationActor(_actor(_initial_model().policy))
+    generator = torch.Generator().manual_seed(2)
+    thetas = actor.theta + 0.5 * torch.randn(8, actor.theta.numel(), generator=generator)
+    dim = FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim
+    normalise = FrozenNormalizer(dim, 10.0, enabled=False)
+    env_kwargs = {"reward_baseline": "base", "action_mode": "residual",
+                  "base_rule": "logit_adjusted", "max_step": 0.5,
+                  "action_params": "gamma,alpha,tau,margin,scale"}
+    shared = run_generation(actor, thetas, tasks, normalise, env_kwargs, "cpu", seed=0)
+    own = run_generation(actor, thetas, tasks, normalise, env_kwargs, "cpu", seed=0,
+                         share_twins=False)
+    assert shared.twins == 2 and own.twins == 8
+    assert len(set(np.round(own.returns, 6).tolist())) > 2  # the members differ
+    np.testing.assert_allclose(shared.returns, own.returns, atol=1e-5)
+    np.testing.assert_array_equal(shared.lengths, own.lengths)
+    np.testing.assert_allclose(shared.observations, own.observations, atol=1e-5)
+
+
 def test_batched_actor_matches_sb3_predict():
     model = _initial_model(3)
     actor = PopulationActor(_actor(model.policy))
