@@ -804,7 +804,7 @@ class AdaptiveLoss(nn.Module):
         self._last_metrics: dict[str, Tensor] | None = None
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
-        self._counts_row: tuple[tuple, Tensor] | None = None
+        self._counts_row: tuple[tuple, MinibatchContext] | None = None
         # (logits shape, dtype, the C extension's plan) of the period, once the counts are
         # known: what forward() calls directly.
         self._fast: tuple[torch.Size, torch.dtype, tuple, str] | None = None
@@ -944,14 +944,17 @@ class AdaptiveLoss(nn.Module):
         training = self._is_training_forward(logits)
         method = self._live_method(logits.shape[-1], logits.device)
         m = self.minibatches_per_step
-        progress = torch.tensor(float(self.steps_done * m + self._minibatch)) \
-            / float(self.total_steps * m)
         # The counts as the member's row, kept while they are the same tensor, unmodified, so
-        # that the method keeps its terms (and their plan) for the period.
+        # that the method keeps its terms (and their plan) for the period; the context, with
+        # its progress tensor refilled in place, is kept with them.
         key = (id(counts), counts._version, logits.device, logits.dtype)
         if self._counts_row is None or self._counts_row[0] != key:
-            self._counts_row = (key, counts.to(logits.device, logits.dtype).reshape(1, -1))
-        ctx = MinibatchContext(progress.reshape(1).to(logits.device), self._counts_row[1])
+            self._counts_row = (key, MinibatchContext(
+                torch.zeros(1, device=logits.device),
+                counts.to(logits.device, logits.dtype).reshape(1, -1)))
+        ctx = self._counts_row[1]
+        ctx.progress.fill_(float(self.steps_done * m + self._minibatch)).div_(
+            float(self.total_steps * m))
         module = getattr(method, "module", None)
         if module is not None:
             module.train(training)
