@@ -347,7 +347,13 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     # ablations, the tuned policies and the oracle on the held-out tasks; until the first wave
     # is done, the plan counts every tuned policy there can be: one per tuned space, and
     # random search, its best constant, CMA-ES and PBT (the constant and PBT may drop out).
-    first_runs = (len(tasks) * (1 + len(hand) + len(methods))
+    # An agent around a base rule other than logit adjustment (a method here) also meets the
+    # base rule itself, run as a fixed rule: what the agent's corrections add is against it.
+    base_runs = []
+    if agent.base_rule is not None and agent.base_rule != DEFAULT_BASE_RULE:
+        base_runs = [partial(rollout_policy, ScheduleRule(agent.base_rule, agent.parameters),
+                             tasks, "base_rule", **kw)]
+    first_runs = (len(tasks) * (1 + len(hand) + len(methods) + len(base_runs))
                   + sum(grid_runs(space, tune) for space in spaces)
                   + (0 if args.small else 2 * budget + grid_runs("constant", tasks,
                                                                  **ORACLE_GRID)))
@@ -370,7 +376,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         *[partial(rollout_method, name, tasks, device=args.device) for name in methods],
         *[partial(bl.grid_search, space, tune, **kw) for space in spaces],
         *searches,
+        *base_runs,
     ])
+    if base_runs:
+        base_records = first.pop()
     agent_records, fixed = first[0], first[1 : 1 + len(hand) + len(methods)]
     tuned_configs = dict(zip(spaces, first[1 + len(fixed) : 1 + len(fixed) + len(spaces)]))
     say("agent, fixed baselines, tuning and searches done")
@@ -417,6 +426,8 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         *extra,
     ])
     records: list[EpisodeRecord] = list(agent_records) + second[0] + second[1] + second[2]
+    if base_runs:
+        records += base_records
     for recs in fixed + second[3:]:
         records += recs
     say("held-out evaluation done")
@@ -432,7 +443,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
         f"Agent: {run_dir.name}, trained on {episodes} episodes. "
         f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
-        f"Tuning: {len(tune)} train tasks. ") + ("" if args.small else (
+        f"Tuning: {len(tune)} train tasks. ") + (
+        f"base_rule: the agent's base rule {json.dumps(agent.base_rule.to_dict())}, run as a "
+        "fixed rule (the agent's zero action). " if base_runs else "") + (
+        "" if args.small else (
             f"Searches (random, CMA-ES, over the agent's parameters "
             f"{', '.join(agent.parameters)}, constants and schedules together; "
             f"random_search_constant is the best constant among random search's draws): "
@@ -440,8 +454,8 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
             f"episode, not counted). ")) + f"{pbt_note} Wall time of the evaluation: " \
         f"{time.time() - start:.0f} s."
     base = None  # the method whose records are the agent's base rule, for the trajectories
-    if agent.base_rule is not None and agent.base_rule == DEFAULT_BASE_RULE:
-        base = "logit_adjusted"
+    if agent.base_rule is not None:
+        base = "base_rule" if base_runs else "logit_adjusted"
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
                                   "base_rule": base,

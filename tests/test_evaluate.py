@@ -219,3 +219,27 @@ def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_
     counts = [line for line in lines if "inner training runs (" in line]
     assert counts[-1].endswith(f"] {total}/{total} inner training runs (100 %)")
     assert "planned" in lines[0] and "PBT" not in lines[0]
+
+
+def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_path, capsys):
+    from agents.es import ESArgs, train_es
+    from agents.rollout import ScheduleRule, rollout_policy
+    from lossgym.schedules import LossSchedule, constant, step
+
+    base = LossSchedule({"margin": constant(0.5), "scale": constant(30.0),
+                         "alpha": step([0.8], [0.0, 1.0])})
+    run = train_es(ESArgs(run_dir=str(tmp_path / "es"), generations=1, pairs=2, progress=False,
+                          env_kwargs={"action_mode": "residual", "reward_baseline": "base",
+                                      "base_rule": base.to_dict(), "max_step": 0.2}),
+                   tasks=SMALL)
+    path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
+                             small=True, device="cpu", progress="lines"), distribution=DIST)
+    data = json.loads((run / "evaluation.json").read_text())
+    records = [r for r in data["records"] if r["method"] == "base_rule"]
+    assert data["base_rule"] == "base_rule" and len(records) == 4
+    tasks = [TaskSpec.from_dict(r["task"]) for r in records]
+    again = rollout_policy(ScheduleRule(base, ("gamma", "alpha", "tau", "margin", "scale")),
+                           tasks, "again", device="cpu")
+    assert [r["test"] for r in records] == [r.test for r in again]
+    text = path.read_text()
+    assert "base_rule" in text and "run as a fixed rule" in text
