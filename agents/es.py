@@ -55,6 +55,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 from torch.func import functional_call, vmap
 
+from agents import distributed
 from agents.train import ENV_ID, build_model, load_hyperparams
 from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
 from lossgym.envs.core import TaskSource, as_task
@@ -76,6 +77,12 @@ class ESArgs:
     default PPO run's budget)."""
     pairs: int = 16
     """antithetic pairs P per generation (2P members, plus their twins in the population)."""
+    populations: int = 1
+    """populations a generation is split into (whole tasks each): each is one unit of
+    :mod:`agents.distributed`, so with ``ray`` they train side by side (one per CPU)."""
+    ray: str | None = None
+    """run the populations on Ray: "local" (a Ray on this machine's CPUs), "auto" or an
+    address; None: one after the other in this process."""
     pairs_per_task: int = 1
     """pairs k that share one task and seed (and one twin): fewer twins to train, fewer tasks
     per generation."""
@@ -285,6 +292,38 @@ def run_generation(actor: PopulationActor, thetas: torch.Tensor, tasks: list[Tas
                       n * (env_kwargs.get("reward_baseline") in ("paired", "base")))
 
 
+def split_members(tasks: Sequence[TaskSpec], parts: int) -> list[slice]:
+    """Contiguous runs of members, as equal as whole tasks allow, at most ``parts`` of them:
+    the members of one task (its pairs, and so its twin) stay together."""
+    starts = [i for i in range(len(tasks)) if i == 0 or tasks[i] != tasks[i - 1]]
+    parts = min(parts, len(starts))
+    cuts = [0]
+    for j in range(1, parts):  # the task start nearest to an equal share
+        target = j * len(tasks) / parts
+        cuts.append(min((s for s in starts if s > cuts[-1]), key=lambda s: abs(s - target)))
+    cuts.append(len(tasks))
+    return [slice(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def run_populations(actor: PopulationActor, thetas: torch.Tensor, tasks: list[TaskSpec],
+                    normalise: FrozenNormalizer, env_kwargs: dict[str, Any], device: str,
+                    seed: int, populations: int = 1) -> Generation:
+    """:func:`run_generation` split into ``populations`` populations of whole tasks, run as
+    units of the current :mod:`agents.distributed` executor (population j's env seed is
+    ``seed + j``: one population is exactly :func:`run_generation`)."""
+    parts = split_members(tasks, populations)
+    units = [(actor, thetas[part], tasks[part], normalise, env_kwargs, device, seed + j)
+             for j, part in enumerate(parts)]
+    gens = distributed.current().map(run_generation, units)
+    return Generation(np.concatenate([g.returns for g in gens]),
+                      np.concatenate([g.lengths for g in gens]),
+                      np.concatenate([g.diverged for g in gens]),
+                      [t for g in gens for t in g.tasks],
+                      np.concatenate([g.observations for g in gens]),
+                      sum(g.env_seconds for g in gens), sum(g.policy_seconds for g in gens),
+                      sum(g.twins for g in gens))
+
+
 # --------------------------------------------------------------------------- saving
 def _save_policy(model: Any, normalise: FrozenNormalizer, run_dir: Path, timesteps: int
                  ) -> None:
@@ -311,12 +350,22 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             default ``TaskDistribution.default()``) or one :class:`TaskSpec` (a fresh seed per
             pair).
     """
-    if args.generations < 1 or args.pairs < 1 or args.pairs_per_task < 1:
-        raise ValueError(f"generations={args.generations}, pairs={args.pairs} and "
-                         f"pairs_per_task={args.pairs_per_task} must be positive")
+    if min(args.generations, args.pairs, args.pairs_per_task, args.populations) < 1:
+        raise ValueError(f"generations={args.generations}, pairs={args.pairs}, "
+                         f"pairs_per_task={args.pairs_per_task} and populations="
+                         f"{args.populations} must be positive")
     if not args.sigma > 0 or not args.learning_rate > 0 or args.weight_decay < 0:
         raise ValueError(f"sigma={args.sigma} and learning_rate={args.learning_rate} must be "
                          f"positive and weight_decay={args.weight_decay} non-negative")
+    executor = distributed.executor_from(args.ray)
+    try:
+        with distributed.using(executor):
+            return _train_es(args, tasks)
+    finally:
+        executor.close()
+
+
+def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     hp = load_hyperparams("ppo", overrides=args.overrides)
@@ -364,8 +413,9 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             signed = torch.stack([eps, -eps], dim=1).reshape(members, -1)
             thetas = theta.detach() + args.sigma * signed
             members_tasks = pair_tasks(source, rng, args.pairs, args.pairs_per_task)
-            gen = run_generation(actor, thetas, members_tasks, normalise, env_kwargs, args.device,
-                                 int(rng.integers(0, 2**31 - 1)))
+            gen = run_populations(actor, thetas, members_tasks, normalise, env_kwargs,
+                                  args.device, int(rng.integers(0, 2**31 - 1)),
+                                  args.populations)
             update_tick = time.perf_counter()
             optimizer.zero_grad()
             theta.grad = -es_gradient(gen.returns, eps)  # Adam minimises: ascend g
@@ -416,6 +466,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--generations", type=int, default=defaults.generations)
     parser.add_argument("--pairs", type=int, default=defaults.pairs)
     parser.add_argument("--pairs-per-task", type=int, default=defaults.pairs_per_task)
+    parser.add_argument("--populations", type=int, default=defaults.populations)
+    parser.add_argument("--ray", default=None, metavar="local|auto|ADDRESS")
     parser.add_argument("--sigma", type=float, default=defaults.sigma)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
@@ -429,7 +481,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     if not isinstance(ns.env_kwargs, dict):
         parser.error("--env-kwargs must be a JSON object")
     return ESArgs(run_dir=ns.run_dir, generations=ns.generations, pairs=ns.pairs,
-                  pairs_per_task=ns.pairs_per_task, sigma=ns.sigma,
+                  pairs_per_task=ns.pairs_per_task, populations=ns.populations, ray=ns.ray,
+                  sigma=ns.sigma,
                   learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,
                   normalize=ns.normalize, seed=ns.seed, device=ns.device,
                   env_kwargs=ns.env_kwargs, progress=not ns.quiet)

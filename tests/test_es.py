@@ -19,6 +19,8 @@ from agents.es import (
     main,
     pair_tasks,
     run_generation,
+    run_populations,
+    split_members,
     train_es,
 )
 from agents.evaluate import agent_episodes, learning_curve
@@ -106,17 +108,9 @@ def test_one_shared_twin_per_task_gives_the_env_twins_returns(one_thread):
     # Residual actions against the base twin: the population holds one zero-action member per
     # task instead of a twin per member, and every member's return is what the env's own twin
     # gives it (the same run of the base rule on the same task and seed).
-    tasks = pair_tasks(TaskSource(SMALL, "train"), np.random.default_rng(1), 4, per_task=2)
+    actor, thetas, tasks, normalise, env_kwargs = es_setup(4, per_task=2, seed=1)
     assert len(tasks) == 8 and len(set(tasks)) == 2
     assert tasks[0] == tasks[3] and tasks[4] == tasks[7] and tasks[0] != tasks[4]
-    actor = PopulationActor(_actor(_initial_model().policy))
-    generator = torch.Generator().manual_seed(2)
-    thetas = actor.theta + 0.5 * torch.randn(8, actor.theta.numel(), generator=generator)
-    dim = FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim
-    normalise = FrozenNormalizer(dim, 10.0, enabled=False)
-    env_kwargs = {"reward_baseline": "base", "action_mode": "residual",
-                  "base_rule": "logit_adjusted", "max_step": 0.5,
-                  "action_params": "gamma,alpha,tau,margin,scale"}
     shared = run_generation(actor, thetas, tasks, normalise, env_kwargs, "cpu", seed=0)
     own = run_generation(actor, thetas, tasks, normalise, env_kwargs, "cpu", seed=0,
                          share_twins=False)
@@ -125,6 +119,41 @@ def test_one_shared_twin_per_task_gives_the_env_twins_returns(one_thread):
     np.testing.assert_allclose(shared.returns, own.returns, atol=1e-5)
     np.testing.assert_array_equal(shared.lengths, own.lengths)
     np.testing.assert_allclose(shared.observations, own.observations, atol=1e-5)
+
+
+def test_split_members_keeps_each_task_whole():
+    a, b, c = (SMALL.replace(seed=s) for s in (1, 2, 3))
+    tasks = [a] * 4 + [b] * 2 + [c] * 2
+    assert split_members(tasks, 1) == [slice(0, 8)]
+    assert split_members(tasks, 2) == [slice(0, 4), slice(4, 8)]
+    assert split_members(tasks, 3) == [slice(0, 4), slice(4, 6), slice(6, 8)]
+    assert split_members(tasks, 9) == split_members(tasks, 3)  # no more parts than tasks
+    assert split_members([a] * 6, 2) == [slice(0, 6)]
+
+
+def es_setup(pairs: int, per_task: int = 1, seed: int = 2):
+    tasks = pair_tasks(TaskSource(SMALL, "train"), np.random.default_rng(seed), pairs, per_task)
+    actor = PopulationActor(_actor(_initial_model().policy))
+    generator = torch.Generator().manual_seed(seed)
+    thetas = actor.theta + 0.5 * torch.randn(len(tasks), actor.theta.numel(),
+                                             generator=generator)
+    normalise = FrozenNormalizer(FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim,
+                                 10.0, enabled=False)
+    env_kwargs = {"reward_baseline": "base", "action_mode": "residual",
+                  "base_rule": "logit_adjusted", "max_step": 0.5,
+                  "action_params": "gamma,alpha,tau,margin,scale"}
+    return actor, thetas, tasks, normalise, env_kwargs
+
+
+def test_a_generation_split_into_populations_gives_the_same_returns(one_thread):
+    actor, thetas, tasks, normalise, env_kwargs = es_setup(3)
+    whole = run_generation(actor, thetas, tasks, normalise, env_kwargs, "cpu", seed=5)
+    split = run_populations(actor, thetas, tasks, normalise, env_kwargs, "cpu", 5,
+                            populations=2)
+    assert split.tasks == whole.tasks and split.twins == whole.twins == 3
+    np.testing.assert_allclose(split.returns, whole.returns, atol=1e-5)
+    np.testing.assert_array_equal(split.lengths, whole.lengths)
+    assert split.observations.shape == whole.observations.shape
 
 
 def test_batched_actor_matches_sb3_predict():

@@ -153,3 +153,18 @@ def test_pbt_run_clips_perturbed_parameters_into_their_ranges():
     run = _Run([TINY.to_dict()], "balanced_accuracy", "cpu", ("gamma", "alpha", "scale"))
     run.step([6.0, -0.2, 33.7])  # what PBT's ×1.2 / ×0.8 perturbations can produce
     assert run.trajectory == [[5.0, 0.0, 30.0]]
+
+
+def test_es_populations_on_ray_give_the_local_returns(executor):
+    from test_es import es_setup
+
+    from agents.es import run_populations
+
+    actor, thetas, tasks, normalise, env_kwargs = es_setup(2)
+    local = run_populations(actor, thetas, tasks, normalise, env_kwargs, "cpu", 3,
+                            populations=2)
+    with distributed.using(executor):
+        remote = run_populations(actor, thetas, tasks, normalise, env_kwargs, "cpu", 3,
+                                 populations=2)
+    np.testing.assert_allclose(remote.returns, local.returns, atol=1e-6)
+    assert remote.tasks == local.tasks
