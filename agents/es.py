@@ -10,8 +10,8 @@ of its Gaussian, as ``predict(deterministic=True)`` does. Reads top to bottom:
 1. **One generation is one batched population.** P antithetic pairs ε_k ~ N(0, I): member 2k
    acts with θ + σ ε_k and member 2k + 1 with θ − σ ε_k, both on the same task and seed (so
    the same pool, initialisation and data order), in one :class:`LossTuningVectorEnv` of 2P
-   members. Pairs get different tasks of the train split (one dataset and architecture per
-   population: the first draw fixes them).
+   members. Pairs get different tasks of the train split (one dataset, architecture and
+   budget per population: the first draw fixes them).
 2. **Fitness** is each member's whole-episode return against its base twin (the env's
    ``reward_baseline``: ``"paired"`` trains a cross-entropy twin beside every member), turned
    into centred ranks in [−0.5, 0.5] over the population. With residual actions against the
@@ -219,11 +219,21 @@ class Generation:
 
 def pair_tasks(source: TaskSource, rng: np.random.Generator, pairs: int, per_task: int = 1
                ) -> list[TaskSpec]:
-    """Members' tasks: one task for every ``per_task`` pairs, all able to share one population,
-    each given to both members of its pairs."""
+    """Members' tasks: one task for every ``per_task`` pairs, each given to both members of its
+    pairs, all able to share one population and all with the first draw's minibatches per
+    step: a population trains every member for its largest count (those with fewer sit out,
+    computed all the same), so one budget per population wastes nothing."""
     count = -(-pairs // per_task)
     first = source.draw(rng)
-    tasks = [first] + [source.draw(rng, like=first) for _ in range(count - 1)]
+    tasks, draws = [first], 0
+    while len(tasks) < count:
+        draws += 1
+        if draws > 1000 * count:
+            raise ValueError(f"no {count} tasks in split {source.split!r} share {first}'s "
+                             "minibatches per step")
+        task = source.draw(rng, like=first)
+        if task.minibatches_per_step == first.minibatches_per_step:
+            tasks.append(task)
     return [tasks[k // per_task] for k in range(pairs) for _ in range(2)]
 
 
@@ -307,13 +317,14 @@ def split_members(tasks: Sequence[TaskSpec], parts: int) -> list[slice]:
 
 def run_populations(actor: PopulationActor, thetas: torch.Tensor, tasks: list[TaskSpec],
                     normalise: FrozenNormalizer, env_kwargs: dict[str, Any], device: str,
-                    seed: int, populations: int = 1) -> Generation:
+                    seed: int, populations: int = 1, share_twins: bool | None = None
+                    ) -> Generation:
     """:func:`run_generation` split into ``populations`` populations of whole tasks, run as
     units of the current :mod:`agents.distributed` executor (population j's env seed is
     ``seed + j``: one population is exactly :func:`run_generation`)."""
     parts = split_members(tasks, populations)
-    units = [(actor, thetas[part], tasks[part], normalise, env_kwargs, device, seed + j)
-             for j, part in enumerate(parts)]
+    units = [(actor, thetas[part], tasks[part], normalise, env_kwargs, device, seed + j,
+              share_twins) for j, part in enumerate(parts)]
     gens = distributed.current().map(run_generation, units)
     return Generation(np.concatenate([g.returns for g in gens]),
                       np.concatenate([g.lengths for g in gens]),

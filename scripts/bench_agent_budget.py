@@ -1,19 +1,22 @@
-"""Where an agent's training time goes, and how many episodes an hour buys.
+"""Where an agent's training time goes, and how many episodes an hour buys on this machine.
 
-    python scripts/bench_agent_budget.py [--pairs 16] [--generations 3] [--pairs-per-task 1 2]
+    python scripts/bench_agent_budget.py [--pairs 16] [--generations 4] [--no-ray]
 
-Runs ES generations as `make reproduce` trains them (:func:`agents.es.run_generation`: P
+Runs ES generations as `make reproduce` trains them (:func:`agents.es.run_populations`: P
 antithetic pairs on default train tasks, residual actions around logit adjustment, the
-base-rule twin, context features) and times each generation's tasks twice, side by side:
+base-rule twin, context features) in three set-ups, each generation starting from the same
+first task (the draw that fixes dataset, architecture and width):
 
-- **own twins**: the env trains a twin beside every member (2 × 2P runs);
-- **shared twins**: one zero-action member per task is the twin (2P + P/k runs for k pairs per
-  task), which gives every member the same return (``tests/test_es.py``).
+- **before** (the trainer as it was): the pairs' minibatches per step drawn freely, so the
+  population trains every member for the largest count; a twin beside every member (4P runs);
+  one population, one thread;
+- **one budget, shared twins**: every pair on the first draw's minibatches per step
+  (:func:`agents.es.pair_tasks`), one zero-action twin per task (3P runs); one population;
+- **the same on 2 populations** on a local Ray with 2 CPUs (one thread each): both cores.
 
-It splits the wall time into the inner training (``Population.train``), the validation
-evaluations (``Population.evaluate``), the rest of the env (features, bookkeeping) and the
-policy (a batched forward of PPO's actor network per step; ES's update is negligible beside
-it), and prints episodes per hour with the median over generations of each ratio.
+It prints each generation's wall time and split (inner training ``Population.train``,
+validation ``Population.evaluate``, the rest of the env, the policy: a batched forward of PPO's
+actor network; ES's update is negligible beside it), and the median episodes per hour.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from agents.es import FrozenNormalizer, PopulationActor, pair_tasks, run_generation
+from agents import distributed
+from agents.es import FrozenNormalizer, PopulationActor, pair_tasks, run_populations
 from lossgym.envs.core import TaskSource
 from lossgym.features import FeatureSpec
 from lossgym.population import Population
@@ -54,8 +58,14 @@ def actor(seed: int) -> PopulationActor:
         torch.nn.Linear(64, len(PARAMS))))
 
 
+def mixed_budget_tasks(source: TaskSource, rng: np.random.Generator, first, pairs: int):
+    """The trainer's draws before one budget per population: any minibatches per step."""
+    tasks = [first] + [source.draw(rng, like=first) for _ in range(pairs - 1)]
+    return [t for t in tasks for _ in range(2)]
+
+
 def measure(tasks: list, thetas: torch.Tensor, pop_actor: PopulationActor, share: bool,
-            seed: int) -> dict[str, float]:
+            populations: int, seed: int) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     train, evaluate = Population.train, Population.evaluate
     Population.train = timed(totals, "inner training", train)  # type: ignore[method-assign]
@@ -63,17 +73,20 @@ def measure(tasks: list, thetas: torch.Tensor, pop_actor: PopulationActor, share
     normalise = FrozenNormalizer(FeatureSpec(PARAMS).dim, 10.0, enabled=False)
     try:
         start = time.perf_counter()
-        gen = run_generation(pop_actor, thetas, tasks, normalise, ENV, "cpu", seed,
-                             share_twins=share)
+        gen = run_populations(pop_actor, thetas, tasks, normalise, ENV, "cpu", seed,
+                              populations, share_twins=share)
         totals["wall"] = time.perf_counter() - start
     finally:
         Population.train, Population.evaluate = train, evaluate  # type: ignore[method-assign]
     totals["policy"] = gen.policy_seconds
     totals["twins"] = gen.twins
+    totals["max_minibatches"] = max(t.minibatches_per_step for t in tasks)
     return totals
 
 
 def split(totals: dict[str, float]) -> str:
+    if "inner training" not in totals:  # on Ray: the workers' time is not seen here
+        return "split not seen (Ray workers)"
     wall = totals["wall"]
     rest = wall - totals["inner training"] - totals["validation"] - totals["policy"]
     parts = {"inner training": totals["inner training"], "validation": totals["validation"],
@@ -84,44 +97,56 @@ def split(totals: dict[str, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--pairs-per-task", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ray", action="store_true", help="skip the 2-population set-up")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     source = TaskSource(TaskDistribution.default(), "train")
     rng = np.random.default_rng(args.seed)
     pop_actor = actor(args.seed)
     members = 2 * args.pairs
-    print(f"torch threads {torch.get_num_threads()}; {members} episodes per generation, "
-          f"{args.generations} generations per setting, default train split")
+    ray = None if args.no_ray else distributed.RayExecutor("local", num_cpus=2)
+    print(f"{members} episodes per generation, {args.generations} generations per set-up, "
+          "default train split, one intra-op thread per population")
     rates: dict[str, list[float]] = defaultdict(list)
-    ratios: dict[str, list[float]] = defaultdict(list)
-    for g in range(args.generations):
-        thetas = pop_actor.theta + 0.05 * torch.randn(members, pop_actor.theta.numel())
-        for k in args.pairs_per_task:
-            tasks = pair_tasks(source, rng, args.pairs, k)
+    try:
+        for g in range(args.generations):
+            thetas = pop_actor.theta + 0.05 * torch.randn(members, pop_actor.theta.numel())
+            state = rng.bit_generator.state
+            grouped = pair_tasks(source, rng, args.pairs)
+            rng.bit_generator.state = state
+            first = source.draw(rng)
+            mixed = mixed_budget_tasks(source, rng, first, args.pairs)
             seed = int(rng.integers(0, 2**31 - 1))
-            if not rates:  # warm up (data generation, first calls) off the clock
-                measure(tasks, thetas, pop_actor, True, seed)
-            # Alternate which goes first, so that neither always meets a cold cache.
-            first, second = (False, True) if (g + k) % 2 == 0 else (True, False)
-            results = {first: measure(tasks, thetas, pop_actor, first, seed)}
-            results[second] = measure(tasks, thetas, pop_actor, second, seed)
-            own, shared = results[False], results[True]
-            for name, t in (("own twins", own), (f"shared twins, k={k}", shared)):
+            if g == 0:  # warm up (data generation, first calls, Ray's workers) off the clock
+                measure(grouped[:4], thetas[:4], pop_actor, True, 1, seed)
+                if ray is not None:
+                    with distributed.using(ray):
+                        for _ in range(2):
+                            measure(grouped, thetas, pop_actor, True, 2, seed)
+            setups = [("before", mixed, False, 1, None),
+                      ("one budget, shared twins", grouped, True, 1, None)]
+            if ray is not None:
+                setups.append(("the same on 2 populations", grouped, True, 2, ray))
+            for name, tasks, share, populations, executor in setups:
+                with distributed.using(executor or distributed.LocalExecutor()):
+                    t = measure(tasks, thetas, pop_actor, share, populations, seed)
                 rate = members / t["wall"] * 3600
-                rates[f"{name}" + ("" if "shared" in name else f", k={k}")].append(rate)
-                print(f"gen {g} k={k} {tasks[0].dataset} {tasks[0].arch}{tasks[0].width}: "
-                      f"{name:18s} {t['wall']:6.1f} s, {int(t['twins'])} twins, "
-                      f"{rate:6.0f} episodes/h; {split(t)}", flush=True)
-            ratios[f"k={k}"].append(own["wall"] / shared["wall"])
-    print("\nmedian over generations:")
+                rates[name].append(rate)
+                print(f"gen {g} {first.dataset} {first.arch}{first.width}: {name:26s} "
+                      f"{t['wall']:6.1f} s, {int(t['twins'])} twins, max "
+                      f"{int(t['max_minibatches'])} minibatches/step, {rate:6.0f} "
+                      f"episodes/h; {split(t)}", flush=True)
+    finally:
+        if ray is not None:
+            ray.close()
+    print("\nmedian over generations (episodes per hour):")
+    base = np.array(rates["before"])
     for name, values in rates.items():
-        print(f"  {name:22s} {np.median(values):7.0f} episodes/hour "
-              f"(runs: {', '.join(f'{v:.0f}' for v in values)})")
-    for name, values in ratios.items():
-        print(f"  speed-up of shared twins, {name}: {np.median(values):.2f}x "
-              f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
+        ratio = np.median(np.array(values) / base)
+        print(f"  {name:26s} {np.median(values):7.0f}  ({ratio:.2f}x before; runs: "
+              f"{', '.join(f'{v:.0f}' for v in values)})")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,17 @@ def test_one_shared_twin_per_task_gives_the_env_twins_returns(one_thread):
     np.testing.assert_allclose(shared.observations, own.observations, atol=1e-5)
 
 
+def test_a_generation_draws_one_budget_for_all_its_pairs():
+    from lossgym.tasks import TaskDistribution
+
+    source = TaskSource(TaskDistribution.default(), "train")
+    for seed in range(3):
+        tasks = pair_tasks(source, np.random.default_rng(seed), 16)
+        assert len({t.minibatches_per_step for t in tasks}) == 1
+        assert len({t.seed for t in tasks}) == 16
+        assert len({(t.imbalance_ratio, t.label_noise, t.weight_decay) for t in tasks}) > 1
+
+
 def test_split_members_keeps_each_task_whole():
     a, b, c = (SMALL.replace(seed=s) for s in (1, 2, 3))
     tasks = [a] * 4 + [b] * 2 + [c] * 2
