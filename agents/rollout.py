@@ -111,10 +111,12 @@ class EpisodeRecord:
 
 def group_tasks(tasks: Sequence[TaskSpec]) -> list[list[int]]:
     """Indices of ``tasks`` grouped so that each group can share one population (same
-    :data:`SHARED_FIELDS` and horizon), in first-seen order."""
+    :data:`SHARED_FIELDS` and horizon) and wastes none of its work (same minibatches per step:
+    a population trains every member for its largest count), in first-seen order."""
     groups: dict[tuple, list[int]] = {}
     for i, task in enumerate(tasks):
-        key = tuple(getattr(task, f) for f in SHARED_FIELDS) + (task.horizon,)
+        key = tuple(getattr(task, f) for f in SHARED_FIELDS) + (task.horizon,
+                                                                 task.minibatches_per_step)
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
