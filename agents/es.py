@@ -23,7 +23,8 @@ of its Gaussian, as ``predict(deterministic=True)`` does. Reads top to bottom:
    1/σ left to the step size; Adam ascends g with coupled L2 ``weight_decay``.
 4. **Observation normalisation**: running mean and variance of every observation the members
    acted on, frozen within a generation (the first one sees raw observations) and updated
-   after it, applied as SB3's ``VecNormalize`` applies its statistics.
+   after it, applied as SB3's ``VecNormalize`` applies its statistics, except that a feature
+   that took one value in every observation so far is held at 0 (:class:`FrozenNormalizer`).
 
 The run folder has :mod:`agents.train`'s layout, so ``lossgym export RUN`` and
 ``python -m agents.evaluate --run-dir RUN`` read it as they read a PPO run::
@@ -167,31 +168,48 @@ class PopulationActor:
 
 # --------------------------------------------------------------------------- normalisation
 class FrozenNormalizer:
-    """VecNormalize's observation normalisation with statistics frozen for a generation."""
+    """VecNormalize's observation normalisation with statistics frozen for a generation.
+
+    It also keeps each feature's range over every observation seen: a feature that took one
+    value in all of them (e.g. the architecture, or the learning rate, on a train split with one
+    of each) is *held*, fed to the policy as 0 at any value. The policy never saw it vary, so it
+    learned no response to it, while VecNormalize's rule would turn an unseen value into
+    ±``clip_obs`` (its variance is near 0)."""
 
     epsilon = 1e-8
 
     def __init__(self, dim: int, clip_obs: float, enabled: bool):
         self.rms = RunningMeanStd(shape=(dim,))
+        self.low, self.high = np.full(dim, np.inf), np.full(dim, -np.inf)
         self.clip_obs = clip_obs
         self.enabled = enabled
         self.freeze()
+
+    def update(self, obs: np.ndarray) -> None:
+        """Add observations ``[K, D]`` to the running statistics (used from the next freeze)."""
+        self.rms.update(obs)
+        self.low = np.minimum(self.low, obs.min(axis=0))
+        self.high = np.maximum(self.high, obs.max(axis=0))
 
     def freeze(self) -> None:
         """Use the running statistics as they are now until the next call."""
         self.mean, self.var = self.rms.mean.copy(), self.rms.var.copy()
         self.count = float(self.rms.count)
+        self.held = self.high == self.low
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return np.asarray(obs, dtype=np.float32)
         out = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
-        return np.clip(out, -self.clip_obs, self.clip_obs).astype(np.float32)
+        out = np.where(self.held, 0.0, np.clip(out, -self.clip_obs, self.clip_obs))
+        return out.astype(np.float32)
 
     def state(self) -> dict[str, Any]:
-        """The frozen statistics in :func:`agents.train.save_checkpoint`'s JSON form."""
+        """The frozen statistics in :func:`agents.train.save_checkpoint`'s JSON form, with the
+        held features."""
         return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count,
-                "clip_obs": self.clip_obs, "epsilon": self.epsilon}
+                "clip_obs": self.clip_obs, "epsilon": self.epsilon,
+                "held": [bool(h) for h in self.held]}
 
 
 # --------------------------------------------------------------------------- a generation
@@ -433,7 +451,7 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
             optimizer.step()
             actor.load(theta.detach())
             _save_policy(model, normalise, run_dir, timesteps + int(gen.lengths.sum()))
-            normalise.rms.update(gen.observations)
+            normalise.update(gen.observations)
             normalise.freeze()
             update_seconds = time.perf_counter() - update_tick
             timesteps += int(gen.lengths.sum())

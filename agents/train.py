@@ -714,6 +714,8 @@ class AgentPolicy:
                         and len(self.norm["var"]) == dim):
                     raise ValueError(f"it does not hold {dim} means and variances")
                 float(self.norm["epsilon"]), float(self.norm["clip_obs"])
+                if "held" in self.norm and len(self.norm["held"]) != dim:
+                    raise ValueError(f"it does not hold {dim} held flags")
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"observation statistics {norm_path} cannot be read: "
                                  f"{err!r}") from err
@@ -727,7 +729,10 @@ class AgentPolicy:
             return obs
         mean, var = np.asarray(self.norm["mean"]), np.asarray(self.norm["var"])
         out = (obs - mean) / np.sqrt(var + self.norm["epsilon"])
-        return np.clip(out, -self.norm["clip_obs"], self.norm["clip_obs"]).astype(np.float32)
+        out = np.clip(out, -self.norm["clip_obs"], self.norm["clip_obs"])
+        if "held" in self.norm:  # features that took one value in training (agents.es)
+            out = np.where(np.asarray(self.norm["held"], dtype=bool), 0.0, out)
+        return out.astype(np.float32)
 
     def reset(self, num_envs: int) -> None:
         self._state = None

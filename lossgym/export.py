@@ -36,7 +36,8 @@ An export is a folder holding ``manifest.json`` and, for controllers, ``actor.sa
 ``schedule``, ``method`` (name, hyperparameters, minibatches per period) or ``mapping``,
 ``features`` (version and names), ``base_rule`` (the schedule a residual controller corrects,
 or null; version 2) and ``controller`` (algorithm, layer list, output squashing, recurrent
-state size, observation-normalisation statistics, and the weights file's name and SHA-256).
+state size, observation-normalisation statistics (with, optionally, ``held``: the features
+that took one value in training, fed as 0), and the weights file's name and SHA-256).
 The manifest ends with the SHA-256 of its own content. Version 1 had no ``base_rule`` and
 features version 1 (no context features).
 
@@ -175,7 +176,9 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
     """Observation-normalisation statistics (VecNormalize's), or None."""
     if values is None:
         return None
-    v = _keys(values, ("mean", "var", "epsilon", "clip_obs"), "controller.obs_normalization")
+    required = ("mean", "var", "epsilon", "clip_obs")
+    v = _keys(values, required + (("held",) if isinstance(values, dict) and "held" in values
+                                  else ()), "controller.obs_normalization")
     out: dict[str, Any] = {}
     for key, low in (("mean", -math.inf), ("var", 0.0)):
         items = v[key]
@@ -185,6 +188,13 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
         out[key] = [_real(x, f"obs_normalization.{key}[{i}]", low) for i, x in enumerate(items)]
     out["epsilon"] = _real(v["epsilon"], "obs_normalization.epsilon", 0.0)
     out["clip_obs"] = _real(v["clip_obs"], "obs_normalization.clip_obs", 0.0)
+    if "held" in v:  # features that took one value in training: fed as 0 (lossgym.features)
+        held = v["held"]
+        if not isinstance(held, list) or len(held) != dim or not all(
+                isinstance(h, bool) for h in held):
+            raise ValueError(f"obs_normalization.held must list {dim} booleans (one per "
+                             f"feature), got {held!r:.80}")
+        out["held"] = list(held)
     return out
 
 
@@ -277,8 +287,10 @@ class Controller(nn.Module):
             (``"0.weight"``, ``"0.weight_ih_l0"``, ...); float32 and complete.
         mapping: how actions become loss parameters.
         output: ``"clip"`` or ``"tanh"``.
-        obs_normalization: VecNormalize's ``mean``, ``var``, ``epsilon`` and ``clip_obs``,
-            or None when the agent saw raw observations.
+        obs_normalization: VecNormalize's ``mean``, ``var``, ``epsilon`` and ``clip_obs``
+            (and optionally ``held``: per feature, whether it took one value in every training
+            observation, so that the policy, which never saw it vary, sees it as 0), or None
+            when the agent saw raw observations.
         algorithm: what trained it (informational, e.g. ``"ppo"``).
         features_version: the observation it reads (:class:`lossgym.features.FeatureSpec`).
         base_rule: the schedule its residual actions correct (residual mapping only).
@@ -314,6 +326,8 @@ class Controller(nn.Module):
         if norm is not None:
             self.register_buffer("obs_mean", torch.tensor(norm["mean"], dtype=torch.float64))
             self.register_buffer("obs_var", torch.tensor(norm["var"], dtype=torch.float64))
+            self.register_buffer("obs_held", torch.tensor(norm.get("held", [False] * len(
+                norm["mean"]))))
 
     def _build(self, layers: list[dict[str, Any]]) -> nn.ModuleList:
         modules: list[nn.Module] = []
@@ -348,12 +362,13 @@ class Controller(nn.Module):
 
     def normalise(self, obs: Tensor) -> Tensor:
         """Observations as the agent saw them in training (VecNormalize: in float64, then
-        clipped and cast to float32)."""
+        clipped and cast to float32; a feature that took one value in training, ``held``, is
+        0)."""
         if self.obs_normalization is None:
             return obs.float()
         eps, clip = self.obs_normalization["epsilon"], self.obs_normalization["clip_obs"]
         out = (obs.double() - self.obs_mean) / torch.sqrt(self.obs_var + eps)
-        return out.clamp(-clip, clip).float()
+        return out.clamp(-clip, clip).masked_fill(self.obs_held, 0.0).float()
 
     @torch.no_grad()
     def forward(self, obs: Tensor, state: tuple[Tensor, Tensor] | None = None

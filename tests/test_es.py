@@ -231,6 +231,31 @@ def test_train_es_writes_a_run_that_loads_exports_and_evaluates(run, tmp_path):
     assert params[0] == params[1] and len(params[0]) == 2
     assert json.loads((export / "manifest.json").read_text())["controller"]["algorithm"] == "es"
 
+    # One task: its context (train size, classes, learning rate...) never varied, so those
+    # features are held; the run, the agent and the export all feed them as 0, at any value.
+    held = np.array(norm["held"])
+    dim = FeatureSpec(("gamma", "alpha", "tau", "margin", "scale")).dim
+    context = slice(dim - 8, dim)
+    assert held[context].any() and not held[:4].any()
+    obs = np.asarray(norm["mean"], dtype=np.float32)[None] + 3.0
+    ours = agent.normalise(obs)
+    assert np.all(ours[0, held] == 0.0) and np.all(ours[0, ~held] != 0.0)
+    controller = AdaptiveLoss.load(export, class_counts=counts).controller
+    np.testing.assert_allclose(controller.normalise(torch.as_tensor(obs)).numpy(), ours,
+                               atol=1e-6)
+
+
+def test_a_feature_that_never_varied_is_held_at_zero():
+    norm = FrozenNormalizer(3, 10.0, enabled=True)
+    norm.update(np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0]]))
+    norm.freeze()
+    out = norm(np.array([[1.0, 9.0, 2.0], [1.0, 5.0, 2.0]]))
+    assert out[0, 1] == 0.0 and out[1, 1] == 0.0  # unseen 9 as seen 5: held
+    np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-3)  # the mean of a varying feature
+    assert norm.state()["held"] == [False, True, False]
+    # VecNormalize's rule would have fed the unseen value at the clip.
+    assert abs((9.0 - norm.mean[1]) / np.sqrt(norm.var[1] + norm.epsilon)) > 10.0
+
 
 def test_main_parses_arguments(tmp_path, monkeypatch, one_thread):
     import agents.es as es_mod

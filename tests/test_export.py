@@ -757,3 +757,22 @@ def test_fit_temperature_lowers_the_validation_ece_of_over_confident_logits(tmp_
         criterion.fit_temperature(logits[:4], torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="needs validation samples"):
         criterion.fit_temperature(logits[:0], labels[:0])
+
+
+@pytest.mark.parametrize("held", [[True], "yes", None])
+def test_held_features_of_the_wrong_kind_are_refused(controller_export, tmp_path, held):
+    folder = copy_export(controller_export, tmp_path)
+    resign(folder, lambda m: m["controller"]["obs_normalization"].update(held=held))
+    with pytest.raises(ValueError, match=r"obs_normalization\.held must list \d+ booleans"):
+        read_export(folder)
+
+
+def test_held_features_are_fed_as_zero(controller_export, tmp_path):
+    folder = copy_export(controller_export, tmp_path)
+    dim = len(json.loads((folder / "manifest.json").read_text())["features"]["names"])
+    held = [i % 2 == 0 for i in range(dim)]
+    resign(folder, lambda m: m["controller"]["obs_normalization"].update(held=held))
+    controller, _ = read_export(folder)
+    out = controller.normalise(torch.full((2, dim), 7.0))
+    assert torch.all(out[:, torch.tensor(held)] == 0)
+    assert torch.all(out[:, ~torch.tensor(held)] != 0)
