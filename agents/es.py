@@ -84,6 +84,9 @@ class ESArgs:
     ray: str | None = None
     """run the populations on Ray: "local" (a Ray on this machine's CPUs), "auto" or an
     address; None: one after the other in this process."""
+    distribution: str = "default"
+    """the task distribution whose train split the pairs' tasks come from ("default" or
+    "wide"); the evaluation uses its held-out splits."""
     pairs_per_task: int = 1
     """pairs k that share one task and seed (and one twin): fewer twins to train, fewer tasks
     per generation."""
@@ -386,6 +389,7 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
     if not args.sigma > 0 or not args.learning_rate > 0 or args.weight_decay < 0:
         raise ValueError(f"sigma={args.sigma} and learning_rate={args.learning_rate} must be "
                          f"positive and weight_decay={args.weight_decay} non-negative")
+    TaskDistribution.named(args.distribution)  # a known name
     executor = distributed.executor_from(args.ray)
     try:
         with distributed.using(executor):
@@ -426,7 +430,7 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
     if tasks is None and "tasks" in env_kwargs:  # e.g. a TaskSpec's dict from the command line
         tasks = as_task(env_kwargs["tasks"])
     env_kwargs = {k: v for k, v in env_kwargs.items() if k != "tasks"}
-    source = TaskSource(tasks or TaskDistribution.default(), "train")
+    source = TaskSource(tasks or TaskDistribution.named(args.distribution), "train")
     monitor = ResultsWriter(str(run_dir / "monitor.csv"),
                             header={"t_start": time.time(), "env_id": ENV_ID})
     start = time.time()
@@ -496,6 +500,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--pairs", type=int, default=defaults.pairs)
     parser.add_argument("--pairs-per-task", type=int, default=defaults.pairs_per_task)
     parser.add_argument("--populations", type=int, default=defaults.populations)
+    parser.add_argument("--distribution", default=defaults.distribution,
+                        choices=("default", "wide"))
     parser.add_argument("--ray", default=None, metavar="local|auto|ADDRESS")
     parser.add_argument("--sigma", type=float, default=defaults.sigma)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -511,6 +517,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
         parser.error("--env-kwargs must be a JSON object")
     return ESArgs(run_dir=ns.run_dir, generations=ns.generations, pairs=ns.pairs,
                   pairs_per_task=ns.pairs_per_task, populations=ns.populations, ray=ns.ray,
+                  distribution=ns.distribution,
                   sigma=ns.sigma,
                   learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,
                   normalize=ns.normalize, seed=ns.seed, device=ns.device,

@@ -135,6 +135,17 @@ def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: i
     return [base.replace(seed=base.seed + s) for base in bases for s in range(seeds)]
 
 
+def run_distribution(run_dir: str | Path) -> TaskDistribution:
+    """The task distribution the run in ``run_dir`` trained on (its config's
+    ``args.distribution``; runs that name none trained on the default one)."""
+    try:
+        name = json.loads((Path(run_dir) / "config.json").read_text())["args"].get(
+            "distribution", "default")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        name = "default"
+    return TaskDistribution.named(name)
+
+
 def agent_episodes(run_dir: Path) -> int:
     """Episodes the agent trained on, from its VecMonitor log."""
     lines = (run_dir / "monitor.csv").read_text().splitlines()
@@ -268,8 +279,8 @@ def grid_runs(space: str, tasks: Sequence[TaskSpec], **grid: Sequence[object]) -
 
 def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
              log: bool = True) -> Path:
-    """Run the whole evaluation (on ``distribution``, by default
-    ``TaskDistribution.default()``), on Ray with ``args.ray``; returns the report's path.
+    """Run the whole evaluation (on ``distribution``, by default the one the agent trained on,
+    :func:`run_distribution`), on Ray with ``args.ray``; returns the report's path.
     With ``log``, progress as ``args.progress`` says; without, nothing is printed."""
     executor = distributed.executor_from(args.ray)
     if not log:
@@ -318,7 +329,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     start = progress.start
     run_dir = Path(args.run_dir)
     rng = np.random.default_rng(args.seed)
-    dist = distribution or TaskDistribution.default()
+    dist = distribution or run_distribution(run_dir)
     kw = {"device": args.device}
 
     tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
@@ -474,7 +485,7 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
     data = read_evaluation(run_dir)
-    dist = distribution or TaskDistribution.default()
+    dist = distribution or run_distribution(run_dir)
     tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds,
                            args.ood_tasks)
     reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
@@ -515,7 +526,7 @@ def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) 
             f"baselines (the oracle excluded): {best}.")
     return write_report(run_dir, records, reference="ce", best_baseline=best, agent="agent",
                         budget_note=note, learning_curve=learning_curve(run_dir),
-                        split_of=(dist or TaskDistribution.default()).split_of,
+                        split_of=(dist or run_distribution(run_dir)).split_of,
                         static_methods=STATIC_METHODS, base_rule=data.get("base_rule"))
 
 

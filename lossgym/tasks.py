@@ -551,6 +551,14 @@ class TaskDistribution:
         return cls._with_held_out(train)
 
     @classmethod
+    def named(cls, name: str) -> TaskDistribution:
+        """The distribution called ``name``: one of :data:`DISTRIBUTIONS`."""
+        if name not in DISTRIBUTIONS:
+            raise ValueError(f"distribution={name!r} is not known; choose one of "
+                             f"{DISTRIBUTIONS}")
+        return cls.default() if name == "default" else cls.wide()
+
+    @classmethod
     def _with_held_out(cls, train: TaskFactors) -> TaskDistribution:
         """A distribution on the train grid ``train`` with the standard held-out splits: the
         same factors with unseen seeds, and three OOD grids (unseen ratios, the CNN, digits)."""
@@ -640,6 +648,10 @@ class TaskDistribution:
             seed_range=(0, 10_000),
         )
         return cls._with_held_out(train)
+
+
+#: The named distributions (:meth:`TaskDistribution.named`).
+DISTRIBUTIONS = ("default", "wide")
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:

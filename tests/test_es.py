@@ -284,3 +284,19 @@ def test_agents_train_algo_es_runs_the_es_trainer(tmp_path):
     assert config["args"]["algo"] == "es"
     assert config["hyperparams"]["env_kwargs"]["context_features"] is True
     assert AgentPolicy(tmp_path / "es").base_rule is not None  # residual around the default
+
+
+def test_the_run_names_its_distribution_and_the_evaluation_reads_it(run, tmp_path):
+    from agents.evaluate import run_distribution
+    from lossgym.tasks import TaskDistribution
+
+    assert run_distribution(run) == TaskDistribution.default()
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    config = json.loads((run / "config.json").read_text())
+    config["args"]["distribution"] = "wide"
+    (wide / "config.json").write_text(json.dumps(config))
+    assert run_distribution(wide) == TaskDistribution.wide()
+    with pytest.raises(ValueError, match="distribution='nope' is not known"):
+        train_es(ESArgs(run_dir=str(tmp_path / "bad"), distribution="nope"))
+    assert not (tmp_path / "bad").exists()
