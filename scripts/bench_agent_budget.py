@@ -1,11 +1,12 @@
 """Where an agent's training time goes, and how many episodes an hour buys on this machine.
 
     python scripts/bench_agent_budget.py [--pairs 16] [--generations 4] [--no-ray]
+        [--distribution default|wide]
 
 Runs ES generations as `make reproduce` trains them (:func:`agents.es.run_populations`: P
-antithetic pairs on default train tasks, residual actions around logit adjustment, the
-base-rule twin, context features) in three set-ups, each generation starting from the same
-first task (the draw that fixes dataset, architecture and width):
+antithetic pairs on train tasks of ``--distribution``, residual actions around logit
+adjustment, the base-rule twin, context features) in three set-ups, each generation starting
+from the same first task (the draw that fixes dataset, architecture and width):
 
 - **before** (the trainer as it was): the pairs' minibatches per step drawn freely, so the
   population trains every member for the largest count; a twin beside every member (4P runs);
@@ -100,9 +101,10 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ray", action="store_true", help="skip the 2-population set-up")
+    parser.add_argument("--distribution", default="default", choices=("default", "wide"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    source = TaskSource(TaskDistribution.default(), "train")
+    source = TaskSource(TaskDistribution.named(args.distribution), "train")
     rng = np.random.default_rng(args.seed)
     pop_actor = actor(args.seed)
     members = 2 * args.pairs
