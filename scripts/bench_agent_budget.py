@@ -17,7 +17,8 @@ from the same first task (the draw that fixes dataset, architecture and width):
 
 It prints each generation's wall time and split (inner training ``Population.train``,
 validation ``Population.evaluate``, the rest of the env, the policy: a batched forward of PPO's
-actor network; ES's update is negligible beside it), and the median episodes per hour.
+actor network; ES's update is negligible beside it), and the episodes per hour over all the
+generations (their budgets vary, so an hour's rate is the total, not a median).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main() -> None:
     members = 2 * args.pairs
     ray = None if args.no_ray else distributed.RayExecutor("local", num_cpus=2)
     print(f"{members} episodes per generation, {args.generations} generations per set-up, "
-          "default train split, one intra-op thread per population")
+          f"{args.distribution} train split, one intra-op thread per population")
     rates: dict[str, list[float]] = defaultdict(list)
     try:
         for g in range(args.generations):
@@ -143,13 +144,13 @@ def main() -> None:
     finally:
         if ray is not None:
             ray.close()
-    print("\nmedian over generations (episodes per hour):")
-    base = np.array(rates["before"])
+    # An hour of training is many generations: their budgets vary, so the rate is the total.
+    print(f"\nover all {args.generations} generations (episodes per hour = episodes / seconds):")
+    hours = {name: sum(members / rate for rate in values) for name, values in rates.items()}
     for name, values in rates.items():
-        ratio = np.median(np.array(values) / base)
-        print(f"  {name:26s} {np.median(values):7.0f}  ({ratio:.2f}x before; runs: "
-              f"{', '.join(f'{v:.0f}' for v in values)})")
-
+        total = members * len(values) / hours[name]
+        print(f"  {name:26s} {total:7.0f}  ({hours['before'] / hours[name]:.2f}x before; per "
+              f"generation: {', '.join(f'{v:.0f}' for v in values)})")
 
 if __name__ == "__main__":
     main()
