@@ -820,9 +820,11 @@ class AdaptiveLoss(nn.Module):
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
         self._counts_row: tuple[tuple, MinibatchContext] | None = None
-        # (logits shape, dtype, the C extension's plan) of the period, once the counts are
-        # known: what forward() calls directly.
-        self._fast: tuple[torch.Size, torch.dtype, tuple, str] | None = None
+        # (logits shape, dtype, the C extension's plan, reduction, the minibatch count it holds
+        # up to or None, the shape a method sees the logits in or None) of the period, once
+        # the counts are known: what forward() calls directly.
+        self._fast: tuple[torch.Size, torch.dtype, tuple, str, int | None,
+                          tuple[int, ...] | None] | None = None
         self._period_sizes: list[int] = []  # training minibatches of each period so far
         self._clear_period()
 
@@ -917,15 +919,18 @@ class AdaptiveLoss(nn.Module):
         fast = self._fast
         if fast is not None and logits.shape == fast[0] and logits.dtype is fast[1] \
                 and logits.is_cpu and targets.dtype is torch.int64 \
-                and targets.shape == fast[0][:-1] and self.reduction == fast[3]:
+                and targets.shape == fast[0][:-1] and self.reduction == fast[3] \
+                and (fast[4] is None or self._minibatches_done() < fast[4]):
             # The period's plan of the C extension (the parameters and counts are fixed until
-            # step()): the loss, its gradient and the recorded cross-entropy in one call, the
-            # targets checked in it.
+            # step(), a method's terms until its bound): the loss, its gradient and the
+            # recorded cross-entropy in one call, the targets checked in it.
             training = self._is_training_forward(logits)
-            loss = _Native.apply(logits, targets, fast[2][0],
+            x, y = (logits, targets) if fast[5] is None else (logits.view(fast[5]),
+                                                               targets.view(fast[5][:-1]))
+            loss = _Native.apply(x, y, fast[2][0],
                                  self._ce if training and self.controller is not None else None)
             self._minibatch += training
-            return loss
+            return loss.view(targets.shape) if fast[5] is not None and loss.ndim else loss
         check_logits_targets(logits, targets)
         num_classes = logits.shape[-1]
         if self._num_classes is None:
@@ -949,7 +954,7 @@ class AdaptiveLoss(nn.Module):
             if self._counts is not None and self._loss.cached_terms is not None:
                 plan = native_plan(self._loss.cached_terms, logits, targets, self.reduction)
                 if plan is not None:
-                    self._fast = (logits.shape, logits.dtype, plan, self.reduction)
+                    self._fast = (logits.shape, logits.dtype, plan, self.reduction, None, None)
         if training:
             self._minibatch += 1
         return loss
@@ -973,9 +978,28 @@ class AdaptiveLoss(nn.Module):
         module = getattr(method, "module", None)
         if module is not None:
             module.train(training)
-        loss = method.member_loss(logits.reshape(1, -1, logits.shape[-1]),
-                                  targets.reshape(1, -1), ctx, self.reduction)[0]
+        x, y = logits.reshape(1, -1, logits.shape[-1]), targets.reshape(1, -1)
+        loss = method.member_loss(x, y, ctx, self.reduction)[0]
+        held = method.held_terms(ctx, x) if self._counts is not None and training else None
+        if held is not None:  # the same terms up to a bound: one plan for the minibatches
+            plan = native_plan(held[0], x, y, self.reduction)
+            if plan is not None:
+                self._fast = (logits.shape, logits.dtype, plan, self.reduction,
+                              None if held[1] is None else self._first_minibatch_at(held[1]),
+                              tuple(x.shape))
         return loss.reshape(targets.shape) if self.reduction == "none" and loss.ndim else loss
+
+    def _minibatches_done(self) -> int:
+        return self.steps_done * self.minibatches_per_step + self._minibatch
+
+    def _first_minibatch_at(self, progress: float) -> int:
+        """The first minibatch count whose float32 progress (as :meth:`_method_loss` computes
+        it) reaches ``progress``."""
+        total = float(self.total_steps * self.minibatches_per_step)
+        count = max(int(progress * total) - 2, self._minibatches_done())
+        while float(torch.tensor(float(count)) / total) < progress:
+            count += 1
+        return count
 
     def _live_method(self, num_classes: int | None, device: torch.device) -> LossMethod:
         # Kept out of the submodules: its state travels in the extra state.
@@ -1301,6 +1325,7 @@ class AdaptiveLoss(nn.Module):
                              f" not by this one ({self.export_id!r})")
         st = self._checked_state(state)
         device = self._device()
+        self._fast = None
 
         def tensor(values: list | None, dtype: torch.dtype = torch.float32,
                    on: torch.device | None = None) -> Tensor | None:

@@ -74,6 +74,13 @@ class LossMethod:
         """The per-sample loss ``[n, B]``."""
         raise NotImplementedError
 
+    def held_terms(self, ctx: MinibatchContext, like: Tensor
+                   ) -> tuple[losses.Terms, float | None] | None:
+        """The modulated cross-entropy's terms of this minibatch, if the loss is that and they
+        hold while the progress stays below a bound (the second item; None: for good), or
+        None (the default): what lets :class:`lossgym.AdaptiveLoss` keep one plan."""
+        return None
+
     def member_loss(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext,
                     reduction: str = "mean") -> Tensor:
         """The loss reduced over each member's batch: ``[n]`` (``"none"``: ``[n, B]``); the
@@ -148,6 +155,13 @@ class _DeferredReweighting(LossMethod):
     def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
         check_logits_targets(logits, targets)
         return losses.modulated_ce(logits, targets, self._terms(ctx, logits), "none")
+
+    def held_terms(self, ctx: MinibatchContext, like: Tensor
+                   ) -> tuple[losses.Terms, float | None] | None:
+        on = ctx.progress >= self.hyper["switch"]
+        if not bool(on.all()) and bool(on.any()):
+            return None  # members on both sides of the switch
+        return self._terms(ctx, like), None if bool(on.all()) else self.hyper["switch"]
 
 
 class ClassBalanced(_DeferredReweighting):

@@ -776,3 +776,34 @@ def test_held_features_are_fed_as_zero(controller_export, tmp_path):
     out = controller.normalise(torch.full((2, dim), 7.0))
     assert torch.all(out[:, torch.tensor(held)] == 0)
     assert torch.all(out[:, ~torch.tensor(held)] != 0)
+
+
+@pytest.mark.parametrize("name", ["ldam_drw", "ce_drw", "cb_effective"])
+def test_a_method_keeps_one_plan_up_to_its_switch_and_matches_the_method(name):
+    from lossgym.methods import make_method
+    from lossgym.population import MinibatchContext
+
+    counts = torch.tensor([50.0, 20.0, 5.0])
+    steps, per_step = 4, 5
+    loss = AdaptiveLoss(make_method(name), class_counts=counts, total_steps=steps,
+                        minibatches_per_step=per_step)
+    reference = make_method(name, num_classes=3)
+    gen = torch.Generator().manual_seed(0)
+    values, fast = [], []
+    for k in range(steps * per_step):
+        logits = torch.randn(8, 3, generator=gen, requires_grad=True)
+        targets = torch.randint(0, 3, (8,), generator=gen)
+        value = loss(logits, targets)
+        value.backward()
+        fast.append(loss._fast is not None)
+        ref_logits = logits.detach().clone().requires_grad_(True)
+        progress = (torch.tensor(float(k)) / float(steps * per_step)).reshape(1)
+        expected = reference.member_loss(ref_logits[None], targets[None],
+                                         MinibatchContext(progress, counts[None]))[0]
+        expected.backward()
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+        values.append(float(value.detach()))
+        if (k + 1) % per_step == 0:
+            loss.step()
+    assert all(fast)  # every minibatch after the first went through the one-call plan
