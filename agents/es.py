@@ -328,10 +328,12 @@ def split_members(tasks: Sequence[TaskSpec], parts: int) -> list[slice]:
     the members of one task (its pairs, and so its twin) stay together."""
     starts = [i for i in range(len(tasks)) if i == 0 or tasks[i] != tasks[i - 1]]
     parts = min(parts, len(starts))
-    cuts = [0]
-    for j in range(1, parts):  # the task start nearest to an equal share
-        target = j * len(tasks) / parts
-        cuts.append(min((s for s in starts if s > cuts[-1]), key=lambda s: abs(s - target)))
+    cuts, last = [0], 0  # last: the index in starts of the latest cut
+    for j in range(1, parts):  # the task start nearest to an equal share, leaving enough
+        target = j * len(tasks) / parts  # starts after it for the cuts still to come
+        last = min(range(last + 1, len(starts) - parts + j + 1),
+                   key=lambda k: abs(starts[k] - target))
+        cuts.append(starts[last])
     cuts.append(len(tasks))
     return [slice(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 

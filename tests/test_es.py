@@ -140,6 +140,10 @@ def test_split_members_keeps_each_task_whole():
     assert split_members(tasks, 3) == [slice(0, 4), slice(4, 6), slice(6, 8)]
     assert split_members(tasks, 9) == split_members(tasks, 3)  # no more parts than tasks
     assert split_members([a] * 6, 2) == [slice(0, 6)]
+    # Tasks bunched at the start: a cut must not take the last start a later cut needs.
+    d = SMALL.replace(seed=4)
+    assert split_members([a, b, c] + [d] * 9, 4) == [slice(0, 1), slice(1, 2), slice(2, 3),
+                                                    slice(3, 12)]
 
 
 def es_setup(pairs: int, per_task: int = 1, seed: int = 2):
