@@ -980,7 +980,10 @@ class AdaptiveLoss(nn.Module):
             module.train(training)
         x, y = logits.reshape(1, -1, logits.shape[-1]), targets.reshape(1, -1)
         loss = method.member_loss(x, y, ctx, self.reduction)[0]
-        held = method.held_terms(ctx, x) if self._counts is not None and training else None
+        # (On the CPU only: the plan is the C extension's, and reading the switch on a GPU
+        # would sync with it at every minibatch.)
+        held = method.held_terms(ctx, x) \
+            if self._counts is not None and training and logits.is_cpu else None
         if held is not None:  # the same terms up to a bound: one plan for the minibatches
             plan = native_plan(held[0], x, y, self.reduction)
             if plan is not None:
