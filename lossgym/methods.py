@@ -29,7 +29,9 @@ from torch import Tensor
 from lossgym import losses
 from lossgym import params as loss_params
 from lossgym.losses._kernel import check_logits_targets
+from lossgym.losses.parametric import CB_BETA
 from lossgym.population import MinibatchContext
+from lossgym.schedules import LossSchedule, constant, step
 
 
 class LossMethod:
@@ -111,6 +113,11 @@ class LossMethod:
         """The method as JSON: its name and every hyperparameter."""
         return {"name": self.name, "params": dict(self.hyper)}
 
+    def schedule(self) -> LossSchedule | None:
+        """The method as a schedule of the parametric loss where it is one (it can then be a
+        base rule), else None (the default)."""
+        return None
+
 
 class Parametric(LossMethod):
     """The engine's parametric loss with fixed parameters (cross-entropy, focal, LA, Poly-1...)."""
@@ -126,6 +133,10 @@ class Parametric(LossMethod):
     def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
         return self._loss(logits, targets, self.values, ctx.class_counts)
 
+    def schedule(self) -> LossSchedule | None:
+        return LossSchedule({k: constant(v) for k, v in self.values.items()}
+                            or {"gamma": constant(0.0)})
+
 
 class _DeferredReweighting(LossMethod):
     """Class-balanced weights (effective number, Cui et al. 2019) that switch on at ``switch``
@@ -135,6 +146,14 @@ class _DeferredReweighting(LossMethod):
 
     def _extra_terms(self, counts: Tensor) -> dict[str, Any]:
         return {}
+
+    def _schedule(self, **extra: float) -> LossSchedule | None:
+        # The weights are the parametric loss's cb = 1 where β is that parameter's.
+        switch = self.hyper["switch"]
+        if self.hyper.get("beta", CB_BETA) != CB_BETA or not 0.0 <= switch < 1.0:
+            return None
+        cb = constant(1.0) if switch == 0.0 else step([switch], [0.0, 1.0])
+        return LossSchedule({**{k: constant(v) for k, v in extra.items() if v}, "cb": cb})
 
     def _terms(self, ctx: MinibatchContext, like: Tensor) -> losses.Terms:
         counts, h = ctx.class_counts, self.hyper
@@ -178,6 +197,10 @@ class ClassBalanced(_DeferredReweighting):
     def _extra_terms(self, counts: Tensor) -> dict[str, Any]:
         return {"gamma": self.hyper["gamma"]}
 
+    def schedule(self) -> LossSchedule | None:
+        gamma = self.hyper["gamma"]
+        return None if gamma > loss_params.param("gamma").high else self._schedule(gamma=gamma)
+
 
 class LDAMDRW(_DeferredReweighting):
     """LDAM with deferred re-weighting (Cao et al. 2019): margins ∝ n^(−1/4), s = 30, class-
@@ -190,6 +213,12 @@ class LDAMDRW(_DeferredReweighting):
         # s (z − Δ_y e_y): the margins in the units of the scaled logits (LDAM's max 0.5).
         s = self.hyper["scale"]
         return {"scale": s, "margins": losses.ldam_margins(counts, 0.5) * s}
+
+    def schedule(self) -> LossSchedule | None:
+        scale = self.hyper["scale"]
+        if not loss_params.param("scale").low <= scale <= loss_params.param("scale").high:
+            return None
+        return self._schedule(margin=0.5, scale=scale)
 
 
 class FLSD53(LossMethod):

@@ -74,6 +74,8 @@ LOSS_PARAMS: list[LossParam] = [
     LossParam("margin", 0.0, 1.0, 0.0, "Δ", "LDAM margin of the rarest class (∝ n^(−1/4))",
               "Cao et al. 2019"),
     LossParam("scale", 1.0, 30.0, 1.0, "s", "logit scale s (LDAM's s)", "Cao et al. 2019"),
+    LossParam("cb", 0.0, 1.0, 0.0, "λ_cb", "mix of effective-number weights (β 0.9999), "
+              "w = 1 − λ + λ·w_cb", "Cui et al. 2019; DRW: Cao et al. 2019"),
 ]
 
 

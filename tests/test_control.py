@@ -77,7 +77,7 @@ def test_base_rule_and_twin_validation():
         LossTuningEnv(tasks=SMALL, action_params=("gamma",), action_mode="residual",
                       base_rule=BASE)
     with pytest.raises(ValueError, match="not a rule of the parametric loss"):
-        LossTuningEnv(tasks=SMALL, base_rule="ldam_drw")
+        LossTuningEnv(tasks=SMALL, base_rule="adafocal")
     env = LossTuningEnv(tasks=SMALL, action_params=("gamma", "tau"), action_mode="residual",
                         base_rule="logit_adjusted")
     assert env.unwrapped.batch.base_rule.to_dict() == {"tau": {"kind": "constant",
@@ -172,3 +172,24 @@ def test_residual_replays_reproduce_the_agents_run():
                                           max_step=0.2), [SMALL.replace(seed=2)], device="cpu")
     np.testing.assert_array_equal(run.params, again.params)
     assert run.test == again.test
+
+
+def test_ldam_drw_is_a_base_rule_whose_twin_is_the_method():
+    """``base_rule="ldam_drw"`` is LDAM-DRW's schedule (margins, s = 30, effective-number
+    weights from 80 % on through ``cb``): its twin scores what the LDAM-DRW method scores on
+    the same task and seed, trained on its own by ``lossgym compare``."""
+    from lossgym.compare import compare
+
+    # A task that learns (LDAM-DRW 76 %, CE 57 %, CE-DRW 59 %); the switch at 0.8 falls on
+    # a step boundary.
+    task = TaskSpec(dataset="digits", imbalance_ratio=10.0, n_max=90, width=32, batch_size=32,
+                    minibatches_per_step=6, horizon=5, lr=0.005)
+    params = ("gamma", "margin", "scale", "cb")
+    env = LossTuningEnv(tasks=task, action_params=params, action_mode="residual",
+                        reward_baseline="base", base_rule="ldam_drw")
+    _, rewards, infos = _episode(env, np.zeros((task.horizon, len(params)), np.float32))
+    np.testing.assert_array_equal(rewards, np.zeros(task.horizon))
+    alone = compare(env.unwrapped.task, ["ldam_drw"], seeds=[env.unwrapped.task.seed],
+                    device="cpu", progress=False)
+    assert infos[-1]["test"]["reference_balanced_accuracy"] == pytest.approx(
+        float(alone.metrics["ldam_drw"]["balanced_accuracy"][0]), abs=1e-6)

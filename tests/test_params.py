@@ -104,3 +104,46 @@ def test_loss_params_are_well_formed():
     with pytest.raises(ValueError, match=r"gamma=7 is out of range: gamma must be a number in "
                                          r"\[0, 5\]"):
         loss_params.param("gamma").check(7)
+
+
+@pytest.mark.parametrize("name", ["ldam_drw", "ce_drw", "cb_effective", "cb_focal",
+                                  "logit_adjusted", "focal_2", "ce"])
+def test_a_method_that_is_a_schedule_gives_its_own_losses(name):
+    """LDAM-DRW and the effective-number rules are schedules of the parametric loss (``cb``
+    mixes in their class-normalised weights), so they can be base rules; each schedule's loss
+    and gradient equal the method's before and after the switch."""
+    from lossgym.methods import MinibatchContext, make_method
+
+    method = make_method(name)
+    schedule = method.schedule()
+    assert schedule is not None
+    g = torch.Generator().manual_seed(1)
+    counts = torch.tensor([400.0, 120.0, 30.0, 8.0, 2.0], dtype=torch.float64)
+    logits = torch.randn(1, 32, 5, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 5, (1, 32), generator=g)
+    for t in (0.0, 0.5, 0.79, 0.8, 0.95):
+        x = logits.clone().requires_grad_(True)
+        y = logits.clone().requires_grad_(True)
+        ctx = MinibatchContext(torch.tensor([t], dtype=torch.float64), counts[None])
+        want = method(x, targets, ctx)
+        got = ParametricCriterion(counts)(y[0], targets[0], schedule(t))
+        assert float(got.detach()) == pytest.approx(float(want[0].detach()), rel=1e-12,
+                                                 abs=1e-12), (name, t)
+        want.sum().backward()
+        got.backward()
+        torch.testing.assert_close(y.grad, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_cb_mixes_effective_number_weights_and_multiplies_alpha():
+    from lossgym import losses
+
+    counts = torch.tensor([300.0, 40.0, 0.0, 5.0])
+    w_cb = losses.class_balanced_weights(counts, 0.9999)
+    terms = parametric.loss_terms({"cb": 0.25}, counts, (8,), torch.zeros(8, 4))
+    torch.testing.assert_close(terms.weight, 0.75 + 0.25 * w_cb)
+    both = parametric.loss_terms({"cb": 1.0, "alpha": 0.5}, counts, (8,), torch.zeros(8, 4))
+    alpha = parametric.loss_terms({"alpha": 0.5}, counts, (8,), torch.zeros(8, 4))
+    torch.testing.assert_close(both.weight, w_cb * alpha.weight)
+    with pytest.raises(ValueError, match="is not a rule of the parametric loss"):
+        LossTuningEnv(tasks=TaskSpec(horizon=2), action_mode="residual",
+                      base_rule="adafocal")

@@ -181,14 +181,13 @@ def _base_rule(value: object) -> LossSchedule | None:
     if isinstance(value, dict):
         return LossSchedule.from_dict(value)
     if isinstance(value, str):
-        from lossgym.methods import Parametric, make_method
+        from lossgym.methods import make_method
 
-        method = make_method(value)
-        if not isinstance(method, Parametric):
+        schedule = make_method(value).schedule()
+        if schedule is None:
             raise ValueError(f"base_rule={value!r} is not a rule of the parametric loss; pass "
                              "a LossSchedule (e.g. a tuned DRW schedule) instead")
-        return LossSchedule({k: constant(v) for k, v in method.values.items()}
-                            or {"gamma": constant(0.0)})
+        return schedule
     raise ValueError(f"base_rule={value!r} is invalid: must be a LossSchedule, its dict, a "
                      "built-in method name or None")
 

@@ -85,6 +85,7 @@ class LossTuningEnv(_Episodes, gym.Env):
     | `gate` | [-5, 5] | 0 | gradient-gate strength |
     | `margin` | [0, 1] | 0 | LDAM margin of the rarest class (∝ n^(−1/4)) |
     | `scale` | [1, 30] | 1 | logit scale s (LDAM's s) |
+    | `cb` | [0, 1] | 0 | mix of effective-number weights (β 0.9999), w = 1 − λ + λ·w_cb |
 
     (:data:`lossgym.params.LOSS_PARAMS` defines them; ``tests/test_params.py`` checks this
     table against it.) ``action_mode="absolute"`` sets the parameters (low + (a + 1)/2 ·

@@ -10,6 +10,7 @@ stay the same objects, unmodified.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -74,9 +75,27 @@ def _tau(terms: dict, raw: Mapping, cols: Mapping, classes: ClassStats) -> None:
     terms["shift"] = cols["tau"] * classes.log_m
 
 
+def _weigh(terms: dict, weight: Tensor) -> None:
+    # Class weights from several parameters multiply.
+    terms["weight"] = weight if "weight" not in terms else terms["weight"] * weight
+
+
 @_counts
 def _alpha(terms: dict, raw: Mapping, cols: Mapping, classes: ClassStats) -> None:
-    terms["weight"] = log_power_weights(classes.log_m, classes.log_n, cols["alpha"]).exp()
+    _weigh(terms, log_power_weights(classes.log_m, classes.log_n, cols["alpha"]).exp())
+
+
+#: β of the effective number of samples that ``cb`` mixes in (the value of LDAM-DRW's paper).
+CB_BETA = 0.9999
+
+
+@_counts
+def _cb(terms: dict, raw: Mapping, cols: Mapping, classes: ClassStats) -> None:
+    # Class-normalised, as LDAM-DRW's deferred weights: at cb = 1 they are exactly
+    # class_balanced_weights(counts, 0.9999), so the mean sample weight drops below 1.
+    w = -1.0 / torch.expm1(classes.log_m.exp() * math.log(CB_BETA))
+    w = w * (w.shape[-1] / w.sum(dim=-1, keepdim=True))
+    _weigh(terms, 1.0 + cols["cb"] * (w - 1.0))
 
 
 @_counts
@@ -94,6 +113,7 @@ TERMS: dict[str, TermFn] = {
     "gate": _set("gate"),
     "margin": _margin,
     "scale": _set("scale"),
+    "cb": _cb,
 }
 
 
