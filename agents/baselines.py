@@ -285,7 +285,23 @@ class FeedbackRule:
                 f"alpha_max={self.alpha_max:g}, gamma={self.gamma:g})")
 
 
-class RandomPolicy:
+class _ActionPolicy:
+    """What the action policies share: the controlled parameters, their action mode and, for
+    delta and residual actions, the step and the base rule."""
+
+    def __init__(self, parameters: Sequence[str], mode: str,
+                 base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
+        self.parameters = _check_parameters(parameters, mode)
+        self.mode = mode
+        self.base_rule = base_rule  # what residual actions correct
+        self.max_step = max_step  # of delta and residual actions
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes (nothing to do; a generator is not re-seeded)."""
+        _check_int("num_envs", num_envs, 1)
+
+
+class RandomPolicy(_ActionPolicy):
     """Uniform actions in [−1, 1]^d from its own ``np.random.default_rng(seed)``.
 
     The generator is created once, so a fresh ``RandomPolicy(seed)`` replays the same actions
@@ -303,13 +319,8 @@ class RandomPolicy:
     def __init__(self, seed: int = 0, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute") -> None:
         self.seed = _check_int("seed", seed, 0)
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
+        super().__init__(parameters, mode)
         self.rng = np.random.default_rng(self.seed)
-
-    def reset(self, num_envs: int) -> None:
-        """Start ``num_envs`` new episodes (the generator is not re-seeded)."""
-        _check_int("num_envs", num_envs, 1)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``[N, d]`` uniform draws (float32)."""
@@ -320,7 +331,7 @@ class RandomPolicy:
         return f"RandomPolicy(seed={self.seed})"
 
 
-class ConstantActionPolicy:
+class ConstantActionPolicy(_ActionPolicy):
     """The same raw action at every step and for every row (e.g. an agent's mean action).
 
     Args:
@@ -332,10 +343,7 @@ class ConstantActionPolicy:
     def __init__(self, action: Sequence[float] | np.ndarray,
                  parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "absolute",
                  base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
-        self.base_rule = base_rule  # what residual actions correct
-        self.max_step = max_step  # of delta and residual actions
+        super().__init__(parameters, mode, base_rule, max_step)
         array = np.asarray(action, dtype=np.float64).reshape(-1)
         if array.shape != (len(self.parameters),) or not np.all(np.isfinite(array)):
             raise ValueError(f"action={np.asarray(action).tolist()} is invalid: must be "
@@ -343,16 +351,12 @@ class ConstantActionPolicy:
                              f"{self.parameters}), in [-1, 1]")
         self.action = np.clip(array, -1.0, 1.0).astype(np.float32)
 
-    def reset(self, num_envs: int) -> None:
-        """Start ``num_envs`` new episodes (nothing to do)."""
-        _check_int("num_envs", num_envs, 1)
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``action`` repeated for every row."""
         return np.tile(self.action, (np.asarray(obs).shape[0], 1))
 
 
-class ReplayPolicy:
+class ReplayPolicy(_ActionPolicy):
     """Open-loop replay of recorded action trajectories, one per member.
 
     At step t (the t-th :meth:`act` since :meth:`reset`) member i gets ``actions[i, t]``. It
@@ -369,10 +373,7 @@ class ReplayPolicy:
     def __init__(self, actions: np.ndarray, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute", base_rule: LossSchedule | None = None,
                  max_step: float = 0.1) -> None:
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
-        self.base_rule = base_rule  # what residual actions correct
-        self.max_step = max_step  # of delta and residual actions
+        super().__init__(parameters, mode, base_rule, max_step)
         array = np.asarray(actions, dtype=np.float64)
         if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1 \
                 or array.shape[2] != len(self.parameters):
@@ -489,11 +490,7 @@ class PerMemberPolicy:
 #: Fixed hand baselines: name → factory of a fresh policy.
 HAND_BASELINES: dict[str, Callable[[], Policy]] = {
     "ce": partial(constant_rule, 0.0, 0.0),
-    "focal_0.5": partial(constant_rule, 0.5, 0.0),
-    "focal_1": partial(constant_rule, 1.0, 0.0),
-    "focal_2": partial(constant_rule, 2.0, 0.0),
-    "focal_3": partial(constant_rule, 3.0, 0.0),
-    "focal_5": partial(constant_rule, 5.0, 0.0),
+    **{f"focal_{g:g}": partial(constant_rule, g, 0.0) for g in (0.5, 1.0, 2.0, 3.0, 5.0)},
     "cb_power": partial(constant_rule, 0.0, 1.0),
     "cb_power_focal": partial(constant_rule, 1.0, 1.0),
     "random": partial(RandomPolicy, 0),
@@ -796,23 +793,20 @@ def random_search(
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     count = _check_budget(budget, tasks)
     configs: list[Config] = []
-    for _ in range(count):
+    for _ in range(count):  # uniform draws in the unit box, in the order of the keys
         if space == "constant":
-            config: Config = {"gamma": float(rng.uniform(*GAMMA_RANGE)),
-                              "alpha": float(rng.uniform(*ALPHA_RANGE))}
+            config = _unit_to_config("constant", rng.random(2 + len(extra)), extra)
         elif space == "mixed" and rng.random() < 0.5:
-            gamma, alpha = float(rng.uniform(*GAMMA_RANGE)), float(rng.uniform(*ALPHA_RANGE))
+            config = _unit_to_config("constant", rng.random(2 + len(extra)), extra)
+            gamma, alpha = config.pop("gamma"), config.pop("alpha")
             config = {"gamma_start": gamma, "gamma_end": gamma, "shape": "linear",
-                      "drw_switch": 0.0, "drw_alpha": alpha, "alpha_start": alpha}
+                      "drw_switch": 0.0, "drw_alpha": alpha, "alpha_start": alpha, **config}
         else:
-            config = {"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
-                      "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
-                      "shape": SHAPES[int(rng.integers(len(SHAPES)))],
-                      "drw_switch": float(rng.uniform(0.0, 1.0)),
-                      "drw_alpha": float(rng.uniform(*ALPHA_RANGE)),
-                      "alpha_start": float(rng.uniform(*ALPHA_RANGE))}
-        for name in extra:
-            config[name] = float(rng.uniform(*loss_params.ranges()[name][:2]))
+            gammas, shape = rng.random(2), SHAPES[int(rng.integers(len(SHAPES)))]
+            rest = rng.random(3 + len(extra))  # drw_switch, drw_alpha, alpha_start, extra
+            config = _unit_to_config("schedule", np.r_[gammas, rest[2], rest[:2], rest[3:]],
+                                     extra)
+            config["shape"] = shape
         configs.append(config)
     table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                 max_members=max_members)
