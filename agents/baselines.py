@@ -508,13 +508,9 @@ RULES: dict[str, Callable[[], Policy]] = {
 }
 
 
-def rollout_baseline(
-    name: str,
-    tasks: Sequence[TaskSpec],
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> list[EpisodeRecord]:
+def rollout_baseline(name: str, tasks: Sequence[TaskSpec], metric: str = "balanced_accuracy",
+                     device: str | torch.device = "auto",
+                     max_members: int = 256) -> list[EpisodeRecord]:
     """One episode of the baseline ``name`` (a key of :data:`HAND_BASELINES` or a name in
     :data:`METHOD_BASELINES`) on each task; records in task order.
 
@@ -534,14 +530,10 @@ def rollout_baseline(
                      f"{sorted(HAND_BASELINES) + list(METHOD_BASELINES)}")
 
 
-def rollout_members(
-    policies: Sequence[Policy],
-    tasks: Sequence[TaskSpec],
-    name: str | Sequence[str] = "per_member",
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> list[EpisodeRecord]:
+def rollout_members(policies: Sequence[Policy], tasks: Sequence[TaskSpec],
+                    name: str | Sequence[str] = "per_member", metric: str = "balanced_accuracy",
+                    device: str | torch.device = "auto",
+                    max_members: int = 256) -> list[EpisodeRecord]:
     """One episode of ``policies[i]`` on ``tasks[i]`` for every i, batched.
 
     Pairs whose tasks can share a population (:func:`agents.rollout.group_tasks`) run as one
@@ -582,24 +574,25 @@ def rollout_members(
 
 
 # ------------------------------------------------------------------------ scoring/search
-def _floor(metric: str) -> float:
-    """The worst value of ``metric``: what a diverged or non-finite run scores."""
-    return -1.0 if metric == "neg_ece" else 0.0
+def _scored(record: EpisodeRecord, value: float, metric: str) -> float:
+    """``value``, or for a diverged run or a non-finite value the metric's worst (0, or −1 for
+    ``neg_ece``)."""
+    worst = -1.0 if metric == "neg_ece" else 0.0
+    return worst if record.diverged or not math.isfinite(value) else value
 
 
 def final_val_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
     """The final validation metric ``val_curve[-1]`` of a run; a diverged run, or a non-finite
     value, scores the metric's worst value (0, or −1 for ``neg_ece``)."""
-    value = float(record.val_curve[-1]) if len(record.val_curve) else math.nan
-    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+    return _scored(record, float(record.val_curve[-1]) if len(record.val_curve) else math.nan,
+                   metric)
 
 
 def final_test_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
     """The final test metric of a run (``−ece`` for ``neg_ece``); a diverged run, or a
     non-finite value, scores the metric's worst value."""
-    value = -record.test["ece"] if metric == "neg_ece" else record.test[metric]
-    value = float(value)
-    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+    return _scored(record, float(-record.test["ece"] if metric == "neg_ece"
+                                 else record.test[metric]), metric)
 
 
 def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
@@ -620,15 +613,9 @@ def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
     return factories[space](**config)
 
 
-def evaluate_configs(
-    space: str,
-    configs: Sequence[Mapping[str, Any]],
-    tasks: Sequence[TaskSpec],
-    *,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Table, list[list[EpisodeRecord]]]:
+def evaluate_configs(space: str, configs: Sequence[Mapping[str, Any]], tasks: Sequence[TaskSpec], *,
+                     metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                     max_members: int = 256) -> tuple[Table, list[list[EpisodeRecord]]]:
     """Run every configuration on every task as members of one batched rollout.
 
     Uses exactly ``len(configs) · len(tasks)`` inner training runs.
@@ -652,14 +639,11 @@ def evaluate_configs(
     policies = [policy_from_config(space, c) for c in configs for _ in tasks]
     records = rollout_members(policies, tasks * len(configs), f"search_{space}", metric,
                               device, max_members)
-    table: Table = []
-    per_config: list[list[EpisodeRecord]] = []
-    for k, config in enumerate(configs):
-        recs = records[k * len(tasks) : (k + 1) * len(tasks)]
-        scores = [final_val_score(r, metric) for r in recs]
-        table.append({**config, "score": float(np.mean(scores)), "task_scores": scores})
-        per_config.append(recs)
-    return table, per_config
+    n = len(tasks)
+    per_config = [records[k * n : (k + 1) * n] for k in range(len(configs))]
+    scores = [[final_val_score(r, metric) for r in recs] for recs in per_config]
+    return [{**config, "score": float(np.mean(s)), "task_scores": s}
+            for config, s in zip(configs, scores)], per_config
 
 
 def _best(table: Table, keys: Sequence[str], score: str = "score") -> Config:
@@ -676,16 +660,9 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 
-def grid_search(
-    space: str,
-    tasks: Sequence[TaskSpec],
-    *,
-    select: str = "val",
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-    **grid: Sequence[Any],
-) -> tuple[Config, Table]:
+def grid_search(space: str, tasks: Sequence[TaskSpec], *, select: str = "val",
+                metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                max_members: int = 256, **grid: Sequence[Any]) -> tuple[Config, Table]:
     """Grid-tune a rule family (:func:`policy_from_config`: ``"drw"``, ``"feedback"``,
     ``"constant"``, ...) on ``tasks`` by the mean final validation metric, all candidates as
     one batched rollout: ``candidates · len(tasks)`` inner training runs.
@@ -722,20 +699,17 @@ def grid_search(
     return _best(table, tuple(axes)), table
 
 
-def _extra_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
-    """The searched parameters besides γ and α (held constant over a run), checked."""
-    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
-    return tuple(p for p in params if p not in ("gamma", "alpha"))
-
-
 def _space_keys(space: str, parameters: Sequence[str] = DEFAULT_PARAMETERS
-                ) -> tuple[str, ...]:
-    extra = _extra_parameters(parameters)
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The config keys of a search space, and the searched parameters besides γ and α (held
+    constant over a run), checked."""
+    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+    extra = tuple(p for p in params if p not in ("gamma", "alpha"))
     if space == "constant":
-        return ("gamma", "alpha") + extra
+        return ("gamma", "alpha") + extra, extra
     if space in ("schedule", "mixed"):
         return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha",
-                "alpha_start") + extra
+                "alpha_start") + extra, extra
     raise ValueError(f"space={space!r} is not known; choose one of {SEARCH_SPACES}")
 
 
@@ -749,17 +723,10 @@ def _check_budget(budget: int, tasks: list[TaskSpec]) -> int:
     return budget // len(tasks)
 
 
-def random_search(
-    tasks: Sequence[TaskSpec],
-    budget: int,
-    rng: np.random.Generator,
-    space: str = "constant",
-    *,
-    parameters: Sequence[str] = DEFAULT_PARAMETERS,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
+def random_search(tasks: Sequence[TaskSpec], budget: int, rng: np.random.Generator,
+                  space: str = "constant", *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
+                  metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                  max_members: int = 256) -> tuple[Config, Table]:
     """Random search over a policy family, scored by mean final validation metric.
 
     ``budget`` counts inner training runs: each candidate is trained once on every task, so
@@ -787,8 +754,7 @@ def random_search(
         candidate in draw order, with ``candidate``, the config, ``score`` and ``task_scores``.
     """
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space, parameters)
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys(space, parameters)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     count = _check_budget(budget, tasks)
@@ -825,11 +791,11 @@ def best_constant(history: Table, parameters: Sequence[str] = DEFAULT_PARAMETERS
                   ) -> Config | None:
     """The best constant of a ``"mixed"`` (or ``"schedule"``) search history, as a
     :func:`constant_rule` config; None when no candidate was a constant."""
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys("schedule", parameters)
     rows = [row for row in history if is_constant_config(row)]
     if not rows:
         return None
-    best = _best(rows, _space_keys("schedule", parameters))
+    best = _best(rows, keys)
     alpha = best["drw_alpha"] if best["drw_switch"] <= 0.0 else best["alpha_start"]
     return {"gamma": best["gamma_start"], "alpha": alpha, **{k: best[k] for k in extra}}
 
@@ -868,19 +834,10 @@ def default_popsize(candidates: int, dim: int) -> int:
     return max(divisors) if divisors else candidates
 
 
-def cma_search(
-    tasks: Sequence[TaskSpec],
-    budget: int,
-    seed: int = 0,
-    space: str = "constant",
-    popsize: int | None = None,
-    sigma0: float = 0.3,
-    *,
-    parameters: Sequence[str] = DEFAULT_PARAMETERS,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
+def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str = "constant",
+               popsize: int | None = None, sigma0: float = 0.3, *,
+               parameters: Sequence[str] = DEFAULT_PARAMETERS, metric: str = "balanced_accuracy",
+               device: str | torch.device = "auto", max_members: int = 256) -> tuple[Config, Table]:
     """CMA-ES (the ``cma`` package, ask/tell) over a policy family, maximising the mean final
     validation metric.
 
@@ -914,8 +871,7 @@ def cma_search(
     import cma
 
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space, parameters)
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys(space, parameters)
     seed = _check_int("seed", seed, 0)
     sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
     if sigma0 == 0.0:
