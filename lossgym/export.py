@@ -82,6 +82,7 @@ from lossgym.losses import ParametricCriterion
 from lossgym.losses._kernel import (
     _Native,
     check_logits_targets,
+    check_reduction,
     check_target_bounds,
     check_targets,
     native_plan,
@@ -617,27 +618,23 @@ class GradientWatch:
     def __init__(self, loss: AdaptiveLoss, params: list[Tensor]) -> None:
         self._loss = loss
         self._params = params
-        self._seen = [False] * len(params)
-        self._count = 0
+        self._seen: set[int] = set()  # the parameters with their gradient in this pass
         self._handles = [p.register_post_accumulate_grad_hook(partial(self._on_grad, i))
                          for i, p in enumerate(params)]
 
     def _on_grad(self, i: int, _param: Tensor) -> None:
-        if self._seen[i]:
-            missing = len(self._params) - self._count
-            self._seen = [False] * len(self._params)
-            self._count = 0
+        if i in self._seen:
+            missing = len(self._params) - len(self._seen)
+            self._seen = set()
             if "unused" not in self._loss._warned:
                 self._loss._warned.add("unused")
                 warnings.warn(f"watch(): {missing} watched parameter(s) got no gradient in a "
                               "backward pass, so its gradient norm was not recorded; watch "
                               "only the parameters the loss depends on", UserWarning,
                               stacklevel=2)
-        self._seen[i] = True
-        self._count += 1
-        if self._count == len(self._params):
-            self._seen = [False] * len(self._params)
-            self._count = 0
+        self._seen.add(i)
+        if len(self._seen) == len(self._params):
+            self._seen = set()
             self._loss._record_norm([p.grad for p in self._params if p.grad is not None])
 
     def remove(self) -> None:
@@ -754,9 +751,7 @@ class AdaptiveLoss(nn.Module):
         self._model_setup: dict[str, Any] = {}
         self._batch_size: int | None = None
         self._mps_given = minibatches_per_step is not None
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be one of ('none', 'mean', 'sum'), got "
-                             f"{reduction!r}")
+        check_reduction(reduction)
         self.reduction = reduction
         self.total_steps = _count(total_steps, "total_steps")
         #: ``"schedule"``, ``"controller"`` or ``"method"``.
