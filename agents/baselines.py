@@ -762,17 +762,15 @@ def random_search(tasks: Sequence[TaskSpec], budget: int, rng: np.random.Generat
     for _ in range(count):  # uniform draws in the unit box, in the order of the keys
         if space == "constant":
             config = _unit_to_config("constant", rng.random(2 + len(extra)), extra)
-        elif space == "mixed" and rng.random() < 0.5:
-            config = _unit_to_config("constant", rng.random(2 + len(extra)), extra)
-            gamma, alpha = config.pop("gamma"), config.pop("alpha")
-            config = {"gamma_start": gamma, "gamma_end": gamma, "shape": "linear",
-                      "drw_switch": 0.0, "drw_alpha": alpha, "alpha_start": alpha, **config}
+        elif space == "mixed" and rng.random() < 0.5:  # a constant, as a schedule config
+            (gamma, alpha), rest = rng.random(2), rng.random(len(extra))
+            config = {**_unit_to_config("schedule", np.r_[gamma, gamma, alpha, 0.0, alpha, rest],
+                                        extra), "shape": "linear"}
         else:
             gammas, shape = rng.random(2), SHAPES[int(rng.integers(len(SHAPES)))]
             rest = rng.random(3 + len(extra))  # drw_switch, drw_alpha, alpha_start, extra
-            config = _unit_to_config("schedule", np.r_[gammas, rest[2], rest[:2], rest[3:]],
-                                     extra)
-            config["shape"] = shape
+            config = {**_unit_to_config("schedule", np.r_[gammas, rest[2], rest[:2], rest[3:]],
+                                        extra), "shape": shape}
         configs.append(config)
     table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                 max_members=max_members)
@@ -841,14 +839,12 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
     """CMA-ES (the ``cma`` package, ask/tell) over a policy family, maximising the mean final
     validation metric.
 
-    ``budget`` counts inner training runs: each candidate is trained once on every task, so
-    ``budget // len(tasks)`` candidates run (budget must be a multiple of len(tasks)), in
-    ``candidates / popsize`` generations of ``popsize`` candidates; a generation is one batched
-    rollout. CMA searches the unit box (bounds [0, 1], start at its centre, step ``sigma0``),
-    mapped linearly to ``"constant"``: (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``:
-    (gamma_start, gamma_end ∈ [0, 5], alpha_start, drw_switch, drw_alpha ∈ [0, 1]) with the
-    cosine shape (which contains the constants),
-    plus one coordinate per parameter of ``parameters`` besides γ and α, held constant.
+    ``budget`` counts inner training runs as in :func:`random_search`; the candidates run in
+    generations of ``popsize``, a generation one batched rollout. CMA searches the unit box
+    (bounds [0, 1], start at its centre, step ``sigma0``), mapped linearly to ``"constant"``:
+    (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``: (gamma_start, gamma_end ∈ [0, 5], alpha_start,
+    drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape (which contains the constants), plus
+    one coordinate per parameter of ``parameters`` besides γ and α, held constant.
     numpy's global random state, which pycma seeds and draws from, is restored afterwards.
 
     Args:
@@ -892,11 +888,9 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
                          f"budget={budget} buys on {len(tasks)} tasks")
     state = np.random.get_state()
     try:
-        es = cma.CMAEvolutionStrategy(
-            [0.5] * dim, sigma0,
-            {"popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
-             "verb_log": 0, "verb_disp": 0},
-        )
+        es = cma.CMAEvolutionStrategy([0.5] * dim, sigma0, {
+            "popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
+            "verb_log": 0, "verb_disp": 0})
         history: Table = []
         for generation in range(count // popsize):
             points = es.ask()
