@@ -285,7 +285,23 @@ class FeedbackRule:
                 f"alpha_max={self.alpha_max:g}, gamma={self.gamma:g})")
 
 
-class RandomPolicy:
+class _ActionPolicy:
+    """What the action policies share: the controlled parameters, their action mode and, for
+    delta and residual actions, the step and the base rule."""
+
+    def __init__(self, parameters: Sequence[str], mode: str,
+                 base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
+        self.parameters = _check_parameters(parameters, mode)
+        self.mode = mode
+        self.base_rule = base_rule  # what residual actions correct
+        self.max_step = max_step  # of delta and residual actions
+
+    def reset(self, num_envs: int) -> None:
+        """Start ``num_envs`` new episodes (nothing to do; a generator is not re-seeded)."""
+        _check_int("num_envs", num_envs, 1)
+
+
+class RandomPolicy(_ActionPolicy):
     """Uniform actions in [−1, 1]^d from its own ``np.random.default_rng(seed)``.
 
     The generator is created once, so a fresh ``RandomPolicy(seed)`` replays the same actions
@@ -303,13 +319,8 @@ class RandomPolicy:
     def __init__(self, seed: int = 0, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute") -> None:
         self.seed = _check_int("seed", seed, 0)
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
+        super().__init__(parameters, mode)
         self.rng = np.random.default_rng(self.seed)
-
-    def reset(self, num_envs: int) -> None:
-        """Start ``num_envs`` new episodes (the generator is not re-seeded)."""
-        _check_int("num_envs", num_envs, 1)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``[N, d]`` uniform draws (float32)."""
@@ -320,7 +331,7 @@ class RandomPolicy:
         return f"RandomPolicy(seed={self.seed})"
 
 
-class ConstantActionPolicy:
+class ConstantActionPolicy(_ActionPolicy):
     """The same raw action at every step and for every row (e.g. an agent's mean action).
 
     Args:
@@ -332,10 +343,7 @@ class ConstantActionPolicy:
     def __init__(self, action: Sequence[float] | np.ndarray,
                  parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "absolute",
                  base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
-        self.base_rule = base_rule  # what residual actions correct
-        self.max_step = max_step  # of delta and residual actions
+        super().__init__(parameters, mode, base_rule, max_step)
         array = np.asarray(action, dtype=np.float64).reshape(-1)
         if array.shape != (len(self.parameters),) or not np.all(np.isfinite(array)):
             raise ValueError(f"action={np.asarray(action).tolist()} is invalid: must be "
@@ -343,16 +351,12 @@ class ConstantActionPolicy:
                              f"{self.parameters}), in [-1, 1]")
         self.action = np.clip(array, -1.0, 1.0).astype(np.float32)
 
-    def reset(self, num_envs: int) -> None:
-        """Start ``num_envs`` new episodes (nothing to do)."""
-        _check_int("num_envs", num_envs, 1)
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``action`` repeated for every row."""
         return np.tile(self.action, (np.asarray(obs).shape[0], 1))
 
 
-class ReplayPolicy:
+class ReplayPolicy(_ActionPolicy):
     """Open-loop replay of recorded action trajectories, one per member.
 
     At step t (the t-th :meth:`act` since :meth:`reset`) member i gets ``actions[i, t]``. It
@@ -369,10 +373,7 @@ class ReplayPolicy:
     def __init__(self, actions: np.ndarray, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute", base_rule: LossSchedule | None = None,
                  max_step: float = 0.1) -> None:
-        self.parameters = _check_parameters(parameters, mode)
-        self.mode = mode
-        self.base_rule = base_rule  # what residual actions correct
-        self.max_step = max_step  # of delta and residual actions
+        super().__init__(parameters, mode, base_rule, max_step)
         array = np.asarray(actions, dtype=np.float64)
         if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1 \
                 or array.shape[2] != len(self.parameters):
@@ -489,11 +490,7 @@ class PerMemberPolicy:
 #: Fixed hand baselines: name → factory of a fresh policy.
 HAND_BASELINES: dict[str, Callable[[], Policy]] = {
     "ce": partial(constant_rule, 0.0, 0.0),
-    "focal_0.5": partial(constant_rule, 0.5, 0.0),
-    "focal_1": partial(constant_rule, 1.0, 0.0),
-    "focal_2": partial(constant_rule, 2.0, 0.0),
-    "focal_3": partial(constant_rule, 3.0, 0.0),
-    "focal_5": partial(constant_rule, 5.0, 0.0),
+    **{f"focal_{g:g}": partial(constant_rule, g, 0.0) for g in (0.5, 1.0, 2.0, 3.0, 5.0)},
     "cb_power": partial(constant_rule, 0.0, 1.0),
     "cb_power_focal": partial(constant_rule, 1.0, 1.0),
     "random": partial(RandomPolicy, 0),
@@ -511,13 +508,9 @@ RULES: dict[str, Callable[[], Policy]] = {
 }
 
 
-def rollout_baseline(
-    name: str,
-    tasks: Sequence[TaskSpec],
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> list[EpisodeRecord]:
+def rollout_baseline(name: str, tasks: Sequence[TaskSpec], metric: str = "balanced_accuracy",
+                     device: str | torch.device = "auto",
+                     max_members: int = 256) -> list[EpisodeRecord]:
     """One episode of the baseline ``name`` (a key of :data:`HAND_BASELINES` or a name in
     :data:`METHOD_BASELINES`) on each task; records in task order.
 
@@ -537,14 +530,10 @@ def rollout_baseline(
                      f"{sorted(HAND_BASELINES) + list(METHOD_BASELINES)}")
 
 
-def rollout_members(
-    policies: Sequence[Policy],
-    tasks: Sequence[TaskSpec],
-    name: str | Sequence[str] = "per_member",
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> list[EpisodeRecord]:
+def rollout_members(policies: Sequence[Policy], tasks: Sequence[TaskSpec],
+                    name: str | Sequence[str] = "per_member", metric: str = "balanced_accuracy",
+                    device: str | torch.device = "auto",
+                    max_members: int = 256) -> list[EpisodeRecord]:
     """One episode of ``policies[i]`` on ``tasks[i]`` for every i, batched.
 
     Pairs whose tasks can share a population (:func:`agents.rollout.group_tasks`) run as one
@@ -585,24 +574,25 @@ def rollout_members(
 
 
 # ------------------------------------------------------------------------ scoring/search
-def _floor(metric: str) -> float:
-    """The worst value of ``metric``: what a diverged or non-finite run scores."""
-    return -1.0 if metric == "neg_ece" else 0.0
+def _scored(record: EpisodeRecord, value: float, metric: str) -> float:
+    """``value``, or for a diverged run or a non-finite value the metric's worst (0, or −1 for
+    ``neg_ece``)."""
+    worst = -1.0 if metric == "neg_ece" else 0.0
+    return worst if record.diverged or not math.isfinite(value) else value
 
 
 def final_val_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
     """The final validation metric ``val_curve[-1]`` of a run; a diverged run, or a non-finite
     value, scores the metric's worst value (0, or −1 for ``neg_ece``)."""
-    value = float(record.val_curve[-1]) if len(record.val_curve) else math.nan
-    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+    return _scored(record, float(record.val_curve[-1]) if len(record.val_curve) else math.nan,
+                   metric)
 
 
 def final_test_score(record: EpisodeRecord, metric: str = "balanced_accuracy") -> float:
     """The final test metric of a run (``−ece`` for ``neg_ece``); a diverged run, or a
     non-finite value, scores the metric's worst value."""
-    value = -record.test["ece"] if metric == "neg_ece" else record.test[metric]
-    value = float(value)
-    return _floor(metric) if record.diverged or not math.isfinite(value) else value
+    return _scored(record, float(-record.test["ece"] if metric == "neg_ece"
+                                 else record.test[metric]), metric)
 
 
 def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
@@ -623,15 +613,9 @@ def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
     return factories[space](**config)
 
 
-def evaluate_configs(
-    space: str,
-    configs: Sequence[Mapping[str, Any]],
-    tasks: Sequence[TaskSpec],
-    *,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Table, list[list[EpisodeRecord]]]:
+def evaluate_configs(space: str, configs: Sequence[Mapping[str, Any]], tasks: Sequence[TaskSpec], *,
+                     metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                     max_members: int = 256) -> tuple[Table, list[list[EpisodeRecord]]]:
     """Run every configuration on every task as members of one batched rollout.
 
     Uses exactly ``len(configs) · len(tasks)`` inner training runs.
@@ -655,14 +639,11 @@ def evaluate_configs(
     policies = [policy_from_config(space, c) for c in configs for _ in tasks]
     records = rollout_members(policies, tasks * len(configs), f"search_{space}", metric,
                               device, max_members)
-    table: Table = []
-    per_config: list[list[EpisodeRecord]] = []
-    for k, config in enumerate(configs):
-        recs = records[k * len(tasks) : (k + 1) * len(tasks)]
-        scores = [final_val_score(r, metric) for r in recs]
-        table.append({**config, "score": float(np.mean(scores)), "task_scores": scores})
-        per_config.append(recs)
-    return table, per_config
+    n = len(tasks)
+    per_config = [records[k * n : (k + 1) * n] for k in range(len(configs))]
+    scores = [[final_val_score(r, metric) for r in recs] for recs in per_config]
+    return [{**config, "score": float(np.mean(s)), "task_scores": s}
+            for config, s in zip(configs, scores)], per_config
 
 
 def _best(table: Table, keys: Sequence[str], score: str = "score") -> Config:
@@ -679,16 +660,9 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 
-def grid_search(
-    space: str,
-    tasks: Sequence[TaskSpec],
-    *,
-    select: str = "val",
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-    **grid: Sequence[Any],
-) -> tuple[Config, Table]:
+def grid_search(space: str, tasks: Sequence[TaskSpec], *, select: str = "val",
+                metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                max_members: int = 256, **grid: Sequence[Any]) -> tuple[Config, Table]:
     """Grid-tune a rule family (:func:`policy_from_config`: ``"drw"``, ``"feedback"``,
     ``"constant"``, ...) on ``tasks`` by the mean final validation metric, all candidates as
     one batched rollout: ``candidates · len(tasks)`` inner training runs.
@@ -725,20 +699,17 @@ def grid_search(
     return _best(table, tuple(axes)), table
 
 
-def _extra_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
-    """The searched parameters besides γ and α (held constant over a run), checked."""
-    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
-    return tuple(p for p in params if p not in ("gamma", "alpha"))
-
-
 def _space_keys(space: str, parameters: Sequence[str] = DEFAULT_PARAMETERS
-                ) -> tuple[str, ...]:
-    extra = _extra_parameters(parameters)
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The config keys of a search space, and the searched parameters besides γ and α (held
+    constant over a run), checked."""
+    params = _check_parameters(parameters, "absolute", ("gamma", "alpha"))
+    extra = tuple(p for p in params if p not in ("gamma", "alpha"))
     if space == "constant":
-        return ("gamma", "alpha") + extra
+        return ("gamma", "alpha") + extra, extra
     if space in ("schedule", "mixed"):
         return ("gamma_start", "gamma_end", "shape", "drw_switch", "drw_alpha",
-                "alpha_start") + extra
+                "alpha_start") + extra, extra
     raise ValueError(f"space={space!r} is not known; choose one of {SEARCH_SPACES}")
 
 
@@ -752,17 +723,10 @@ def _check_budget(budget: int, tasks: list[TaskSpec]) -> int:
     return budget // len(tasks)
 
 
-def random_search(
-    tasks: Sequence[TaskSpec],
-    budget: int,
-    rng: np.random.Generator,
-    space: str = "constant",
-    *,
-    parameters: Sequence[str] = DEFAULT_PARAMETERS,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
+def random_search(tasks: Sequence[TaskSpec], budget: int, rng: np.random.Generator,
+                  space: str = "constant", *, parameters: Sequence[str] = DEFAULT_PARAMETERS,
+                  metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                  max_members: int = 256) -> tuple[Config, Table]:
     """Random search over a policy family, scored by mean final validation metric.
 
     ``budget`` counts inner training runs: each candidate is trained once on every task, so
@@ -790,29 +754,23 @@ def random_search(
         candidate in draw order, with ``candidate``, the config, ``score`` and ``task_scores``.
     """
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space, parameters)
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys(space, parameters)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     count = _check_budget(budget, tasks)
     configs: list[Config] = []
-    for _ in range(count):
+    for _ in range(count):  # uniform draws in the unit box, in the order of the keys
         if space == "constant":
-            config: Config = {"gamma": float(rng.uniform(*GAMMA_RANGE)),
-                              "alpha": float(rng.uniform(*ALPHA_RANGE))}
-        elif space == "mixed" and rng.random() < 0.5:
-            gamma, alpha = float(rng.uniform(*GAMMA_RANGE)), float(rng.uniform(*ALPHA_RANGE))
-            config = {"gamma_start": gamma, "gamma_end": gamma, "shape": "linear",
-                      "drw_switch": 0.0, "drw_alpha": alpha, "alpha_start": alpha}
+            config = _unit_to_config("constant", rng.random(2 + len(extra)), extra)
+        elif space == "mixed" and rng.random() < 0.5:  # a constant, as a schedule config
+            (gamma, alpha), rest = rng.random(2), rng.random(len(extra))
+            config = {**_unit_to_config("schedule", np.r_[gamma, gamma, alpha, 0.0, alpha, rest],
+                                        extra), "shape": "linear"}
         else:
-            config = {"gamma_start": float(rng.uniform(*GAMMA_RANGE)),
-                      "gamma_end": float(rng.uniform(*GAMMA_RANGE)),
-                      "shape": SHAPES[int(rng.integers(len(SHAPES)))],
-                      "drw_switch": float(rng.uniform(0.0, 1.0)),
-                      "drw_alpha": float(rng.uniform(*ALPHA_RANGE)),
-                      "alpha_start": float(rng.uniform(*ALPHA_RANGE))}
-        for name in extra:
-            config[name] = float(rng.uniform(*loss_params.ranges()[name][:2]))
+            gammas, shape = rng.random(2), SHAPES[int(rng.integers(len(SHAPES)))]
+            rest = rng.random(3 + len(extra))  # drw_switch, drw_alpha, alpha_start, extra
+            config = {**_unit_to_config("schedule", np.r_[gammas, rest[2], rest[:2], rest[3:]],
+                                        extra), "shape": shape}
         configs.append(config)
     table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
                                 max_members=max_members)
@@ -831,11 +789,11 @@ def best_constant(history: Table, parameters: Sequence[str] = DEFAULT_PARAMETERS
                   ) -> Config | None:
     """The best constant of a ``"mixed"`` (or ``"schedule"``) search history, as a
     :func:`constant_rule` config; None when no candidate was a constant."""
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys("schedule", parameters)
     rows = [row for row in history if is_constant_config(row)]
     if not rows:
         return None
-    best = _best(rows, _space_keys("schedule", parameters))
+    best = _best(rows, keys)
     alpha = best["drw_alpha"] if best["drw_switch"] <= 0.0 else best["alpha_start"]
     return {"gamma": best["gamma_start"], "alpha": alpha, **{k: best[k] for k in extra}}
 
@@ -874,30 +832,19 @@ def default_popsize(candidates: int, dim: int) -> int:
     return max(divisors) if divisors else candidates
 
 
-def cma_search(
-    tasks: Sequence[TaskSpec],
-    budget: int,
-    seed: int = 0,
-    space: str = "constant",
-    popsize: int | None = None,
-    sigma0: float = 0.3,
-    *,
-    parameters: Sequence[str] = DEFAULT_PARAMETERS,
-    metric: str = "balanced_accuracy",
-    device: str | torch.device = "auto",
-    max_members: int = 256,
-) -> tuple[Config, Table]:
+def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str = "constant",
+               popsize: int | None = None, sigma0: float = 0.3, *,
+               parameters: Sequence[str] = DEFAULT_PARAMETERS, metric: str = "balanced_accuracy",
+               device: str | torch.device = "auto", max_members: int = 256) -> tuple[Config, Table]:
     """CMA-ES (the ``cma`` package, ask/tell) over a policy family, maximising the mean final
     validation metric.
 
-    ``budget`` counts inner training runs: each candidate is trained once on every task, so
-    ``budget // len(tasks)`` candidates run (budget must be a multiple of len(tasks)), in
-    ``candidates / popsize`` generations of ``popsize`` candidates; a generation is one batched
-    rollout. CMA searches the unit box (bounds [0, 1], start at its centre, step ``sigma0``),
-    mapped linearly to ``"constant"``: (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``:
-    (gamma_start, gamma_end ∈ [0, 5], alpha_start, drw_switch, drw_alpha ∈ [0, 1]) with the
-    cosine shape (which contains the constants),
-    plus one coordinate per parameter of ``parameters`` besides γ and α, held constant.
+    ``budget`` counts inner training runs as in :func:`random_search`; the candidates run in
+    generations of ``popsize``, a generation one batched rollout. CMA searches the unit box
+    (bounds [0, 1], start at its centre, step ``sigma0``), mapped linearly to ``"constant"``:
+    (γ ∈ [0, 5], α ∈ [0, 1]) or ``"schedule"``: (gamma_start, gamma_end ∈ [0, 5], alpha_start,
+    drw_switch, drw_alpha ∈ [0, 1]) with the cosine shape (which contains the constants), plus
+    one coordinate per parameter of ``parameters`` besides γ and α, held constant.
     numpy's global random state, which pycma seeds and draws from, is restored afterwards.
 
     Args:
@@ -920,8 +867,7 @@ def cma_search(
     import cma
 
     tasks = _check_tasks(tasks)
-    keys = _space_keys(space, parameters)
-    extra = _extra_parameters(parameters)
+    keys, extra = _space_keys(space, parameters)
     seed = _check_int("seed", seed, 0)
     sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
     if sigma0 == 0.0:
@@ -942,11 +888,9 @@ def cma_search(
                          f"budget={budget} buys on {len(tasks)} tasks")
     state = np.random.get_state()
     try:
-        es = cma.CMAEvolutionStrategy(
-            [0.5] * dim, sigma0,
-            {"popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
-             "verb_log": 0, "verb_disp": 0},
-        )
+        es = cma.CMAEvolutionStrategy([0.5] * dim, sigma0, {
+            "popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
+            "verb_log": 0, "verb_disp": 0})
         history: Table = []
         for generation in range(count // popsize):
             points = es.ask()

@@ -82,6 +82,7 @@ from lossgym.losses import ParametricCriterion
 from lossgym.losses._kernel import (
     _Native,
     check_logits_targets,
+    check_reduction,
     check_target_bounds,
     check_targets,
     native_plan,
@@ -152,6 +153,15 @@ def _keys(values: object, required: Sequence[str], where: str) -> dict[str, Any]
     if missing or unknown:
         raise ValueError(f"{where} lacks {missing} or has unknown keys {unknown}")
     return values
+
+
+def _plain(value: Any) -> Any:
+    """A value of a checkpoint's state as plain numbers and lists (tensors in float64)."""
+    if isinstance(value, Tensor):
+        return value.detach().double().cpu().tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _check_counts(counts: object, where: str) -> Tensor:
@@ -317,8 +327,14 @@ class Controller(nn.Module):
         expected = _layer_shapes(self.layers, self.spec.dim, mapping.dim)
         _check_weights(expected, {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
                                  for k, v in tensors.items()})
-        self.net = self._build(self.layers)
-        self._load(tensors)
+        self.net = nn.ModuleList(
+            nn.Tanh() if layer["kind"] == "tanh" else nn.ReLU() if layer["kind"] == "relu"
+            else nn.LSTM(layer["input_size"], layer["hidden_size"]) if layer["kind"] == "lstm"
+            else nn.Linear(layer["in_features"], layer["out_features"]) for layer in self.layers)
+        for name, t in tensors.items():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"weight {name} holds NaN or infinite values")
+        self.net.load_state_dict(dict(tensors))
         self.net.requires_grad_(False)
         norm = _check_norm(None if obs_normalization is None else dict(obs_normalization),
                            self.spec.dim)
@@ -328,22 +344,6 @@ class Controller(nn.Module):
             self.register_buffer("obs_var", torch.tensor(norm["var"], dtype=torch.float64))
             self.register_buffer("obs_held", torch.tensor(norm.get("held", [False] * len(
                 norm["mean"]))))
-
-    def _build(self, layers: list[dict[str, Any]]) -> nn.ModuleList:
-        modules: list[nn.Module] = []
-        for layer in layers:
-            kind = layer["kind"]
-            modules.append(nn.Tanh() if kind == "tanh" else nn.ReLU() if kind == "relu"
-                           else nn.LSTM(layer["input_size"], layer["hidden_size"])
-                           if kind == "lstm" else
-                           nn.Linear(layer["in_features"], layer["out_features"]))
-        return nn.ModuleList(modules)
-
-    def _load(self, tensors: Mapping[str, Tensor]) -> None:
-        for name, t in tensors.items():
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"weight {name} holds NaN or infinite values")
-        self.net.load_state_dict(dict(tensors))
 
     @property
     def recurrent_state_size(self) -> int:
@@ -421,41 +421,49 @@ def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, 
     from lossgym import __version__
 
     folder = Path(out)
+    kind, entries = _describe(rule)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "lossgym_version": __version__,
-        "kind": "schedule" if isinstance(rule, LossSchedule)
-        else "method" if isinstance(rule, LossMethod) else "controller",
+        "kind": kind,
         "total_steps": _count(total_steps, "total_steps"),
         "class_counts": None if class_counts is None
         else _check_counts(class_counts, "class_counts").tolist(),
-        "source": dict(source or {}),
+        "source": dict(source or {}), **entries,
     }
-    if isinstance(rule, LossSchedule):
-        manifest["schedule"] = rule.to_dict()
-    elif isinstance(rule, LossMethod):
-        manifest["method"] = {**rule.to_dict(), "minibatches_per_step": _count(
-            minibatches_per_step, "minibatches_per_step")}
-    elif isinstance(rule, Controller):
+    if kind == "method":
+        manifest["method"]["minibatches_per_step"] = _count(minibatches_per_step,
+                                                            "minibatches_per_step")
+    elif kind == "controller":
         from safetensors.torch import save
 
         data = save(rule.tensors(), metadata={"format": "pt"})
         atomic_write(folder / WEIGHTS, lambda tmp: Path(tmp).write_bytes(data))
-        manifest["mapping"] = rule.mapping.to_dict()
-        manifest["features"] = rule.spec.to_dict()
-        manifest["base_rule"] = None if rule.base_rule is None else rule.base_rule.to_dict()
-        manifest["controller"] = {**rule.describe(), "weights": {
-            "file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}}
-    else:
-        raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, got "
-                         f"{type(rule).__name__}")
+        manifest["controller"]["weights"] = {"file": WEIGHTS,
+                                             "sha256": hashlib.sha256(data).hexdigest()}
     manifest["sha256"] = _digest(manifest)
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
-    if not isinstance(rule, Controller):
+    if kind != "controller":
         # A controller exported here before left its weights; the new manifest ignores them.
         (folder / WEIGHTS).unlink(missing_ok=True)
     return folder
+
+
+def _describe(rule: LossSchedule | Controller | LossMethod) -> tuple[str, dict[str, Any]]:
+    """The kind of ``rule`` and the manifest's entries that describe it (new dicts; a
+    controller's without its weights file)."""
+    if isinstance(rule, LossSchedule):
+        return "schedule", {"schedule": rule.to_dict()}
+    if isinstance(rule, LossMethod):
+        return "method", {"method": rule.to_dict()}
+    if isinstance(rule, Controller):
+        return "controller", {
+            "mapping": rule.mapping.to_dict(), "features": rule.spec.to_dict(),
+            "base_rule": None if rule.base_rule is None else rule.base_rule.to_dict(),
+            "controller": rule.describe()}
+    raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, got "
+                     f"{type(rule).__name__}")
 
 
 def _no_constant(name: str) -> None:
@@ -523,17 +531,13 @@ def read_export(path: str | Path
 
 def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | LossMethod:
     kind = manifest.get("kind")
-    common = ("format", "format_version", "lossgym_version", "kind", "total_steps",
-              "class_counts", "source")
-    if kind == "schedule":
-        _keys(manifest, common + ("schedule",), "the manifest")
-    elif kind == "controller":
-        extra = ("base_rule",) if manifest["format_version"] >= 2 else ()
-        _keys(manifest, common + ("mapping", "features", "controller") + extra, "the manifest")
-    elif kind == "method":
-        _keys(manifest, common + ("method",), "the manifest")
-    else:
+    entries = {"schedule": ("schedule",), "method": ("method",), "controller": (
+        "mapping", "features", "controller") + (("base_rule",) if manifest["format_version"] >= 2
+                                                else ())}
+    if kind not in entries:
         raise ValueError(f"kind {kind!r} is not known; an export is one of {KINDS}")
+    _keys(manifest, ("format", "format_version", "lossgym_version", "kind", "total_steps",
+                     "class_counts", "source") + entries[kind], "the manifest")
     _count(manifest["total_steps"], "total_steps")
     if manifest["class_counts"] is not None:
         _check_counts(manifest["class_counts"], "class_counts")
@@ -614,27 +618,23 @@ class GradientWatch:
     def __init__(self, loss: AdaptiveLoss, params: list[Tensor]) -> None:
         self._loss = loss
         self._params = params
-        self._seen = [False] * len(params)
-        self._count = 0
+        self._seen: set[int] = set()  # the parameters with their gradient in this pass
         self._handles = [p.register_post_accumulate_grad_hook(partial(self._on_grad, i))
                          for i, p in enumerate(params)]
 
     def _on_grad(self, i: int, _param: Tensor) -> None:
-        if self._seen[i]:
-            missing = len(self._params) - self._count
-            self._seen = [False] * len(self._params)
-            self._count = 0
+        if i in self._seen:
+            missing = len(self._params) - len(self._seen)
+            self._seen = set()
             if "unused" not in self._loss._warned:
                 self._loss._warned.add("unused")
                 warnings.warn(f"watch(): {missing} watched parameter(s) got no gradient in a "
                               "backward pass, so its gradient norm was not recorded; watch "
                               "only the parameters the loss depends on", UserWarning,
                               stacklevel=2)
-        self._seen[i] = True
-        self._count += 1
-        if self._count == len(self._params):
-            self._seen = [False] * len(self._params)
-            self._count = 0
+        self._seen.add(i)
+        if len(self._seen) == len(self._params):
+            self._seen = set()
             self._loss._record_norm([p.grad for p in self._params if p.grad is not None])
 
     def remove(self) -> None:
@@ -657,6 +657,20 @@ def _describe_model(model: nn.Module) -> dict[str, Any]:
 #: the engine's default MLP and batch size).
 SETUP_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-2, "batch_size": 128,
                                   "arch": "mlp", "width": 128}
+
+
+#: The checkpoint state's entries (:meth:`AdaptiveLoss.get_extra_state`) that are attributes
+#: of the loss, saved with :func:`_plain` and restored as checked (those in
+#: :data:`_TENSOR_STATE` as float32 tensors).
+_STATE_ATTRS = {"total_steps": "total_steps", "steps_done": "steps_done",
+                "num_classes": "_num_classes", "last_change": "_last_change",
+                "history": "history", "class_counts": "_counts",
+                "counts_inferred": "_counts_inferred", "seen": "_seen",
+                "observation": "observation", "ce": "_ce", "minibatch": "_minibatch",
+                "batch_size": "_batch_size", "period_sizes": "_period_sizes",
+                "model_setup": "_model_setup", "minibatches_per_step": "minibatches_per_step",
+                "temperature": "temperature"}
+_TENSOR_STATE = ("last_change", "class_counts", "seen", "observation")
 
 
 def _on(metrics: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -737,32 +751,18 @@ class AdaptiveLoss(nn.Module):
         self._model_setup: dict[str, Any] = {}
         self._batch_size: int | None = None
         self._mps_given = minibatches_per_step is not None
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be one of ('none', 'mean', 'sum'), got "
-                             f"{reduction!r}")
+        check_reduction(reduction)
         self.reduction = reduction
         self.total_steps = _count(total_steps, "total_steps")
-        self.schedule: LossSchedule | None = None
-        self.controller: Controller | None = None
-        self.method: LossMethod | None = None
-        if isinstance(rule, LossSchedule):
-            self.schedule = rule
-            self.controlled = rule.parameters
-            identity: Any = {"schedule": rule.to_dict()}
-        elif isinstance(rule, LossMethod):
-            self.method = rule
-            self.controlled = tuple(rule.hyper)
-            identity = {"method": rule.to_dict()}
-        elif isinstance(rule, Controller):
-            self.controller = rule
-            self.controlled = rule.mapping.parameters
-            identity = {"controller": rule.describe(), "mapping": rule.mapping.to_dict(),
-                        "features": rule.spec.to_dict(),
-                        "base_rule": None if rule.base_rule is None else rule.base_rule.to_dict(),
-                        "weights": _tensor_digest(rule.tensors())}
-        else:
-            raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, "
-                             f"got {type(rule).__name__}")
+        #: ``"schedule"``, ``"controller"`` or ``"method"``.
+        self.kind, identity = _describe(rule)
+        self.schedule = rule if isinstance(rule, LossSchedule) else None
+        self.controller = rule if isinstance(rule, Controller) else None
+        self.method = rule if isinstance(rule, LossMethod) else None
+        self.controlled: tuple[str, ...] = rule.parameters if self.schedule is not None \
+            else tuple(rule.hyper) if self.method is not None else rule.mapping.parameters
+        if self.controller is not None:
+            identity["weights"] = _tensor_digest(rule.tensors())
         #: Minibatches per period, for a method's deferred re-weighting.
         self.minibatches_per_step = _count(minibatches_per_step or 1, "minibatches_per_step")
         self._loss = ParametricCriterion(reduction=reduction)
@@ -837,13 +837,6 @@ class AdaptiveLoss(nn.Module):
         self._minibatch = 0  # training forwards in this period
 
     @property
-    def kind(self) -> str:
-        """``"schedule"``, ``"controller"`` or ``"method"``."""
-        if self.method is not None:
-            return "method"
-        return "schedule" if self.schedule is not None else "controller"
-
-    @property
     def params(self) -> dict[str, float]:
         """The current loss parameters (empty before the first period starts)."""
         return dict(self._kwargs)
@@ -905,10 +898,6 @@ class AdaptiveLoss(nn.Module):
         if all(isinstance(v, Tensor) for v in values):
             return torch.stack(values).float()
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
-
-    def _period_ce(self) -> Tensor:
-        """The mean of the period's recorded minibatch cross-entropies, ``[1]`` float32."""
-        return self._stacked(self._ce).mean().reshape(1)
 
     def _total_grad_norms(self) -> Tensor:
         """The period's gradient norms, one per recorded minibatch (a 1-D tensor)."""
@@ -1113,8 +1102,8 @@ class AdaptiveLoss(nn.Module):
             metrics = self._val_metrics(val_logits, val_targets)
             if train_loss is not None:
                 loss = torch.as_tensor(train_loss).detach().float().reshape(1)
-            elif self._ce:
-                loss = self._period_ce()
+            elif self._ce:  # the mean of the minibatches' recorded cross-entropies
+                loss = self._stacked(self._ce).mean().reshape(1)
             else:
                 loss = metrics["nll"]
             g_mean, g_std = self._gradient_stats(grad_norm, grad_norm_std)
@@ -1287,37 +1276,13 @@ class AdaptiveLoss(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """The run's state (plain numbers and lists), so ``state_dict()`` checkpoints it and
         ``torch.load(weights_only=True)`` reads it."""
-
-        def floats(t: Tensor | None) -> list | None:
-            return None if t is None else t.detach().double().cpu().tolist()
-
-        return {
-            "export_id": self.export_id,
-            "total_steps": self.total_steps,
-            "steps_done": self.steps_done,
-            "num_classes": self._num_classes,
-            "params": floats(self._params),
-            "last_change": floats(self._last_change),
-            "history": [dict(h) for h in self.history],
-            "class_counts": floats(self._counts),
-            "counts_inferred": self._counts_inferred,
-            "seen": floats(self._seen),
-            "state": None if self._state is None else [floats(s) for s in self._state],
-            "last_metrics": None if self._last_metrics is None
-            else {k: floats(v) for k, v in self._last_metrics.items()},
-            "observation": floats(self.observation),
-            "ce": [float(v) for v in self._ce],
-            "grad_norms": [float(v) for v in self._total_grad_norms()]
-            if self._grad_norms else [],
-            "minibatch": self._minibatch,
-            "batch_size": self._batch_size,
-            "period_sizes": list(self._period_sizes),
-            "model_setup": dict(self._model_setup),
-            "minibatches_per_step": self.minibatches_per_step,
-            "module": None if self._live is None or not self._live.state() else {
-                k: v.detach().cpu().tolist() for k, v in self._live.state().items()},
-            "temperature": self.temperature,
-        }
+        live = self._live.state() if self._live is not None else {}
+        return {"export_id": self.export_id,
+                **{key: _plain(getattr(self, attr)) for key, attr in _STATE_ATTRS.items()},
+                "params": _plain(self._params), "state": _plain(self._state),
+                "last_metrics": _plain(self._last_metrics),
+                "grad_norms": self._total_grad_norms().tolist() if self._grad_norms else [],
+                "module": {k: v.detach().cpu().tolist() for k, v in live.items()} or None}
 
     def set_extra_state(self, state: Any) -> None:
         """Restore :meth:`get_extra_state`'s state, checked entry by entry first: a state that
@@ -1328,15 +1293,8 @@ class AdaptiveLoss(nn.Module):
                              f" not by this one ({self.export_id!r})")
         st = self._checked_state(state)
         device = self._device()
-        self._fast = None
-
-        def tensor(values: list | None, dtype: torch.dtype = torch.float32,
-                   on: torch.device | None = None) -> Tensor | None:
-            return None if values is None else torch.tensor(values, dtype=dtype, device=on)
-
         live = None
-        params = tensor(st["params"])
-        if self.method is not None and (params is not None or st["module"]):
+        if self.method is not None and (st["params"] is not None or st["module"]):
             live = method_from_dict(self.method.to_dict(), 1, st["num_classes"], device)
             dtypes = {k: v.dtype for k, v in live.state().items()}
             module = st["module"] or {}
@@ -1348,56 +1306,41 @@ class AdaptiveLoss(nn.Module):
             except (RuntimeError, TypeError, ValueError) as err:
                 raise ValueError(f"state['module'] does not fit the method "
                                  f"{self.method.name!r}: {err}") from err
-        self.total_steps = st["total_steps"]
-        self.steps_done = st["steps_done"]
-        self._num_classes = st["num_classes"]
-        self._params = None
-        self._kwargs = {}
-        if params is not None:
-            self._set_params(params)
-        self._last_change = tensor(st["last_change"])
-        self.history = st["history"]
-        self._counts = tensor(st["class_counts"])
-        self._counts_inferred = st["counts_inferred"]
-        self._seen = tensor(st["seen"])
+        self._fast = None
+        for key, attr in _STATE_ATTRS.items():
+            value = st[key]
+            setattr(self, attr, value if key not in _TENSOR_STATE or value is None
+                    else torch.tensor(value, dtype=torch.float32))
+        self._grad_norms, self._params, self._kwargs = st["grad_norms"], None, {}
+        if st["params"] is not None:
+            self._set_params(torch.tensor(st["params"], dtype=torch.float32))
         self._state = None if st["state"] is None \
-            else tuple(tensor(s, on=device) for s in st["state"])  # type: ignore[assignment]
+            else tuple(torch.tensor(s, dtype=torch.float32, device=device) for s in st["state"])
         metrics = st["last_metrics"]
         self._last_metrics = None if metrics is None else {
-            k: tensor(v, torch.bool if k == "class_present" else torch.float32, device)
-            for k, v in metrics.items()}
-        self.observation = tensor(st["observation"])
-        self._ce = st["ce"]
-        self._grad_norms = st["grad_norms"]
-        self._minibatch = st["minibatch"]
-        self._batch_size = st["batch_size"]
-        self._period_sizes = st["period_sizes"]
-        self._model_setup = st["model_setup"]
-        self.minibatches_per_step = st["minibatches_per_step"]
-        self.temperature = st["temperature"]
+            k: torch.tensor(v, dtype=torch.bool if k == "class_present" else torch.float32,
+                            device=device) for k, v in metrics.items()}
         self.__dict__["_live"] = live
-        if self.method is not None and params is not None:
+        if self.method is not None and st["params"] is not None:
             self._describe_method()
 
     def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The entries of a saved state, each checked against what this loss saves (types,
         lengths, ranges); entries that older checkpoints lack take their defaults."""
-        optional = {"minibatch": 0, "batch_size": None, "period_sizes": [], "model_setup": {},
+        defaults = {"minibatch": 0, "batch_size": None, "period_sizes": [], "model_setup": {},
                     "minibatches_per_step": self.minibatches_per_step, "module": None,
                     "temperature": None}
         required = ("export_id", "total_steps", "steps_done", "num_classes", "params",
                     "last_change", "history", "class_counts", "counts_inferred", "seen",
                     "state", "last_metrics", "observation", "ce", "grad_norms")
         missing = [k for k in required if k not in state]
-        unknown = sorted(set(state) - set(required) - set(optional))
+        unknown = sorted(set(state) - set(required) - set(defaults))
         if missing or unknown:
             raise ValueError(f"the saved state lacks {missing} or has unknown entries {unknown}")
-        st = {**optional, **state}
-        out: dict[str, Any] = {"total_steps": _count(st["total_steps"], "state['total_steps']"),
-                               "steps_done": _count(st["steps_done"], "state['steps_done']", 0)}
-        c = st["num_classes"]
-        out["num_classes"] = None if c is None else _count(c, "state['num_classes']")
-        d = len(self.controlled)
+        st = {**defaults, **state}
+
+        def fail(key: str, wanted: str) -> None:
+            raise ValueError(f"state[{key!r}] must be {wanted}, got {st[key]!r:.80}")
 
         def numbers(key: str, length: int | None = None, low: float = -math.inf,
                     optional: bool = False) -> list[float] | None:
@@ -1405,16 +1348,9 @@ class AdaptiveLoss(nn.Module):
             if values is None and optional:
                 return None
             if not isinstance(values, list) or (length is not None and len(values) != length):
-                wanted = "" if length is None else f"{length} "
-                raise ValueError(f"state[{key!r}] must be a list of {wanted}numbers"
-                                 f"{' or None' if optional else ''}, got {values!r:.80}")
+                fail(key, f"a list of {'' if length is None else f'{length} '}numbers"
+                          f"{' or None' if optional else ''}")
             return [_real(v, f"state[{key!r}][{i}]", low) for i, v in enumerate(values)]
-
-        def integers(key: str, low: int) -> list[int]:
-            values = st[key]
-            if not isinstance(values, list):
-                raise ValueError(f"state[{key!r}] must be a list of integers, got {values!r:.80}")
-            return [_count(v, f"state[{key!r}][{i}]", low) for i, v in enumerate(values)]
 
         def array(values: object, where: str, shape: tuple[int, ...] | None) -> list:
             try:
@@ -1427,9 +1363,14 @@ class AdaptiveLoss(nn.Module):
                                  f"{tuple(t.shape)}")
             return values  # type: ignore[return-value]
 
+        out: dict[str, Any] = {}
+        for key, low in (("total_steps", 1), ("steps_done", 0), ("num_classes", 1),
+                         ("minibatch", 0), ("batch_size", 1), ("minibatches_per_step", 1)):
+            out[key] = None if st[key] is None and key in ("num_classes", "batch_size") \
+                else _count(st[key], f"state[{key!r}]", low)
+        d, classes = len(self.controlled), out["num_classes"]
         out["params"] = numbers("params", d, optional=True)
         out["last_change"] = numbers("last_change", d)
-        classes = out["num_classes"]
         for key in ("class_counts", "seen"):
             out[key] = numbers(key, classes, 0.0, optional=True)
             if out[key] is not None and classes is None:
@@ -1437,8 +1378,7 @@ class AdaptiveLoss(nn.Module):
         history = st["history"]
         if not isinstance(history, list) or not all(
                 isinstance(h, dict) and all(isinstance(k, str) for k in h) for h in history):
-            raise ValueError(f"state['history'] must be a list of {{name: number}} objects, "
-                             f"got {history!r:.80}")
+            fail("history", "a list of {name: number} objects")
         out["history"] = [{k: _real(v, f"state['history'][{i}][{k!r}]") for k, v in h.items()}
                           for i, h in enumerate(history)]
         if not isinstance(st["counts_inferred"], bool):
@@ -1465,20 +1405,17 @@ class AdaptiveLoss(nn.Module):
             raise ValueError(f"state['observation'] must be None for a {self.kind}")
         out["ce"] = numbers("ce")
         out["grad_norms"] = numbers("grad_norms", low=0.0)
-        out["minibatch"] = _count(st["minibatch"], "state['minibatch']", 0)
-        out["batch_size"] = None if st["batch_size"] is None \
-            else _count(st["batch_size"], "state['batch_size']")
-        out["period_sizes"] = integers("period_sizes", 1)
+        if not isinstance(st["period_sizes"], list):
+            fail("period_sizes", "a list of integers")
+        out["period_sizes"] = [_count(v, f"state['period_sizes'][{i}]")
+                               for i, v in enumerate(st["period_sizes"])]
         setup = st["model_setup"]
         if not isinstance(setup, dict) or set(setup) - {"arch", "width"} \
                 or setup.get("arch", "mlp") not in ("mlp", "cnn"):
-            raise ValueError(f"state['model_setup'] must be {{'arch': 'mlp' or 'cnn', 'width': "
-                             f"n}} or empty, got {setup!r:.80}")
+            fail("model_setup", "{'arch': 'mlp' or 'cnn', 'width': n} or empty")
         if "width" in setup:
             _count(setup["width"], "state['model_setup']['width']")
         out["model_setup"] = dict(setup)
-        out["minibatches_per_step"] = _count(st["minibatches_per_step"],
-                                             "state['minibatches_per_step']")
         module = st["module"]
         if module is not None and (self.method is None or not isinstance(module, dict)):
             raise ValueError(f"state['module'] must be None for a {self.kind}"
@@ -1486,8 +1423,7 @@ class AdaptiveLoss(nn.Module):
                              "state['module'] must be None or a {name: values} object")
         out["module"] = module
         t = st["temperature"]
-        out["temperature"] = None if t is None \
-            else _real(t, "state['temperature']", 1e-12)
+        out["temperature"] = None if t is None else _real(t, "state['temperature']", 1e-12)
         return out
 
     def extra_repr(self) -> str:

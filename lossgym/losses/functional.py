@@ -85,19 +85,10 @@ def _class_weight(weight: Tensor | float | None, targets: Tensor, logits: Tensor
     return None, 1.0 if weight is None else weight
 
 
-# ---------------------------------------------------------------------------------------------
-# Focal losses
-# ---------------------------------------------------------------------------------------------
-
-
-def focal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    gamma: float | Tensor = 2.0,
-    alpha: float | Tensor | None = None,
-    reduction: str = "mean",
-    eps: float = 1e-6,
-) -> Tensor:
+# ------------------------------------------------------------------------------------- focal losses
+def focal_loss(logits: Tensor, targets: Tensor, gamma: float | Tensor = 2.0,
+               alpha: float | Tensor | None = None, reduction: str = "mean",
+               eps: float = 1e-6) -> Tensor:
     r"""Softmax multi-class focal loss (Lin et al., "Focal Loss for Dense Object Detection",
     ICCV 2017, arXiv:1708.02002).
 
@@ -129,13 +120,8 @@ def focal_loss(
     return loss if isinstance(scale, float) and scale == 1.0 else loss * scale
 
 
-def sigmoid_focal_loss(
-    inputs: Tensor,
-    targets: Tensor,
-    alpha: float = 0.25,
-    gamma: float | Tensor = 2.0,
-    reduction: str = "none",
-) -> Tensor:
+def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
+                       gamma: float | Tensor = 2.0, reduction: str = "none") -> Tensor:
     r"""Binary / multi-label sigmoid focal loss with ``torchvision.ops.sigmoid_focal_loss``
     semantics (Lin et al., ICCV 2017, arXiv:1708.02002).
 
@@ -153,10 +139,8 @@ def sigmoid_focal_loss(
     """
     check_reduction(reduction)
     if inputs.shape != targets.shape:
-        raise ValueError(
-            f"inputs and targets must have the same shape, got {tuple(inputs.shape)} and "
-            f"{tuple(targets.shape)}"
-        )
+        raise ValueError(f"inputs and targets must have the same shape, got "
+                         f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
     check_range(gamma, "gamma", 0.0)
     g = align(gamma, inputs.shape, "gamma", inputs)
     targets = targets.to(dtype=inputs.dtype)
@@ -169,11 +153,7 @@ def sigmoid_focal_loss(
     return reduce(loss, reduction)
 
 
-# ---------------------------------------------------------------------------------------------
-# Class weights
-# ---------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------ class weights
 def class_balanced_weights(class_counts: Tensor, beta: float | Tensor = 0.9999) -> Tensor:
     r"""Class-balanced weights from the effective number of samples (Cui et al.,
     "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019).
@@ -230,9 +210,8 @@ def power_class_weights(class_counts: Tensor, alpha: float | Tensor) -> Tensor:
     return log_w.exp()
 
 
-def drw_weights(
-    class_counts: Tensor, progress: float | Tensor, switch: float = 0.8, beta: float = 0.9999
-) -> Tensor:
+def drw_weights(class_counts: Tensor, progress: float | Tensor, switch: float = 0.8,
+                beta: float = 0.9999) -> Tensor:
     r"""Deferred re-weighting (DRW) schedule of Cao et al., "Learning Imbalanced Datasets with
     Label-Distribution-Aware Margin Loss", NeurIPS 2019.
 
@@ -252,18 +231,10 @@ def drw_weights(
     return torch.where(p >= switch, cb, torch.ones_like(cb))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cross-entropy variants
-# ---------------------------------------------------------------------------------------------
-
-
-def weighted_cross_entropy(
-    logits: Tensor,
-    targets: Tensor,
-    weight: Tensor | None = None,
-    label_smoothing: float | Tensor = 0.0,
-    reduction: str = "mean",
-) -> Tensor:
+# --------------------------------------------------------------------------- cross-entropy variants
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None = None,
+                           label_smoothing: float | Tensor = 0.0,
+                           reduction: str = "mean") -> Tensor:
     r"""Class-weighted, label-smoothed cross-entropy.
 
     .. math:: \ell_i = -w_{y_i}\Big[(1 - \varepsilon)\log p_{y_i}
@@ -287,13 +258,8 @@ def weighted_cross_entropy(
                         reduction)
 
 
-def logit_adjusted_cross_entropy(
-    logits: Tensor,
-    targets: Tensor,
-    class_counts: Tensor,
-    tau: float | Tensor = 1.0,
-    reduction: str = "mean",
-) -> Tensor:
+def logit_adjusted_cross_entropy(logits: Tensor, targets: Tensor, class_counts: Tensor,
+                                 tau: float | Tensor = 1.0, reduction: str = "mean") -> Tensor:
     r"""Logit-adjusted cross-entropy (Menon et al., "Long-tail learning via logit adjustment",
     ICLR 2021).
 
@@ -306,9 +272,8 @@ def logit_adjusted_cross_entropy(
     return parametric_loss(logits, targets, class_counts, reduction, tau=tau)
 
 
-def poly1_cross_entropy(
-    logits: Tensor, targets: Tensor, epsilon: float | Tensor = 1.0, reduction: str = "mean"
-) -> Tensor:
+def poly1_cross_entropy(logits: Tensor, targets: Tensor, epsilon: float | Tensor = 1.0,
+                        reduction: str = "mean") -> Tensor:
     r"""Poly-1 cross-entropy (Leng et al., "PolyLoss: A Polynomial Expansion Perspective of
     Classification Loss Functions", ICLR 2022).
 
@@ -321,11 +286,7 @@ def poly1_cross_entropy(
     return modulated_ce(logits, targets, Terms(poly_epsilon=epsilon), reduction)
 
 
-# ---------------------------------------------------------------------------------------------
-# LDAM
-# ---------------------------------------------------------------------------------------------
-
-
+# --------------------------------------------------------------------------------------------- LDAM
 def ldam_margins(class_counts: Tensor, max_margin: float | Tensor = 0.5) -> Tensor:
     r"""Label-distribution-aware margins (Cao et al., NeurIPS 2019):
 
@@ -345,15 +306,9 @@ def ldam_margins(class_counts: Tensor, max_margin: float | Tensor = 0.5) -> Tens
     return unit * _member_param(max_margin, counts, "max_margin")
 
 
-def ldam_loss(
-    logits: Tensor,
-    targets: Tensor,
-    class_counts: Tensor,
-    max_margin: float | Tensor = 0.5,
-    scale: float | Tensor = 30.0,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+def ldam_loss(logits: Tensor, targets: Tensor, class_counts: Tensor,
+              max_margin: float | Tensor = 0.5, scale: float | Tensor = 30.0,
+              weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
     r"""LDAM loss (Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
     Margin Loss", NeurIPS 2019).
 
@@ -383,11 +338,7 @@ def ldam_loss(
                         reduction)
 
 
-# ---------------------------------------------------------------------------------------------
-# Calibration-oriented focal variants
-# ---------------------------------------------------------------------------------------------
-
-
+# -------------------------------------------------------------- calibration-oriented focal variants
 def flsd53_gamma(logits: Tensor, targets: Tensor) -> Tensor:
     r"""Sample-dependent gamma of FLSD-53 (Mukhoti et al., "Calibrating Deep Neural Networks
     using Focal Loss", NeurIPS 2020): :math:`\gamma = 5` if :math:`p_t < 0.2` else 3, from the
@@ -412,9 +363,8 @@ def _bin_index(values: Tensor, bin_edges: Tensor, name: str = "bin_edges") -> Te
     Values outside the edges go to the first / last bin, as in the reference implementation.
     """
     if bin_edges.ndim == 0 or bin_edges.shape[-1] < 2:
-        raise ValueError(
-            f"{name} must have shape [K+1] or [..., K+1] with K >= 1, got {tuple(bin_edges.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [K+1] or [..., K+1] with K >= 1, got "
+                         f"{tuple(bin_edges.shape)}")
     edges = align_class(bin_edges, values.shape[:-1], bin_edges.shape[-1], name, values)
     interior = edges[..., 1:-1]
     if bin_edges.ndim == 1:
@@ -423,14 +373,8 @@ def _bin_index(values: Tensor, bin_edges: Tensor, name: str = "bin_edges") -> Te
     return torch.searchsorted(interior.contiguous(), values.contiguous(), right=True)
 
 
-def adafocal_loss(
-    logits: Tensor,
-    targets: Tensor,
-    gamma_bins: Tensor,
-    bin_edges: Tensor,
-    reduction: str = "mean",
-    eps: float = 1e-6,
-) -> Tensor:
+def adafocal_loss(logits: Tensor, targets: Tensor, gamma_bins: Tensor, bin_edges: Tensor,
+                  reduction: str = "mean", eps: float = 1e-6) -> Tensor:
     r"""AdaFocal loss (Ghosh, Schaaf & Gormley, "AdaFocal: Calibration-aware Adaptive Focal
     Loss", NeurIPS 2022).
 
@@ -462,10 +406,9 @@ def adafocal_loss(
     idx = _bin_index(p_t.detach(), bin_edges)
     gb = align_class(gamma_bins, targets.shape, gamma_bins.shape[-1], "gamma_bins", logits)
     if bin_edges.shape[-1] != gamma_bins.shape[-1] + 1:
-        raise ValueError(
-            f"bin_edges must have K+1 = {gamma_bins.shape[-1] + 1} entries in its last dim for "
-            f"gamma_bins with K = {gamma_bins.shape[-1]}, got shape {tuple(bin_edges.shape)}"
-        )
+        raise ValueError(f"bin_edges must have K+1 = {gamma_bins.shape[-1] + 1} entries in its "
+                         f"last dim for gamma_bins with K = {gamma_bins.shape[-1]}, got shape "
+                         f"{tuple(bin_edges.shape)}")
     gamma = gb.expand(tuple(targets.shape) + (gb.shape[-1],)).gather(-1, idx.unsqueeze(-1))
     gamma = gamma.squeeze(-1)
     # One pow for both regimes; the floor keeps the focal branch's gradient finite at p_t = 1.
@@ -474,15 +417,9 @@ def adafocal_loss(
     return reduce(loss, reduction)
 
 
-def adafocal_update(
-    gamma_bins: Tensor,
-    val_confidence_per_bin: Tensor,
-    val_accuracy_per_bin: Tensor,
-    lam: float = 1.0,
-    switch_threshold: float = 0.2,
-    gamma_min: float = -2.0,
-    gamma_max: float = 20.0,
-) -> Tensor:
+def adafocal_update(gamma_bins: Tensor, val_confidence_per_bin: Tensor,
+                    val_accuracy_per_bin: Tensor, lam: float = 1.0, switch_threshold: float = 0.2,
+                    gamma_min: float = -2.0, gamma_max: float = 20.0) -> Tensor:
     r"""One AdaFocal gamma update (Ghosh et al., NeurIPS 2022), applied per bin.
 
     With the validation calibration gap :math:`E_b = C_b - A_b` (mean confidence minus accuracy
@@ -518,9 +455,8 @@ def adafocal_update(
     return new.clamp(gamma_min, gamma_max)
 
 
-def calibration_bin_stats(
-    logits: Tensor, targets: Tensor, bin_edges: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def calibration_bin_stats(logits: Tensor, targets: Tensor,
+                          bin_edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-bin mean confidence, accuracy and count of (validation) predictions.
 
     Confidence is the top-1 softmax probability and accuracy whether the top-1 class equals the
@@ -566,17 +502,9 @@ def equal_mass_bin_edges(confidences: Tensor, n_bins: int) -> Tensor:
     return torch.cat([lo, inner, lo + 1.0], dim=-1)
 
 
-# ---------------------------------------------------------------------------------------------
-# AdaLoss
-# ---------------------------------------------------------------------------------------------
-
-
-def adaloss(
-    per_class_loss: Tensor,
-    running_mean: Tensor,
-    eps: float = 1e-8,
-    present: Tensor | None = None,
-) -> Tensor:
+# ------------------------------------------------------------------------------------------ AdaLoss
+def adaloss(per_class_loss: Tensor, running_mean: Tensor, eps: float = 1e-8,
+            present: Tensor | None = None) -> Tensor:
     r"""AdaLoss balancing (Hu, Dey, Hebert & Bagnell, "Learning Anytime Predictions in Neural
     Networks via Adaptive Loss Balancing", AAAI 2019), adapted to class balancing.
 
@@ -598,11 +526,7 @@ def adaloss(
     return ratio.sum(dim=-1) / present.sum(dim=-1).clamp_min(1).to(ratio.dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# Gradient gate
-# ---------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------------ gradient gate
 def gradient_gate_weights(logits: Tensor, targets: Tensor, strength: float | Tensor) -> Tensor:
     r"""Per-sample gate weights from the cross-entropy gradient size (GHM-C-like; the
     gradient-norm signal is from Li, Liu & Wang, "Gradient Harmonized Single-stage Detector",
@@ -623,9 +547,8 @@ def gradient_gate_weights(logits: Tensor, targets: Tensor, strength: float | Ten
     return gate_weights(-torch.expm1(logp_t), s)
 
 
-def gradient_gated_cross_entropy(
-    logits: Tensor, targets: Tensor, strength: float | Tensor, reduction: str = "mean"
-) -> Tensor:
+def gradient_gated_cross_entropy(logits: Tensor, targets: Tensor, strength: float | Tensor,
+                                 reduction: str = "mean") -> Tensor:
     r"""Cross-entropy reweighted by :func:`gradient_gate_weights`, normalised per member:
 
     .. math:: L = \frac{\sum_i w_i \ell_i}{\sum_i w_i}

@@ -34,20 +34,25 @@ def _fmt(value: object) -> str:
             return str([round(v, 4) for v in value.flatten().tolist()]) + (
                 f" (shape {tuple(value.shape)})" if value.ndim != 1 else "")
         return f"tensor(shape={tuple(value.shape)})"
-    return repr(value)
+    return repr(value) if isinstance(value, str) else str(value)
 
 
+class _Loss(nn.Module):
+    """A loss module whose ``repr`` shows the attributes named in ``_shown``."""
 
-class FocalLoss(nn.Module):
+    _shown: tuple[str, ...] = ()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={_fmt(getattr(self, name))}" for name in self._shown)
+
+
+class FocalLoss(_Loss):
     """Module wrapper of :func:`focal_loss`."""
 
-    def __init__(
-        self,
-        gamma: float | Tensor = 2.0,
-        alpha: float | Tensor | None = None,
-        reduction: str = "mean",
-        eps: float = 1e-6,
-    ) -> None:
+    _shown = ("gamma", "alpha", "reduction", "eps")
+
+    def __init__(self, gamma: float | Tensor = 2.0, alpha: float | Tensor | None = None,
+                 reduction: str = "mean", eps: float = 1e-6) -> None:
         super().__init__()
         check_reduction(reduction)
         _store(self, "gamma", gamma)
@@ -58,16 +63,12 @@ class FocalLoss(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return focal_loss(logits, targets, self.gamma, self.alpha, self.reduction, self.eps)
 
-    def extra_repr(self) -> str:
-        return (
-            f"gamma={_fmt(self.gamma)}, alpha={_fmt(self.alpha)}, "
-            f"reduction={self.reduction!r}, eps={self.eps}"
-        )
 
-
-class ParametricLoss(nn.Module):
+class ParametricLoss(_Loss):
     """Module wrapper of :func:`parametric_loss`; parameters (the keywords of
     :mod:`lossgym.params`) can be reassigned between steps (``loss.gamma = 2.0``)."""
+
+    _shown = (*loss_params.names(), "class_counts", "reduction")
 
     def __init__(self, class_counts: Tensor | None = None, reduction: str = "mean",
                  **values: float | Tensor) -> None:
@@ -85,24 +86,16 @@ class ParametricLoss(nn.Module):
         return parametric_loss(logits, targets, self.class_counts, self.reduction,
                                **{p.name: getattr(self, p.name) for p in loss_params.LOSS_PARAMS})
 
-    def extra_repr(self) -> str:
-        parts = [f"{p.name}={_fmt(getattr(self, p.name))}" for p in loss_params.LOSS_PARAMS]
-        return ", ".join(parts + [f"class_counts={_fmt(self.class_counts)}",
-                                  f"reduction={self.reduction!r}"])
 
-
-class LDAMLoss(nn.Module):
+class LDAMLoss(_Loss):
     """Module wrapper of :func:`ldam_loss`; ``weight`` can be set per epoch (e.g. from
     :func:`drw_weights`)."""
 
-    def __init__(
-        self,
-        class_counts: Tensor,
-        max_margin: float | Tensor = 0.5,
-        scale: float | Tensor = 30.0,
-        weight: Tensor | None = None,
-        reduction: str = "mean",
-    ) -> None:
+    _shown = ("max_margin", "scale", "weight", "class_counts", "reduction")
+
+    def __init__(self, class_counts: Tensor, max_margin: float | Tensor = 0.5,
+                 scale: float | Tensor = 30.0, weight: Tensor | None = None,
+                 reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         self.register_buffer("class_counts", class_counts.detach().clone())
@@ -112,25 +105,11 @@ class LDAMLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return ldam_loss(
-            logits,
-            targets,
-            self.class_counts,
-            self.max_margin,
-            self.scale,
-            self.weight,
-            self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"max_margin={_fmt(self.max_margin)}, scale={_fmt(self.scale)}, "
-            f"weight={_fmt(self.weight)}, class_counts={_fmt(self.class_counts)}, "
-            f"reduction={self.reduction!r}"
-        )
+        return ldam_loss(logits, targets, self.class_counts, self.max_margin, self.scale,
+                         self.weight, self.reduction)
 
 
-class AdaFocalLoss(nn.Module):
+class AdaFocalLoss(_Loss):
     """Stateful AdaFocal (Ghosh et al., NeurIPS 2022): per-bin gammas and bin edges as buffers.
 
     Call :meth:`update` with validation logits/targets (the paper: once per epoch) to apply
@@ -139,18 +118,13 @@ class AdaFocalLoss(nn.Module):
     then also used to bin training samples.  Initial edges are uniform on [0, 1].
     """
 
-    def __init__(
-        self,
-        n_bins: int = 15,
-        gamma_init: float = 1.0,
-        num_members: int | None = None,
-        lam: float = 1.0,
-        switch_threshold: float = 0.2,
-        gamma_min: float = -2.0,
-        gamma_max: float = 20.0,
-        equal_mass_bins: bool = True,
-        reduction: str = "mean",
-    ) -> None:
+    _shown = ("n_bins", "gamma_bins", "lam", "switch_threshold", "gamma_min", "gamma_max",
+              "equal_mass_bins", "reduction")
+
+    def __init__(self, n_bins: int = 15, gamma_init: float = 1.0, num_members: int | None = None,
+                 lam: float = 1.0, switch_threshold: float = 0.2, gamma_min: float = -2.0,
+                 gamma_max: float = 20.0, equal_mass_bins: bool = True,
+                 reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         if n_bins < 1:
@@ -174,37 +148,20 @@ class AdaFocalLoss(nn.Module):
     def update(self, val_logits: Tensor, val_targets: Tensor) -> None:
         """One gamma update from validation predictions ``[..., V, C]`` / ``[..., V]``."""
         if tuple(val_targets.shape[:-1]) != tuple(self.gamma_bins.shape[:-1]):
-            raise ValueError(
-                f"val_targets has shape {tuple(val_targets.shape)}, but the gamma state "
-                f"{tuple(self.gamma_bins.shape)} needs leading dims "
-                f"{tuple(self.gamma_bins.shape[:-1])}"
-            )
+            raise ValueError(f"val_targets has shape {tuple(val_targets.shape)}, but the gamma "
+                             f"state {tuple(self.gamma_bins.shape)} needs leading dims "
+                             f"{tuple(self.gamma_bins.shape[:-1])}")
         if self.equal_mass_bins:
             conf = F.softmax(val_logits.float(), dim=-1).amax(dim=-1)
             edges = equal_mass_bin_edges(conf, self.n_bins)
             self.bin_edges.copy_(edges.to(self.bin_edges).expand_as(self.bin_edges))
         confidence, accuracy, _ = calibration_bin_stats(val_logits, val_targets, self.bin_edges)
-        new = adafocal_update(
-            self.gamma_bins,
-            confidence,
-            accuracy,
-            self.lam,
-            self.switch_threshold,
-            self.gamma_min,
-            self.gamma_max,
-        )
+        new = adafocal_update(self.gamma_bins, confidence, accuracy, self.lam,
+                              self.switch_threshold, self.gamma_min, self.gamma_max)
         self.gamma_bins.copy_(new.expand_as(self.gamma_bins))
 
-    def extra_repr(self) -> str:
-        return (
-            f"n_bins={self.n_bins}, gamma_bins={_fmt(self.gamma_bins)}, lam={self.lam}, "
-            f"switch_threshold={self.switch_threshold}, gamma_min={self.gamma_min}, "
-            f"gamma_max={self.gamma_max}, equal_mass_bins={self.equal_mass_bins}, "
-            f"reduction={self.reduction!r}"
-        )
 
-
-class AdaLoss(nn.Module):
+class AdaLoss(_Loss):
     """Stateful class-balanced AdaLoss (our adaptation of Hu et al., AAAI 2019; see
     :func:`adaloss`).
 
@@ -217,14 +174,10 @@ class AdaLoss(nn.Module):
     ``"mean"`` (default), ``"sum"``, or ``"none"`` (shape ``[N]``, or ``[]`` without members).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        momentum: float = 0.9,
-        num_members: int | None = None,
-        eps: float = 1e-8,
-        reduction: str = "mean",
-    ) -> None:
+    _shown = ("num_classes", "num_members", "momentum", "eps", "reduction")
+
+    def __init__(self, num_classes: int, momentum: float = 0.9, num_members: int | None = None,
+                 eps: float = 1e-8, reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
         if not 0.0 <= momentum < 1.0:
@@ -242,10 +195,8 @@ class AdaLoss(nn.Module):
         check_targets(logits, targets)
         expected = tuple(targets.shape[:-1]) + (self.num_classes,)
         if tuple(self.running_mean.shape) != expected or logits.shape[-1] != self.num_classes:
-            raise ValueError(
-                f"AdaLoss state has shape {tuple(self.running_mean.shape)} but logits "
-                f"{tuple(logits.shape)} need {expected}"
-            )
+            raise ValueError(f"AdaLoss state has shape {tuple(self.running_mean.shape)} but "
+                             f"logits {tuple(logits.shape)} need {expected}")
         ce = -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         zeros = ce.new_zeros(expected)
         sums = zeros.scatter_add(-1, targets, ce)
@@ -261,9 +212,3 @@ class AdaLoss(nn.Module):
                 self.initialized |= present
         m = torch.where(self.initialized, self.running_mean.to(per_class), per_class.detach())
         return reduce(adaloss(per_class, m, self.eps, present), self.reduction)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, num_members={self.num_members}, "
-            f"momentum={self.momentum}, eps={self.eps}, reduction={self.reduction!r}"
-        )
