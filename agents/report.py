@@ -970,4 +970,13 @@ def _verdict(
     passed = outcomes.count("PASS")
     evaluated = len(outcomes) - outcomes.count("N/A")
     lines += ["", f"**Overall: {passed} of {evaluated} evaluated targets hold.**"]
+    # What the policy's variation adds over a constant at its mean action and over its base
+    # rule (its zero action): the gap between a learned schedule and a tuned constant.
+    added = [(other, paired(other)) for other in ("agent_mean_action", "base_rule")]
+    added = [f"`{agent}` − `{other}`: {_signed(d['mean'])} points "
+             f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}"
+             for other, d in added if d is not None]
+    if added:
+        lines += ["", "What the policy adds over its own mean action (a constant) and over its "
+                  "base rule (its zero action): " + "; ".join(added) + "."]
     return lines

@@ -523,6 +523,16 @@ def test_verdict_targets_control_and_no_task_worse_than_ce(tmp_path):
     verdict = _section(_write(tmp_path, records + replay).read_text(), "## Verdict")
     assert "3. **PASS**" in verdict and "4. **PASS**" in verdict
     assert "4 of 4 evaluated targets hold" in verdict
+    assert "What the policy adds" not in verdict  # no mean-action or base-rule runs
+    # The agent's gain over a constant at its mean action and over its base rule.
+    constant = [_record(t, "agent_mean_action", r.test["balanced_accuracy"] - 0.02)
+                for t, r in agent.items()]
+    base = [_record(t, "base_rule", r.test["balanced_accuracy"] + 0.03)
+            for t, r in agent.items()]
+    verdict = _section(_write(tmp_path / "adds", records + replay + constant + base
+                              ).read_text(), "## Verdict")
+    assert "`agent` − `agent_mean_action`: +2.00 points [+2.00, +2.00]" in verdict
+    assert "`agent` − `base_rule`: -3.00 points [-3.00, -3.00]" in verdict
     # Replaying the task's mean trajectory does as well: a schedule, not control.
     same = [_record(t, "agent_task_replay", r.test["balanced_accuracy"])
             for t, r in agent.items()]
