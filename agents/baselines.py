@@ -20,8 +20,9 @@ the test metric. The one exception is :func:`oracle_constant`, which picks the b
 loss on the test metric and is an upper bound for static losses, not a baseline. Budgets are
 counted in *inner training runs*: one candidate configuration trained once on one task.
 
-Built-in methods that the action space cannot express (LDAM-DRW, FLSD-53, AdaFocal...) are named
-in :data:`METHOD_BASELINES` and run through :func:`agents.rollout.rollout_method`;
+Built-in methods (LDAM-DRW, FLSD-53, AdaFocal...) are named in :data:`METHOD_BASELINES` and run
+as methods through :func:`agents.rollout.rollout_method` (those that are schedules of the
+parametric loss, :meth:`lossgym.methods.LossMethod.schedule`, can also be base rules);
 :func:`rollout_baseline` runs any baseline by name.
 """
 

@@ -7,7 +7,7 @@ gives every method the same training pool, initialisation and data order (paired
   rule, a replay) through the environment's own episode logic (:class:`EpisodeBatch`), one
   batched population per group of compatible tasks.
 * :func:`rollout_method` runs a built-in loss rule of :mod:`lossgym.methods` (LDAM-DRW,
-  FLSD-53, AdaFocal, class-balanced...) that the action space cannot express.
+  FLSD-53, AdaFocal, class-balanced...) as the method itself, as ``lossgym compare`` does.
 """
 
 from __future__ import annotations
