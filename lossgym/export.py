@@ -22,9 +22,9 @@ All load with torch alone (no stable-baselines3, no gymnasium, no environment), 
   with the training run's statistics, runs the actor and maps its action to parameters with
   :class:`lossgym.actions.ActionMapping`.
 * **Built-in method** (``kind="method"``): a loss of :mod:`lossgym.methods` (class-balanced,
-  CE-DRW, LDAM-DRW, FLSD-53, AdaFocal, AdaLoss, the gradient gate): the method object itself (:class:`lossgym.methods.LossMethod`)
-  at one member, as the engine applies it to each of its members; AdaFocal
-  learns its γ per bin from the validation logits given to ``step()``.
+  CE-DRW, LDAM-DRW, FLSD-53, AdaFocal, AdaLoss, the gradient gate): the method object itself
+  (:class:`lossgym.methods.LossMethod`) at one member, as the engine applies it to each of its
+  members; AdaFocal learns its γ per bin from the validation logits given to ``step()``.
 
 File format (version 2; version 1 reads too)
 --------------------------------------------
