@@ -45,7 +45,7 @@ from agents.stats import stratified_bootstrap_ci
 from lossgym.features import FeatureSpec
 from lossgym.io import atomic_write_text
 from lossgym.methods import make_method
-from lossgym.tasks import DISTRIBUTIONS, TaskDistribution, TaskSpec
+from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from headroom import draw_tasks, verdict  # noqa: E402
@@ -90,7 +90,7 @@ class PlateauRule:
         self.stale = np.where(fresh | improved, 0, self.stale + 1)
         self.best = np.where(fresh, value, np.maximum(self.best, value))
         self.on = ~fresh & (self.on | (self.stale >= self.patience) | (progress >= self.latest))
-        out = np.tile([self.fixed[p] for p in self.fixed] + [0.0], (len(self.on), 1))
+        out = np.tile([*self.fixed.values(), 0.0], (len(self.on), 1))
         out[:, -1] = self.on.astype(np.float64)
         return out
 
@@ -117,19 +117,13 @@ def replays(rule: Any, records: Sequence[EpisodeRecord]) -> list[ReplayPolicy]:
             for a in task_replay_actions(records)]
 
 
-def by_task(tasks: list[TaskSpec], seeds: list[list[int]], diff: np.ndarray
-            ) -> list[np.ndarray]:
-    out, start = [], 0
-    for s in seeds:
-        out.append(diff[start:start + len(s)])
-        start += len(s)
-    return out
-
-
-def summary(tasks: list[TaskSpec], seeds: list[list[int]], a: np.ndarray, b: np.ndarray,
-            rng: np.random.Generator) -> dict[str, Any]:
+def summary(seeds: list[list[int]], a: np.ndarray, b: np.ndarray, rng: np.random.Generator
+            ) -> dict[str, Any]:
+    """Mean paired difference a − b in points, with its interval over the tasks' seeds (the
+    runs are in task order, ``len(seeds[t])`` per task)."""
     diff = 100.0 * (a - b)
-    low, high = stratified_bootstrap_ci(by_task(tasks, seeds, diff), rng=rng, n_boot=5000)
+    ends = np.cumsum([len(s) for s in seeds])
+    low, high = stratified_bootstrap_ci(np.split(diff, ends[:-1]), rng=rng, n_boot=5000)
     return {"mean": float(diff.mean()), "ci": [float(low), float(high)],
             "verdict": verdict((low, high))}
 
@@ -174,14 +168,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     contrasts = {}
     for name, (_, fixed) in rules.items():
         contrasts[f"{name} − its task replay"] = summary(
-            tasks, seeds, score[name], score[name + "_task_replay"], boot)
+            seeds, score[name], score[name + "_task_replay"], boot)
         if fixed is not None:
             contrasts[f"{name} − {fixed} (switch at 0.8)"] = summary(
-                tasks, seeds, score[name], score[fixed], boot)
+                seeds, score[name], score[fixed], boot)
     result = {
         "command": "python scripts/control_room.py " + shlex.join(sys.argv[1:] if argv is None
                                                                   else list(argv)),
-        "config": {k: v for k, v in vars(args).items()},
+        "config": dict(vars(args)),
         "tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
         "mean_balanced_accuracy": {k: float(100 * v.mean()) for k, v in score.items()},
         "contrasts": contrasts, "wall_s": time.perf_counter() - started,

@@ -62,7 +62,11 @@ from lossgym.losses._kernel import (
     modulated_ce,
     reduce,
 )
-from lossgym.losses.parametric import log_power_weights, parametric_loss
+from lossgym.losses.parametric import (
+    effective_number_weights,
+    log_power_weights,
+    parametric_loss,
+)
 
 
 def _member_param(value: float | Tensor, counts: Tensor, name: str) -> float | Tensor:
@@ -175,10 +179,7 @@ def class_balanced_weights(class_counts: Tensor, beta: float | Tensor = 0.9999) 
     check_range(beta, "beta", 0.0, 1.0, open_high=True)
     b = _member_param(beta, counts, "beta")
     log_beta = torch.log(torch.as_tensor(b, dtype=counts.dtype, device=counts.device))
-    # 1/(1 - beta^n) via expm1 so that beta close to 1 keeps its precision; the constant
-    # (1 - beta) cancels in the normalisation.
-    w = -1.0 / torch.expm1(counts * log_beta)
-    return w * (w.shape[-1] / w.sum(dim=-1, keepdim=True))
+    return effective_number_weights(counts, log_beta)
 
 
 def power_class_weights(class_counts: Tensor, alpha: float | Tensor) -> Tensor:

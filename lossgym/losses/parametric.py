@@ -52,6 +52,14 @@ def log_power_weights(log_m: Tensor, log_n: Tensor, alpha: float | Tensor) -> Te
                                                         keepdim=True)
 
 
+def effective_number_weights(m: Tensor, log_beta: float | Tensor) -> Tensor:
+    """w_c ∝ 1/(1 − β^m_c) with Σ_c w_c = C (Cui et al. 2019), for counts ``m`` >= 1 and
+    ``log_beta`` = log β (1/(1 − β^m) through expm1, so that β close to 1 keeps its precision;
+    the constant 1 − β cancels in the normalisation)."""
+    w = -1.0 / torch.expm1(m * log_beta)
+    return w * (w.shape[-1] / w.sum(dim=-1, keepdim=True))
+
+
 #: A parameter's effect on the terms: (terms so far, the raw values, the values as columns
 #: against the class dim, the class stats) → None. Effects that read the class stats set
 #: ``needs_counts``.
@@ -93,8 +101,7 @@ CB_BETA = 0.9999
 def _cb(terms: dict, raw: Mapping, cols: Mapping, classes: ClassStats) -> None:
     # Class-normalised, as LDAM-DRW's deferred weights: at cb = 1 they are exactly
     # class_balanced_weights(counts, 0.9999), so the mean sample weight drops below 1.
-    w = -1.0 / torch.expm1(classes.log_m.exp() * math.log(CB_BETA))
-    w = w * (w.shape[-1] / w.sum(dim=-1, keepdim=True))
+    w = effective_number_weights(classes.log_m.exp(), math.log(CB_BETA))
     _weigh(terms, 1.0 + cols["cb"] * (w - 1.0))
 
 
