@@ -51,7 +51,7 @@ from lossgym import params as loss_params
 from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
-from lossgym.methods import METHODS
+from lossgym.methods import METHODS, make_method
 from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
 from lossgym.tasks import TaskSpec
 
@@ -198,6 +198,24 @@ def drw_rule(switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
     alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
     return _hand_rule(constant(_check_real("gamma", gamma, *GAMMA_RANGE)),
                       _drw_alpha(switch, alpha), parameters, fixed)
+
+
+def ldam_drw_rule(scale: float = 30.0, switch: float = 0.8,
+                  parameters: Sequence[str] | None = None) -> ScheduleRule:
+    """LDAM-DRW (:class:`lossgym.methods.LDAMDRW`'s schedule of the parametric loss: LDAM's
+    margins, the logit scale ``scale``, and the deferred effective-number weights ``cb`` from
+    ``switch`` on), the family that ``tuned_ldam_drw`` tunes: the paper's s = 30 is not the
+    best scale on every task distribution.
+
+    Args:
+        scale: the logit scale s, in the range of the loss parameter ``scale``.
+        switch: progress in [0, 1) at which the re-weighting starts.
+        parameters: the controlled parameters (default margin, scale and cb).
+    """
+    low, high = loss_params.param("scale").low, loss_params.param("scale").high
+    schedule = make_method("ldam_drw", scale=_check_real("scale", scale, low, high),
+                           switch=_check_real("switch", switch, 0.0, 0.999)).schedule()
+    return ScheduleRule(schedule, parameters)
 
 
 def schedule_rule(gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str = "cosine",
@@ -601,13 +619,13 @@ def policy_from_config(space: str, config: Mapping[str, Any]) -> Policy:
 
     Args:
         space: ``"constant"`` (:func:`constant_rule`), ``"schedule"`` or ``"mixed"``
-            (:func:`schedule_rule`), ``"drw"`` (:func:`drw_rule`) or ``"feedback"``
-            (:class:`FeedbackRule`).
+            (:func:`schedule_rule`), ``"drw"`` (:func:`drw_rule`), ``"ldam_drw"``
+            (:func:`ldam_drw_rule`) or ``"feedback"`` (:class:`FeedbackRule`).
         config: the constructor's keyword arguments.
     """
     factories: dict[str, Callable[..., Policy]] = {
         "constant": constant_rule, "schedule": schedule_rule, "mixed": schedule_rule,
-        "drw": drw_rule, "feedback": FeedbackRule,
+        "drw": drw_rule, "feedback": FeedbackRule, "ldam_drw": ldam_drw_rule,
     }
     if space not in factories:
         raise ValueError(f"space={space!r} is not known; choose one of {tuple(factories)}")
@@ -658,6 +676,7 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "drw": {"switch": (0.5, 0.6, 0.7, 0.8, 0.9), "alpha": (0.5, 1.0), "gamma": (0.0,)},
     "feedback": {"eta": (0.5, 1.0, 2.0, 5.0), "margin": (0.0, 0.05), "alpha_max": (1.0,)},
     "constant": {"gamma": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0), "alpha": (0.0, 0.5, 1.0)},
+    "ldam_drw": {"scale": (5.0, 10.0, 20.0, 30.0), "switch": (0.7, 0.8)},
 }
 
 

@@ -119,8 +119,9 @@ class EvalArgs:
         "minimum": 1, "meaning": "a positive number of inner training runs"})
     """inner training runs for PBT (default: the search budget, i.e. the agent's episodes)."""
     small: bool = False
-    """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW and
-    LDAM-DRW besides the agent and its ablations; no searches, PBT or oracle."""
+    """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW,
+    LDAM-DRW and tuned LDAM-DRW besides the agent and its ablations; no searches, PBT or
+    oracle."""
     progress: str = field(default="auto", metadata={"choices": PROGRESS_MODES})
     """"bar": a progress bar with an ETA; "lines": a timestamped line at each tenth of the
     inner training runs, for logs; "auto": the bar when stdout is a terminal, else lines."""
@@ -349,7 +350,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
 
     hand = {"ce": bl.HAND_BASELINES["ce"]} if args.small else bl.HAND_BASELINES
     methods = ("logit_adjusted", "ldam_drw") if args.small else bl.METHOD_BASELINES
-    spaces = ("drw",) if args.small else ("drw", "feedback", "constant")
+    spaces = ("drw", "ldam_drw") if args.small else ("drw", "ldam_drw", "feedback", "constant")
     searches = [] if args.small else [
         random_search, cma_search,
         partial(bl.grid_search, "constant", tasks, select="test", **ORACLE_GRID, **kw),
@@ -395,7 +396,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     tuned_configs = dict(zip(spaces, first[1 + len(fixed) : 1 + len(fixed) + len(spaces)]))
     say("agent, fixed baselines, tuning and searches done")
 
-    tuned: dict[str, Policy] = {"tuned_drw": bl.drw_rule(**tuned_configs["drw"][0])}
+    tuned: dict[str, Policy] = {
+        "tuned_drw": bl.drw_rule(**tuned_configs["drw"][0]),
+        "tuned_ldam_drw": bl.ldam_drw_rule(**tuned_configs["ldam_drw"][0])}
     extra = []
     if not args.small:
         randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) + len(spaces):]
@@ -448,7 +451,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
              f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
              "searches are handicapped")
     note = ("SMALL VERSION (--small, as in make demo): the agent against cross-entropy, logit "
-            "adjustment, tuned DRW and LDAM-DRW only; the full evaluation (make reproduce) runs "
+            "adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW (its scale and switch) only; the full evaluation (make reproduce) runs "
             "every baseline. " if args.small else "") + (
         f"FEWER SEEDS ({args.seeds}) than the documented minimum of {MIN_SEEDS} per base "
         f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
@@ -476,18 +479,25 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     return path
 
 
+#: Tuned baselines that ``--add-methods`` can add: name → (grid space, rule factory).
+TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
+    "tuned_drw": ("drw", bl.drw_rule), "tuned_ldam_drw": ("ldam_drw", bl.ldam_drw_rule)}
+
+
 def add_methods(args: EvalArgs, methods: Sequence[str],
                 distribution: TaskDistribution | None = None) -> Path:
-    """Run built-in ``methods`` on the held-out tasks of an evaluation already in
-    ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks`` and ``seeds``), add
-    their records and rewrite the report; nothing else runs again. Methods already there are
-    replaced."""
+    """Run built-in ``methods`` (or tuned families of :data:`TUNED_FAMILIES`, tuned again on
+    the evaluation's tuning tasks) on the held-out tasks of an evaluation already in
+    ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks``, ``seeds`` and
+    ``tune_tasks``), add their records and rewrite the report; nothing else runs again.
+    Methods already there are replaced."""
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
     data = read_evaluation(run_dir)
     dist = distribution or run_distribution(run_dir)
-    tasks = held_out_tasks(dist, np.random.default_rng(args.seed), args.id_tasks, args.seeds,
-                           args.ood_tasks)
+    rng = np.random.default_rng(args.seed)
+    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
+    tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]  # as evaluate() draws
     reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
     if reference != [t.to_dict() for t in tasks]:
         raise ValueError(f"{path} was not made with --seed {args.seed} --id-tasks "
@@ -495,8 +505,15 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     executor = distributed.executor_from(args.ray)
     try:
         with distributed.using(executor):
-            added = [r for name in methods
-                     for r in rollout_method(name, tasks, device=args.device)]
+            added = []
+            for name in methods:
+                if name in TUNED_FAMILIES:
+                    space, factory = TUNED_FAMILIES[name]
+                    config = bl.grid_search(space, tune, device=args.device)[0]
+                    data.setdefault("tuned", {})[name] = str(factory(**config))
+                    added += rollout_policy(factory(**config), tasks, name, device=args.device)
+                else:
+                    added += rollout_method(name, tasks, device=args.device)
     finally:
         executor.close()
     records = [r for r in data["records"] if r["method"] not in set(methods)]
@@ -550,11 +567,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     build(parser, EvalArgs, ns)
     if ns.add_methods is not None:
         names = [n for n in ns.add_methods.split(",") if n]
-        known = set(METHODS)
+        known = set(METHODS) | set(TUNED_FAMILIES)
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             parser.error(f"--add-methods={ns.add_methods!r}: unknown {unknown or 'none given'};"
-                         f" built-in methods are {sorted(known)}")
+                         f" built-in methods and tuned families are {sorted(known)}")
         ns.add_methods = names
     if ns.ray is not None:
         try:

@@ -30,6 +30,11 @@ from lossgym import TaskSpec
 from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec
 from lossgym.methods import METHODS
+from lossgym.methods import make_method
+
+
+def METHODS_SCHEDULE(name):
+    return make_method(name).schedule()
 
 SMALL = TaskSpec(imbalance_ratio=20.0, n_max=300, width=32, batch_size=32,
                  minibatches_per_step=3, horizon=4)
@@ -317,6 +322,8 @@ def test_per_member_policy_checks():
     (lambda: RandomPolicy(mode="relative"), "relative"),
     (lambda: RandomPolicy(parameters=("beta",)), "beta"),
     (lambda: policy_from_config("grid", {}), "grid"),
+    (lambda: baselines.ldam_drw_rule(scale=0.0), r"scale=0\.0 is out of range"),
+    (lambda: baselines.ldam_drw_rule(switch=1.0), r"switch=1\.0 is out of range"),
 ])
 def test_config_validation(make, match):
     with pytest.raises(ValueError, match=match):
@@ -410,6 +417,21 @@ def test_rollout_baseline_hand_and_method():
     method = rollout_baseline("ce_drw", task, device="cpu")[0]
     assert method.method == "ce_drw" and len(method.val_curve) == 3
     assert 0.0 <= method.test["balanced_accuracy"] <= 1.0
+
+
+def test_tuned_ldam_drw_family_is_the_ldam_drw_method():
+    # At the paper's s = 30 and switch 0.8 the family's rule is LDAM-DRW as a schedule; its
+    # records match the built-in method run by the engine (the method = schedule test).
+    rule = baselines.ldam_drw_rule()
+    assert rule.schedule.to_dict() == METHODS_SCHEDULE("ldam_drw").to_dict()
+    other = policy_from_config("ldam_drw", {"scale": 10.0, "switch": 0.7})
+    assert other.schedule(0.69) == {"margin": 0.5, "scale": 10.0, "cb": 0.0}
+    assert other.schedule(0.7) == {"margin": 0.5, "scale": 10.0, "cb": 1.0}
+    task = [SMALL.replace(seed=5, horizon=5)]  # the switch at 0.8 falls on a step boundary
+    ours = rollout_policy(rule, task, "r", device="cpu")[0]
+    method = rollout_method("ldam_drw", task, device="cpu")[0]
+    assert ours.test["balanced_accuracy"] == pytest.approx(method.test["balanced_accuracy"],
+                                                           abs=1e-6)
 
 
 def test_tuning_runs_end_to_end_with_exact_run_counts(monkeypatch):

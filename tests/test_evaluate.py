@@ -42,7 +42,7 @@ def test_evaluate_end_to_end_writes_the_report(run_dir, capsys):
                     distribution=DIST)
     text = path.read_text()
     for method in ("agent", "agent_replay", "agent_mean_action", "ce", "tuned_drw",
-                   "tuned_feedback", "random_search", "cma_es", "ldam_drw",
+                   "tuned_ldam_drw", "tuned_feedback", "random_search", "cma_es", "ldam_drw",
                    "adafocal", "oracle_constant"):
         assert method in text, method
     assert "PASS" in text or "FAIL" in text
@@ -211,14 +211,26 @@ def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_
     records = json.loads((run / "evaluation.json").read_text())["records"]
     methods = {r["method"] for r in records}
     assert methods == {"agent", "agent_replay", "agent_mean_action", "agent_task_replay", "ce",
-                       "logit_adjusted", "ldam_drw", "tuned_drw"}
+                       "logit_adjusted", "ldam_drw", "tuned_drw", "tuned_ldam_drw"}
     assert "SMALL VERSION" in text and "FEWER SEEDS (2)" in text
-    # Its progress ends at its plan: the held-out records and DRW's 10 candidates x 2 tasks.
-    total = len(records) + 10 * 2
+    # Its progress ends at its plan: the held-out records, DRW's 10 candidates x 2 tasks and
+    # LDAM-DRW's 8.
+    total = len(records) + 10 * 2 + 8 * 2
     lines = capsys.readouterr().out.splitlines()
     counts = [line for line in lines if "inner training runs (" in line]
     assert counts[-1].endswith(f"] {total}/{total} inner training runs (100 %)")
     assert "planned" in lines[0] and "PBT" not in lines[0]
+
+    # --add-methods tunes a family again on the same tuning tasks as the evaluation drew:
+    # it reproduces the evaluation's tuned LDAM-DRW, record for record.
+    from agents.evaluate import add_methods
+
+    before = [r for r in records if r["method"] == "tuned_ldam_drw"]
+    add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
+                         device="cpu"), ["tuned_ldam_drw"], distribution=DIST)
+    data = json.loads((run / "evaluation.json").read_text())
+    after = [r for r in data["records"] if r["method"] == "tuned_ldam_drw"]
+    assert after == before and len(data["records"]) == len(records)
 
 
 def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_path, capsys):
