@@ -451,8 +451,8 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
              f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
              "searches are handicapped")
     note = ("SMALL VERSION (--small, as in make demo): the agent against cross-entropy, logit "
-            "adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW (its scale and switch) only; the full evaluation (make reproduce) runs "
-            "every baseline. " if args.small else "") + (
+            "adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW (its scale and switch) only; "
+            "the full evaluation (make reproduce) runs every baseline. " if args.small else "") + (
         f"FEWER SEEDS ({args.seeds}) than the documented minimum of {MIN_SEEDS} per base "
         f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
         f"Agent: {run_dir.name}, trained on {episodes} episodes. "

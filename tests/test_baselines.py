@@ -29,8 +29,7 @@ from agents.rollout import rollout_method, rollout_policy
 from lossgym import TaskSpec
 from lossgym.actions import ActionMapping
 from lossgym.features import FeatureSpec
-from lossgym.methods import METHODS
-from lossgym.methods import make_method
+from lossgym.methods import METHODS, make_method
 
 
 def METHODS_SCHEDULE(name):
