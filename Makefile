@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml setup.py lossgym/_closedform.c | $(BIN)/pytho
 # The main job, SMALL VERSION (about 10 minutes on 2 CPU cores): a small agent (4 ES
 # generations of 8 antithetic pairs on one cheap train task, a fresh seed per episode),
 # evaluated on a small held-out suite (5 base tasks × 3 seeds) against cross-entropy, logit
-# adjustment, tuned DRW and LDAM-DRW with CIs, the report with its plots, and the exported
+# adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW with CIs, the report with its plots, and the exported
 # loss. The report says that it is the small version.
 DEMO_ENV = {"tasks": {"dataset": "synthetic", "imbalance_ratio": 50.0, "width": 64, \
             "minibatches_per_step": 10}, "action_mode": "residual", "max_step": 0.2, \
