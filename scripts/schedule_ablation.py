@@ -1,0 +1,121 @@
+"""Is the agent a task-conditioned schedule, or one schedule for every task?
+
+The evaluation's ``agent_task_replay`` replays, on each held-out run, the mean trajectory the
+agent played on the other seeds of the same base task: it separates control (reacting to the
+run) from a task-conditioned schedule. This script adds the next ablation down: the
+**global schedule**, the agent's mean parameter trajectory over ALL held-out runs, replayed
+open loop on every run (a :class:`~lossgym.schedules.LossSchedule` of step functions, step h
+of H at progress h/H). Closed loop against it measures what conditioning on the task (through
+the context features and the curves) adds over one fixed schedule; the global schedule
+against the agent's base rule measures what the schedule itself adds.
+
+It reads ``evaluation.json`` of an evaluated run (the held-out tasks and seeds, and the
+agent's per-step parameters) and runs the global schedule on the same tasks and seeds
+(paired). Intervals: 95 % stratified bootstrap, seeds resampled within base tasks.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/schedule_ablation.py \
+        --run-dir results/es-ldamdrw10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.rollout import ScheduleRule, rollout_policy
+from agents.stats import stratified_bootstrap_ci
+from lossgym.io import atomic_write_text
+from lossgym.schedules import LossSchedule, step
+from lossgym.tasks import TaskSpec
+
+
+def global_schedule(records: Sequence[dict[str, Any]]) -> LossSchedule:
+    """The mean parameter trajectory of ``records`` (one horizon), as step schedules."""
+    horizons = {len(r["params"]) for r in records}
+    if len(horizons) != 1:
+        raise ValueError(f"the agent's runs have horizons {sorted(horizons)}; the global "
+                         "schedule needs one")
+    (h,) = horizons
+    mean = np.mean([r["params"] for r in records], axis=0)  # [H, d]
+    bounds = [k / h for k in range(1, h)]
+    return LossSchedule({p: step(bounds, [float(v) for v in mean[:, i]])
+                         for i, p in enumerate(records[0]["parameters"])})
+
+
+def _base_key(task: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in task.items() if k != "seed"}, sort_keys=True)
+
+
+def contrast(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float]
+             ) -> dict[str, float]:
+    """Mean paired difference a − b (points) with its stratified-bootstrap interval."""
+    by_task: dict[str, list[float]] = {}
+    for key in sorted(set(a) & set(b)):
+        by_task.setdefault(key[0], []).append(a[key] - b[key])
+    values = [np.array(v) for v in by_task.values()]
+    low, high = stratified_bootstrap_ci(values, stat="pooled_mean", rng=0)
+    return {"mean": 100 * float(np.concatenate(values).mean()), "ci_low": 100 * low,
+            "ci_high": 100 * high, "n": int(sum(len(v) for v in values))}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", required=True, help="an evaluated run (evaluation.json)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="default: RUN_DIR/schedule_ablation.md")
+    args = p.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    path = run_dir / "evaluation.json"
+    if not path.is_file():
+        p.error(f"--run-dir {run_dir}: no evaluation.json (run agents.evaluate first)")
+    started = time.perf_counter()
+    records = json.loads(path.read_text())["records"]
+    agent = [r for r in records if r["method"] == "agent"]
+    schedule = global_schedule(agent)
+    tasks = [TaskSpec.from_dict(r["task"]) for r in agent]
+    replayed = rollout_policy(ScheduleRule(schedule, agent[0]["parameters"]), tasks,
+                              "agent_global_schedule", device=args.device)
+    score: dict[str, dict[tuple[str, int], float]] = {}
+    for r in records:
+        score.setdefault(r["method"], {})[(_base_key(r["task"]), r["task"]["seed"])] = \
+            r["test"]["balanced_accuracy"]
+    score["agent_global_schedule"] = {
+        (_base_key(r["task"]), r["task"]["seed"]): g.test["balanced_accuracy"]
+        for r, g in zip(agent, replayed)}
+    pairs = [(a, b) for a, b in (
+        ("agent", "agent_global_schedule"), ("agent_task_replay", "agent_global_schedule"),
+        ("agent_global_schedule", "agent_mean_action"), ("agent_global_schedule", "base_rule"),
+        ("agent_global_schedule", "tuned_ldam_drw")) if a in score and b in score]
+    result = {"command": "python scripts/schedule_ablation.py " + shlex.join(
+                  sys.argv[1:] if argv is None else list(argv)),
+              "schedule": schedule.to_dict(),
+              "mean_balanced_accuracy": {m: 100 * float(np.mean(list(v.values())))
+                                         for m, v in score.items()},
+              "contrasts": {f"{a} − {b}": contrast(score[a], score[b]) for a, b in pairs},
+              "wall_s": time.perf_counter() - started}
+    lines = [f"# Global-schedule ablation of `{run_dir}`", "",
+             f"Command: `{result['command']}` ({result['wall_s']:.0f} s). Test balanced "
+             "accuracy, points, 95 % stratified-bootstrap intervals (seeds resampled within "
+             "base tasks), paired runs.", "", "| contrast | mean [95 % CI] | runs |",
+             "|---|---|---|"]
+    for name, c in result["contrasts"].items():
+        lines.append(f"| {name} | {c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
+                     f"| {c['n']} |")
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out) if args.out else run_dir / "schedule_ablation.md"
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
