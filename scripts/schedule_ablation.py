@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from agents.rollout import ScheduleRule, rollout_policy
-from agents.stats import stratified_bootstrap_ci
+from agents.stats import paired_difference
 from lossgym.io import atomic_write_text
 from lossgym.schedules import LossSchedule, step
 from lossgym.tasks import TaskSpec
@@ -56,14 +56,13 @@ def _base_key(task: dict[str, Any]) -> str:
 
 def contrast(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float]
              ) -> dict[str, float]:
-    """Mean paired difference a − b (points) with its stratified-bootstrap interval."""
-    by_task: dict[str, list[float]] = {}
-    for key in sorted(set(a) & set(b)):
-        by_task.setdefault(key[0], []).append(a[key] - b[key])
-    values = [np.array(v) for v in by_task.values()]
-    low, high = stratified_bootstrap_ci(values, stat="pooled_mean", rng=0)
-    return {"mean": 100 * float(np.concatenate(values).mean()), "ci_low": 100 * low,
-            "ci_high": 100 * high, "n": int(sum(len(v) for v in values))}
+    """Mean paired difference a − b (points) with its stratified-bootstrap interval (pairs
+    resampled within their base task)."""
+    keys = sorted(set(a) & set(b))
+    d = paired_difference([a[k] for k in keys], [b[k] for k in keys], 0,
+                          strata=[k[0] for k in keys])
+    return {"mean": 100 * d["mean"], "ci_low": 100 * d["ci_low"],
+            "ci_high": 100 * d["ci_high"], "n": len(keys)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

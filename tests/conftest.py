@@ -31,3 +31,18 @@ def torch_kernels():
             _native.closedform = saved
 
     return off
+
+
+def load_script(name):
+    """The module ``scripts/<name>.py``, imported from its file (scripts/ is not a package;
+    it goes on sys.path, since the scripts import each other)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

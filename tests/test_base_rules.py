@@ -1,24 +1,16 @@
 """scripts/base_rules.py: its reference is the real LDAM-DRW, and a tiny end-to-end run."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from lossgym.methods import make_method
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def base_rules():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("base_rules", ROOT / "scripts" / "base_rules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("base_rules")
 
 
 def test_the_references_are_ldam_drw_and_logit_adjustment(base_rules):

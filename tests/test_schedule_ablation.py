@@ -1,19 +1,16 @@
 """scripts/schedule_ablation.py: the global schedule replays a trajectory exactly."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from agents.evaluate import record_to_dict
 from agents.rollout import ScheduleRule, rollout_policy
 from lossgym import TaskSpec
 from lossgym.schedules import LossSchedule, linear, step
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = TaskSpec(imbalance_ratio=20.0, n_max=200, width=32, batch_size=32,
                 minibatches_per_step=2, horizon=5)
 PARAMS = ("gamma", "scale", "cb")
@@ -23,12 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("schedule_ablation",
-                                                  ROOT / "scripts" / "schedule_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("schedule_ablation")
 
 
 def _records(seeds):
