@@ -56,15 +56,16 @@ def test_evaluate_end_to_end_writes_the_report(run_dir, capsys):
     # The open-loop replay of the agent's own actions reproduces its episodes exactly.
     assert [r["test"] for r in agent] == [r["test"] for r in replay]
     # Progress for a log: timestamped lines at each tenth of the inner training runs, which
-    # end at the plan: every held-out record, and the tuning grids (drw 10, feedback 8,
-    # constant 18 candidates) on 2 train tasks, the two searches' 4 and the oracle's 9 x 4.
+    # end at the plan: every held-out record, and the tuning grids (drw 10, ldam_drw 8,
+    # feedback 8, constant 18 candidates) on 2 train tasks, the two searches' 4 and the
+    # oracle's 9 x 4.
     lines = [line for line in capsys.readouterr().out.splitlines()  # Ray Tune prints too
              if re.match(r"\[ *\d+\.\ds\] ", line)]
     for said in ("inner training runs planned", "tuning and searches done",
                  "held-out evaluation done", "report written"):
         assert any(said in line for line in lines), said
     counts = [line for line in lines if "inner training runs (" in line]
-    total = len(records) + 2 * (10 + 8 + 18) + 2 * 4 + 9 * 4
+    total = len(records) + 2 * (10 + 8 + 8 + 18) + 2 * 4 + 9 * 4
     assert counts[-1].split("] ")[1].startswith(f"{total}/{total} inner training runs (100 %)")
     assert 5 <= len(counts) <= 10 and all("ETA" in line for line in counts[:-1])
 
