@@ -80,3 +80,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             os.fsync(handle.fileno())
 
     return atomic_write(path, write)
+
+
+def write_study(json_path: str | os.PathLike[str], result: object,
+                report_path: str | os.PathLike[str], report: str) -> None:
+    """A study's results: ``result`` as JSON and its Markdown ``report``, each atomically.
+
+    The JSON goes first, so a report on disk always has its data beside it.
+    """
+    import json
+
+    atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(report_path, report)

@@ -36,7 +36,7 @@ import numpy as np
 from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import paired_difference, stratified_bootstrap_ci
 from lossgym import AdaptiveLoss
-from lossgym.io import atomic_write_text
+from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, constant, step
 from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
@@ -187,9 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "engine": engine(names, args), "plain": plain_loop(names, args)}
     result["wall_s"] = time.perf_counter() - started
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "base_rules.json", json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out / "report.md", render(result))
+    write_study(out / "base_rules.json", result, out / "report.md", render(result))
     print(render(result))
     return result
 

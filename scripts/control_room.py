@@ -43,7 +43,7 @@ from agents.evaluate import task_replay_actions
 from agents.rollout import EpisodeRecord, ScheduleRule, rollout_policy
 from agents.stats import stratified_bootstrap_ci
 from lossgym.features import FeatureSpec
-from lossgym.io import atomic_write_text
+from lossgym.io import write_study
 from lossgym.methods import make_method
 from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
@@ -181,9 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "contrasts": contrasts, "wall_s": time.perf_counter() - started,
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "control_room.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / "report.md", render(result))
+    write_study(out / "control_room.json", result, out / "report.md", render(result))
     print(render(result))
     return result
 

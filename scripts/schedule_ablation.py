@@ -32,7 +32,7 @@ import numpy as np
 
 from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import paired_difference
-from lossgym.io import atomic_write_text
+from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, step
 from lossgym.tasks import TaskSpec
 
@@ -110,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      f"| {c['n']} |")
     text = "\n".join(lines) + "\n"
     out = Path(args.out) if args.out else run_dir / "schedule_ablation.md"
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    atomic_write_text(out, text)
+    write_study(out.with_suffix(".json"), result, out, text)
     print(text)
     return result
 

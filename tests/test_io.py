@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,7 +6,7 @@ import time
 
 import pytest
 
-from lossgym.io import atomic_write, atomic_write_text
+from lossgym.io import atomic_write, atomic_write_text, write_study
 
 
 @pytest.fixture
@@ -75,3 +76,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, fail)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_study_writes_its_json_and_report_and_an_unserialisable_result_keeps_the_old(tmp_path):
+    data, report = tmp_path / "out" / "study.json", tmp_path / "out" / "report.md"
+    write_study(data, {"mean": 1.5}, report, "# study\n")
+    assert json.loads(data.read_text()) == {"mean": 1.5} and report.read_text() == "# study\n"
+    with pytest.raises(TypeError):
+        write_study(data, {"mean": object()}, report, "# new\n")
+    assert json.loads(data.read_text()) == {"mean": 1.5} and report.read_text() == "# study\n"
