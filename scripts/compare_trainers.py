@@ -3,9 +3,10 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/compare_trainers.py --episodes 768 \
         --out results/trainers [--algos es ppo recurrentppo] [--id-tasks 6 --ood-tasks 1 --seeds 3]
 
-Each algorithm trains the default agent's policy (residual actions around logit adjustment,
-rewarded against the logit-adjustment twin, context features: the Makefile's ``AGENT_ENV``)
-on the train split of ``TaskDistribution.default()`` for ``--episodes`` episodes:
+Each algorithm trains one policy (residual actions around logit adjustment, rewarded against
+the logit-adjustment twin, context features: the Makefile's ``AGENT_ENV`` before the default
+moved to ES around LDAM-DRW at s = 10) on the train split of ``TaskDistribution.default()``
+for ``--episodes`` episodes:
 
 - **es**: :mod:`agents.es`, 16 antithetic pairs per generation, one shared twin per task;
 - **ppo** and **recurrentppo**: :mod:`agents.train` with 32 batched envs and one episode of

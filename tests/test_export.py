@@ -807,3 +807,27 @@ def test_a_method_keeps_one_plan_up_to_its_switch_and_matches_the_method(name):
         if (k + 1) % per_step == 0:
             loss.step()
     assert all(fast)  # every minibatch after the first went through the one-call plan
+
+
+def test_the_committed_default_export_loads_and_trains_in_a_plain_loop():
+    """The README's ``AdaptiveLoss.load("results/es-ldamdrw10/adaptive_loss")`` from a clone."""
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "results", "es-ldamdrw10")
+    criterion = AdaptiveLoss.load(os.path.join(root, "adaptive_loss"), total_steps=4,
+                                  class_counts=torch.tensor([50, 10, 5]))
+    assert criterion.kind == "controller" and criterion.controller.base_rule is not None
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    criterion.watch(optimizer)
+    x, y = torch.randn(65, 4), torch.tensor([0] * 50 + [1] * 10 + [2] * 5)
+    for _ in range(4):
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            assert torch.isfinite(loss)
+        with torch.no_grad():
+            criterion.step(val_logits=model(x), val_targets=y, train_loss=float(loss))
+    scales = [h["scale"] for h in criterion.history]
+    assert len(scales) == 5 and all(1.0 <= s <= 30.0 for s in scales)
