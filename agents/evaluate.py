@@ -299,6 +299,24 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
         executor.close()
 
 
+def search_budget(args: EvalArgs, run_dir: Path, tune_tasks: int) -> int:
+    """The searches' budget in inner runs (candidate × task): ``--search-budget``, else the
+    agent's training episodes, rounded up to a whole number (at least 2) of candidates."""
+    budget = args.search_budget or agent_episodes(run_dir)
+    return max(-(-budget // tune_tasks), 2) * tune_tasks
+
+
+def random_search_policies(result: tuple[bl.Config, bl.Table], parameters: Sequence[str]
+                           ) -> dict[str, Policy]:
+    """``random_search`` (its best draw) and, when it drew constants, ``random_search_constant``
+    (the best of them) from a ``"mixed"`` random search's result."""
+    policies: dict[str, Policy] = {"random_search": bl.policy_from_config("mixed", result[0])}
+    constant = bl.best_constant(result[1], parameters)
+    if constant is not None:
+        policies["random_search_constant"] = bl.constant_rule(**constant)
+    return policies
+
+
 def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
          parameters: Sequence[str]) -> tuple[bl.Policy | None, str]:
     """The PBT baseline's replay policy and its budget note (None and why, when skipped);
@@ -335,9 +353,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
 
     tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
-    # A search budget counts candidate × task inner runs: a whole number of candidates.
-    budget = args.search_budget or agent_episodes(run_dir)
-    budget = max(-(-budget // len(tune)), 2) * len(tune)  # rounded up: never fewer
+    budget = search_budget(args, run_dir, len(tune))
     agent = AgentPolicy(run_dir)
 
     # The searches cover every loss parameter the agent controls (γ, α and the rest), over
@@ -404,10 +420,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) + len(spaces):]
         tuned["tuned_feedback"] = bl.FeedbackRule(**tuned_configs["feedback"][0])
         tuned["tuned_constant"] = bl.constant_rule(**tuned_configs["constant"][0])
-        tuned["random_search"] = bl.policy_from_config("mixed", randoms[0])
-        random_constant = bl.best_constant(randoms[1], agent.parameters)
-        if random_constant is not None:
-            tuned["random_search_constant"] = bl.constant_rule(**random_constant)
+        tuned.update(random_search_policies(randoms, agent.parameters))
         tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
         if pbt is not None:
             tuned["pbt"] = pbt
@@ -481,13 +494,20 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
 
 #: Tuned baselines that ``--add-methods`` can add: name → (grid space, rule factory).
 TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
-    "tuned_drw": ("drw", bl.drw_rule), "tuned_ldam_drw": ("ldam_drw", bl.ldam_drw_rule)}
+    "tuned_drw": ("drw", bl.drw_rule), "tuned_ldam_drw": ("ldam_drw", bl.ldam_drw_rule),
+    "tuned_feedback": ("feedback", bl.FeedbackRule), "tuned_constant": ("constant",
+                                                                        bl.constant_rule)}
+#: The searches that ``--add-methods`` can add, over the agent's parameters at the budget of
+#: :func:`search_budget`, drawn as :func:`evaluate` draws them (``random_search`` also adds
+#: ``random_search_constant``).
+SEARCH_FAMILIES = ("random_search", "cma_es")
 
 
 def add_methods(args: EvalArgs, methods: Sequence[str],
                 distribution: TaskDistribution | None = None) -> Path:
-    """Run built-in ``methods`` (or tuned families of :data:`TUNED_FAMILIES`, tuned again on
-    the evaluation's tuning tasks) on the held-out tasks of an evaluation already in
+    """Run built-in ``methods``, hand baselines, tuned families of :data:`TUNED_FAMILIES`
+    (tuned again on the evaluation's tuning tasks) or the searches of :data:`SEARCH_FAMILIES`
+    (run again at the agent's budget) on the held-out tasks of an evaluation already in
     ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks``, ``seeds`` and
     ``tune_tasks``), add their records and rewrite the report; nothing else runs again.
     Methods already there are replaced."""
@@ -505,18 +525,34 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     executor = distributed.executor_from(args.ray)
     try:
         with distributed.using(executor):
-            added = []
+            added, kw = [], {"device": args.device}
             for name in methods:
+                policies: dict[str, Policy] = {}
                 if name in TUNED_FAMILIES:
                     space, factory = TUNED_FAMILIES[name]
-                    config = bl.grid_search(space, tune, device=args.device)[0]
-                    data.setdefault("tuned", {})[name] = str(factory(**config))
-                    added += rollout_policy(factory(**config), tasks, name, device=args.device)
+                    policies[name] = factory(**bl.grid_search(space, tune, **kw)[0])
+                elif name in SEARCH_FAMILIES:
+                    parameters = AgentPolicy(run_dir).parameters
+                    budget = search_budget(args, run_dir, len(tune))
+                    if name == "random_search":
+                        policies = random_search_policies(bl.random_search(
+                            tune, budget, np.random.default_rng([args.seed, 1]), "mixed",
+                            parameters=parameters, **kw), parameters)
+                    else:
+                        policies[name] = bl.policy_from_config("schedule", bl.cma_search(
+                            tune, budget, args.seed, "schedule", parameters=parameters,
+                            **kw)[0])
+                elif name in bl.HAND_BASELINES or name in bl.METHOD_BASELINES:
+                    added += bl.rollout_baseline(name, tasks, device=args.device)
                 else:
                     added += rollout_method(name, tasks, device=args.device)
+                for label, policy in policies.items():
+                    data.setdefault("tuned", {})[label] = str(policy)
+                    added += rollout_policy(policy, tasks, label, **kw)
     finally:
         executor.close()
-    records = [r for r in data["records"] if r["method"] not in set(methods)]
+    replaced = {r.method for r in added}
+    records = [r for r in data["records"] if r["method"] not in replaced]
     data["records"] = records + [record_to_dict(r) for r in added]
     data["note"] += (f" Added afterwards by --add-methods on the same held-out tasks and seeds:"
                      f" {', '.join(methods)}.")
@@ -555,8 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite report.md from evaluation.json without running anything")
     parser.add_argument("--add-methods", default=None, metavar="NAME,...",
-                        help="run these built-in methods on the held-out tasks of the "
-                             "evaluation in evaluation.json, add them and rewrite the report")
+                        help="run these built-in methods, hand baselines, tuned families "
+                             "(tuned_drw, tuned_ldam_drw, tuned_feedback, tuned_constant) or "
+                             "searches (random_search, cma_es, at the agent's budget) on the "
+                             "held-out tasks of the evaluation in evaluation.json, add them "
+                             "and rewrite the report")
     return parser
 
 
@@ -567,7 +606,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     build(parser, EvalArgs, ns)
     if ns.add_methods is not None:
         names = [n for n in ns.add_methods.split(",") if n]
-        known = set(METHODS) | set(TUNED_FAMILIES)
+        known = (set(METHODS) | set(bl.HAND_BASELINES) | set(TUNED_FAMILIES)
+                 | set(SEARCH_FAMILIES))
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             parser.error(f"--add-methods={ns.add_methods!r}: unknown {unknown or 'none given'};"

@@ -22,6 +22,7 @@ the engine computes the test ECE before and after scaling that the reports show.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 
@@ -31,7 +32,9 @@ from scipy import stats as sps
 __all__ = [
     "bootstrap_ci",
     "iqm",
+    "paired_contrast",
     "paired_difference",
+    "run_key",
     "stratified_bootstrap_ci",
     "stratified_bootstrap_samples",
     "stratified_mean",
@@ -322,3 +325,21 @@ def paired_difference(
         warnings.simplefilter("ignore")  # small-sample / ties notes
         out["wilcoxon_pvalue"] = float(sps.wilcoxon(d, zero_method="wilcox").pvalue)
     return out
+
+
+def run_key(task: dict[str, object]) -> tuple[str, int]:
+    """A held-out run's key: its base task (the task's JSON without the seed) and its seed."""
+    base = {k: v for k, v in task.items() if k != "seed"}
+    return json.dumps(base, sort_keys=True), int(task["seed"])  # type: ignore[call-overload]
+
+
+def paired_contrast(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float],
+                    rng: RngLike = 0) -> dict[str, float]:
+    """Mean paired difference ``a − b`` in points (×100) over the runs both hold (keys of
+    :func:`run_key`), with its 95 % stratified-bootstrap interval (pairs resampled within
+    their base task) and ``n``, the number of pairs."""
+    keys = sorted(set(a) & set(b))
+    d = paired_difference([a[k] for k in keys], [b[k] for k in keys], rng,
+                          strata=[k[0] for k in keys])
+    return {"mean": 100 * d["mean"], "ci_low": 100 * d["ci_low"],
+            "ci_high": 100 * d["ci_high"], "n": len(keys)}

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from agents.rollout import ScheduleRule, rollout_policy
-from agents.stats import paired_difference
+from agents.stats import paired_contrast, run_key
 from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, step
 from lossgym.tasks import TaskSpec
@@ -48,21 +48,6 @@ def global_schedule(records: Sequence[dict[str, Any]]) -> LossSchedule:
     bounds = [k / h for k in range(1, h)]
     return LossSchedule({p: step(bounds, [float(v) for v in mean[:, i]])
                          for i, p in enumerate(records[0]["parameters"])})
-
-
-def _base_key(task: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in task.items() if k != "seed"}, sort_keys=True)
-
-
-def contrast(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float]
-             ) -> dict[str, float]:
-    """Mean paired difference a − b (points) with its stratified-bootstrap interval (pairs
-    resampled within their base task)."""
-    keys = sorted(set(a) & set(b))
-    d = paired_difference([a[k] for k in keys], [b[k] for k in keys], 0,
-                          strata=[k[0] for k in keys])
-    return {"mean": 100 * d["mean"], "ci_low": 100 * d["ci_low"],
-            "ci_high": 100 * d["ci_high"], "n": len(keys)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -84,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               "agent_global_schedule", device=args.device)
     score: dict[str, dict[tuple[str, int], float]] = {}
     for r in records:
-        score.setdefault(r["method"], {})[(_base_key(r["task"]), r["task"]["seed"])] = \
+        score.setdefault(r["method"], {})[run_key(r["task"])] = \
             r["test"]["balanced_accuracy"]
     score["agent_global_schedule"] = {
-        (_base_key(r["task"]), r["task"]["seed"]): g.test["balanced_accuracy"]
+        run_key(r["task"]): g.test["balanced_accuracy"]
         for r, g in zip(agent, replayed)}
     pairs = [(a, b) for a, b in (
         ("agent", "agent_global_schedule"), ("agent_task_replay", "agent_global_schedule"),
@@ -98,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "schedule": schedule.to_dict(),
               "mean_balanced_accuracy": {m: 100 * float(np.mean(list(v.values())))
                                          for m, v in score.items()},
-              "contrasts": {f"{a} − {b}": contrast(score[a], score[b]) for a, b in pairs},
+              "contrasts": {f"{a} − {b}": paired_contrast(score[a], score[b]) for a, b in pairs},
               "wall_s": time.perf_counter() - started}
     lines = [f"# Global-schedule ablation of `{run_dir}`", "",
              f"Command: `{result['command']}` ({result['wall_s']:.0f} s). Test balanced "

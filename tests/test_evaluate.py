@@ -201,6 +201,32 @@ def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
         parse_args(["--add-methods", "nope"])
 
 
+def test_add_methods_reruns_the_searches_and_hand_baselines_record_for_record(run_dir,
+                                                                              tmp_path):
+    # The searches run again at the agent's budget on the tuning tasks evaluate() drew, from
+    # the same generators: they find the same configurations and give the same records.
+    import shutil
+
+    from agents.evaluate import add_methods
+
+    args = dict(seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2, search_budget=4)
+    if not (run_dir / "evaluation.json").is_file():  # the end-to-end test above writes it
+        evaluate(EvalArgs(run_dir=str(run_dir), progress="lines", **args), distribution=DIST)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = json.loads((run / "evaluation.json").read_text())["records"]
+    names = ("random_search", "random_search_constant", "cma_es", "focal_2", "tuned_constant")
+    add_methods(EvalArgs(run_dir=str(run), **args), ["random_search", "cma_es", "focal_2",
+                                                     "tuned_constant"], distribution=DIST)
+    after = json.loads((run / "evaluation.json").read_text())["records"]
+    assert len(after) == len(before)
+    present = [n for n in names if any(r["method"] == n for r in before)]
+    assert set(names) - {"random_search_constant"} <= set(present)  # it may draw no constant
+    for name in present:
+        old = [r for r in before if r["method"] == name]
+        assert [r for r in after if r["method"] == name] == old, name
+
+
 def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path, capsys):
     import shutil
 
