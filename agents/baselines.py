@@ -440,6 +440,40 @@ class ReplayPolicy(_ActionPolicy):
         return self.actions[:, self.step - 1].copy()
 
 
+class KnotPolicy(_ActionPolicy):
+    """An open-loop action schedule: parameter j's action is linear in training progress p
+    (``obs[:, 0]``) between ``knots[j]``, evenly spaced on p ∈ [0, 1], clipped to [−1, 1].
+
+    In residual mode (with the agent's ``base_rule`` and ``max_step``) all-zero knots are the
+    base rule exactly, so :func:`knot_search` starts from it, as a residual agent does.
+
+    Args:
+        knots: ``[d, K]`` finite values, K >= 2 knots for each of the d parameters.
+        parameters, mode, base_rule, max_step: the action terms, as an agent's.
+    """
+
+    def __init__(self, knots: Sequence[Sequence[float]] | np.ndarray,
+                 parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "absolute",
+                 base_rule: LossSchedule | None = None, max_step: float = 0.1) -> None:
+        super().__init__(parameters, mode, base_rule, max_step)
+        array = np.asarray(knots, dtype=np.float64)
+        if (array.ndim != 2 or array.shape[0] != len(self.parameters) or array.shape[1] < 2
+                or not np.all(np.isfinite(array))):
+            raise ValueError(f"knots has shape {array.shape}; expected [{len(self.parameters)},"
+                             f" K >= 2] finite values for parameters {self.parameters}")
+        self.knots = np.clip(array, -1.0, 1.0)
+        self._at = np.linspace(0.0, 1.0, array.shape[1])
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The actions at each row's progress, ``[N, d]``."""
+        progress = np.asarray(obs, dtype=np.float64)[:, 0]
+        return np.stack([np.interp(progress, self._at, row) for row in self.knots],
+                        axis=1).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"KnotPolicy(mode={self.mode!r}, knots={np.round(self.knots, 4).tolist()})"
+
+
 class PerMemberPolicy:
     """Member i of the population is driven by ``policies[i]``: all rules (parameters from
     :meth:`params`) or all action policies (:meth:`act`).
@@ -923,3 +957,66 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
     finally:
         np.random.set_state(state)
     return _best(history, keys), history
+
+
+def knot_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, *, knots: int = 4,
+                popsize: int | None = None, sigma0: float = 0.3,
+                parameters: Sequence[str] = DEFAULT_PARAMETERS, mode: str = "residual",
+                base_rule: LossSchedule | None = None, max_step: float = 0.2,
+                metric: str = "balanced_accuracy", device: str | torch.device = "auto",
+                max_members: int = 256) -> tuple[Config, Table]:
+    """CMA-ES over open-loop action schedules in an agent's own terms (:class:`KnotPolicy`:
+    ``knots`` actions per parameter), starting at zero (in residual mode: the base rule),
+    maximising the mean final validation metric on ``tasks``; ``budget`` counts inner runs as
+    in :func:`random_search`. It is the search a learned schedule must beat: a residual agent
+    that plays one schedule has earned its training only if no schedule search of the same
+    budget finds a better one. numpy's global random state is restored afterwards.
+
+    Returns:
+        the best config, ``{"knots": [d][K]}`` (``KnotPolicy(**config, ...)`` with the same
+        action terms), and the history: one row per candidate with ``candidate``,
+        ``generation``, ``knots``, ``score`` and ``task_scores``.
+    """
+    import cma
+
+    tasks = _check_tasks(tasks)
+    seed = _check_int("seed", seed, 0)
+    knots = _check_int("knots", knots, 2)
+    sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
+    if sigma0 == 0.0:
+        raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
+    terms = {"parameters": parameters, "mode": mode, "base_rule": base_rule,
+             "max_step": max_step}
+    d = len(KnotPolicy(np.zeros((len(parameters), knots)), **terms).parameters)
+    count = _check_budget(budget, tasks)
+    if count < 2:
+        raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
+                         f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
+    popsize = _check_int("popsize", default_popsize(count, d * knots) if popsize is None
+                         else popsize, 2)
+    if count % popsize:
+        raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
+                         f"budget={budget} buys on {len(tasks)} tasks")
+    state = np.random.get_state()
+    history: Table = []
+    try:
+        es = cma.CMAEvolutionStrategy([0.0] * (d * knots), sigma0, {
+            "popsize": popsize, "bounds": [-1.0, 1.0], "seed": seed + 1, "verbose": -9,
+            "verb_log": 0, "verb_disp": 0})
+        for generation in range(count // popsize):
+            points = es.ask()
+            grids = [np.clip(np.asarray(x).reshape(d, knots), -1.0, 1.0) for x in points]
+            records = rollout_members([KnotPolicy(g, **terms) for g in grids for _ in tasks],
+                                      [t for _ in grids for t in tasks], "knot_search", metric,
+                                      device, max_members)
+            scores = np.array([final_val_score(r, metric) for r in records]).reshape(
+                len(grids), len(tasks))
+            es.tell(points, [-float(row.mean()) for row in scores])
+            for g, row in zip(grids, scores):
+                history.append({"candidate": len(history), "generation": generation,
+                                "knots": g.tolist(), "score": float(row.mean()),
+                                "task_scores": row.tolist()})
+    finally:
+        np.random.set_state(state)
+    best = max(history, key=lambda row: row["score"])
+    return {"knots": best["knots"]}, history

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -299,6 +300,13 @@ def evaluate(args: EvalArgs, distribution: TaskDistribution | None = None,
         executor.close()
 
 
+def action_terms(agent: AgentPolicy) -> dict[str, Any]:
+    """The agent's action terms (parameters, mode, base rule, step), for a policy that acts
+    as the agent does."""
+    return {"parameters": agent.parameters, "mode": agent.mode, "base_rule": agent.base_rule,
+            "max_step": agent.max_step}
+
+
 def search_budget(args: EvalArgs, run_dir: Path, tune_tasks: int) -> int:
     """The searches' budget in inner runs (candidate × task): ``--search-budget``, else the
     agent's training episodes, rounded up to a whole number (at least 2) of candidates."""
@@ -363,6 +371,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
                             parameters=agent.parameters, **kw)
     cma_search = partial(bl.cma_search, tune, budget, args.seed, "schedule",
                          parameters=agent.parameters, **kw)
+    # A residual agent also meets CMA-ES over open-loop schedules in its own action terms,
+    # from its base rule: the search that a learned schedule has to beat.
+    knot_searches = [partial(bl.knot_search, tune, budget, args.seed, **action_terms(agent),
+                             **kw)] if agent.mode == "residual" and not args.small else []
 
     hand = {"ce": bl.HAND_BASELINES["ce"]} if args.small else bl.HAND_BASELINES
     methods = ("logit_adjusted", "ldam_drw") if args.small else bl.METHOD_BASELINES
@@ -370,7 +382,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     searches = [] if args.small else [
         random_search, cma_search,
         partial(bl.grid_search, "constant", tasks, select="test", **ORACLE_GRID, **kw),
-        partial(_pbt, args, tune, budget, run_dir, agent.parameters)]
+        partial(_pbt, args, tune, budget, run_dir, agent.parameters), *knot_searches]
     # The inner training runs of each wave, for the progress. The second wave runs the three
     # ablations, the tuned policies and the oracle on the held-out tasks; until the first wave
     # is done, the plan counts every tuned policy there can be: one per tuned space, and
@@ -383,14 +395,14 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
                              tasks, "base_rule", **kw)]
     first_runs = (len(tasks) * (1 + len(hand) + len(methods) + len(base_runs))
                   + sum(grid_runs(space, tune) for space in spaces)
-                  + (0 if args.small else 2 * budget + grid_runs("constant", tasks,
-                                                                 **ORACLE_GRID)))
+                  + (0 if args.small else (2 + len(knot_searches)) * budget
+                     + grid_runs("constant", tasks, **ORACLE_GRID)))
 
     def second_runs(tuned: int, oracle: int) -> int:
         return len(tasks) * (3 + tuned + oracle)
 
     progress.set_total(first_runs + (second_runs(len(spaces), 0) if args.small else
-                                     second_runs(len(spaces) + 4, 1)))
+                                     second_runs(len(spaces) + 4 + len(knot_searches), 1)))
     say = progress.say
     say(f"{len(tasks)} held-out runs per method; tuning on {len(tune)} train tasks; "
         f"search budget {budget} inner runs; {progress.total} inner training runs planned"
@@ -417,11 +429,13 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         "tuned_ldam_drw": bl.ldam_drw_rule(**tuned_configs["ldam_drw"][0])}
     extra = []
     if not args.small:
-        randoms, cmas, oracle, (pbt, pbt_note) = first[1 + len(fixed) + len(spaces):]
+        randoms, cmas, oracle, (pbt, pbt_note), *knots = first[1 + len(fixed) + len(spaces):]
         tuned["tuned_feedback"] = bl.FeedbackRule(**tuned_configs["feedback"][0])
         tuned["tuned_constant"] = bl.constant_rule(**tuned_configs["constant"][0])
         tuned.update(random_search_policies(randoms, agent.parameters))
         tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
+        if knots:
+            tuned["knot_search"] = bl.KnotPolicy(**knots[0][0], **action_terms(agent))
         if pbt is not None:
             tuned["pbt"] = pbt
         extra = [partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks,
@@ -476,7 +490,10 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         "" if args.small else (
             f"Searches (random, CMA-ES, over the agent's parameters "
             f"{', '.join(agent.parameters)}, constants and schedules together; "
-            f"random_search_constant is the best constant among random search's draws): "
+            f"random_search_constant is the best constant among random search's draws"
+            + ("; knot_search: CMA-ES over open-loop schedules of the agent's residual "
+               "actions, 4 knots per parameter, from its base rule" if knot_searches else "")
+            + "): "
             f"{budget} inner runs each, {equal} (the agent's reward also trained one twin per "
             f"episode, not counted). ")) + f"{pbt_note} Wall time of the evaluation: " \
         f"{time.time() - start:.0f} s."
@@ -500,7 +517,7 @@ TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
 #: The searches that ``--add-methods`` can add, over the agent's parameters at the budget of
 #: :func:`search_budget`, drawn as :func:`evaluate` draws them (``random_search`` also adds
 #: ``random_search_constant``).
-SEARCH_FAMILIES = ("random_search", "cma_es")
+SEARCH_FAMILIES = ("random_search", "cma_es", "knot_search")
 
 
 def add_methods(args: EvalArgs, methods: Sequence[str],
@@ -532,9 +549,17 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
                     space, factory = TUNED_FAMILIES[name]
                     policies[name] = factory(**bl.grid_search(space, tune, **kw)[0])
                 elif name in SEARCH_FAMILIES:
-                    parameters = AgentPolicy(run_dir).parameters
+                    agent = AgentPolicy(run_dir)
+                    parameters = agent.parameters
                     budget = search_budget(args, run_dir, len(tune))
-                    if name == "random_search":
+                    if name == "knot_search":
+                        if agent.mode != "residual":
+                            raise ValueError("knot_search searches residual actions around "
+                                             f"a base rule; this agent's are {agent.mode!r}")
+                        config = bl.knot_search(tune, budget, args.seed, **action_terms(agent),
+                                                **kw)[0]
+                        policies[name] = bl.KnotPolicy(**config, **action_terms(agent))
+                    elif name == "random_search":
                         policies = random_search_policies(bl.random_search(
                             tune, budget, np.random.default_rng([args.seed, 1]), "mixed",
                             parameters=parameters, **kw), parameters)

@@ -559,3 +559,31 @@ def test_searches_cover_an_agents_extra_parameters(monkeypatch, space):
     assert len({row["tau"] for row in history}) == 3
     policy = policy_from_config(space, best)
     assert set(policy.parameters) == set(parameters)
+
+
+def test_knot_policy_is_linear_in_progress_between_its_knots_and_clipped():
+    from agents.baselines import KnotPolicy
+
+    policy = KnotPolicy([[0.0, 1.0, -0.5], [2.0, 2.0, -3.0]], parameters=("gamma", "alpha"))
+    obs = np.zeros((5, 3))
+    obs[:, 0] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(policy.act(obs), [[0.0, 1.0], [0.5, 1.0], [1.0, 1.0],
+                                                 [0.25, 0.0], [-0.5, -1.0]])
+    with pytest.raises(ValueError, match=r"knots has shape \(2, 1\); expected \[2, K >= 2\]"):
+        KnotPolicy([[0.0], [1.0]], parameters=("gamma", "alpha"))
+    with pytest.raises(ValueError, match="knots"):
+        KnotPolicy([[0.0, float("nan")], [1.0, 0.0]], parameters=("gamma", "alpha"))
+
+
+def test_knot_search_scores_every_candidate_and_returns_the_best():
+    from agents.baselines import knot_search
+
+    tasks = TASKS
+    config, history = knot_search(tasks, 8, seed=0, knots=2, popsize=2, mode="absolute",
+                                  parameters=("gamma", "alpha"), device="cpu")
+    assert [row["generation"] for row in history] == [0, 0, 1, 1]
+    best = max(history, key=lambda row: row["score"])
+    assert config == {"knots": best["knots"]}
+    assert all(row["score"] == pytest.approx(np.mean(row["task_scores"])) for row in history)
+    with pytest.raises(ValueError, match="popsize=3 must divide the 4 candidates"):
+        knot_search(tasks, 8, popsize=3, mode="absolute", parameters=("gamma", "alpha"))

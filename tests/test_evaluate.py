@@ -4,6 +4,7 @@ import json
 import re
 import sys
 
+import numpy as np
 import pytest
 
 import agents.train as train_mod
@@ -173,8 +174,6 @@ def test_lossgym_train_and_evaluate_hand_over_to_the_agents_package(monkeypatch,
 def test_add_methods_runs_them_on_the_same_held_out_tasks(run_dir, tmp_path):
     import shutil
 
-    import numpy as np
-
     from agents.baselines import rollout_baseline
     from agents.evaluate import add_methods, record_to_dict
     from agents.rollout import rollout_policy
@@ -271,14 +270,35 @@ def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_pat
                           env_kwargs={"action_mode": "residual", "reward_baseline": "base",
                                       "base_rule": base.to_dict(), "max_step": 0.2}),
                    tasks=SMALL)
-    path = evaluate(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
-                             small=True, device="cpu", progress="lines"), distribution=DIST)
+    args = dict(seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2, search_budget=4, pbt=False,
+                device="cpu")
+    path = evaluate(EvalArgs(run_dir=str(run), progress="lines", **args), distribution=DIST)
     data = json.loads((run / "evaluation.json").read_text())
     records = [r for r in data["records"] if r["method"] == "base_rule"]
     assert data["base_rule"] == "base_rule" and len(records) == 4
     tasks = [TaskSpec.from_dict(r["task"]) for r in records]
-    again = rollout_policy(ScheduleRule(base, ("gamma", "alpha", "tau", "margin", "scale")),
-                           tasks, "again", device="cpu")
+    parameters = ("gamma", "alpha", "tau", "margin", "scale")
+    again = rollout_policy(ScheduleRule(base, parameters), tasks, "again", device="cpu")
     assert [r["test"] for r in records] == [r.test for r in again]
     text = path.read_text()
     assert "base_rule" in text and "run as a fixed rule" in text
+    # A residual agent also meets CMA-ES over open-loop schedules of its own actions
+    # (knot_search, the agent's budget: 2 candidates x 2 tuning tasks), counted in the plan.
+    knots = [r for r in data["records"] if r["method"] == "knot_search"]
+    assert [r["task"] for r in knots] == [r["task"] for r in records]
+    assert "knot_search" in data["tuned"] and "knot_search" in text
+    counts = [line for line in capsys.readouterr().out.splitlines()
+              if "inner training runs (" in line]
+    total = len(data["records"]) + 2 * (10 + 8 + 8 + 18) + 3 * 4 + 9 * 4
+    assert counts[-1].split("] ")[1].startswith(f"{total}/{total} inner training runs (100 %)")
+    # All-zero knots are the base rule exactly; --add-methods runs the search again, the same.
+    from agents import baselines as bl
+    from agents.evaluate import action_terms, add_methods
+
+    agent = train_mod.AgentPolicy(run)
+    zero = rollout_policy(bl.KnotPolicy(np.zeros((len(agent.parameters), 4)),
+                                        **action_terms(agent)), tasks, "zero", device="cpu")
+    assert [r.test for r in zero] == [r["test"] for r in records]
+    add_methods(EvalArgs(run_dir=str(run), **args), ["knot_search"], distribution=DIST)
+    after = json.loads((run / "evaluation.json").read_text())
+    assert [r for r in after["records"] if r["method"] == "knot_search"] == knots
