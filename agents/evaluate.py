@@ -307,6 +307,12 @@ def action_terms(agent: AgentPolicy) -> dict[str, Any]:
             "max_step": agent.max_step}
 
 
+def search_parameters(agent: AgentPolicy) -> tuple[str, ...]:
+    """What random search and CMA-ES search: γ and α (their spaces schedule these two) and
+    every other parameter the agent controls, even when the agent controls neither."""
+    return ("gamma", "alpha") + tuple(p for p in agent.parameters if p not in ("gamma", "alpha"))
+
+
 def search_budget(args: EvalArgs, run_dir: Path, tune_tasks: int) -> int:
     """The searches' budget in inner runs (candidate × task): ``--search-budget``, else the
     agent's training episodes, rounded up to a whole number (at least 2) of candidates."""
@@ -368,9 +374,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     # constants and schedules at once: each gets the agent's whole budget.
     search_rng = np.random.default_rng([args.seed, 1])
     random_search = partial(bl.random_search, tune, budget, search_rng, "mixed",
-                            parameters=agent.parameters, **kw)
+                            parameters=search_parameters(agent), **kw)
     cma_search = partial(bl.cma_search, tune, budget, args.seed, "schedule",
-                         parameters=agent.parameters, **kw)
+                         parameters=search_parameters(agent), **kw)
     # A residual agent also meets CMA-ES over open-loop schedules in its own action terms,
     # from its base rule: the search that a learned schedule has to beat.
     knot_searches = [partial(bl.knot_search, tune, budget, args.seed, **action_terms(agent),
@@ -432,7 +438,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         randoms, cmas, oracle, (pbt, pbt_note), *knots = first[1 + len(fixed) + len(spaces):]
         tuned["tuned_feedback"] = bl.FeedbackRule(**tuned_configs["feedback"][0])
         tuned["tuned_constant"] = bl.constant_rule(**tuned_configs["constant"][0])
-        tuned.update(random_search_policies(randoms, agent.parameters))
+        tuned.update(random_search_policies(randoms, search_parameters(agent)))
         tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
         if knots:
             tuned["knot_search"] = bl.KnotPolicy(**knots[0][0], **action_terms(agent))
@@ -540,49 +546,57 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
         raise ValueError(f"{path} was not made with --seed {args.seed} --id-tasks "
                          f"{args.id_tasks} --seeds {args.seeds}: its held-out tasks differ")
     executor = distributed.executor_from(args.ray)
+    kw = {"device": args.device}
     try:
         with distributed.using(executor):
-            added, kw = [], {"device": args.device}
-            for name in methods:
-                policies: dict[str, Policy] = {}
-                if name in TUNED_FAMILIES:
-                    space, factory = TUNED_FAMILIES[name]
-                    policies[name] = factory(**bl.grid_search(space, tune, **kw)[0])
-                elif name in SEARCH_FAMILIES:
-                    agent = AgentPolicy(run_dir)
-                    parameters = agent.parameters
-                    budget = search_budget(args, run_dir, len(tune))
-                    if name == "knot_search":
-                        if agent.mode != "residual":
-                            raise ValueError("knot_search searches residual actions around "
-                                             f"a base rule; this agent's are {agent.mode!r}")
-                        config = bl.knot_search(tune, budget, args.seed, **action_terms(agent),
-                                                **kw)[0]
-                        policies[name] = bl.KnotPolicy(**config, **action_terms(agent))
-                    elif name == "random_search":
-                        policies = random_search_policies(bl.random_search(
-                            tune, budget, np.random.default_rng([args.seed, 1]), "mixed",
-                            parameters=parameters, **kw), parameters)
-                    else:
-                        policies[name] = bl.policy_from_config("schedule", bl.cma_search(
-                            tune, budget, args.seed, "schedule", parameters=parameters,
-                            **kw)[0])
-                elif name in bl.HAND_BASELINES or name in bl.METHOD_BASELINES:
-                    added += bl.rollout_baseline(name, tasks, device=args.device)
-                else:
-                    added += rollout_method(name, tasks, device=args.device)
-                for label, policy in policies.items():
-                    data.setdefault("tuned", {})[label] = str(policy)
-                    added += rollout_policy(policy, tasks, label, **kw)
+            for name in methods:  # each written when done: a later failure keeps it
+                added = _run_added(name, args, run_dir, tasks, tune, data, kw)
+                replaced = {r.method for r in added}
+                data["records"] = ([r for r in data["records"] if r["method"] not in replaced]
+                                   + [record_to_dict(r) for r in added])
+                data["note"] += (" Added afterwards by --add-methods on the same held-out "
+                                 f"tasks and seeds: {name}.")
+                atomic_write_text(path, json.dumps(data))
     finally:
         executor.close()
-    replaced = {r.method for r in added}
-    records = [r for r in data["records"] if r["method"] not in replaced]
-    data["records"] = records + [record_to_dict(r) for r in added]
-    data["note"] += (f" Added afterwards by --add-methods on the same held-out tasks and seeds:"
-                     f" {', '.join(methods)}.")
-    atomic_write_text(path, json.dumps(data))
     return report_from_json(run_dir, dist)
+
+
+def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
+               tune: list[TaskSpec], data: dict[str, Any], kw: dict[str, Any]
+               ) -> list[EpisodeRecord]:
+    """The held-out records of one ``--add-methods`` name (tuned or searched first, with
+    what it chose put in ``data["tuned"]``)."""
+    if name in bl.HAND_BASELINES or name in bl.METHOD_BASELINES:
+        return bl.rollout_baseline(name, tasks, device=args.device)
+    if name not in TUNED_FAMILIES and name not in SEARCH_FAMILIES:
+        return rollout_method(name, tasks, device=args.device)
+    policies: dict[str, Policy] = {}
+    if name in TUNED_FAMILIES:
+        space, factory = TUNED_FAMILIES[name]
+        policies[name] = factory(**bl.grid_search(space, tune, **kw)[0])
+    else:
+        agent = AgentPolicy(run_dir)
+        budget = search_budget(args, run_dir, len(tune))
+        if name == "knot_search":
+            if agent.mode != "residual":
+                raise ValueError("knot_search searches residual actions around a base rule; "
+                                 f"this agent's are {agent.mode!r}")
+            config = bl.knot_search(tune, budget, args.seed, **action_terms(agent), **kw)[0]
+            policies[name] = bl.KnotPolicy(**config, **action_terms(agent))
+        elif name == "random_search":
+            policies = random_search_policies(bl.random_search(
+                tune, budget, np.random.default_rng([args.seed, 1]), "mixed",
+                parameters=search_parameters(agent), **kw), search_parameters(agent))
+        else:
+            policies[name] = bl.policy_from_config("schedule", bl.cma_search(
+                tune, budget, args.seed, "schedule", parameters=search_parameters(agent),
+                **kw)[0])
+    added: list[EpisodeRecord] = []
+    for label, policy in policies.items():
+        data.setdefault("tuned", {})[label] = str(policy)
+        added += rollout_policy(policy, tasks, label, **kw)
+    return added
 
 
 def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) -> Path:

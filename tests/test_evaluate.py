@@ -302,3 +302,30 @@ def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_pat
     add_methods(EvalArgs(run_dir=str(run), **args), ["knot_search"], distribution=DIST)
     after = json.loads((run / "evaluation.json").read_text())
     assert [r for r in after["records"] if r["method"] == "knot_search"] == knots
+
+
+def test_the_searches_run_for_an_agent_that_does_not_control_alpha(tmp_path):
+    # The default agent controls γ, τ, Δ, s and cb, not α: random search and CMA-ES, whose
+    # schedule spaces are of γ and α, search α besides its parameters instead of failing.
+    from agents.baselines import rollout_baseline
+    from agents.es import ESArgs, train_es
+    from agents.evaluate import add_methods, record_to_dict, search_parameters
+    from agents.rollout import rollout_policy
+
+    run = train_es(ESArgs(run_dir=str(tmp_path / "es"), generations=1, pairs=1, progress=False,
+                          env_kwargs={"action_mode": "residual", "reward_baseline": "base",
+                                      "base_rule": "ldam_drw", "max_step": 0.2,
+                                      "action_params": "gamma,tau,margin,scale,cb"}),
+                   tasks=SMALL)
+    agent = train_mod.AgentPolicy(run)
+    assert search_parameters(agent) == ("gamma", "alpha", "tau", "margin", "scale", "cb")
+    tasks = held_out_tasks(DIST, np.random.default_rng(0), id_tasks=1, seeds=2)
+    records = (rollout_policy(agent, tasks, "agent", device="cpu")
+               + rollout_baseline("ce", tasks, device="cpu"))
+    (run / "evaluation.json").write_text(json.dumps(
+        {"note": "tiny.", "records": [record_to_dict(r) for r in records]}))
+    add_methods(EvalArgs(run_dir=str(run), seeds=2, id_tasks=1, ood_tasks=1, tune_tasks=2,
+                         search_budget=4, device="cpu"), ["random_search", "cma_es"],
+                distribution=DIST)
+    methods = [r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]]
+    assert methods.count("random_search") == methods.count("cma_es") == len(tasks)
