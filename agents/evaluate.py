@@ -370,8 +370,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     budget = search_budget(args, run_dir, len(tune))
     agent = AgentPolicy(run_dir)
 
-    # The searches cover every loss parameter the agent controls (γ, α and the rest), over
-    # constants and schedules at once: each gets the agent's whole budget.
+    # Random search and CMA-ES cover every loss parameter the agent controls, and γ and α
+    # (their schedules are of these two; the others are constants), constants and schedules
+    # at once: each gets the agent's whole budget.
     search_rng = np.random.default_rng([args.seed, 1])
     random_search = partial(bl.random_search, tune, budget, search_rng, "mixed",
                             parameters=search_parameters(agent), **kw)
@@ -494,8 +495,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         f"base_rule: the agent's base rule {json.dumps(agent.base_rule.to_dict())}, run as a "
         "fixed rule (the agent's zero action). " if base_runs else "") + (
         "" if args.small else (
-            f"Searches (random, CMA-ES, over the agent's parameters "
-            f"{', '.join(agent.parameters)}, constants and schedules together; "
+            f"Searches (random, CMA-ES, over the parameters "
+            f"{', '.join(search_parameters(agent))}, constants and schedules of γ and α "
+            f"together; "
             f"random_search_constant is the best constant among random search's draws"
             + ("; knot_search: CMA-ES over open-loop schedules of the agent's residual "
                "actions, 4 knots per parameter, from its base rule" if knot_searches else "")
@@ -632,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--add-methods", default=None, metavar="NAME,...",
                         help="run these built-in methods, hand baselines, tuned families "
                              "(tuned_drw, tuned_ldam_drw, tuned_feedback, tuned_constant) or "
-                             "searches (random_search, cma_es, at the agent's budget) on the "
+                             "searches (random_search, cma_es, knot_search, at the agent's "
+                             "budget) on the "
                              "held-out tasks of the evaluation in evaluation.json, add them "
                              "and rewrite the report")
     return parser

@@ -9,6 +9,7 @@ is gone (and those that ``tempfile.mkstemp`` made in earlier versions, after an 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -88,7 +89,5 @@ def write_study(json_path: str | os.PathLike[str], result: object,
 
     The JSON goes first, so a report on disk always has its data beside it.
     """
-    import json
-
     atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
     atomic_write_text(report_path, report)
