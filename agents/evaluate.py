@@ -523,9 +523,9 @@ TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
     "tuned_feedback": ("feedback", bl.FeedbackRule), "tuned_constant": ("constant",
                                                                         bl.constant_rule)}
 #: The searches that ``--add-methods`` can add, over the agent's parameters at the budget of
-#: :func:`search_budget`, drawn as :func:`evaluate` draws them (``random_search`` also adds
-#: ``random_search_constant``).
-SEARCH_FAMILIES = ("random_search", "cma_es", "knot_search")
+#: :func:`search_budget` (PBT's: ``--pbt-budget``), drawn as :func:`evaluate` draws them
+#: (``random_search`` also adds ``random_search_constant``), and the test-set oracle.
+SEARCH_FAMILIES = ("random_search", "cma_es", "knot_search", "pbt", "oracle_constant")
 
 
 def add_methods(args: EvalArgs, methods: Sequence[str],
@@ -574,7 +574,18 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
     if name not in TUNED_FAMILIES and name not in SEARCH_FAMILIES:
         return rollout_method(name, tasks, device=args.device)
     policies: dict[str, Policy] = {}
-    if name in TUNED_FAMILIES:
+    if name == "oracle_constant":  # picked on the held-out tasks' test split, as evaluate()
+        oracle = bl.grid_search("constant", tasks, select="test", **ORACLE_GRID, **kw)[0]
+        return rollout_policy(bl.constant_rule(**oracle), tasks, name, **kw)
+    if name == "pbt":
+        agent = AgentPolicy(run_dir)
+        pbt, pbt_note = _pbt(args, tune, search_budget(args, run_dir, len(tune)), run_dir,
+                             agent.parameters)
+        if pbt is None:
+            raise ValueError(f"--add-methods pbt: {pbt_note}")
+        data["note"] += f" {pbt_note}"
+        policies[name] = pbt
+    elif name in TUNED_FAMILIES:
         space, factory = TUNED_FAMILIES[name]
         policies[name] = factory(**bl.grid_search(space, tune, **kw)[0])
     else:
@@ -634,8 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--add-methods", default=None, metavar="NAME,...",
                         help="run these built-in methods, hand baselines, tuned families "
                              "(tuned_drw, tuned_ldam_drw, tuned_feedback, tuned_constant) or "
-                             "searches (random_search, cma_es, knot_search, at the agent's "
-                             "budget) on the "
+                             "searches (random_search, cma_es, knot_search, pbt, at the "
+                             "agent's budget) or oracle_constant on the "
                              "held-out tasks of the evaluation in evaluation.json, add them "
                              "and rewrite the report")
     return parser

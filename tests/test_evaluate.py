@@ -214,9 +214,11 @@ def test_add_methods_reruns_the_searches_and_hand_baselines_record_for_record(ru
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     before = json.loads((run / "evaluation.json").read_text())["records"]
-    names = ("random_search", "random_search_constant", "cma_es", "focal_2", "tuned_constant")
+    names = ("random_search", "random_search_constant", "cma_es", "focal_2", "tuned_constant",
+             "oracle_constant")
     add_methods(EvalArgs(run_dir=str(run), **args), ["random_search", "cma_es", "focal_2",
-                                                     "tuned_constant"], distribution=DIST)
+                                                     "tuned_constant", "oracle_constant"],
+                distribution=DIST)
     after = json.loads((run / "evaluation.json").read_text())["records"]
     assert len(after) == len(before)
     present = [n for n in names if any(r["method"] == n for r in before)]
@@ -224,6 +226,10 @@ def test_add_methods_reruns_the_searches_and_hand_baselines_record_for_record(ru
     for name in present:
         old = [r for r in before if r["method"] == name]
         assert [r for r in after if r["method"] == name] == old, name
+    # PBT that cannot run says why, and the evaluation is left as it was.
+    with pytest.raises(ValueError, match="pbt: PBT: skipped"):
+        add_methods(EvalArgs(run_dir=str(run), pbt=False, **args), ["pbt"], distribution=DIST)
+    assert json.loads((run / "evaluation.json").read_text())["records"] == after
 
 
 def test_the_small_evaluation_runs_the_named_baselines_and_says_so(run_dir, tmp_path, capsys):
