@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -47,6 +46,7 @@ from agents.rollout import (
     rollout_method,
     rollout_policy,
 )
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
@@ -71,24 +71,6 @@ Table = list[dict[str, Any]]
 
 
 # --------------------------------------------------------------------------- validation
-def _check_real(name: str, value: object, low: float, high: float) -> float:
-    """``value`` as a float in ``[low, high]`` (bounds may be infinite); else ``ValueError``."""
-    allowed = f"a finite number in [{low:g}, {high:g}]"
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-            or not math.isfinite(float(value))):
-        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
-    if not low <= float(value) <= high:
-        raise ValueError(f"{name}={value!r} is out of range: must be {allowed}")
-    return float(value)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    """``value`` as an int ``>= low``; else ``ValueError``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid: must be an int >= {low}")
-    return int(value)
-
-
 def _check_parameters(parameters: Sequence[str], mode: str = "absolute",
                       required: Sequence[str] = ()) -> tuple[str, ...]:
     """Validated parameter names (via :class:`ActionMapping`) that include ``required``."""
@@ -129,7 +111,7 @@ def _check_fixed(fixed: Mapping[str, float]) -> dict[str, float]:
             allowed = [p for p in loss_params.names() if p not in ("gamma", "alpha")]
             raise ValueError(f"fixed parameter {name!r} is not known; choose from {allowed}")
         low, high, _ = loss_params.ranges()[name]
-        out[name] = _check_real(name, value, low, high)
+        out[name] = checks.real(name, value, low, high)
     return out
 
 
@@ -176,8 +158,8 @@ def constant_rule(gamma: float = 0.0, alpha: float = 0.0,
             order), e.g. an agent's action set, whose other parameters stay neutral.
         **fixed: constant values of other parameters (τ, margin, scale, ...).
     """
-    return _hand_rule(constant(_check_real("gamma", gamma, *GAMMA_RANGE)),
-                      constant(_check_real("alpha", alpha, *ALPHA_RANGE)), parameters, fixed)
+    return _hand_rule(constant(checks.real("gamma", gamma, *GAMMA_RANGE)),
+                      constant(checks.real("alpha", alpha, *ALPHA_RANGE)), parameters, fixed)
 
 
 def drw_rule(switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
@@ -194,9 +176,9 @@ def drw_rule(switch: float = 0.8, alpha: float = 1.0, gamma: float = 0.0,
         gamma: constant focal exponent γ in [0, 5].
         parameters, **fixed: as :func:`constant_rule`.
     """
-    switch = _check_real("switch", switch, 0.0, 1.0)
-    alpha = _check_real("alpha", alpha, *ALPHA_RANGE)
-    return _hand_rule(constant(_check_real("gamma", gamma, *GAMMA_RANGE)),
+    switch = checks.real("switch", switch, 0.0, 1.0)
+    alpha = checks.real("alpha", alpha, *ALPHA_RANGE)
+    return _hand_rule(constant(checks.real("gamma", gamma, *GAMMA_RANGE)),
                       _drw_alpha(switch, alpha), parameters, fixed)
 
 
@@ -213,8 +195,8 @@ def ldam_drw_rule(scale: float = 30.0, switch: float = 0.8,
         parameters: the controlled parameters (default margin, scale and cb).
     """
     low, high = loss_params.param("scale").low, loss_params.param("scale").high
-    schedule = make_method("ldam_drw", scale=_check_real("scale", scale, low, high),
-                           switch=_check_real("switch", switch, 0.0, 0.999)).schedule()
+    schedule = make_method("ldam_drw", scale=checks.real("scale", scale, low, high),
+                           switch=checks.real("switch", switch, 0.0, 0.999)).schedule()
     return ScheduleRule(schedule, parameters)
 
 
@@ -235,15 +217,15 @@ def schedule_rule(gamma_start: float = 2.0, gamma_end: float = 0.0, shape: str =
         drw_alpha, alpha_start: α in [0, 1] after and before the switch.
         parameters, **fixed: as :func:`constant_rule`.
     """
-    start = _check_real("gamma_start", gamma_start, *GAMMA_RANGE)
-    end = _check_real("gamma_end", gamma_end, *GAMMA_RANGE)
+    start = checks.real("gamma_start", gamma_start, *GAMMA_RANGE)
+    end = checks.real("gamma_end", gamma_end, *GAMMA_RANGE)
     if shape not in SHAPES:
         raise ValueError(f"shape={shape!r} is not known; choose one of {SHAPES}")
     gamma = constant(start) if start == end else (linear if shape == "linear" else cosine)(
         start, end)
-    alpha = _drw_alpha(_check_real("drw_switch", drw_switch, 0.0, 1.0),
-                       _check_real("drw_alpha", drw_alpha, *ALPHA_RANGE),
-                       _check_real("alpha_start", alpha_start, *ALPHA_RANGE))
+    alpha = _drw_alpha(checks.real("drw_switch", drw_switch, 0.0, 1.0),
+                       checks.real("drw_alpha", drw_alpha, *ALPHA_RANGE),
+                       checks.real("alpha_start", alpha_start, *ALPHA_RANGE))
     return _hand_rule(gamma, alpha, parameters, fixed)
 
 
@@ -270,17 +252,17 @@ class FeedbackRule:
     def __init__(self, eta: float = 1.0, margin: float = 0.0, alpha_max: float = 1.0,
                  gamma: float = 0.0, parameters: Sequence[str] | None = None) -> None:
         self.parameters = _rule_parameters(parameters, {})
-        self.eta = _check_real("eta", eta, 0.0, math.inf)
-        self.margin = _check_real("margin", margin, -1.0, 1.0)
-        self.alpha_max = _check_real("alpha_max", alpha_max, *ALPHA_RANGE)
-        self.gamma = _check_real("gamma", gamma, *GAMMA_RANGE)
+        self.eta = checks.real("eta", eta, 0.0, math.inf)
+        self.margin = checks.real("margin", margin, -1.0, 1.0)
+        self.alpha_max = checks.real("alpha_max", alpha_max, *ALPHA_RANGE)
+        self.gamma = checks.real("gamma", gamma, *GAMMA_RANGE)
         self._neutral = np.array([loss_params.param(p).neutral for p in self.parameters])
         self._obs_dim = FeatureSpec(self.parameters).dim
         self.alpha = np.zeros(0)
 
     def reset(self, num_envs: int) -> None:
         """Start ``num_envs`` new episodes, each at α = 0."""
-        self.alpha = np.zeros(_check_int("num_envs", num_envs, 1))
+        self.alpha = np.zeros(checks.integer("num_envs", num_envs, 1))
 
     def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
         """Update each row's α from its observation ``[N, D]``, then its parameters ``[N, d]``."""
@@ -317,7 +299,7 @@ class _ActionPolicy:
 
     def reset(self, num_envs: int) -> None:
         """Start ``num_envs`` new episodes (nothing to do; a generator is not re-seeded)."""
-        _check_int("num_envs", num_envs, 1)
+        checks.integer("num_envs", num_envs, 1)
 
 
 class RandomPolicy(_ActionPolicy):
@@ -337,7 +319,7 @@ class RandomPolicy(_ActionPolicy):
 
     def __init__(self, seed: int = 0, parameters: Sequence[str] = DEFAULT_PARAMETERS,
                  mode: str = "absolute") -> None:
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = checks.integer("seed", seed, 0)
         super().__init__(parameters, mode)
         self.rng = np.random.default_rng(self.seed)
 
@@ -610,7 +592,7 @@ def rollout_members(policies: Sequence[Policy], tasks: Sequence[TaskSpec],
     names = [name] * len(tasks) if isinstance(name, str) else list(name)
     if len(names) != len(tasks):
         raise ValueError(f"{len(names)} names for {len(tasks)} tasks; pass one or one per task")
-    max_members = _check_int("max_members", max_members, 1)
+    max_members = checks.integer("max_members", max_members, 1)
     chunks = [group[start : start + max_members] for group in group_tasks(tasks)
               for start in range(0, len(group), max_members)]
     # The chunks are independent populations: let the executor run them side by side.
@@ -769,7 +751,7 @@ def _space_keys(space: str, parameters: Sequence[str] = DEFAULT_PARAMETERS
 
 def _check_budget(budget: int, tasks: list[TaskSpec]) -> int:
     """Candidates that ``budget`` inner runs buy: budget must be a multiple of len(tasks)."""
-    budget = _check_int("budget", budget, 1)
+    budget = checks.integer("budget", budget, 1)
     if budget % len(tasks):
         raise ValueError(f"budget={budget} is invalid: it counts inner training runs "
                          f"(candidates × tasks) and must be a positive multiple of "
@@ -922,10 +904,8 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
 
     tasks = _check_tasks(tasks)
     keys, extra = _space_keys(space, parameters)
-    seed = _check_int("seed", seed, 0)
-    sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
-    if sigma0 == 0.0:
-        raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
+    seed = checks.integer("seed", seed, 0)
+    sigma0 = checks.real("sigma0", sigma0, 0.0, 1.0, open_low=True)
     count = _check_budget(budget, tasks)
     if space == "mixed":
         raise ValueError("space='mixed' is random search's; CMA-ES searches 'constant' or "
@@ -936,7 +916,7 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
                          f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
     if popsize is None:
         popsize = default_popsize(count, dim)
-    popsize = _check_int("popsize", popsize, 2)
+    popsize = checks.integer("popsize", popsize, 2)
     if count % popsize:
         raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
                          f"budget={budget} buys on {len(tasks)} tasks")
@@ -980,11 +960,9 @@ def knot_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, *, knots:
     import cma
 
     tasks = _check_tasks(tasks)
-    seed = _check_int("seed", seed, 0)
-    knots = _check_int("knots", knots, 2)
-    sigma0 = _check_real("sigma0", sigma0, 0.0, 1.0)
-    if sigma0 == 0.0:
-        raise ValueError("sigma0=0.0 is out of range: must be a number in (0, 1]")
+    seed = checks.integer("seed", seed, 0)
+    knots = checks.integer("knots", knots, 2)
+    sigma0 = checks.real("sigma0", sigma0, 0.0, 1.0, open_low=True)
     terms = {"parameters": parameters, "mode": mode, "base_rule": base_rule,
              "max_step": max_step}
     d = len(KnotPolicy(np.zeros((len(parameters), knots)), **terms).parameters)
@@ -992,7 +970,7 @@ def knot_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, *, knots:
     if count < 2:
         raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
                          f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
-    popsize = _check_int("popsize", default_popsize(count, d * knots) if popsize is None
+    popsize = checks.integer("popsize", default_popsize(count, d * knots) if popsize is None
                          else popsize, 2)
     if count % popsize:
         raise ValueError(f"popsize={popsize} must divide the {count} candidates that "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import os
 import random
 import tempfile
@@ -34,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from lossgym import _checks as checks
 
 MIN_TRAIN_PER_CLASS = 5
 """Fewest training samples any class may get in a task (and that :func:`from_arrays` leaves in
@@ -79,8 +80,7 @@ class Dataset:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Dataset.name must be a non-empty string, got {self.name!r}")
-        if not _is_int(self.num_classes) or self.num_classes < 2:
-            raise ValueError(f"Dataset.num_classes must be an int >= 2, got {self.num_classes!r}")
+        checks.integer("Dataset.num_classes", self.num_classes, 2)
         num_features = None
         for split in ("train", "val", "test"):
             x = getattr(self, f"x_{split}")
@@ -157,14 +157,8 @@ class DatasetInfo:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"DatasetInfo.name must be a non-empty string, got {self.name!r}")
         for field, low in (("num_classes", 2), ("num_features", 1), ("train_per_class", 1)):
-            value = getattr(self, field)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"DatasetInfo.{field} must be an int >= {low}, got {value!r}")
-        if not _is_int(self.default_n_max) or not 1 <= self.default_n_max <= self.train_per_class:
-            raise ValueError(
-                f"DatasetInfo.default_n_max must be an int in [1, train_per_class="
-                f"{self.train_per_class}], got {self.default_n_max!r}"
-            )
+            checks.integer(f"DatasetInfo.{field}", getattr(self, field), low)
+        checks.integer("DatasetInfo.default_n_max", self.default_n_max, 1, self.train_per_class)
         if not callable(self.loader):
             raise ValueError(f"DatasetInfo.loader must be callable, got {self.loader!r}")
 
@@ -263,12 +257,9 @@ def class_counts(num_classes: int, n_max: int, ratio: float, profile: str) -> np
     Returns:
         int64 array ``[C]``, non-increasing in the class index.
     """
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if not _is_int(n_max) or n_max < 1:
-        raise ValueError(f"n_max must be an int >= 1, got {n_max!r}")
-    if not _is_real(ratio) or not 1.0 <= ratio < math.inf:
-        raise ValueError(f"ratio must be a finite number >= 1, got {ratio!r}")
+    checks.integer("num_classes", num_classes, 2)
+    checks.integer("n_max", n_max, 1)
+    checks.real("ratio", ratio, 1.0)
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     if profile == "exp":
@@ -333,8 +324,7 @@ def sample_train_pool(
                 f"{int(available[c])} training samples of class {c}, so 0..{int(available[c])} "
                 "are allowed"
             )
-    if not _is_real(label_noise) or not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must be a number in [0, 1], got {label_noise!r}")
+    checks.real("label_noise", label_noise, 0.0, 1.0)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {_describe(rng)}")
 
@@ -395,10 +385,8 @@ def from_arrays(
     if name in BUILTIN_DATASETS:
         raise ValueError(f"name={name!r} is reserved for a built-in dataset; choose another name")
     for field, value in (("val_per_class", val_per_class), ("test_per_class", test_per_class)):
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"{field} must be an int >= 1, got {value!r}")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        checks.integer(field, value, 1)
+    checks.integer("seed", seed, 0)
     X = np.asarray(X)
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -721,14 +709,6 @@ def _load_synthetic() -> Dataset:
         np.random.default_rng(1),
         per_feature=True,
     )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _describe(value: object) -> str:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,6 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lossgym import _checks as checks
 from lossgym._native import squared_norm
 from lossgym.actions import ActionMapping
 from lossgym.features import (
@@ -131,19 +131,6 @@ def _tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _real(value: object, what: str, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(float(value)) or not low <= float(value) <= high:
-        raise ValueError(f"{what}={value!r} must be a finite number in [{low:g}, {high:g}]")
-    return float(value)
-
-
-def _count(value: object, what: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{what}={value!r} must be an integer >= {low}")
-    return int(value)
-
-
 def _keys(values: object, required: Sequence[str], where: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a JSON object, got {type(values).__name__}")
@@ -171,7 +158,7 @@ def _check_counts(counts: object, where: str) -> Tensor:
     else:
         if isinstance(counts, (str, bytes)) or not isinstance(counts, Sequence):
             raise ValueError(f"{where} must be a list of class counts, got {counts!r}")
-        t = torch.tensor([_real(c, f"{where}[{i}]", 0.0) for i, c in enumerate(counts)],
+        t = torch.tensor([checks.real(f"{where}[{i}]", c, 0.0) for i, c in enumerate(counts)],
                          dtype=torch.float64)
     if t.ndim != 1 or t.numel() < 2 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()) \
             or not bool((t > 0).any()):
@@ -194,9 +181,10 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
         if not isinstance(items, list) or len(items) != dim:
             raise ValueError(f"obs_normalization.{key} must list {dim} numbers (one per "
                              f"feature), got {len(items) if isinstance(items, list) else items!r}")
-        out[key] = [_real(x, f"obs_normalization.{key}[{i}]", low) for i, x in enumerate(items)]
-    out["epsilon"] = _real(v["epsilon"], "obs_normalization.epsilon", 0.0)
-    out["clip_obs"] = _real(v["clip_obs"], "obs_normalization.clip_obs", 0.0)
+        out[key] = [checks.real(f"obs_normalization.{key}[{i}]", x, low)
+                    for i, x in enumerate(items)]
+    out["epsilon"] = checks.real("obs_normalization.epsilon", v["epsilon"], 0.0)
+    out["clip_obs"] = checks.real("obs_normalization.clip_obs", v["clip_obs"], 0.0)
     if "held" in v:  # features that took one value in training: fed as 0 (lossgym.features)
         held = v["held"]
         if not isinstance(held, list) or len(held) != dim or not all(
@@ -227,15 +215,15 @@ def _layer_shapes(layers: object, obs_dim: int, action_dim: int) -> dict[str, tu
             _keys(layer, ("kind", "input_size", "hidden_size"), where)
             if i:
                 raise ValueError(f"{where}: an lstm layer may only come first")
-            size_in, size_out = (_count(layer["input_size"], f"{where}.input_size"),
-                                 _count(layer["hidden_size"], f"{where}.hidden_size"))
+            size_in, size_out = (checks.integer(f"{where}.input_size", layer["input_size"], 1),
+                                 checks.integer(f"{where}.hidden_size", layer["hidden_size"], 1))
             shapes.update({f"{i}.weight_ih_l0": (4 * size_out, size_in),
                            f"{i}.weight_hh_l0": (4 * size_out, size_out),
                            f"{i}.bias_ih_l0": (4 * size_out,), f"{i}.bias_hh_l0": (4 * size_out,)})
         else:
             _keys(layer, ("kind", "in_features", "out_features"), where)
-            size_in, size_out = (_count(layer["in_features"], f"{where}.in_features"),
-                                 _count(layer["out_features"], f"{where}.out_features"))
+            size_in, size_out = (checks.integer(f"{where}.in_features", layer["in_features"], 1),
+                                 checks.integer(f"{where}.out_features", layer["out_features"], 1))
             shapes.update({f"{i}.weight": (size_out, size_in), f"{i}.bias": (size_out,)})
         if size_in != width:
             raise ValueError(f"{where} takes {size_in} inputs but receives {width} "
@@ -426,14 +414,14 @@ def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, 
         "format_version": FORMAT_VERSION,
         "lossgym_version": __version__,
         "kind": kind,
-        "total_steps": _count(total_steps, "total_steps"),
+        "total_steps": checks.integer("total_steps", total_steps, 1),
         "class_counts": None if class_counts is None
         else _check_counts(class_counts, "class_counts").tolist(),
         "source": dict(source or {}), **entries,
     }
     if kind == "method":
-        manifest["method"]["minibatches_per_step"] = _count(minibatches_per_step,
-                                                            "minibatches_per_step")
+        manifest["method"]["minibatches_per_step"] = checks.integer(
+            "minibatches_per_step", minibatches_per_step, 1)
     elif kind == "controller":
         from safetensors.torch import save
 
@@ -537,14 +525,14 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
         raise ValueError(f"kind {kind!r} is not known; an export is one of {KINDS}")
     _keys(manifest, ("format", "format_version", "lossgym_version", "kind", "total_steps",
                      "class_counts", "source") + entries[kind], "the manifest")
-    _count(manifest["total_steps"], "total_steps")
+    checks.integer("total_steps", manifest["total_steps"], 1)
     if manifest["class_counts"] is not None:
         _check_counts(manifest["class_counts"], "class_counts")
     if kind == "schedule":
         return LossSchedule.from_dict(manifest["schedule"])
     if kind == "method":
         entry = _keys(manifest["method"], ("name", "params", "minibatches_per_step"), "method")
-        _count(entry["minibatches_per_step"], "method.minibatches_per_step")
+        checks.integer("method.minibatches_per_step", entry["minibatches_per_step"], 1)
         return method_from_dict({"name": entry["name"], "params": entry["params"]})
     mapping_values = manifest["mapping"]
     if not isinstance(mapping_values, dict):
@@ -752,7 +740,7 @@ class AdaptiveLoss(nn.Module):
         self._mps_given = minibatches_per_step is not None
         check_reduction(reduction)
         self.reduction = reduction
-        self.total_steps = _count(total_steps, "total_steps")
+        self.total_steps = checks.integer("total_steps", total_steps, 1)
         #: ``"schedule"``, ``"controller"`` or ``"method"``.
         self.kind, identity = _describe(rule)
         self.schedule = rule if isinstance(rule, LossSchedule) else None
@@ -763,7 +751,8 @@ class AdaptiveLoss(nn.Module):
         if self.controller is not None:
             identity["weights"] = _tensor_digest(rule.tensors())
         #: Minibatches per period, for a method's deferred re-weighting.
-        self.minibatches_per_step = _count(minibatches_per_step or 1, "minibatches_per_step")
+        self.minibatches_per_step = checks.integer("minibatches_per_step",
+                                                   minibatches_per_step or 1, 1)
         self._loss = ParametricCriterion(reduction=reduction)
         #: Identifies the rule, so a checkpoint cannot be loaded into another export's loss.
         self.export_id = _digest(identity)
@@ -1085,7 +1074,7 @@ class AdaptiveLoss(nn.Module):
         if self._minibatch:
             self._period_sizes.append(self._minibatch)
         t = self.steps_done / self.total_steps if progress is None \
-            else _real(progress, "progress")
+            else checks.real("progress", progress)
         t = min(max(t, 0.0), 1.0)
         if self.method is not None:
             if self.method.uses_validation:
@@ -1349,7 +1338,7 @@ class AdaptiveLoss(nn.Module):
             if not isinstance(values, list) or (length is not None and len(values) != length):
                 fail(key, f"a list of {'' if length is None else f'{length} '}numbers"
                           f"{' or None' if optional else ''}")
-            return [_real(v, f"state[{key!r}][{i}]", low) for i, v in enumerate(values)]
+            return [checks.real(f"state[{key!r}][{i}]", v, low) for i, v in enumerate(values)]
 
         def array(values: object, where: str, shape: tuple[int, ...] | None) -> list:
             try:
@@ -1366,7 +1355,7 @@ class AdaptiveLoss(nn.Module):
         for key, low in (("total_steps", 1), ("steps_done", 0), ("num_classes", 1),
                          ("minibatch", 0), ("batch_size", 1), ("minibatches_per_step", 1)):
             out[key] = None if st[key] is None and key in ("num_classes", "batch_size") \
-                else _count(st[key], f"state[{key!r}]", low)
+                else checks.integer(f"state[{key!r}]", st[key], low)
         d, classes = len(self.controlled), out["num_classes"]
         out["params"] = numbers("params", d, optional=True)
         out["last_change"] = numbers("last_change", d)
@@ -1378,7 +1367,7 @@ class AdaptiveLoss(nn.Module):
         if not isinstance(history, list) or not all(
                 isinstance(h, dict) and all(isinstance(k, str) for k in h) for h in history):
             fail("history", "a list of {name: number} objects")
-        out["history"] = [{k: _real(v, f"state['history'][{i}][{k!r}]") for k, v in h.items()}
+        out["history"] = [{k: checks.real(f"state['history'][{i}][{k!r}]", v) for k, v in h.items()}
                           for i, h in enumerate(history)]
         if not isinstance(st["counts_inferred"], bool):
             raise ValueError(f"state['counts_inferred']={st['counts_inferred']!r} must be a bool")
@@ -1406,14 +1395,14 @@ class AdaptiveLoss(nn.Module):
         out["grad_norms"] = numbers("grad_norms", low=0.0)
         if not isinstance(st["period_sizes"], list):
             fail("period_sizes", "a list of integers")
-        out["period_sizes"] = [_count(v, f"state['period_sizes'][{i}]")
+        out["period_sizes"] = [checks.integer(f"state['period_sizes'][{i}]", v, 1)
                                for i, v in enumerate(st["period_sizes"])]
         setup = st["model_setup"]
         if not isinstance(setup, dict) or set(setup) - {"arch", "width"} \
                 or setup.get("arch", "mlp") not in ("mlp", "cnn"):
             fail("model_setup", "{'arch': 'mlp' or 'cnn', 'width': n} or empty")
         if "width" in setup:
-            _count(setup["width"], "state['model_setup']['width']")
+            checks.integer("state['model_setup']['width']", setup["width"], 1)
         out["model_setup"] = dict(setup)
         module = st["module"]
         if module is not None and (self.method is None or not isinstance(module, dict)):
@@ -1422,7 +1411,7 @@ class AdaptiveLoss(nn.Module):
                              "state['module'] must be None or a {name: values} object")
         out["module"] = module
         t = st["temperature"]
-        out["temperature"] = None if t is None else _real(t, "state['temperature']", 1e-12)
+        out["temperature"] = None if t is None else checks.real("state['temperature']", t, 1e-12)
         return out
 
     def extra_repr(self) -> str:

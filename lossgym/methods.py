@@ -18,14 +18,13 @@ entry; the comparison, the evaluation and the export pick it up.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lossgym import _checks as checks
 from lossgym import losses
 from lossgym import params as loss_params
 from lossgym.losses._kernel import check_logits_targets
@@ -62,15 +61,11 @@ class LossMethod:
                              f"takes {sorted(self.HYPER)}")
         self.hyper: dict[str, float] = {}
         for key, (default, low, high) in self.HYPER.items():
-            value = hyper.get(key, default)
-            integral = key == "num_bins"
-            if isinstance(value, bool) or not isinstance(
-                    value, numbers.Integral if integral else numbers.Real) \
-                    or not (math.isfinite(value) and low <= value <= high):
-                kind = "an integer" if integral else "a number"
-                raise ValueError(f"method {self.name!r}: {key}={value!r} is invalid; it must "
-                                 f"be {kind} in [{low:g}, {high:g}]")
-            self.hyper[key] = int(value) if integral else float(value)
+            check = checks.integer if key == "num_bins" else checks.real
+            try:
+                self.hyper[key] = check(key, hyper.get(key, default), low, high)
+            except ValueError as err:
+                raise ValueError(f"method {self.name!r}: {err}") from None
 
     def per_sample(self, logits: Tensor, targets: Tensor, ctx: MinibatchContext) -> Tensor:
         """The per-sample loss ``[n, B]``."""

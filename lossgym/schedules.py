@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import bisect
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 
 __all__ = [
@@ -55,18 +55,11 @@ __all__ = [
 MAX_DEPTH = 16
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(float(value)):
-        raise ValueError(f"{name}={value!r} is invalid: must be a finite number")
-    return float(value)
-
-
 def _boundaries(values: object) -> tuple[float, ...]:
     """Strictly increasing progress points inside (0, 1)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValueError(f"boundaries={values!r} must be a list of numbers in (0, 1)")
-    out = tuple(_number(f"boundaries[{i}]", v) for i, v in enumerate(values))
+    out = tuple(checks.real(f"boundaries[{i}]", v) for i, v in enumerate(values))
     for i, b in enumerate(out):
         if not 0.0 < b < 1.0:
             raise ValueError(f"boundaries[{i}]={b!r} must lie strictly between 0 and 1")
@@ -206,7 +199,7 @@ class Join(Schedule):
 
 def constant(value: float) -> Constant:
     """``value`` for the whole of training."""
-    return Constant(_number("value", value))
+    return Constant(checks.real("value", value))
 
 
 def step(boundaries: Sequence[float], values: Sequence[float]) -> Step:
@@ -220,7 +213,7 @@ def step(boundaries: Sequence[float], values: Sequence[float]) -> Step:
     bounds = _boundaries(boundaries)
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValueError(f"values={values!r} must be a list of numbers")
-    vals = tuple(_number(f"values[{i}]", v) for i, v in enumerate(values))
+    vals = tuple(checks.real(f"values[{i}]", v) for i, v in enumerate(values))
     if len(vals) != len(bounds) + 1:
         raise ValueError(f"step needs one more value than boundaries; got {len(vals)} values "
                          f"for {len(bounds)} boundaries")
@@ -229,12 +222,12 @@ def step(boundaries: Sequence[float], values: Sequence[float]) -> Step:
 
 def linear(start: float, end: float) -> Linear:
     """From ``start`` at progress 0 to ``end`` at progress 1 in a straight line."""
-    return Linear(_number("start", start), _number("end", end))
+    return Linear(checks.real("start", start), checks.real("end", end))
 
 
 def cosine(start: float, end: float) -> Cosine:
     """From ``start`` at progress 0 to ``end`` at progress 1 along half a cosine."""
-    return Cosine(_number("start", start), _number("end", end))
+    return Cosine(checks.real("start", start), checks.real("end", end))
 
 
 def join(schedules: Sequence[Schedule], boundaries: Sequence[float]) -> Join:
@@ -310,7 +303,7 @@ class LossSchedule:
         for name, schedule in self.schedules.items():
             spec = loss_params.param(name)
             if not isinstance(schedule, Schedule):
-                schedule = constant(_number(name, schedule))
+                schedule = constant(checks.real(name, schedule))
             low, high = spec.low, spec.high
             lo, hi = schedule.bounds()
             if lo < low or hi > high:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import partial
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lossgym import _checks as checks
 from lossgym.data import (
     MIN_TRAIN_PER_CLASS,
     PROFILES,
@@ -50,34 +50,6 @@ MAX_SAMPLES_PER_STEP = 2**24
 engine draws a step's sample indices at once, 8 bytes each per member (here 128 MiB)."""
 
 
-def _int_field(field: str, value: object, low: int, high: int | None = None) -> int:
-    allowed = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise ValueError(f"TaskSpec.{field}={value!r} is invalid: must be {allowed}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"TaskSpec.{field}={value!r} is out of range: must be {allowed}")
-    return int(value)
-
-
-def _float_field(
-    field: str,
-    value: object,
-    low: float,
-    high: float,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
-        raise ValueError(f"TaskSpec.{field}={value!r} is invalid: must be {allowed}")
-    above = value > low if low_open else value >= low
-    below = value < high if high_open else value <= high
-    if not (above and below):
-        raise ValueError(f"TaskSpec.{field}={value!r} is out of range: must be {allowed}")
-    return float(value)
-
-
 def _choice_field(field: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"TaskSpec.{field}={value!r} is invalid: must be one of {choices}")
@@ -96,20 +68,20 @@ def _dataset_field(value: object) -> str:
 # Checks (and normalises, e.g. int -> float) every field whose rule does not depend on the dataset.
 _RULES: dict[str, Callable[[object], object]] = {
     "dataset": _dataset_field,
-    "imbalance_ratio": partial(_float_field, "imbalance_ratio", low=1.0, high=1000.0),
+    "imbalance_ratio": partial(checks.real, "TaskSpec.imbalance_ratio", low=1.0, high=1000.0),
     "imbalance_profile": partial(_choice_field, "imbalance_profile", choices=PROFILES),
-    "label_noise": partial(_float_field, "label_noise", low=0.0, high=0.5, high_open=True),
+    "label_noise": partial(checks.real, "TaskSpec.label_noise", low=0.0, high=0.5, open_high=True),
     "arch": partial(_choice_field, "arch", choices=ARCHS),
-    "width": partial(_int_field, "width", low=4, high=2048),
-    "depth": partial(_int_field, "depth", low=1, high=6),
+    "width": partial(checks.integer, "TaskSpec.width", low=4, high=2048),
+    "depth": partial(checks.integer, "TaskSpec.depth", low=1, high=6),
     "optimizer": partial(_choice_field, "optimizer", choices=OPTIMIZERS),
-    "lr": partial(_float_field, "lr", low=0.0, high=10.0, low_open=True),
-    "weight_decay": partial(_float_field, "weight_decay", low=0.0, high=1.0),
-    "momentum": partial(_float_field, "momentum", low=0.0, high=1.0, high_open=True),
-    "batch_size": partial(_int_field, "batch_size", low=1, high=65536),
-    "minibatches_per_step": partial(_int_field, "minibatches_per_step", low=1),
-    "horizon": partial(_int_field, "horizon", low=1),
-    "seed": partial(_int_field, "seed", low=0, high=_SEED_LIMIT - 1),
+    "lr": partial(checks.real, "TaskSpec.lr", low=0.0, high=10.0, open_low=True),
+    "weight_decay": partial(checks.real, "TaskSpec.weight_decay", low=0.0, high=1.0),
+    "momentum": partial(checks.real, "TaskSpec.momentum", low=0.0, high=1.0, open_high=True),
+    "batch_size": partial(checks.integer, "TaskSpec.batch_size", low=1, high=65536),
+    "minibatches_per_step": partial(checks.integer, "TaskSpec.minibatches_per_step", low=1),
+    "horizon": partial(checks.integer, "TaskSpec.horizon", low=1),
+    "seed": partial(checks.integer, "TaskSpec.seed", low=0, high=_SEED_LIMIT - 1),
 }
 
 
@@ -169,7 +141,7 @@ class TaskSpec:
         info = dataset_info(self.dataset)
         if self.num_classes is None:
             object.__setattr__(self, "num_classes", info.num_classes)
-        elif _int_field("num_classes", self.num_classes, 2) != info.num_classes:
+        elif checks.integer("TaskSpec.num_classes", self.num_classes, 2) != info.num_classes:
             raise ValueError(
                 f"TaskSpec.num_classes={self.num_classes!r} does not match dataset "
                 f"{self.dataset!r}, which has {info.num_classes} classes (use None or "
@@ -179,7 +151,7 @@ class TaskSpec:
             object.__setattr__(self, "n_max", info.default_n_max)
         else:
             object.__setattr__(
-                self, "n_max", _int_field("n_max", self.n_max, 1, info.train_per_class)
+                self, "n_max", checks.integer("TaskSpec.n_max", self.n_max, 1, info.train_per_class)
             )
         self._check_smallest_class(info.train_per_class)
         samples = self.minibatches_per_step * self.batch_size
@@ -445,7 +417,7 @@ def _seed_range(value: object) -> tuple[int, int]:
     valid = (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+        and all(checks.is_integer(v) for v in value)
         and 0 <= value[0] < value[1] <= _SEED_LIMIT
     )
     if not valid:

@@ -435,7 +435,7 @@ def _trained(export, **kw):
 
 
 @pytest.mark.parametrize("edit, match", [
-    ({"steps_done": -3}, r"state\['steps_done'\]=-3 must be an integer >= 0"),
+    ({"steps_done": -3}, r"state\['steps_done'\]=-3 is out of range: must be an integer >= 0"),
     ({"steps_done": 1.5}, r"state\['steps_done'\]=1.5"),
     ({"total_steps": 0}, r"state\['total_steps'\]=0"),
     ({"params": "abc"}, r"state\['params'\] must be a list of 2 numbers or None, got 'abc'"),

@@ -314,7 +314,7 @@ def test_per_member_policy_checks():
     (lambda: SchedulePolicy(shape="step"), "shape='step'.*linear"),
     (lambda: SchedulePolicy(gamma_end=-1.0), r"gamma_end=-1\.0"),
     (lambda: SchedulePolicy(drw_alpha=2.0), r"drw_alpha=2\.0"),
-    (lambda: FeedbackRule(eta=-1.0), r"eta=-1\.0 .*\[0, inf\]"),
+    (lambda: FeedbackRule(eta=-1.0), r"eta=-1\.0 is out of range: must be a finite number >= 0"),
     (lambda: FeedbackRule(alpha_max=1.5), r"alpha_max=1\.5"),
     (lambda: FeedbackRule(margin=2.0), r"margin=2\.0 .*\[-1, 1\]"),
     (lambda: RandomPolicy(seed=-1), "seed=-1"),

@@ -590,7 +590,7 @@ def test_baselines_export_as_their_exact_schedules(tmp_path):
     (lambda m: m["method"]["params"].update(margin=0.5),
      r"method 'ldam_drw' has no hyperparameters \['margin'\]; it takes \['scale', 'switch'\]"),
     (lambda m: m["method"]["params"].update(switch=1.5),
-     r"method 'ldam_drw': switch=1.5 is invalid; it must be a number in \[0, 1\]"),
+     r"method 'ldam_drw': switch=1\.5 is out of range: must be a finite number in \[0, 1\]"),
     (lambda m: m["method"]["params"].update(scale="30"), r"scale='30' is invalid"),
     (lambda m: m["method"].update(minibatches_per_step=0), "minibatches_per_step=0"),
     (lambda m: m["method"].pop("params"), "method lacks"),

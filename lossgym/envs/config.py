@@ -10,13 +10,13 @@ with its docstring and its check in ``_CHECKS``.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
 
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.actions import ACTION_MODES, ActionMapping, parse_parameters
 from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource, as_task
@@ -99,10 +99,6 @@ class LossTuningConfig:
 
 
 # ------------------------------------------------------------------------------ the checks
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _choice(name: str, choices: tuple[str, ...]) -> Any:
     def check(value: object) -> str:
         if not isinstance(value, str) or value not in choices:
@@ -133,20 +129,6 @@ def _action_params(value: object) -> tuple[str, ...]:
                      f"{names} or one comma-separated string of them")
 
 
-def _max_step(value: object) -> float:
-    if not _is_real(value) or not 0.0 < value <= 1.0:
-        raise ValueError(f"max_step={value!r} is invalid: must be a number in (0, 1], the "
-                         "largest move per step as a fraction of a parameter's range")
-    return float(value)
-
-
-def _divergence_penalty(value: object) -> float:
-    if not _is_real(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"divergence_penalty={value!r} is invalid: must be a finite number "
-                         ">= 0")
-    return float(value)
-
-
 def _device(value: object) -> str | torch.device:
     if value == "auto":
         return "auto"
@@ -167,12 +149,6 @@ def _device(value: object) -> str | torch.device:
             raise ValueError(f"device={value!r}: there is no CUDA device {device.index} (this "
                              f"machine has {count}); use 'cuda:0' ... 'cuda:{count - 1}'")
     return value
-
-
-def _eval_chunk(value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"eval_chunk={value!r} is invalid: must be an integer >= 1")
-    return int(value)
 
 
 def _base_rule(value: object) -> LossSchedule | None:
@@ -212,13 +188,13 @@ _CHECKS = {
     "split": _choice("split", TASK_SPLITS),
     "action_params": _action_params,
     "action_mode": _choice("action_mode", ACTION_MODES),
-    "max_step": _max_step,
+    "max_step": partial(checks.real, "max_step", low=0.0, high=1.0, open_low=True),
     "metric": _choice("metric", METRICS),
     "reward_baseline": _choice("reward_baseline", REWARD_BASELINES),
     "base_rule": _base_rule,
     "context_features": _flag("context_features"),
-    "divergence_penalty": _divergence_penalty,
+    "divergence_penalty": partial(checks.real, "divergence_penalty", low=0.0),
     "device": _device,
-    "eval_chunk": _eval_chunk,
+    "eval_chunk": partial(checks.integer, "eval_chunk", low=1),
     "render_mode": _render_mode,
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from lossgym import _checks as checks
 from lossgym.envs.config import RENDER_MODES, LossTuningConfig
 from lossgym.envs.core import EpisodeBatch, TaskSource, as_task
 from lossgym.envs.render import episode_image
@@ -26,10 +26,6 @@ def _spaces(batch: EpisodeBatch) -> tuple[spaces.Box, spaces.Box]:
                      dtype=np.float32)
     act = spaces.Box(-1.0, 1.0, (batch.mapping.dim,), dtype=np.float32)
     return obs, act
-
-
-def _is_seed(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 class _Episodes:
@@ -199,7 +195,7 @@ class LossTuningEnv(_Episodes, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
-        if seed is not None and not _is_seed(seed):
+        if seed is not None and not checks.is_seed(seed):
             raise ValueError(f"seed={seed!r} is invalid: must be None or an integer >= 0")
         options = dict(options or {})
         task = as_task(options.pop("task")) if "task" in options else None
@@ -266,12 +262,9 @@ class LossTuningVectorEnv(_Episodes, VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
         **options: Any,
     ):
-        if not isinstance(num_envs, numbers.Integral) or isinstance(num_envs, bool) \
-                or num_envs < 1:
-            raise ValueError(f"num_envs={num_envs!r} is invalid: must be an integer >= 1")
+        checks.integer("num_envs", num_envs, 1)
         if max_episode_steps is not None and not (
-                isinstance(max_episode_steps, numbers.Integral)
-                and not isinstance(max_episode_steps, bool) and max_episode_steps >= 1):
+                checks.is_integer(max_episode_steps) and max_episode_steps >= 1):
             raise ValueError(f"max_episode_steps={max_episode_steps!r} is invalid: must be an "
                              "integer >= 1 or None")
         try:
@@ -318,10 +311,10 @@ class LossTuningVectorEnv(_Episodes, VectorEnv):
         n = self.num_envs
         if seed is None:
             return [None] * n
-        if _is_seed(seed):
+        if checks.is_seed(seed):
             return [int(seed) + i for i in range(n)]
         if isinstance(seed, Sequence | np.ndarray) and not isinstance(seed, str) \
-                and len(seed) == n and all(s is None or _is_seed(s) for s in seed):
+                and len(seed) == n and all(s is None or checks.is_seed(s) for s in seed):
             return [None if s is None else int(s) for s in seed]
         raise ValueError(f"seed={seed!r} is invalid: must be None, an integer >= 0 (member i "
                          f"gets seed + i) or a sequence of {n} integers >= 0 or None")

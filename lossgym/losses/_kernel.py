@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lossgym import _checks as checks
 from lossgym import _native
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -93,14 +94,6 @@ def check_targets(logits: Tensor, targets: Tensor, what: str = "targets") -> Non
     check_target_bounds(targets, logits.shape[-1], what)
 
 
-def _interval(low: float, high: float, open_low: bool, open_high: bool) -> str:
-    if high == math.inf:
-        bound = "" if low == -math.inf else f" {'>' if open_low else '>='} {low:g}"
-    else:
-        bound = f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    return "a finite number" + bound
-
-
 def check_range(value: float | Tensor, name: str, low: float = -math.inf,
                 high: float = math.inf, *, open_low: bool = False, open_high: bool = False
                 ) -> tuple[float, float] | None:
@@ -108,27 +101,21 @@ def check_range(value: float | Tensor, name: str, low: float = -math.inf,
     the bounds. Python numbers are always checked, CPU tensors with one reduction (whose
     extremes, min and max, are returned); CUDA tensors are not inspected (that would be a
     host sync)."""
-
-    def inside(v: float) -> bool:
-        return math.isfinite(v) and (v > low if open_low else v >= low) \
-            and (v < high if open_high else v <= high)
-
+    bounds = {"low": low, "high": high, "open_low": open_low, "open_high": open_high}
     if isinstance(value, Tensor):
         if not value.is_cpu or not value.numel() or value.dtype is torch.bool:
             return None
         v = value.detach()
         # One kernel: NaN propagates into both extremes.
         extremes = tuple(float(x) for x in torch.aminmax(v.reshape(-1)))
-        if all(inside(x) for x in extremes):
+        if all(checks.inside(x, **bounds) for x in extremes):
             return extremes  # type: ignore[return-value]
-        bad = next(x for x in v.reshape(-1).tolist() if not inside(float(x)))
+        bad = next(x for x in v.reshape(-1).tolist() if not checks.inside(float(x), **bounds))
         raise ValueError(f"{name} holds {bad!r}; every value of {name} must be "
-                         f"{_interval(low, high, open_low, open_high)}")
+                         f"{checks.interval(**bounds)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None  # align() names the type
-    if not inside(float(value)):
-        raise ValueError(f"{name}={value!r} is invalid; it must be "
-                         f"{_interval(low, high, open_low, open_high)}")
+    checks.real(name, value, **bounds)
     return None
 
 
