@@ -8,6 +8,7 @@ import pytest
 
 from lossgym import _checks as checks
 from lossgym.data import class_counts
+from lossgym.methods import make_method
 from lossgym.tasks import TaskSpec
 
 
@@ -56,6 +57,5 @@ def test_the_library_reports_bad_numbers_through_it():
     with pytest.raises(ValueError, match=r"ratio=0\.5 is out of range: must be a finite number "
                                          r">= 1"):
         class_counts(10, 100, 0.5, "exp")
-    from lossgym.methods import make_method
     with pytest.raises(ValueError, match=r"method 'ldam_drw': scale=nan is invalid"):
         make_method("ldam_drw", scale=math.nan)
