@@ -52,7 +52,19 @@ from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
 from lossgym.methods import METHODS, make_method
-from lossgym.schedules import LossSchedule, Schedule, constant, cosine, linear, step
+from lossgym.schedules import (
+    Constant,
+    Join,
+    Linear,
+    LossSchedule,
+    Schedule,
+    Step,
+    constant,
+    cosine,
+    join,
+    linear,
+    step,
+)
 from lossgym.tasks import TaskSpec
 
 #: Observation columns the feedback rule reads (see :mod:`lossgym.features`).
@@ -454,6 +466,67 @@ class KnotPolicy(_ActionPolicy):
 
     def __repr__(self) -> str:
         return f"KnotPolicy(mode={self.mode!r}, knots={np.round(self.knots, 4).tolist()})"
+
+    def schedule(self) -> LossSchedule:
+        """The loss schedule this residual policy plays, as a :class:`LossSchedule` that can
+        itself be a base rule: each parameter is ``clip(base(p) + a(p) · max_step · range)``
+        written exactly as a ``join`` of linear pieces, broken at the knots, at the base
+        rule's own boundaries and where the clip starts or stops.
+
+        Raises:
+            ValueError: the policy is not residual, or its base rule has a cosine piece (not
+                piecewise linear).
+        """
+        if self.mode != "residual" or self.base_rule is None:
+            raise ValueError(f"only a residual KnotPolicy with a base rule has a loss "
+                             f"schedule; this one's mode is {self.mode!r}")
+        base = self.base_rule.schedules
+        out: dict[str, Schedule] = {}
+        for j, name in enumerate(self.parameters):
+            spec = loss_params.param(name)
+            width = self.max_step * (spec.high - spec.low)
+            part = base.get(name, constant(spec.neutral))
+            cuts = sorted({*self._at[1:-1].tolist(), *_linear_breaks(part, 0.0, 1.0)})
+            pieces: list[tuple[float, float, float]] = []  # (lo, value at lo+, value at hi-)
+            for lo, hi in zip([0.0, *cuts], [*cuts, 1.0]):
+                # The sum is linear on (lo, hi): read it at two inner points, extend to the ends.
+                t1, t2 = lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
+                v1, v2 = (part(t) + float(np.interp(t, self._at, self.knots[j])) * width
+                          for t in (t1, t2))
+                slope = (v2 - v1) / (t2 - t1)
+                start, end = v1 - slope * (t1 - lo), v1 + slope * (hi - t1)
+                # Where the line leaves [low, high] the clip bends it: cut there too.
+                inner = sorted(lo + (bound - start) / (end - start) * (hi - lo)
+                               for bound in (spec.low, spec.high)
+                               if end != start and min(start, end) < bound < max(start, end))
+                inner = [x for x in inner if lo + 1e-12 < x < hi - 1e-12]
+                for a, b in zip([lo, *inner], [*inner, hi]):
+                    va = start + (end - start) * (a - lo) / (hi - lo)
+                    vb = start + (end - start) * (b - lo) / (hi - lo)
+                    ends = np.clip([va, vb], spec.low, spec.high)
+                    for bound in (spec.low, spec.high):  # a crossing's rounding error
+                        ends[np.abs(ends - bound) <= 1e-12 * (spec.high - spec.low)] = bound
+                    pieces.append((a, *ends.tolist()))
+            pieces = [pieces[0]] + [p for q, p in zip(pieces, pieces[1:]) if p[0] - q[0] > 1e-12]
+            lines = [linear(a, b) for _, a, b in pieces]
+            out[name] = lines[0] if len(lines) == 1 else join(lines, [p[0] for p in pieces[1:]])
+        return LossSchedule(out)
+
+
+def _linear_breaks(schedule: Schedule, lo: float, hi: float) -> list[float]:
+    """The progress points in (lo, hi) where a piecewise-linear ``schedule`` (constants, steps,
+    lines and joins of them) breaks, for the part of it that runs on [lo, hi]."""
+    if isinstance(schedule, (Constant, Linear)):
+        return []
+    if isinstance(schedule, Step):
+        return [lo + b * (hi - lo) for b in schedule.boundaries]
+    if isinstance(schedule, Join):
+        ends = [lo, *(lo + b * (hi - lo) for b in schedule.boundaries), hi]
+        inner = [x for part, a, b in zip(schedule.schedules, ends, ends[1:])
+                 for x in _linear_breaks(part, a, b)]
+        return ends[1:-1] + inner
+    raise ValueError(f"a {type(schedule).__name__} schedule is not piecewise linear; a knot "
+                     "policy's schedule needs a base rule of constants, steps, lines and joins")
 
 
 class PerMemberPolicy:

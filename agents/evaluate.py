@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -357,6 +358,35 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     return ScheduleRule(schedule, parameters), note
 
 
+def _knot_policy(run_dir: Path, config: dict[str, Any], agent: AgentPolicy) -> bl.KnotPolicy:
+    """knot_search's policy; the loss schedule it plays goes to ``knot_schedule.json``, where
+    it can serve as another agent's ``base_rule``."""
+    policy = bl.KnotPolicy(**config, **action_terms(agent))
+    atomic_write_text(run_dir / "knot_schedule.json",
+                      json.dumps(policy.schedule().to_dict(), indent=1))
+    return policy
+
+
+def _ablations(agent: AgentPolicy, agent_records: list[EpisodeRecord], tasks: list[TaskSpec],
+               kw: dict[str, Any]) -> list[Callable[[], list[EpisodeRecord]]]:
+    """The agent's three open-loop ablations, to run once its records are in: each run's own
+    actions replayed (``agent_replay``), its mean action held (``agent_mean_action``) and each
+    base task's mean trajectory replayed on its seeds (``agent_task_replay``)."""
+    terms = {"parameters": agent.parameters, "mode": agent.mode, "base_rule": agent.base_rule,
+             "max_step": agent.max_step}
+    actions = np.stack([r.actions for r in agent_records])
+    return [
+        # Replay needs one policy row per member: run each compatible group separately.
+        partial(bl.rollout_members, [bl.ReplayPolicy(a[None], **terms) for a in actions],
+                tasks, "agent_replay", **kw),
+        partial(rollout_policy, bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), **terms),
+                tasks, "agent_mean_action", **kw),
+        partial(bl.rollout_members,
+                [bl.ReplayPolicy(a[None], **terms) for a in task_replay_actions(agent_records)],
+                tasks, "agent_task_replay", **kw),
+    ]
+
+
 def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: Progress
               ) -> Path:
     start = progress.start
@@ -442,34 +472,16 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         tuned.update(random_search_policies(randoms, search_parameters(agent)))
         tuned["cma_es"] = bl.policy_from_config("schedule", cmas[0])
         if knots:
-            tuned["knot_search"] = bl.KnotPolicy(**knots[0][0], **action_terms(agent))
+            tuned["knot_search"] = _knot_policy(run_dir, knots[0][0], agent)
         if pbt is not None:
             tuned["pbt"] = pbt
         extra = [partial(rollout_policy, bl.constant_rule(**oracle[0]), tasks,
                          "oracle_constant", **kw)]
     else:
-        pbt_note = "No searches, PBT or oracle (--small)."
+        pbt_note = SMALL_SKIPS
     progress.set_total(first_runs + second_runs(len(tuned), len(extra)))
-    actions = np.stack([r.actions for r in agent_records])
     second = run([
-        # Replay needs one policy row per member: run each compatible group separately.
-        partial(bl.rollout_members,
-                [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
-                                base_rule=agent.base_rule,
-                                max_step=agent.max_step)
-                 for a in actions],
-                tasks, "agent_replay", **kw),
-        partial(rollout_policy,
-                bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), parameters=agent.parameters,
-                                        mode=agent.mode, base_rule=agent.base_rule,
-                                        max_step=agent.max_step),
-                tasks, "agent_mean_action", **kw),
-        partial(bl.rollout_members,
-                [bl.ReplayPolicy(a[None], parameters=agent.parameters, mode=agent.mode,
-                                base_rule=agent.base_rule,
-                                max_step=agent.max_step)
-                 for a in task_replay_actions(agent_records)],
-                tasks, "agent_task_replay", **kw),
+        *_ablations(agent, agent_records, tasks, kw),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
         *extra,
     ])
@@ -484,9 +496,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     equal = ("equal to the agent's training episodes" if budget >= episodes else
              f"FEWER than the agent's {episodes} training episodes (--search-budget), so the "
              "searches are handicapped")
-    note = ("SMALL VERSION (--small, as in make demo): the agent against cross-entropy, logit "
-            "adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW (its scale and switch) only; "
-            "the full evaluation (make reproduce) runs every baseline. " if args.small else "") + (
+    note = (SMALL_NOTE if args.small else "") + (
         f"FEWER SEEDS ({args.seeds}) than the documented minimum of {MIN_SEEDS} per base "
         f"task: the CIs are wide. " if args.seeds < MIN_SEEDS else "") + (
         f"Agent: {run_dir.name}, trained on {episodes} episodes. "
@@ -517,6 +527,37 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     return path
 
 
+#: What the note of a ``--small`` evaluation says, until ``--add-methods`` completes it.
+SMALL_NOTE = ("SMALL VERSION (--small, as in make demo): the agent against cross-entropy, logit "
+              "adjustment, tuned DRW, LDAM-DRW and tuned LDAM-DRW (its scale and switch) only; "
+              "the full evaluation (make reproduce) runs every baseline. ")
+SMALL_SKIPS = "No searches, PBT or oracle (--small)."
+COMPLETED_NOTE = ("Made as the small version (--small), then completed by --add-methods to "
+                  "every baseline of the full evaluation. ")
+ADDED_NOTE = " Added afterwards by --add-methods on the same held-out tasks and seeds: "
+
+
+def added_note(note: str, added: Sequence[str], methods: set[str], residual: bool) -> str:
+    """``note`` with the methods ``--add-methods`` added named once, in one closing sentence,
+    and without the SMALL VERSION label once ``methods`` (those with records) hold every
+    baseline of the full evaluation (``knot_search`` too for a ``residual`` agent)."""
+    names: list[str] = []
+
+    def take(match: re.Match[str]) -> str:
+        names.extend(match.group(1).split(", "))
+        return ""
+
+    # A method's name may hold a dot (focal_0.5), never a dot followed by a space.
+    note = re.sub(re.escape(ADDED_NOTE) + r"(.+?)\.(?= |$)", take, note)
+    names += [n for n in added if n not in names]
+    full = (set(bl.HAND_BASELINES) | set(bl.METHOD_BASELINES) | set(TUNED_FAMILIES)
+            | {"random_search", "random_search_constant", "cma_es", "oracle_constant", "pbt"}
+            | ({"knot_search"} if residual else set()))
+    if full <= methods and note.startswith(SMALL_NOTE):
+        note = (COMPLETED_NOTE + note[len(SMALL_NOTE):]).replace(" " + SMALL_SKIPS, "")
+    return note + ADDED_NOTE + ", ".join(names) + "."
+
+
 #: Tuned baselines that ``--add-methods`` can add: name → (grid space, rule factory).
 TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
     "tuned_drw": ("drw", bl.drw_rule), "tuned_ldam_drw": ("ldam_drw", bl.ldam_drw_rule),
@@ -535,7 +576,8 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     (run again at the agent's budget) on the held-out tasks of an evaluation already in
     ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks``, ``seeds`` and
     ``tune_tasks``), add their records and rewrite the report; nothing else runs again.
-    Methods already there are replaced."""
+    Methods already there are replaced. ``"agent"`` reruns the agent family
+    (:func:`_rerun_agent`): a retrained agent meets the same baselines on the same runs."""
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
     data = read_evaluation(run_dir)
@@ -549,6 +591,7 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
                          f"{args.id_tasks} --seeds {args.seeds}: its held-out tasks differ")
     executor = distributed.executor_from(args.ray)
     kw = {"device": args.device}
+    residual = AgentPolicy(run_dir).mode == "residual"
     try:
         with distributed.using(executor):
             for name in methods:  # each written when done: a later failure keeps it
@@ -556,12 +599,38 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
                 replaced = {r.method for r in added}
                 data["records"] = ([r for r in data["records"] if r["method"] not in replaced]
                                    + [record_to_dict(r) for r in added])
-                data["note"] += (" Added afterwards by --add-methods on the same held-out "
-                                 f"tasks and seeds: {name}.")
+                data["note"] = added_note(data["note"], [name],
+                                          {r["method"] for r in data["records"]}, residual)
                 atomic_write_text(path, json.dumps(data))
     finally:
         executor.close()
     return report_from_json(run_dir, dist)
+
+
+def _rerun_agent(run_dir: Path, tasks: list[TaskSpec], data: dict[str, Any],
+                 kw: dict[str, Any]) -> list[EpisodeRecord]:
+    """``--add-methods agent``: the records of the agent now in ``run_dir`` (retrained there,
+    say), of its ablations and of its base rule, in place of the evaluation's; the baselines'
+    records stay, so a new agent meets them on the same runs."""
+    agent = AgentPolicy(run_dir)
+    records = rollout_policy(agent, tasks, "agent", **kw)
+    added = list(records)
+    for job in _ablations(agent, records, tasks, kw):
+        added += job()
+    data["records"] = [r for r in data["records"] if r["method"] != "base_rule"]
+    data["base_rule"] = None if agent.base_rule is None else "logit_adjusted"
+    if agent.base_rule is not None and agent.base_rule != DEFAULT_BASE_RULE:
+        added += rollout_policy(ScheduleRule(agent.base_rule, agent.parameters), tasks,
+                                "base_rule", **kw)
+        data["base_rule"] = "base_rule"
+    data["note"] += (
+        f" The agent's records (agent, its ablations and base_rule) were replaced by "
+        f"--add-methods agent with those of the agent in {run_dir.name}, trained on "
+        f"{agent_episodes(run_dir)} episodes" + (
+            f", around the base rule {json.dumps(agent.base_rule.to_dict())}"
+            if agent.base_rule is not None else "") + "; the budgets above are the first "
+        "agent's.")
+    return added
 
 
 def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
@@ -569,6 +638,8 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
                ) -> list[EpisodeRecord]:
     """The held-out records of one ``--add-methods`` name (tuned or searched first, with
     what it chose put in ``data["tuned"]``)."""
+    if name == "agent":
+        return _rerun_agent(run_dir, tasks, data, kw)
     if name in bl.HAND_BASELINES or name in bl.METHOD_BASELINES:
         return bl.rollout_baseline(name, tasks, device=args.device)
     if name not in TUNED_FAMILIES and name not in SEARCH_FAMILIES:
@@ -596,7 +667,7 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
                 raise ValueError("knot_search searches residual actions around a base rule; "
                                  f"this agent's are {agent.mode!r}")
             config = bl.knot_search(tune, budget, args.seed, **action_terms(agent), **kw)[0]
-            policies[name] = bl.KnotPolicy(**config, **action_terms(agent))
+            policies[name] = _knot_policy(run_dir, config, agent)
         elif name == "random_search":
             policies = random_search_policies(bl.random_search(
                 tune, budget, np.random.default_rng([args.seed, 1]), "mixed",
@@ -648,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "searches (random_search, cma_es, knot_search, pbt, at the "
                              "agent's budget) or oracle_constant on the "
                              "held-out tasks of the evaluation in evaluation.json, add them "
-                             "and rewrite the report")
+                             "and rewrite the report; 'agent' reruns the agent in the run "
+                             "folder (retrained, say), its ablations and base rule against "
+                             "the baselines already there")
     return parser
 
 
@@ -660,7 +733,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if ns.add_methods is not None:
         names = [n for n in ns.add_methods.split(",") if n]
         known = (set(METHODS) | set(bl.HAND_BASELINES) | set(TUNED_FAMILIES)
-                 | set(SEARCH_FAMILIES))
+                 | set(SEARCH_FAMILIES) | {"agent"})
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             parser.error(f"--add-methods={ns.add_methods!r}: unknown {unknown or 'none given'};"

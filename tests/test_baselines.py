@@ -575,6 +575,40 @@ def test_knot_policy_is_linear_in_progress_between_its_knots_and_clipped():
         KnotPolicy([[0.0, float("nan")], [1.0, 0.0]], parameters=("gamma", "alpha"))
 
 
+def test_a_residual_knot_policy_writes_down_the_loss_schedule_it_plays():
+    from agents.baselines import KnotPolicy
+    from lossgym.schedules import LossSchedule, constant, cosine, step
+
+    # γ = clip(0 + a · 0.2 · 5) with a = −1 → 1: zero up to p = 0.5, then a line to 1. α =
+    # clip(step(0.5: 0.2 → 0.6) + 0.2 · a) with a = 0.5 → −0.5 breaks at the step, too.
+    base = LossSchedule({"alpha": step([0.5], [0.2, 0.6])})
+    policy = KnotPolicy([[-1.0, 1.0], [0.5, -0.5]], parameters=("gamma", "alpha"),
+                        mode="residual", base_rule=base, max_step=0.2)
+    schedule = policy.schedule()
+    gamma, alpha = schedule.schedules["gamma"], schedule.schedules["alpha"]
+    assert gamma.to_dict() == {"kind": "join", "boundaries": [0.5], "schedules": [
+        {"kind": "linear", "start": 0.0, "end": 0.0},
+        {"kind": "linear", "start": 0.0, "end": 1.0}]}
+    assert alpha.boundaries == (0.5,)
+    np.testing.assert_allclose([alpha(t) for t in (0.0, 0.25, 0.4999999, 0.5, 1.0)],
+                               [0.3, 0.25, 0.2, 0.6, 0.5], atol=1e-6)
+    # Where the line leaves the range the clip bends it, and the schedule breaks there:
+    # α = 0.9 + 0.2 · (1 − 2p) is above 1 until p = 0.25.
+    policy = KnotPolicy([[0.0, 0.0], [1.0, -1.0]], parameters=("gamma", "alpha"),
+                        mode="residual", base_rule=LossSchedule({"alpha": constant(0.9)}),
+                        max_step=0.2)
+    alpha = policy.schedule().schedules["alpha"]
+    assert alpha.boundaries == pytest.approx((0.25,))
+    assert [s.to_dict() for s in alpha.schedules] == [
+        {"kind": "linear", "start": 1.0, "end": 1.0},
+        {"kind": "linear", "start": 1.0, "end": pytest.approx(0.7)}]
+    with pytest.raises(ValueError, match="only a residual KnotPolicy"):
+        KnotPolicy([[0.0, 1.0], [0.0, 1.0]], parameters=("gamma", "alpha")).schedule()
+    with pytest.raises(ValueError, match="Cosine schedule is not piecewise linear"):
+        KnotPolicy([[0.0, 1.0], [0.0, 1.0]], parameters=("gamma", "alpha"), mode="residual",
+                   base_rule=LossSchedule({"gamma": cosine(2.0, 0.0)})).schedule()
+
+
 def test_knot_search_scores_every_candidate_and_returns_the_best():
     from agents.baselines import knot_search
 

@@ -293,6 +293,10 @@ def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_pat
     knots = [r for r in data["records"] if r["method"] == "knot_search"]
     assert [r["task"] for r in knots] == [r["task"] for r in records]
     assert "knot_search" in data["tuned"] and "knot_search" in text
+    from lossgym.schedules import LossSchedule as Schedule
+
+    played = Schedule.from_dict(json.loads((run / "knot_schedule.json").read_text()))
+    assert played.parameters == ("gamma", "alpha", "tau", "margin", "scale")
     counts = [line for line in capsys.readouterr().out.splitlines()
               if "inner training runs (" in line]
     total = len(data["records"]) + 2 * (10 + 8 + 8 + 18) + 3 * 4 + 9 * 4
@@ -308,6 +312,42 @@ def test_an_agent_around_another_base_rule_meets_that_rule_as_a_baseline(tmp_pat
     add_methods(EvalArgs(run_dir=str(run), **args), ["knot_search"], distribution=DIST)
     after = json.loads((run / "evaluation.json").read_text())
     assert [r for r in after["records"] if r["method"] == "knot_search"] == knots
+
+    # A knot policy's loss schedule plays what it plays (clipped where the knots leave the
+    # ranges), so it can be the base rule of an agent retrained in the same folder, which
+    # --add-methods agent then rolls out against the same baselines on the same runs.
+    knotted = bl.KnotPolicy([[-0.9, 0.6, 0.0, 0.3], [0.5, -1.0, 1.0, 0.2],
+                             [1.0, 1.0, -0.4, 0.0], [-0.3, 0.8, 0.1, -1.0],
+                             [0.2, -0.6, 0.9, 0.4]], **action_terms(agent))
+    schedule = knotted.schedule()
+    played = rollout_policy(knotted, tasks, "knots", device="cpu")
+    replayed = rollout_policy(ScheduleRule(schedule, agent.parameters), tasks, "schedule",
+                              device="cpu")
+    for a, b in zip(played, replayed):
+        np.testing.assert_allclose(a.params, b.params, atol=1e-5, rtol=0)
+    assert float(np.min(np.stack([r.params for r in played])[..., 0])) == 0.0  # γ clipped at 0
+    train_es(ESArgs(run_dir=str(tmp_path / "es2"), generations=1, pairs=2, progress=False,
+                    seed=1, env_kwargs={"action_mode": "residual", "reward_baseline": "base",
+                                        "base_rule": schedule.to_dict(), "max_step": 0.1}),
+             tasks=SMALL)
+    for name in ("policy.pt", "policy.norm.json", "config.json", "monitor.csv"):
+        (run / name).write_bytes((tmp_path / "es2" / name).read_bytes())
+    add_methods(EvalArgs(run_dir=str(run), **args), ["agent"], distribution=DIST)
+    final = json.loads((run / "evaluation.json").read_text())
+
+    def tests_of(data, method):
+        return [r["test"] for r in data["records"] if r["method"] == method]
+
+    assert tests_of(final, "ce") == tests_of(after, "ce")
+    assert tests_of(final, "knot_search") == tests_of(after, "knot_search")
+    assert tests_of(final, "base_rule") == [r.test for r in replayed]
+    new_agent = train_mod.AgentPolicy(run)
+    assert new_agent.base_rule == schedule and new_agent.max_step == 0.1
+    assert tests_of(final, "agent") == [r.test for r in rollout_policy(
+        new_agent, tasks, "agent", device="cpu")]
+    for method in ("agent_replay", "agent_mean_action", "agent_task_replay"):
+        assert len(tests_of(final, method)) == len(tasks)
+    assert "replaced by --add-methods agent" in final["note"]
 
 
 def test_the_searches_run_for_an_agent_that_does_not_control_alpha(tmp_path):
@@ -335,3 +375,29 @@ def test_the_searches_run_for_an_agent_that_does_not_control_alpha(tmp_path):
                 distribution=DIST)
     methods = [r["method"] for r in json.loads((run / "evaluation.json").read_text())["records"]]
     assert methods.count("random_search") == methods.count("cma_es") == len(tasks)
+
+
+def test_added_methods_are_named_once_and_complete_a_small_evaluation():
+    from agents import baselines as bl
+    from agents.evaluate import (
+        ADDED_NOTE,
+        COMPLETED_NOTE,
+        SMALL_NOTE,
+        SMALL_SKIPS,
+        TUNED_FAMILIES,
+        added_note,
+    )
+
+    note = SMALL_NOTE + f"Agent: a. {SMALL_SKIPS} Wall time: 3 s." + ADDED_NOTE + "focal_0.5."
+    some = {"agent", "ce", "focal_0.5", "cb_beta0.9"}
+    once = added_note(note, ["cb_beta0.9"], some, residual=True)
+    assert once == (SMALL_NOTE + f"Agent: a. {SMALL_SKIPS} Wall time: 3 s." + ADDED_NOTE
+                    + "focal_0.5, cb_beta0.9.")
+    assert added_note(once, ["focal_0.5"], some, residual=True) == once
+    full = (some | set(bl.HAND_BASELINES) | set(bl.METHOD_BASELINES) | set(TUNED_FAMILIES)
+            | {"random_search", "random_search_constant", "cma_es", "oracle_constant", "pbt"})
+    # A residual agent's full evaluation also has knot_search: without it, still small.
+    assert added_note(once, ["pbt"], full, residual=True).startswith(SMALL_NOTE)
+    done = added_note(once, ["pbt"], full | {"knot_search"}, residual=True)
+    assert done == (COMPLETED_NOTE + "Agent: a. Wall time: 3 s." + ADDED_NOTE
+                    + "focal_0.5, cb_beta0.9, pbt.")
