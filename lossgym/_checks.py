@@ -43,9 +43,11 @@ def inside(value: float, low: float = -math.inf, high: float = math.inf, *,
 
 
 def real(name: str, value: object, low: float = -math.inf, high: float = math.inf, *,
-         open_low: bool = False, open_high: bool = False) -> float:
-    """``value`` as a float, finite and within the bounds; else a ``ValueError``."""
-    allowed = interval(low, high, open_low=open_low, open_high=open_high)
+         open_low: bool = False, open_high: bool = False, meaning: str = "") -> float:
+    """``value`` as a float, finite and within the bounds; else a ``ValueError`` (that ends
+    with ``meaning``, what the number is, when one is given)."""
+    allowed = interval(low, high, open_low=open_low, open_high=open_high) + (
+        f", {meaning}" if meaning else "")
     if not is_real(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
     if not inside(float(value), low, high, open_low=open_low,  # type: ignore[arg-type]

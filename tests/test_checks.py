@@ -59,3 +59,16 @@ def test_the_library_reports_bad_numbers_through_it():
         class_counts(10, 100, 0.5, "exp")
     with pytest.raises(ValueError, match=r"method 'ldam_drw': scale=nan is invalid"):
         make_method("ldam_drw", scale=math.nan)
+
+
+def test_a_number_with_a_meaning_says_what_it_is():
+    """max_step's message lost what max_step is when it moved here; it says it again."""
+    from lossgym.envs.loss_tuning import LossTuningEnv
+
+    with pytest.raises(ValueError, match=r"^max_step=2\.0 is out of range: must be a finite "
+                                         r"number in \(0, 1\], the largest move as a fraction "
+                                         r"of a parameter's range$"):
+        LossTuningEnv(action_mode="delta", max_step=2.0)
+    with pytest.raises(ValueError, match=r"^x='a' is invalid: must be a finite number, what x "
+                                         r"is$"):
+        checks.real("x", "a", meaning="what x is")
