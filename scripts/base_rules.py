@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -38,11 +37,10 @@ from agents.stats import paired_difference, stratified_bootstrap_ci
 from lossgym import AdaptiveLoss
 from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, constant, step
-from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transfer_check as plain  # noqa: E402
-from headroom import draw_tasks  # noqa: E402
+from headroom import add_draw_arguments, command_line, draw_runs  # noqa: E402
 
 PARAMETERS = ("gamma", "alpha", "tau", "margin", "scale", "cb")
 ENGINE_REFERENCE = "ldam_drw_s30"
@@ -77,9 +75,7 @@ CANDIDATES: dict[str, tuple[LossSchedule, str]] = {
 
 def engine(names: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     """Test balanced accuracy of each rule on every train-split run, ``[tasks · seeds]``."""
-    tasks, seeds = draw_tasks(TaskDistribution.named(args.distribution), args.tasks,
-                              args.seeds, np.random.default_rng(args.seed), args.quick)
-    runs = [t.replace(seed=s) for t, ss in zip(tasks, seeds) for s in ss]
+    tasks, seeds, runs = draw_runs(args)
     scores = {}
     for name in names:
         records = rollout_policy(ScheduleRule(CANDIDATES[name][0], PARAMETERS), runs, name,
@@ -157,16 +153,12 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
-    p.add_argument("--tasks", type=int, default=20)
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="draws the engine's tasks and seeds")
+    add_draw_arguments(p, tasks=20, seeds=5)
     p.add_argument("--plain-seeds", type=int, default=10)
     p.add_argument("--datasets", default=",".join(plain.DATASETS))
     p.add_argument("--steps", type=int, default=20, help="plain loop: loss steps per run")
     p.add_argument("--minibatches", type=int, default=20, help="plain loop: per step")
     p.add_argument("--rules", default=",".join(CANDIDATES))
-    p.add_argument("--quick", action="store_true", help="2-step engine episodes (tests)")
     p.add_argument("--out", default="results/base_rules")
     args = p.parse_args(argv)
     names = [n for n in args.rules.split(",") if n]
@@ -181,8 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     started = time.perf_counter()
-    result = {"command": "python scripts/base_rules.py " + shlex.join(
-                  sys.argv[1:] if argv is None else list(argv)),
+    result = {"command": command_line("base_rules.py", argv),
               "config": {k: v for k, v in vars(args).items()},
               "engine": engine(names, args), "plain": plain_loop(names, args)}
     result["wall_s"] = time.perf_counter() - started

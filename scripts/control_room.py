@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -45,10 +44,9 @@ from agents.stats import stratified_bootstrap_ci
 from lossgym.features import FeatureSpec
 from lossgym.io import write_study
 from lossgym.methods import make_method
-from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import draw_tasks, verdict  # noqa: E402
+from headroom import add_draw_arguments, command_line, draw_runs, verdict  # noqa: E402
 
 
 class PlateauRule:
@@ -130,26 +128,19 @@ def summary(seeds: list[list[int]], a: np.ndarray, b: np.ndarray, rng: np.random
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
-    p.add_argument("--tasks", type=int, default=20)
-    p.add_argument("--seeds", type=int, default=5)
+    add_draw_arguments(p, tasks=20, seeds=5)
     p.add_argument("--etas", type=float, nargs="+", default=[1.0, 5.0])
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--delta", type=float, default=0.005)
     p.add_argument("--latest", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="2-step episodes (tests)")
     p.add_argument("--out", default="results/control_room")
     args = p.parse_args(argv)
     if args.tasks < 1 or args.seeds < 2:
         p.error(f"need --tasks >= 1 and --seeds >= 2 (a task replay leaves one seed out), got "
                 f"--tasks {args.tasks} --seeds {args.seeds}")
     started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    tasks, seeds = draw_tasks(TaskDistribution.named(args.distribution), args.tasks,
-                              args.seeds, rng, args.quick)
-    runs = [t.replace(seed=s) for t, ss in zip(tasks, seeds) for s in ss]
+    tasks, seeds, runs = draw_runs(args)
     score: dict[str, np.ndarray] = {}
     rules = closed_loops(args)
     for name, (rule, fixed) in rules.items():
@@ -173,8 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             contrasts[f"{name} − {fixed} (switch at 0.8)"] = summary(
                 seeds, score[name], score[fixed], boot)
     result = {
-        "command": "python scripts/control_room.py " + shlex.join(sys.argv[1:] if argv is None
-                                                                  else list(argv)),
+        "command": command_line("control_room.py", argv),
         "config": dict(vars(args)),
         "tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
         "mean_balanced_accuracy": {k: float(100 * v.mean()) for k, v in score.items()},

@@ -56,7 +56,7 @@ from lossgym.io import atomic_write_text
 from lossgym.methods import RENAMED, LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
 from lossgym.schedules import LossSchedule, constant, cosine, join, linear, step
-from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.tasks import DISTRIBUTIONS, TaskDistribution, TaskSpec
 
 METRIC = "balanced_accuracy"
 FAMILIES = ("rule", "constant", "schedule")
@@ -121,6 +121,30 @@ def draw_tasks(distribution: TaskDistribution, n_tasks: int, n_seeds: int,
     seeds = [sorted(int(s) for s in rng.choice(np.arange(low, high), n_seeds, replace=False))
              for _ in tasks]
     return tasks, seeds
+
+
+def add_draw_arguments(parser: argparse.ArgumentParser, tasks: int, seeds: int) -> None:
+    """The draw of train-split runs that the studies beside this one share (``base_rules``,
+    ``control_room``, ``noise_floor``), read back by :func:`draw_runs`."""
+    parser.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
+    parser.add_argument("--tasks", type=int, default=tasks, help="train-split base tasks")
+    parser.add_argument("--seeds", type=int, default=seeds, help="paired seeds per task")
+    parser.add_argument("--seed", type=int, default=0, help="draws the tasks and seeds")
+    parser.add_argument("--quick", action="store_true", help="2-step episodes (tests)")
+
+
+def draw_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int]],
+                                                 list[TaskSpec]]:
+    """The base tasks, their seeds and the runs (every task at each of its seeds) of
+    :func:`add_draw_arguments`' options."""
+    tasks, seeds = draw_tasks(TaskDistribution.named(args.distribution), args.tasks,
+                              args.seeds, np.random.default_rng(args.seed), args.quick)
+    return tasks, seeds, [t.replace(seed=s) for t, ss in zip(tasks, seeds) for s in ss]
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How ``scripts/<script>`` was called, for a study's report."""
+    return f"python scripts/{script} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
 
 
 def _box_point(u: Sequence[float]) -> dict[str, float]:

@@ -21,7 +21,6 @@ effects a policy can add, a generation's ranks are mostly noise.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -34,10 +33,9 @@ from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import stratified_bootstrap_ci
 from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, constant, step
-from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import draw_tasks  # noqa: E402
+from headroom import add_draw_arguments, command_line, draw_runs  # noqa: E402
 
 PARAMETERS = ("margin", "scale", "cb")
 
@@ -50,9 +48,7 @@ def ldam_drw(scale: float = 10.0, margin: float = 0.5) -> LossSchedule:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Test balanced accuracy per run of the rule, its ε-moved copies and s = 30."""
-    tasks, seeds = draw_tasks(TaskDistribution.named(args.distribution), args.tasks,
-                              args.seeds, np.random.default_rng(args.seed), args.quick)
-    runs = [t.replace(seed=s) for t, ss in zip(tasks, seeds) for s in ss]
+    tasks, _, runs = draw_runs(args)
     rules = {"rule": ldam_drw(), "rule again": ldam_drw(),
              **{f"margin + {eps:g}": ldam_drw(margin=0.5 + eps) for eps in args.eps},
              "scale 30 (a real effect)": ldam_drw(scale=30.0)}
@@ -93,13 +89,9 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
-    p.add_argument("--tasks", type=int, default=12)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="draws the tasks and seeds")
+    add_draw_arguments(p, tasks=12, seeds=4)
     p.add_argument("--eps", default="1e-6,1e-4,1e-2",
                    help="moves of the margin (range [0, 1]), comma-separated")
-    p.add_argument("--quick", action="store_true", help="2-step episodes (tests)")
     p.add_argument("--out", default="results/noise_floor")
     args = p.parse_args(argv)
     try:
@@ -112,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     started = time.perf_counter()
-    result = {"command": "python scripts/noise_floor.py " + shlex.join(
-                  sys.argv[1:] if argv is None else list(argv)),
+    result = {"command": command_line("noise_floor.py", argv),
               "config": {k: v for k, v in vars(args).items()}, **run(args)}
     result["wall_s"] = time.perf_counter() - started
     out = Path(args.out)
