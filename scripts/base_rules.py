@@ -35,12 +35,11 @@ import numpy as np
 from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import paired_difference, stratified_bootstrap_ci
 from lossgym import AdaptiveLoss
-from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, constant, step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transfer_check as plain  # noqa: E402
-from headroom import add_draw_arguments, command_line, draw_runs  # noqa: E402
+from headroom import add_draw_arguments, draw_runs, publish  # noqa: E402
 
 PARAMETERS = ("gamma", "alpha", "tau", "margin", "scale", "cb")
 ENGINE_REFERENCE = "ldam_drw_s30"
@@ -173,14 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     started = time.perf_counter()
-    result = {"command": command_line("base_rules.py", argv),
-              "config": {k: v for k, v in vars(args).items()},
-              "engine": engine(names, args), "plain": plain_loop(names, args)}
-    result["wall_s"] = time.perf_counter() - started
-    out = Path(args.out)
-    write_study(out / "base_rules.json", result, out / "report.md", render(result))
-    print(render(result))
-    return result
+    return publish("base_rules", argv, args, started,
+                   {"engine": engine(names, args), "plain": plain_loop(names, args)}, render)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,10 @@ from agents.evaluate import task_replay_actions
 from agents.rollout import EpisodeRecord, ScheduleRule, rollout_policy
 from agents.stats import stratified_bootstrap_ci
 from lossgym.features import FeatureSpec
-from lossgym.io import write_study
 from lossgym.methods import make_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import add_draw_arguments, command_line, draw_runs, verdict  # noqa: E402
+from headroom import add_draw_arguments, draw_runs, publish, verdict  # noqa: E402
 
 
 class PlateauRule:
@@ -163,17 +162,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if fixed is not None:
             contrasts[f"{name} − {fixed} (switch at 0.8)"] = summary(
                 seeds, score[name], score[fixed], boot)
-    result = {
-        "command": command_line("control_room.py", argv),
-        "config": dict(vars(args)),
+    return publish("control_room", argv, args, started, {
         "tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
         "mean_balanced_accuracy": {k: float(100 * v.mean()) for k, v in score.items()},
-        "contrasts": contrasts, "wall_s": time.perf_counter() - started,
-    }
-    out = Path(args.out)
-    write_study(out / "control_room.json", result, out / "report.md", render(result))
-    print(render(result))
-    return result
+        "contrasts": contrasts}, render)
 
 
 def render(result: dict[str, Any]) -> str:

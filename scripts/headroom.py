@@ -36,7 +36,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from agents.baselines import (
     rollout_members,
 )
 from agents.rollout import ScheduleRule, group_tasks
-from lossgym.io import atomic_write_text
+from lossgym.io import atomic_write_text, write_study
 from lossgym.methods import RENAMED, LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
 from lossgym.schedules import LossSchedule, constant, cosine, join, linear, step
@@ -145,6 +145,19 @@ def draw_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int]]
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """How ``scripts/<script>`` was called, for a study's report."""
     return f"python scripts/{script} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
+def publish(script: str, argv: Sequence[str] | None, args: argparse.Namespace,
+            started: float, result: dict[str, Any],
+            render: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """A study's ``result`` with its command, options and wall time, written to
+    ``<args.out>/<script>.json`` and ``report.md`` (atomically) and printed."""
+    result = {"command": command_line(f"{script}.py", argv), "config": dict(vars(args)),
+              **result, "wall_s": time.perf_counter() - started}
+    out = Path(args.out)
+    write_study(out / f"{script}.json", result, out / "report.md", render(result))
+    print(render(result))
+    return result
 
 
 def _box_point(u: Sequence[float]) -> dict[str, float]:

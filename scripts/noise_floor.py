@@ -31,11 +31,10 @@ import numpy as np
 
 from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import stratified_bootstrap_ci
-from lossgym.io import write_study
 from lossgym.schedules import LossSchedule, constant, step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import add_draw_arguments, command_line, draw_runs  # noqa: E402
+from headroom import add_draw_arguments, draw_runs, publish  # noqa: E402
 
 PARAMETERS = ("margin", "scale", "cb")
 
@@ -104,13 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     started = time.perf_counter()
-    result = {"command": command_line("noise_floor.py", argv),
-              "config": {k: v for k, v in vars(args).items()}, **run(args)}
-    result["wall_s"] = time.perf_counter() - started
-    out = Path(args.out)
-    write_study(out / "noise_floor.json", result, out / "report.md", render(result))
-    print(render(result))
-    return result
+    return publish("noise_floor", argv, args, started, run(args), render)
 
 
 if __name__ == "__main__":
