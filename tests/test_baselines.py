@@ -577,7 +577,7 @@ def test_knot_policy_is_linear_in_progress_between_its_knots_and_clipped():
 
 def test_a_residual_knot_policy_writes_down_the_loss_schedule_it_plays():
     from agents.baselines import KnotPolicy
-    from lossgym.schedules import LossSchedule, constant, cosine, step
+    from lossgym.schedules import LossSchedule, constant, cosine, join, linear, step
 
     # γ = clip(0 + a · 0.2 · 5) with a = −1 → 1: zero up to p = 0.5, then a line to 1. α =
     # clip(step(0.5: 0.2 → 0.6) + 0.2 · a) with a = 0.5 → −0.5 breaks at the step, too.
@@ -602,6 +602,13 @@ def test_a_residual_knot_policy_writes_down_the_loss_schedule_it_plays():
     assert [s.to_dict() for s in alpha.schedules] == [
         {"kind": "linear", "start": 1.0, "end": 1.0},
         {"kind": "linear", "start": 1.0, "end": pytest.approx(0.7)}]
+    # A base rule of lines and joins is piecewise linear too: zero knots give it back.
+    ramp = join([constant(0.2), linear(0.2, 0.8)], [0.5])
+    policy = KnotPolicy([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], parameters=("gamma", "alpha"),
+                        mode="residual", base_rule=LossSchedule({"alpha": ramp}), max_step=0.2)
+    alpha = policy.schedule().schedules["alpha"]
+    np.testing.assert_allclose([alpha(t) for t in np.linspace(0.0, 1.0, 41)],
+                               [ramp(t) for t in np.linspace(0.0, 1.0, 41)], atol=1e-12)
     with pytest.raises(ValueError, match="only a residual KnotPolicy"):
         KnotPolicy([[0.0, 1.0], [0.0, 1.0]], parameters=("gamma", "alpha")).schedule()
     with pytest.raises(ValueError, match="Cosine schedule is not piecewise linear"):
