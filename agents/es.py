@@ -64,7 +64,7 @@ from lossgym.envs.loss_tuning import LossTuningVectorEnv
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.tasks import TaskDistribution, TaskSpec
 
-__all__ = ["ESArgs", "centered_ranks", "es_gradient", "main", "train_es"]
+__all__ = ["ESArgs", "centered_ranks", "es_gradient", "main", "pair_means", "train_es"]
 
 
 @dataclass
@@ -90,6 +90,10 @@ class ESArgs:
     pairs_per_task: int = 1
     """pairs k that share one task and seed (and one twin): fewer twins to train, fewer tasks
     per generation."""
+    tasks_per_pair: int = 1
+    """tasks m that each pair plays (each its own draw and seed; m × 2P members): a pair's two
+    returns are means over its m tasks before the ranks, which quiets the chaos of single runs
+    (``results/noise_floor/``) at m times the episodes per generation."""
     sigma: float = 0.05
     """standard deviation of the perturbations of the actor's parameters."""
     learning_rate: float = 0.02
@@ -122,6 +126,14 @@ def centered_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(values.size)
     ranks[np.argsort(values, kind="stable")] = np.arange(values.size)
     return ranks / (values.size - 1) - 0.5
+
+
+def pair_means(returns: np.ndarray, pairs: int, tasks_per_pair: int) -> np.ndarray:
+    """``[2P]`` returns, member 2k (θ + σ ε_k) and 2k + 1 (θ − σ ε_k) each the mean over pair
+    k's tasks, from the ``[2Pm]`` returns of members laid out pair by pair, then task by task,
+    then sign."""
+    return np.asarray(returns, dtype=np.float64).reshape(pairs, tasks_per_pair, 2).mean(
+        axis=1).reshape(-1)
 
 
 def es_gradient(returns: np.ndarray, eps: torch.Tensor) -> torch.Tensor:
@@ -384,10 +396,12 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             default ``TaskDistribution.default()``) or one :class:`TaskSpec` (a fresh seed per
             pair).
     """
-    if min(args.generations, args.pairs, args.pairs_per_task, args.populations) < 1:
+    if min(args.generations, args.pairs, args.pairs_per_task, args.tasks_per_pair,
+           args.populations) < 1:
         raise ValueError(f"generations={args.generations}, pairs={args.pairs}, "
-                         f"pairs_per_task={args.pairs_per_task} and populations="
-                         f"{args.populations} must be positive")
+                         f"pairs_per_task={args.pairs_per_task}, tasks_per_pair="
+                         f"{args.tasks_per_pair} and populations={args.populations} must be "
+                         "positive")
     if not args.sigma > 0 or not args.learning_rate > 0 or args.weight_decay < 0:
         raise ValueError(f"sigma={args.sigma} and learning_rate={args.learning_rate} must be "
                          f"positive and weight_decay={args.weight_decay} non-negative")
@@ -408,7 +422,7 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
     hp["env_kwargs"] = env_kwargs
     normalize = bool(hp.get("normalize")) if args.normalize is None else args.normalize
     hp["normalize"] = normalize
-    members = 2 * args.pairs
+    members = 2 * args.pairs * args.tasks_per_pair
     config: dict[str, Any] = {"args": {"algo": "es", **asdict(args)}, "hyperparams": hp,
                               "env_id": ENV_ID, "num_envs": members,
                               "episodes": args.generations * members}
@@ -444,16 +458,19 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
             tick = time.perf_counter()
             eps = torch.as_tensor(rng.standard_normal((args.pairs, theta.numel())),
                                   dtype=torch.float32)
-            # Members 2k and 2k + 1: θ + σ ε_k and θ − σ ε_k.
-            signed = torch.stack([eps, -eps], dim=1).reshape(members, -1)
+            # Members 2k and 2k + 1: θ + σ ε_k and θ − σ ε_k, once per task of pair k.
+            signed = torch.stack([eps, -eps], dim=1)[:, None].expand(
+                -1, args.tasks_per_pair, -1, -1).reshape(members, -1)
             thetas = theta.detach() + args.sigma * signed
-            members_tasks = pair_tasks(source, rng, args.pairs, args.pairs_per_task)
+            members_tasks = pair_tasks(source, rng, args.pairs * args.tasks_per_pair,
+                                       args.pairs_per_task)
             gen = run_populations(actor, thetas, members_tasks, normalise, env_kwargs,
                                   args.device, int(rng.integers(0, 2**31 - 1)),
                                   args.populations)
             update_tick = time.perf_counter()
             optimizer.zero_grad()
-            theta.grad = -es_gradient(gen.returns, eps)  # Adam minimises: ascend g
+            theta.grad = -es_gradient(  # Adam minimises: ascend g
+                pair_means(gen.returns, args.pairs, args.tasks_per_pair), eps)
             optimizer.step()
             actor.load(theta.detach())
             _save_policy(model, normalise, run_dir, timesteps + int(gen.lengths.sum()))
@@ -501,6 +518,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--generations", type=int, default=defaults.generations)
     parser.add_argument("--pairs", type=int, default=defaults.pairs)
     parser.add_argument("--pairs-per-task", type=int, default=defaults.pairs_per_task)
+    parser.add_argument("--tasks-per-pair", type=int, default=defaults.tasks_per_pair)
     parser.add_argument("--populations", type=int, default=defaults.populations)
     parser.add_argument("--distribution", default=defaults.distribution,
                         choices=("default", "wide"))
@@ -518,7 +536,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     if not isinstance(ns.env_kwargs, dict):
         parser.error("--env-kwargs must be a JSON object")
     return ESArgs(run_dir=ns.run_dir, generations=ns.generations, pairs=ns.pairs,
-                  pairs_per_task=ns.pairs_per_task, populations=ns.populations, ray=ns.ray,
+                  pairs_per_task=ns.pairs_per_task, tasks_per_pair=ns.tasks_per_pair,
+                  populations=ns.populations, ray=ns.ray,
                   distribution=ns.distribution,
                   sigma=ns.sigma,
                   learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,

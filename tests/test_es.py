@@ -267,9 +267,11 @@ def test_main_parses_arguments(tmp_path, monkeypatch, one_thread):
     seen = {}
     monkeypatch.setattr(es_mod, "train_es", lambda args: seen.setdefault("args", args))
     assert main(["--run-dir", str(tmp_path / "x"), "--pairs", "2", "--generations", "1",
-                 "--env-kwargs", '{"metric": "macro_f1"}', "--no-normalize", "--quiet"]) == 0
+                 "--env-kwargs", '{"metric": "macro_f1"}', "--no-normalize", "--quiet",
+                 "--tasks-per-pair", "3"]) == 0
     args = seen["args"]
     assert args.pairs == 2 and args.generations == 1 and args.normalize is False
+    assert args.tasks_per_pair == 3
     assert args.env_kwargs == {"metric": "macro_f1"} and not args.progress
     with pytest.raises(ValueError, match="pairs"):
         train_es(ESArgs(run_dir=str(tmp_path / "y"), pairs=0))
@@ -304,3 +306,34 @@ def test_the_run_names_its_distribution_and_the_evaluation_reads_it(run, tmp_pat
     with pytest.raises(ValueError, match="distribution='nope' is not known"):
         train_es(ESArgs(run_dir=str(tmp_path / "bad"), distribution="nope"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_pair_means_average_each_pairs_tasks_sign_by_sign():
+    from agents.es import pair_means
+
+    # 2 pairs x 2 tasks: (pair, task, sign) = (0,0,+) (0,0,-) (0,1,+) (0,1,-) (1,0,+) ...
+    returns = np.array([1.0, 2.0, 3.0, 6.0, 10.0, 0.0, 20.0, 4.0])
+    np.testing.assert_array_equal(pair_means(returns, 2, 2), [2.0, 4.0, 15.0, 2.0])
+    np.testing.assert_array_equal(pair_means(returns, 4, 1), returns)
+
+
+def test_each_pair_plays_several_tasks_and_its_returns_are_averaged(tmp_path, one_thread,
+                                                                   monkeypatch):
+    import agents.es as es_mod
+
+    seen = []
+    real = es_mod.es_gradient
+    monkeypatch.setattr(es_mod, "es_gradient",
+                        lambda returns, eps: seen.append((returns, eps)) or real(returns, eps))
+    run = train_es(ESArgs(run_dir=str(tmp_path / "m"), generations=1, pairs=2,
+                          tasks_per_pair=2, progress=False), tasks=SMALL)
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_envs"] == 8 and config["episodes"] == 8 and agent_episodes(run) == 8
+    returns, eps = seen[0]
+    assert returns.shape == (4,) and eps.shape[0] == 2  # one mean per pair member
+    monitor = [float(line.split(",")[0]) for line in
+               (run / "monitor.csv").read_text().splitlines()[2:]]
+    np.testing.assert_allclose(returns, np.asarray(monitor).reshape(2, 2, 2).mean(axis=1)
+                               .reshape(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="tasks_per_pair=0"):
+        train_es(ESArgs(run_dir=str(tmp_path / "z"), tasks_per_pair=0))
