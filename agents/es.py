@@ -130,10 +130,11 @@ def centered_ranks(values: np.ndarray) -> np.ndarray:
 
 def pair_means(returns: np.ndarray, pairs: int, tasks_per_pair: int) -> np.ndarray:
     """``[2P]`` returns, member 2k (θ + σ ε_k) and 2k + 1 (θ − σ ε_k) each the mean over pair
-    k's tasks, from the ``[2Pm]`` returns of members laid out pair by pair, then task by task,
-    then sign."""
-    return np.asarray(returns, dtype=np.float64).reshape(pairs, tasks_per_pair, 2).mean(
-        axis=1).reshape(-1)
+    k's tasks, from the ``[2Pm]`` returns of members laid out task round by task round, then
+    pair, then sign (round j holds every pair once, so ``pairs_per_task`` groups different
+    pairs, never one pair's own tasks)."""
+    return np.asarray(returns, dtype=np.float64).reshape(tasks_per_pair, pairs, 2).mean(
+        axis=0).reshape(-1)
 
 
 def es_gradient(returns: np.ndarray, eps: torch.Tensor) -> torch.Tensor:
@@ -458,9 +459,9 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
             tick = time.perf_counter()
             eps = torch.as_tensor(rng.standard_normal((args.pairs, theta.numel())),
                                   dtype=torch.float32)
-            # Members 2k and 2k + 1: θ + σ ε_k and θ − σ ε_k, once per task of pair k.
-            signed = torch.stack([eps, -eps], dim=1)[:, None].expand(
-                -1, args.tasks_per_pair, -1, -1).reshape(members, -1)
+            # Members 2k and 2k + 1: θ + σ ε_k and θ − σ ε_k, once in each round of tasks.
+            signed = torch.stack([eps, -eps], dim=1).repeat(args.tasks_per_pair, 1, 1).reshape(
+                members, -1)
             thetas = theta.detach() + args.sigma * signed
             members_tasks = pair_tasks(source, rng, args.pairs * args.tasks_per_pair,
                                        args.pairs_per_task)

@@ -311,8 +311,8 @@ def test_the_run_names_its_distribution_and_the_evaluation_reads_it(run, tmp_pat
 def test_pair_means_average_each_pairs_tasks_sign_by_sign():
     from agents.es import pair_means
 
-    # 2 pairs x 2 tasks: (pair, task, sign) = (0,0,+) (0,0,-) (0,1,+) (0,1,-) (1,0,+) ...
-    returns = np.array([1.0, 2.0, 3.0, 6.0, 10.0, 0.0, 20.0, 4.0])
+    # 2 pairs x 2 tasks: (task round, pair, sign) = (0,0,+) (0,0,-) (0,1,+) (0,1,-) (1,0,+) ...
+    returns = np.array([1.0, 2.0, 10.0, 0.0, 3.0, 6.0, 20.0, 4.0])
     np.testing.assert_array_equal(pair_means(returns, 2, 2), [2.0, 4.0, 15.0, 2.0])
     np.testing.assert_array_equal(pair_means(returns, 4, 1), returns)
 
@@ -333,7 +333,35 @@ def test_each_pair_plays_several_tasks_and_its_returns_are_averaged(tmp_path, on
     assert returns.shape == (4,) and eps.shape[0] == 2  # one mean per pair member
     monitor = [float(line.split(",")[0]) for line in
                (run / "monitor.csv").read_text().splitlines()[2:]]
-    np.testing.assert_allclose(returns, np.asarray(monitor).reshape(2, 2, 2).mean(axis=1)
-                               .reshape(-1), atol=1e-6)
+    np.testing.assert_allclose(returns, np.asarray(monitor).reshape(2, 2, 2).mean(axis=0)
+                               .reshape(-1), atol=1e-6)  # (task round, pair, sign)
     with pytest.raises(ValueError, match="tasks_per_pair=0"):
         train_es(ESArgs(run_dir=str(tmp_path / "z"), tasks_per_pair=0))
+
+
+def test_pairs_that_share_tasks_are_different_pairs_never_one_pairs_own_tasks(tmp_path,
+                                                                              one_thread,
+                                                                              monkeypatch):
+    """With --pairs-per-task 2 --tasks-per-pair 2, the 2 tasks of one pair must differ (else
+    its mean is one run counted twice), and the members of one pair keep one direction."""
+    import agents.es as es_mod
+
+    seen = {}
+    real = es_mod.run_populations
+
+    def spy(actor, thetas, tasks, *args, **kwargs):
+        seen.setdefault("thetas", thetas.clone())
+        seen.setdefault("tasks", list(tasks))
+        return real(actor, thetas, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(es_mod, "run_populations", spy)
+    train_es(ESArgs(run_dir=str(tmp_path / "k"), generations=1, pairs=2, pairs_per_task=2,
+                    tasks_per_pair=2, progress=False), tasks=SMALL)
+    thetas, tasks = seen["thetas"], seen["tasks"]
+    assert len(tasks) == 8
+    for k in range(2):
+        plus = [2 * k + 4 * j for j in range(2)]  # pair k's θ + σ ε_k in each task round
+        torch.testing.assert_close(thetas[plus[0]], thetas[plus[1]])
+        torch.testing.assert_close(thetas[plus[0] + 1], thetas[plus[1] + 1])
+        assert tasks[plus[0]] != tasks[plus[1]]  # its two tasks are two runs
+    assert tasks[0] == tasks[2] and tasks[4] == tasks[6]  # pairs 0 and 1 share, per round
