@@ -52,19 +52,7 @@ from lossgym.actions import DEFAULT_PARAMETERS, ActionMapping
 from lossgym.envs.core import METRICS
 from lossgym.features import FeatureSpec
 from lossgym.methods import METHODS, make_method
-from lossgym.schedules import (
-    Constant,
-    Join,
-    Linear,
-    LossSchedule,
-    Schedule,
-    Step,
-    constant,
-    cosine,
-    join,
-    linear,
-    step,
-)
+from lossgym.schedules import LossSchedule, Schedule, constant, cosine, join, linear, step
 from lossgym.tasks import TaskSpec
 
 #: Observation columns the feedback rule reads (see :mod:`lossgym.features`).
@@ -474,8 +462,8 @@ class KnotPolicy(_ActionPolicy):
         rule's own boundaries and where the clip starts or stops.
 
         Raises:
-            ValueError: the policy is not residual, or its base rule has a cosine piece (not
-                piecewise linear).
+            ValueError: the policy is not residual, or its base rule has a cosine piece
+                (:meth:`lossgym.schedules.Schedule.breaks`).
         """
         if self.mode != "residual" or self.base_rule is None:
             raise ValueError(f"only a residual KnotPolicy with a base rule has a loss "
@@ -486,7 +474,7 @@ class KnotPolicy(_ActionPolicy):
             spec = loss_params.param(name)
             width = self.max_step * (spec.high - spec.low)
             part = base.get(name, constant(spec.neutral))
-            cuts = sorted({*self._at[1:-1].tolist(), *_linear_breaks(part, 0.0, 1.0)})
+            cuts = sorted({*self._at[1:-1].tolist(), *part.breaks()})
             pieces: list[tuple[float, float, float]] = []  # (lo, value at lo+, value at hi-)
             for lo, hi in zip([0.0, *cuts], [*cuts, 1.0]):
                 # The sum is linear on (lo, hi): read it at two inner points, extend to the ends.
@@ -511,22 +499,6 @@ class KnotPolicy(_ActionPolicy):
             lines = [linear(a, b) for _, a, b in pieces]
             out[name] = lines[0] if len(lines) == 1 else join(lines, [p[0] for p in pieces[1:]])
         return LossSchedule(out)
-
-
-def _linear_breaks(schedule: Schedule, lo: float, hi: float) -> list[float]:
-    """The progress points in (lo, hi) where a piecewise-linear ``schedule`` (constants, steps,
-    lines and joins of them) breaks, for the part of it that runs on [lo, hi]."""
-    if isinstance(schedule, (Constant, Linear)):
-        return []
-    if isinstance(schedule, Step):
-        return [lo + b * (hi - lo) for b in schedule.boundaries]
-    if isinstance(schedule, Join):
-        ends = [lo, *(lo + b * (hi - lo) for b in schedule.boundaries), hi]
-        inner = [x for part, a, b in zip(schedule.schedules, ends, ends[1:])
-                 for x in _linear_breaks(part, a, b)]
-        return ends[1:-1] + inner
-    raise ValueError(f"a {type(schedule).__name__} schedule is not piecewise linear; a knot "
-                     "policy's schedule needs a base rule of constants, steps, lines and joins")
 
 
 class PerMemberPolicy:

@@ -91,6 +91,11 @@ class Schedule:
         """The smallest and largest value the schedule takes on [0, 1]."""
         raise NotImplementedError
 
+    def breaks(self) -> tuple[float, ...]:
+        """The progress points in (0, 1) where the straight pieces of a piecewise-linear
+        schedule meet (a step's jumps included); ``ValueError`` for a curved one (cosine)."""
+        raise ValueError(f"a {self.kind} schedule is not piecewise linear")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible description, read back by :func:`schedule_from_dict`."""
         raise NotImplementedError
@@ -108,6 +113,9 @@ class Constant(Schedule):
 
     def bounds(self) -> tuple[float, float]:
         return self.value, self.value
+
+    def breaks(self) -> tuple[float, ...]:
+        return ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value}
@@ -127,6 +135,9 @@ class Step(Schedule):
 
     def bounds(self) -> tuple[float, float]:
         return min(self.values), max(self.values)
+
+    def breaks(self) -> tuple[float, ...]:
+        return self.boundaries
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "boundaries": list(self.boundaries),
@@ -163,6 +174,9 @@ class Linear(_Ramp):
     def _shape(t: float) -> float:
         return t
 
+    def breaks(self) -> tuple[float, ...]:
+        return ()
+
 
 class Cosine(_Ramp):
     """Half a cosine from ``start`` to ``end`` (made by :func:`cosine`)."""
@@ -191,6 +205,12 @@ class Join(Schedule):
     def bounds(self) -> tuple[float, float]:
         parts = [s.bounds() for s in self.schedules]
         return min(lo for lo, _ in parts), max(hi for _, hi in parts)
+
+    def breaks(self) -> tuple[float, ...]:
+        ends = (0.0, *self.boundaries, 1.0)
+        inner = [a + x * (b - a) for part, a, b in zip(self.schedules, ends, ends[1:])
+                 for x in part.breaks()]
+        return tuple(sorted({*self.boundaries, *inner}))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "boundaries": list(self.boundaries),

@@ -611,7 +611,7 @@ def test_a_residual_knot_policy_writes_down_the_loss_schedule_it_plays():
                                [ramp(t) for t in np.linspace(0.0, 1.0, 41)], atol=1e-12)
     with pytest.raises(ValueError, match="only a residual KnotPolicy"):
         KnotPolicy([[0.0, 1.0], [0.0, 1.0]], parameters=("gamma", "alpha")).schedule()
-    with pytest.raises(ValueError, match="Cosine schedule is not piecewise linear"):
+    with pytest.raises(ValueError, match="a cosine schedule is not piecewise linear"):
         KnotPolicy([[0.0, 1.0], [0.0, 1.0]], parameters=("gamma", "alpha"), mode="residual",
                    base_rule=LossSchedule({"gamma": cosine(2.0, 0.0)})).schedule()
 

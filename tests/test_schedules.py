@@ -126,3 +126,16 @@ def test_schedules_are_small_frozen_callables():
     assert isinstance(join([s, s], [0.5]), Join)
     with pytest.raises(AttributeError):
         s.values = (2.0, 3.0)
+
+
+def test_breaks_are_where_straight_pieces_meet():
+    from lossgym.schedules import constant, cosine, join, linear, step
+
+    assert constant(1.0).breaks() == () and linear(0.0, 1.0).breaks() == ()
+    assert step([0.2, 0.7], [0.0, 1.0, 2.0]).breaks() == (0.2, 0.7)
+    # A join breaks at its own boundaries and at its pieces', mapped into their segments.
+    nested = join([constant(0.0), join([linear(0.0, 1.0), constant(1.0)], [0.5])], [0.5])
+    assert nested.breaks() == (0.5, 0.75)
+    assert join([step([0.5], [0.0, 1.0]), constant(1.0)], [0.4]).breaks() == (0.2, 0.4)
+    with pytest.raises(ValueError, match="a cosine schedule is not piecewise linear"):
+        join([constant(0.0), cosine(1.0, 0.0)], [0.5]).breaks()
