@@ -358,6 +358,15 @@ def _pbt(args: EvalArgs, tune: list[TaskSpec], budget: int, run_dir: Path,
     return ScheduleRule(schedule, parameters), note
 
 
+def base_method(agent: AgentPolicy) -> str | None:
+    """The method whose records are the agent's base rule (for the trajectories): None without
+    one; ``logit_adjusted`` for the default base rule, a method every evaluation runs; else
+    ``base_rule``, the evaluation running the rule itself as a fixed rule."""
+    if agent.base_rule is None:
+        return None
+    return "logit_adjusted" if agent.base_rule == DEFAULT_BASE_RULE else "base_rule"
+
+
 def _knot_policy(run_dir: Path, config: dict[str, Any], agent: AgentPolicy) -> bl.KnotPolicy:
     """knot_search's policy; the loss schedule it plays goes to ``knot_schedule.json``, where
     it can serve as another agent's ``base_rule``."""
@@ -427,7 +436,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     # An agent around a base rule other than logit adjustment (a method here) also meets the
     # base rule itself, run as a fixed rule: what the agent's corrections add is against it.
     base_runs = []
-    if agent.base_rule is not None and agent.base_rule != DEFAULT_BASE_RULE:
+    if base_method(agent) == "base_rule":
         base_runs = [partial(rollout_policy, ScheduleRule(agent.base_rule, agent.parameters),
                              tasks, "base_rule", **kw)]
     first_runs = (len(tasks) * (1 + len(hand) + len(methods) + len(base_runs))
@@ -515,12 +524,9 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
             f"{budget} inner runs each, {equal} (the agent's reward also trained one twin per "
             f"episode, not counted). ")) + f"{pbt_note} Wall time of the evaluation: " \
         f"{time.time() - start:.0f} s."
-    base = None  # the method whose records are the agent's base rule, for the trajectories
-    if agent.base_rule is not None:
-        base = "base_rule" if base_runs else "logit_adjusted"
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
-                                  "base_rule": base,
+                                  "base_rule": base_method(agent),
                                   "records": [record_to_dict(r) for r in records]}))
     path = report_from_json(run_dir, dist)
     say(f"report written: {path}")
@@ -618,11 +624,10 @@ def _rerun_agent(run_dir: Path, tasks: list[TaskSpec], data: dict[str, Any],
     for job in _ablations(agent, records, tasks, kw):
         added += job()
     data["records"] = [r for r in data["records"] if r["method"] != "base_rule"]
-    data["base_rule"] = None if agent.base_rule is None else "logit_adjusted"
-    if agent.base_rule is not None and agent.base_rule != DEFAULT_BASE_RULE:
+    data["base_rule"] = base_method(agent)
+    if data["base_rule"] == "base_rule":
         added += rollout_policy(ScheduleRule(agent.base_rule, agent.parameters), tasks,
                                 "base_rule", **kw)
-        data["base_rule"] = "base_rule"
     data["note"] += (
         f" The agent's records (agent, its ablations and base_rule) were replaced by "
         f"--add-methods agent with those of the agent in {run_dir.name}, trained on "
