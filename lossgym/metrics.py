@@ -21,6 +21,9 @@ Definitions follow scikit-learn, which the tests use as the reference:
   genuine 0 from an absent class.
 * ``nll``: mean cross-entropy of the softmax of the logits (natural log).
 * ``ece``: expected calibration error, see :func:`expected_calibration_error`.
+* ``soft_balanced_accuracy`` (not in :func:`classification_metrics`; see
+  :func:`soft_balanced_accuracy`): balanced accuracy's smooth counterpart, the mean over the
+  classes present of the softmax probability of the true class after temperature scaling.
 
 Predictions are ``logits.argmax(-1)``; ties go to the lowest class index, as in
 ``numpy.argmax``.
@@ -40,6 +43,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "metrics_from_confusion",
+    "soft_balanced_accuracy",
 ]
 
 
@@ -326,3 +330,40 @@ def fit_temperature(val_logits: Tensor, val_targets: Tensor, steps: int = 48) ->
         centre = grid.gather(-1, best).squeeze(-1)
         lo, hi = centre - width, centre + width
     return centre.exp()
+
+
+@torch.no_grad()
+def soft_balanced_accuracy(logits: Tensor, targets: Tensor, temperature: Tensor | None = None
+                           ) -> Tensor:
+    """The class-balanced mean softmax probability of the true class: balanced accuracy with
+    each sample's 0/1 hit replaced by the probability the calibrated model gives its label.
+
+    A sample near the decision boundary counts about 1/2 whichever side it falls, so the
+    value moves little when training's chaos flips such samples, which moves balanced
+    accuracy by whole samples (``scripts/noise_floor.py``). The softmax is taken after
+    temperature scaling, which makes the value independent of the logits' scale (a loss with
+    a logit scale s trains logits s times smaller): ``temperature`` per member, or, when
+    None, the one :func:`fit_temperature` fits on these logits.
+
+    Args:
+        logits: ``[..., V, C]``.
+        targets: ``[V]`` or ``[..., V]`` integer targets in ``[0, C)``.
+        temperature: ``[...]`` temperatures, or None.
+
+    Returns:
+        ``[...]`` values in [0, 1], float32 (float64 for float64 logits).
+    """
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape [..., V, C], got {tuple(logits.shape)}")
+    dtype = _work_dtype(logits.dtype)
+    logits = logits.detach().to(dtype)
+    targets = _broadcast_targets(targets, logits.shape[:-1]).long()
+    if temperature is None:
+        temperature = fit_temperature(logits, targets)
+    scaled = logits / temperature.to(dtype)[..., None, None]
+    hit = torch.softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    c = logits.shape[-1]
+    onehot = torch.nn.functional.one_hot(targets, c).to(dtype)  # [..., V, C]
+    support = onehot.sum(-2)
+    per_class = (hit.unsqueeze(-1) * onehot).sum(-2) / support.clamp_min(1)
+    return per_class.sum(-1) / (support > 0).sum(-1).to(dtype)

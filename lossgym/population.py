@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lossgym.data import Dataset, load_dataset
-from lossgym.metrics import classification_metrics, fit_temperature
+from lossgym.metrics import classification_metrics, fit_temperature, soft_balanced_accuracy
 from lossgym.models import StackedNet
 from lossgym.optim import BatchedOptimizer
 from lossgym.tasks import TaskSpec
@@ -355,21 +355,28 @@ class Population:
         return self._y[split]
 
     @torch.no_grad()
-    def evaluate(self, split: str = "val", members: Sequence[int] | None = None
-                 ) -> dict[str, Tensor]:
-        """Batched metrics on ``split`` (see :mod:`lossgym.metrics`), one row per member."""
-        return classification_metrics(self.logits(split, members), self._y[split],
-                                      self.num_classes)
+    def evaluate(self, split: str = "val", members: Sequence[int] | None = None, *,
+                 soft: bool = False) -> dict[str, Tensor]:
+        """Batched metrics on ``split`` (see :mod:`lossgym.metrics`), one row per member;
+        with ``soft``, also ``soft_balanced_accuracy`` (temperature fitted on ``split``)."""
+        logits = self.logits(split, members)
+        out = classification_metrics(logits, self._y[split], self.num_classes)
+        if soft:
+            out["soft_balanced_accuracy"] = soft_balanced_accuracy(logits, self._y[split])
+        return out
 
     @torch.no_grad()
     def final_metrics(self, members: Sequence[int] | None = None) -> dict[str, Tensor]:
-        """Test metrics for final reports, plus ``ece_ts``: the test ECE after temperature
-        scaling with T (``temperature``) fitted on the validation split."""
+        """Test metrics for final reports, plus ``ece_ts`` and ``soft_balanced_accuracy``: the
+        test ECE and soft balanced accuracy after temperature scaling with T (``temperature``)
+        fitted on the validation split."""
         test_logits = self.logits("test", members)
         out = classification_metrics(test_logits, self._y["test"], self.num_classes)
         temperature = fit_temperature(self.logits("val", members), self._y["val"])
         scaled = classification_metrics(test_logits / temperature[:, None, None],
                                         self._y["test"], self.num_classes)
         out["ece_ts"] = scaled["ece"]
+        out["soft_balanced_accuracy"] = soft_balanced_accuracy(test_logits, self._y["test"],
+                                                               temperature)
         out["temperature"] = temperature
         return out

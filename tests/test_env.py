@@ -325,7 +325,8 @@ def test_paired_baseline_gives_zero_reward_for_cross_entropy():
         info["test"]["reference_balanced_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("metric", ["balanced_accuracy", "macro_f1", "accuracy", "neg_ece"])
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "macro_f1", "accuracy", "neg_ece",
+                                    "soft_balanced_accuracy"])
 def test_metrics_and_bad_arguments(metric):
     env = LossTuningEnv(tasks=SMALL, metric=metric)
     env.reset(seed=0)
@@ -484,3 +485,17 @@ def test_lossgym_does_not_import_agents():
         m.startswith("lossgym") and "agents" in getattr(sys.modules[m], "__dict__", {})
         for m in list(sys.modules))
     assert lossgym.__version__
+
+
+def test_soft_reward_is_the_change_of_the_populations_soft_balanced_accuracy():
+    from lossgym.metrics import soft_balanced_accuracy
+
+    env = LossTuningEnv(tasks=SMALL, metric="soft_balanced_accuracy", reward_baseline="none")
+    env.reset(seed=0)
+    batch = env.batch
+    pop = batch.population
+    before = soft_balanced_accuracy(pop.logits("val"), pop.targets("val"))[0].item()
+    _, reward, _, _, info = env.step(np.array([0.2, 0.5], dtype=np.float32))
+    after = soft_balanced_accuracy(pop.logits("val"), pop.targets("val"))[0].item()
+    assert reward == pytest.approx(after - before, abs=1e-6)
+    assert 0.0 < after < 1.0

@@ -346,3 +346,30 @@ def test_fit_temperature_recovers_a_known_temperature():
     t = fit_temperature(torch.stack([3 * z[0], 0.5 * z[1]]), y)
     assert t[0].item() == pytest.approx(3.0, rel=0.1)
     assert t[1].item() == pytest.approx(0.5, rel=0.1)
+
+
+def test_soft_balanced_accuracy_by_hand_and_independent_of_the_logit_scale():
+    from lossgym.metrics import fit_temperature, soft_balanced_accuracy
+
+    # Two classes, temperature 1: class 0 has samples with p(0) = 0.5 and 0.9, class 1 one
+    # sample with p(1) = 0.2, so the value is ((0.5 + 0.9) / 2 + 0.2) / 2 = 0.45.
+    logit = math.log(0.9 / 0.1)
+    z = torch.tensor([[0.0, 0.0], [logit, 0.0], [math.log(0.8 / 0.2), 0.0]],
+                     dtype=torch.float64)
+    y = torch.tensor([0, 0, 1])
+    got = soft_balanced_accuracy(z, y, torch.tensor(1.0, dtype=torch.float64))
+    assert got.item() == pytest.approx(0.45, abs=1e-12)
+    # With the fitted temperature, logits 10 times smaller score the same: the scale of the
+    # logits (a loss's logit scale s) does not count, only their calibrated probabilities.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 400, 5, generator=g) * 2
+    torch.manual_seed(0)
+    y = torch.distributions.Categorical(logits=z[0]).sample()
+    big, small = soft_balanced_accuracy(z, y), soft_balanced_accuracy(z / 10, y)
+    torch.testing.assert_close(big, small, atol=2e-3, rtol=0)
+    assert big.shape == (2,) and bool(((big > 0) & (big < 1)).all())
+    # An explicit temperature is used as given: T = fit_temperature's gives the same value.
+    torch.testing.assert_close(soft_balanced_accuracy(z, y, fit_temperature(z, y)), big)
+    # A class absent from the targets does not count (as in balanced accuracy).
+    only = soft_balanced_accuracy(z, torch.zeros(400, dtype=torch.long), torch.ones(2))
+    torch.testing.assert_close(only, torch.softmax(z, -1)[..., 0].mean(-1))

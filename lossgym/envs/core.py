@@ -24,10 +24,10 @@ from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, reso
 from lossgym.schedules import LossSchedule
 from lossgym.tasks import TASK_SPLITS, TaskDistribution, TaskSpec
 
-METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece")
+METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "neg_ece", "soft_balanced_accuracy")
 REWARD_BASELINES = ("none", "paired", "base")
 TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_ts", "nll",
-                "worst_class_recall")
+                "worst_class_recall", "soft_balanced_accuracy")
 
 
 def metric_value(metrics: dict[str, Tensor], metric: str) -> Tensor:
@@ -118,6 +118,7 @@ class EpisodeBatch:
         self.mapping = mapping
         self.features = FeatureSpec(mapping.parameters, 2 if context_features else 1)
         self.metric = metric
+        self._soft = metric == "soft_balanced_accuracy"  # needs a temperature fit
         # The twin: a second member per env on the same task, seed, pool, initialisation and
         # data order, trained with cross-entropy ("paired") or the base rule ("base").
         self.paired = reward_baseline in ("paired", "base")
@@ -222,7 +223,7 @@ class EpisodeBatch:
         pop = self.population
         assert pop is not None
         if metrics is None:
-            metrics = pop.evaluate("val", self._members(ids))
+            metrics = pop.evaluate("val", self._members(ids), soft=self._soft)
             rows = slice(0, len(ids))
             value = self._value(metrics, len(ids))
             self.value[ids] = value
@@ -316,7 +317,7 @@ class EpisodeBatch:
         self.params = new
         active = [not d for d in self.done]
         stats = pop.train(self._criterion, active=active + (active if self.paired else []))
-        metrics = pop.evaluate("val")
+        metrics = pop.evaluate("val", soft=self._soft)
         value = np.where(active, self._value(metrics, n), self.value)
         rewards = value - self.value
         self.value = value

@@ -41,7 +41,10 @@ class _Episodes:
         self._trace: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         names = self.batch.features.names
         metric = self.config.metric
-        self._metric_column = names.index("val_ece" if metric == "neg_ece" else f"val_{metric}")
+        # The frame plots the observed validation curve of the reward's metric; the soft
+        # metric is not observed, so its frames plot balanced accuracy, its hard counterpart.
+        observed = {"neg_ece": "ece", "soft_balanced_accuracy": "balanced_accuracy"}
+        self._metric_column = names.index(f"val_{observed.get(metric, metric)}")
         self._param_columns = slice(names.index(f"param_{self.batch.mapping.parameters[0]}"),
                                     names.index(f"param_{self.batch.mapping.parameters[-1]}") + 1)
 
