@@ -217,11 +217,12 @@ def _method_unit(method: str, tasks: list[TaskSpec], metric: str,
     dev = resolve_device(device)
     pop = Population(tasks, device=dev)
     mix = MethodMix([make_method(method, len(tasks), pop.num_classes, dev)])
-    curves = [metric_value(pop.evaluate("val"), metric).cpu().numpy()]
+    soft = metric == "soft_balanced_accuracy"
+    curves = [metric_value(pop.evaluate("val", soft=soft), metric).cpu().numpy()]
     for _ in range(tasks[0].horizon):
         pop.train(mix)
         mix.observe_validation(pop.logits("val"), pop.targets("val"))
-        curves.append(metric_value(pop.evaluate("val"), metric).cpu().numpy())
+        curves.append(metric_value(pop.evaluate("val", soft=soft), metric).cpu().numpy())
     test = pop.final_metrics()
     diverged = pop.diverged.cpu().numpy()
     return [EpisodeRecord(task=task, method=method, params=np.zeros((0, 0)),
