@@ -564,6 +564,16 @@ def added_note(note: str, added: Sequence[str], methods: set[str], residual: boo
     return note + ADDED_NOTE + ", ".join(names) + "."
 
 
+def rerun_note(note: str, name: str, budget: int, run_dir: Path) -> str:
+    """``note`` saying the budget that search ``name`` was run again at by ``--add-methods``
+    (in place of what an earlier rerun of it said): the note's first budgets are those of the
+    evaluation's first agent, and a retrained agent's search gets its own."""
+    said = f" {name} was run again by --add-methods at "
+    note = re.sub(re.escape(said) + r"\d+ inner runs \([^)]*\)\.", "", note)
+    return (note + f"{said}{budget} inner runs ({run_dir.name}: "
+            f"{agent_episodes(run_dir)} training episodes).")
+
+
 #: Tuned baselines that ``--add-methods`` can add: name → (grid space, rule factory).
 TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
     "tuned_drw": ("drw", bl.drw_rule), "tuned_ldam_drw": ("ldam_drw", bl.ldam_drw_rule),
@@ -667,6 +677,7 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
     else:
         agent = AgentPolicy(run_dir)
         budget = search_budget(args, run_dir, len(tune))
+        data["note"] = rerun_note(data["note"], name, budget, run_dir)
         if name == "knot_search":
             if agent.mode != "residual":
                 raise ValueError("knot_search searches residual actions around a base rule; "

@@ -219,8 +219,14 @@ def test_add_methods_reruns_the_searches_and_hand_baselines_record_for_record(ru
     add_methods(EvalArgs(run_dir=str(run), **args), ["random_search", "cma_es", "focal_2",
                                                      "tuned_constant", "oracle_constant"],
                 distribution=DIST)
-    after = json.loads((run / "evaluation.json").read_text())["records"]
+    data = json.loads((run / "evaluation.json").read_text())
+    after = data["records"]
     assert len(after) == len(before)
+    # The note says the budget each search was run again at, once, however often it reran.
+    for name in ("random_search", "cma_es"):
+        said = f" {name} was run again by --add-methods at 4 inner runs (run: "
+        assert data["note"].count(said) == 1, data["note"]
+    assert "tuned_constant was run again" not in data["note"]
     present = [n for n in names if any(r["method"] == n for r in before)]
     assert set(names) - {"random_search_constant"} <= set(present)  # it may draw no constant
     for name in present:
@@ -401,3 +407,19 @@ def test_added_methods_are_named_once_and_complete_a_small_evaluation():
     done = added_note(once, ["pbt"], full | {"knot_search"}, residual=True)
     assert done == (COMPLETED_NOTE + "Agent: a. Wall time: 3 s." + ADDED_NOTE
                     + "focal_0.5, cb_beta0.9, pbt.")
+
+
+def test_a_rerun_search_says_its_own_budget_once(run_dir):
+    # A search that --add-methods runs again for a retrained agent gets that agent's budget;
+    # the note's first budgets are the first agent's, so the rerun says its own, and a second
+    # rerun replaces what the first said instead of adding to it.
+    from agents.evaluate import agent_episodes, rerun_note
+
+    note = "Agent: a. Searches: 768 inner runs each."
+    once = rerun_note(note, "knot_search", 3072, run_dir)
+    said = (f" knot_search was run again by --add-methods at 3072 inner runs ({run_dir.name}: "
+            f"{agent_episodes(run_dir)} training episodes).")
+    assert once == note + said
+    again = rerun_note(once + " Other.", "knot_search", 96, run_dir)
+    assert again == note + " Other." + said.replace("3072", "96")
+    assert rerun_note(again, "cma_es", 8, run_dir).startswith(again + " cma_es was run again")
