@@ -124,7 +124,9 @@ class LossTuningEnv(_Episodes, gym.Env):
     ## Rewards
 
     The change of the validation ``metric`` ("balanced_accuracy" by default, or
-    "macro_f1", "accuracy", "neg_ece") since the previous step, so an episode's return is
+    "macro_f1", "accuracy", "neg_ece", "soft_balanced_accuracy": the smooth counterpart of
+    balanced accuracy, :func:`lossgym.metrics.soft_balanced_accuracy`, which costs a
+    temperature fit per evaluation) since the previous step, so an episode's return is
     the final value minus the initial one. With ``reward_baseline="paired"`` a plain
     cross-entropy twin (same data, initialisation and data order) trains beside the agent's
     classifier and the reward is the change of (metric − twin's metric), which cancels most of
