@@ -569,7 +569,7 @@ def rerun_note(note: str, name: str, budget: int, run_dir: Path) -> str:
     (in place of what an earlier rerun of it said): the note's first budgets are those of the
     evaluation's first agent, and a retrained agent's search gets its own."""
     said = f" {name} was run again by --add-methods at "
-    note = re.sub(re.escape(said) + r"\d+ inner runs \([^)]*\)\.", "", note)
+    note = re.sub(re.escape(said) + r"\d+ inner runs \(.*? training episodes\)\.", "", note)
     return (note + f"{said}{budget} inner runs ({run_dir.name}: "
             f"{agent_episodes(run_dir)} training episodes).")
 
@@ -677,7 +677,6 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
     else:
         agent = AgentPolicy(run_dir)
         budget = search_budget(args, run_dir, len(tune))
-        data["note"] = rerun_note(data["note"], name, budget, run_dir)
         if name == "knot_search":
             if agent.mode != "residual":
                 raise ValueError("knot_search searches residual actions around a base rule; "
@@ -692,6 +691,7 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
             policies[name] = bl.policy_from_config("schedule", bl.cma_search(
                 tune, budget, args.seed, "schedule", parameters=search_parameters(agent),
                 **kw)[0])
+        data["note"] = rerun_note(data["note"], name, budget, run_dir)
     added: list[EpisodeRecord] = []
     for label, policy in policies.items():
         data.setdefault("tuned", {})[label] = str(policy)

@@ -222,7 +222,7 @@ def test_add_methods_reruns_the_searches_and_hand_baselines_record_for_record(ru
     data = json.loads((run / "evaluation.json").read_text())
     after = data["records"]
     assert len(after) == len(before)
-    # The note says the budget each search was run again at, once, however often it reran.
+    # The note says the budget each search was run again at; a tuned family is no search.
     for name in ("random_search", "cma_es"):
         said = f" {name} was run again by --add-methods at 4 inner runs (run: "
         assert data["note"].count(said) == 1, data["note"]
