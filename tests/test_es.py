@@ -365,3 +365,32 @@ def test_pairs_that_share_tasks_are_different_pairs_never_one_pairs_own_tasks(tm
         torch.testing.assert_close(thetas[plus[0] + 1], thetas[plus[1] + 1])
         assert tasks[plus[0]] != tasks[plus[1]]  # its two tasks are two runs
     assert tasks[0] == tasks[2] and tasks[4] == tasks[6]  # pairs 0 and 1 share, per round
+
+
+def _untimed(path):
+    """generations.csv without its wall-clock columns."""
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if not name.endswith("seconds")]
+    assert len(keep) >= 10
+    return [[row[i] for i in keep] for row in rows]
+
+
+def test_the_same_seed_trains_the_same_policy_and_another_seed_does_not(run, tmp_path):
+    """The CPU promise: ES training with one seed is bit-reproducible (weights, the
+    generations log and the normaliser), and the seed is what decides it."""
+    again = train_es(ESArgs(run_dir=str(tmp_path / "again"), generations=GENERATIONS,
+                            pairs=PAIRS, progress=False), tasks=SMALL)
+    first = torch.load(run / "policy.pt", weights_only=True)["parameters"]["policy"]
+    second = torch.load(again / "policy.pt", weights_only=True)["parameters"]["policy"]
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert _untimed(run / "generations.csv") == _untimed(again / "generations.csv")
+    assert json.loads((run / "policy.norm.json").read_text()) == \
+        json.loads((again / "policy.norm.json").read_text())
+
+    other = train_es(ESArgs(run_dir=str(tmp_path / "other"), generations=1, pairs=PAIRS,
+                            seed=1, progress=False), tasks=SMALL)
+    moved = torch.load(other / "policy.pt", weights_only=True)["parameters"]["policy"]
+    assert any(not torch.equal(moved[n], first[n]) for n in first
+               if n.startswith("action_net"))
