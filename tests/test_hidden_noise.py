@@ -1,0 +1,87 @@
+"""scripts/hidden_noise.py: the noise draw, the hidden replay, the closed loop's latch and a
+tiny end-to-end run."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lossgym.features import FeatureSpec
+from lossgym.methods import make_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hidden_noise():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("hidden_noise",
+                                                  ROOT / "scripts" / "hidden_noise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise):
+    args = hidden_noise.argparse.Namespace(distribution="default", tasks=2, seeds=4, seed=0,
+                                           quick=True, levels=[0.0, 0.3])
+    tasks, seeds, runs, levels = hidden_noise.hidden_runs(args)
+    assert levels.tolist() == [0.0, 0.3, 0.0, 0.3] * 2
+    assert [r.label_noise for r in runs] == levels.tolist()
+    assert [r.seed for r in runs] == [s for ss in seeds for s in ss]
+    assert all(r.replace(seed=0, label_noise=0.0) == tasks[i // 4].replace(seed=0)
+               for i, r in enumerate(runs))
+
+    class Rec:
+        def __init__(self, a):
+            self.actions = np.full((2, 1), float(a))
+
+    out = hidden_noise.hidden_replay([Rec(a) for a in (0, 1, 2, 3, 10, 20, 30, 40)], 4)
+    # Run 0 averages runs 1..3 of its task (other noise levels included), never task 2's.
+    assert [float(o[0, 0]) for o in out] == [2.0, 5 / 3, 4 / 3, 1.0, 30.0, 80 / 3, 70 / 3,
+                                             20.0]
+
+
+def test_the_noise_gate_latches_on_a_large_gap_after_earliest(hidden_noise):
+    base = make_method("ldam_drw").schedule()
+    rule = hidden_noise.NoiseGate(base, "gate", 0.0, -5.0, threshold=0.1, earliest=0.3)
+    assert rule.parameters[-1] == "gate" and "margin" in rule.parameters
+    rule.reset(3)
+    obs = np.zeros((3, FeatureSpec(rule.parameters).dim))
+    col = rule.parameters.index("gate")
+    seen = []
+    # Row 0: gap 0.5 from the start (too early until 0.3); row 1: gap 0.5 once, then 0;
+    # row 2: never above the threshold.
+    for t, gaps in enumerate([(0.5, 0.0, 0.05), (0.5, 0.5, 0.05), (0.5, 0.5, 0.05),
+                              (0.0, 0.0, 0.05)]):
+        obs[:, hidden_noise.TRAIN_LOSS] = gaps
+        seen.append(rule.params(obs, np.full(3, t / 5))[:, col].tolist())
+    assert seen == [[0, 0, 0], [0, 0, 0], [-5, -5, 0], [-5, -5, 0]]
+    # The other parameters follow the base schedule.
+    out = rule.params(obs, np.full(3, 0.9))
+    assert out[0, rule.parameters.index("margin")] == base(0.9)["margin"]
+    with pytest.raises(ValueError, match="expected"):
+        rule.params(obs[:, :3], np.zeros(3))
+
+
+def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp_path,
+                                                               one_thread):
+    result = hidden_noise.main(["--quick", "--tasks", "2", "--seeds", "4", "--levels", "0",
+                                "0.4", "--values", "0", "-5", "--out", str(tmp_path)])
+    stored = json.loads((tmp_path / "hidden_noise.json").read_text(encoding="utf-8"))
+    assert stored["contrasts"] == result["contrasts"]
+    assert "oracle per level − best single constant" in result["contrasts"]
+    assert "noise_gate − its task replay" in result["contrasts"]
+    for c in result["contrasts"].values():
+        assert c["ci"][0] <= c["mean"] <= c["ci"][1]
+    assert len(result["gap_by_level"]["0.4"]) == 2  # one gap per step of the quick horizon
+    assert set(result["mean_by_level"]) == {"gate=0", "gate=-5", "noise_gate",
+                                            "noise_gate_task_replay"}
+    assert "| noise_gate − its task replay |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        hidden_noise.main(["--seeds", "3", "--out", str(tmp_path)])  # < 2 per level
+    with pytest.raises(ValueError, match="--values 9"):
+        hidden_noise.main(["--seeds", "6", "--values", "9", "--out", str(tmp_path)])
