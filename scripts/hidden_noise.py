@@ -17,9 +17,13 @@ The study asks, around a fixed base rule (``--base``, e.g. LDAM-DRW) and one noi
    what knowing the noise is worth;
 2. **signal**: how well the run's own curves tell the levels apart: the feature
    ``ln(train loss) − ln(val loss)`` of the base rule's runs at each step, per level;
-3. **closed loop**: :class:`NoiseGate` sets the knob to its high value from the first step
-   where that feature exceeds ``--threshold`` (after ``--earliest`` of training), else keeps
-   the low value, and is compared run by run with its task replay and with both constants.
+3. **closed loop**: :class:`NoiseDetector` plays the best single constant until ``--at`` of
+   training, then classifies the run's feature to the nearest level (level means measured on
+   the *other* base tasks' runs) and plays that level's best value (on validation) to the
+   end. It is compared run by run with its task replay (the mean of what it played on the
+   other seeds of the same base task), with the best single constant and with the oracle.
+   Where every level's best value is the same, it is that constant and its contrasts are zero
+   by construction.
 
 Intervals are 95 % stratified-bootstrap intervals (seeds resampled within base tasks).
 
@@ -100,26 +104,34 @@ class KnobRule:
         return np.stack(out)  # type: ignore[arg-type]
 
 
-class NoiseGate(KnobRule):
-    """The knob at ``high`` from the first step (at progress >= ``earliest``) where
-    ln(train loss) − ln(val loss) exceeds ``threshold``, latched; ``low`` before and
-    otherwise: a closed loop that reads the label noise off the run."""
+class NoiseDetector(KnobRule):
+    """A closed loop that reads the label noise off its own run: the knob at ``before`` until
+    progress ``at``; there it classifies the run's ln(train loss) − ln(val loss) to the
+    nearest of ``means`` (one per noise level) and plays that level's ``choices`` value to the
+    end. One instance per run (:class:`agents.baselines.PerMemberPolicy`), so that each run's
+    detector can be calibrated without its own task."""
 
-    def __init__(self, base: LossSchedule, knob: str, low: float, high: float,
-                 threshold: float, earliest: float) -> None:
-        super().__init__(base, knob, low)
-        self.low, self.high = float(low), float(high)
-        self.threshold, self.earliest = float(threshold), float(earliest)
+    def __init__(self, base: LossSchedule, knob: str, before: float, at: float,
+                 means: Sequence[float], choices: Sequence[float]) -> None:
+        super().__init__(base, knob, before)
+        if len(means) != len(choices) or not means:
+            raise ValueError(f"means {list(means)} and choices {list(choices)} need one "
+                             "entry per noise level")
+        self.before, self.at = float(before), float(at)
+        self.means, self.choices = np.asarray(means, float), np.asarray(choices, float)
 
     def reset(self, num_envs: int) -> None:
         super().reset(num_envs)
-        self.on = np.zeros(num_envs, dtype=bool)
+        self.level = np.full(num_envs, -1)
 
     def knob_values(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
         gap = obs[:, TRAIN_LOSS] - obs[:, VAL_LOSS]
-        self.on = (progress > 0) & (self.on | ((progress >= self.earliest)
-                                               & (gap > self.threshold)))
-        return np.where(self.on, self.high, self.low)
+        nearest = np.abs(gap[:, None] - self.means[None]).argmin(axis=1)
+        self.level = np.where(progress <= 0, -1, self.level)
+        decide = (self.level < 0) & (progress >= self.at - 1e-9)
+        self.level = np.where(decide, nearest, self.level)
+        return np.where(self.level >= 0, self.choices[np.maximum(self.level, 0)],
+                        self.before)
 
 
 def hidden_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int]],
@@ -165,10 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--base", default="ldam_drw", help="a built-in method with a schedule")
     p.add_argument("--knob", default="gate", choices=loss_params.names())
     p.add_argument("--values", type=float, nargs="+", default=[0.0, -2.5, -5.0])
-    p.add_argument("--threshold", type=float, default=None,
-                   help="the closed loop's gap threshold (default: midway between the "
-                        "lowest and the highest level's mean gap at --earliest)")
-    p.add_argument("--earliest", type=float, default=0.25)
+    p.add_argument("--at", type=float, default=0.1,
+                   help="the progress at which the closed loop decides, in (0, 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/hidden_noise")
     args = p.parse_args(argv)
@@ -202,56 +212,56 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     oracle = np.array([test[oracle_choice[lv]][i] for i, lv in enumerate(levels)])
     boot = np.random.default_rng(12345)
 
-    # 2. The signal: the base rule's gap per level, at each step.
-    neutral_value = loss_params.param(args.knob).neutral
-    ref = neutral_value if neutral_value in obs else names[0]
-    gap = obs[ref][:, :, TRAIN_LOSS] - obs[ref][:, :, VAL_LOSS]  # [runs, steps]
+    # 2. The signal at the decision step k, in the runs of the single best constant: the
+    # closed loop plays it until k, so up to k its runs are these runs (paired seeds, a
+    # deterministic engine).
+    gap = obs[single][:, :, TRAIN_LOSS] - obs[single][:, :, VAL_LOSS]  # [runs, steps]
     horizon = gap.shape[1]
-    step = min(horizon - 1, int(np.ceil(args.earliest * horizon)))
+    step = min(horizon - 1, int(np.ceil(args.at * horizon - 1e-9)))
     by_level = {lv: gap[levels == lv].mean(axis=0) for lv in args.levels}
-    threshold = args.threshold if args.threshold is not None else float(
-        (by_level[min(args.levels)][step] + by_level[max(args.levels)][step]) / 2)
-    separable = {lv: float((gap[levels == lv, step] > threshold).mean()) for lv in args.levels}
+    task_of = np.arange(len(runs)) // per_task
 
-    # 3. The closed loop between the neutral-most and the strongest value.
-    low = min(names, key=lambda v: abs(v - neutral_value))
-    high = max(names, key=lambda v: abs(v - neutral_value))
-    gate = NoiseGate(schedule, args.knob, low, high, threshold, args.earliest)
-    closed = rollout_policy(gate, runs, "noise_gate", device=args.device)
-    replayed = rollout_members([ReplayPolicy(a[None], parameters=gate.parameters,
+    def level_means(i: int) -> list[float]:
+        """Each level's mean gap at k over the runs of the OTHER base tasks than run i's."""
+        other = task_of != task_of[i]
+        return [float(gap[other & (levels == lv), step].mean()) for lv in args.levels]
+
+    # 3. The closed loop: single until k, then the detected level's best value.
+    choices = [oracle_choice[lv] for lv in args.levels]
+    detectors = [NoiseDetector(schedule, args.knob, single, args.at, level_means(i), choices)
+                 for i in range(len(runs))]
+    closed = rollout_members(detectors, runs, "noise_detector", device=args.device)
+    replayed = rollout_members([ReplayPolicy(a[None], parameters=detectors[0].parameters,
                                              mode="absolute")
                                 for a in hidden_replay(closed, per_task)],
-                               runs, "noise_gate_task_replay", device=args.device)
+                               runs, "noise_detector_task_replay", device=args.device)
     closed_test = np.array([r.test["balanced_accuracy"] for r in closed])
     replay_test = np.array([r.test["balanced_accuracy"] for r in replayed])
-    switched = np.array([r.params[-1, gate.parameters.index(args.knob)] == high
-                         for r in closed])
+    detected = np.array([d.level[0] for d in detectors])
+    confusion = {f"{lv:g}": {f"{lv2:g}": float((detected[levels == lv] == j).mean())
+                             for j, lv2 in enumerate(args.levels)} for lv in args.levels}
 
     contrasts = {
         "oracle per level − best single constant": contrast(oracle, test[single], per_task,
                                                               boot),
-        "noise_gate − its task replay": contrast(closed_test, replay_test, per_task, boot),
-        f"noise_gate − {args.knob}={single:g} (best single)": contrast(
+        "noise_detector − its task replay": contrast(closed_test, replay_test, per_task,
+                                                     boot),
+        f"noise_detector − {args.knob}={single:g} (best single)": contrast(
             closed_test, test[single], per_task, boot),
-        f"noise_gate − {args.knob}={low:g}": contrast(closed_test, test[low], per_task, boot),
-        f"noise_gate − {args.knob}={high:g}": contrast(closed_test, test[high], per_task,
-                                                        boot),
+        "noise_detector − oracle per level": contrast(closed_test, oracle, per_task, boot),
     }
     means = {f"{args.knob}={v:g}": {f"{lv:g}": float(100 * test[v][levels == lv].mean())
                                      for lv in args.levels} for v in names}
-    means["noise_gate"] = {f"{lv:g}": float(100 * closed_test[levels == lv].mean())
-                           for lv in args.levels}
-    means["noise_gate_task_replay"] = {f"{lv:g}": float(100 * replay_test[levels == lv].mean())
-                                       for lv in args.levels}
+    for name, values in (("oracle per level", oracle), ("noise_detector", closed_test),
+                         ("noise_detector_task_replay", replay_test)):
+        means[name] = {f"{lv:g}": float(100 * values[levels == lv].mean())
+                       for lv in args.levels}
     return publish("hidden_noise", argv, args, started, {
         "tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
         "levels": levels.tolist(), "single": single,
         "oracle_choice": {f"{k:g}": v for k, v in oracle_choice.items()},
         "gap_by_level": {f"{k:g}": v.tolist() for k, v in by_level.items()},
-        "gap_step": step, "threshold": threshold, "above_threshold": {
-            f"{k:g}": v for k, v in separable.items()},
-        "switched_by_level": {f"{lv:g}": float(switched[levels == lv].mean())
-                              for lv in args.levels},
+        "gap_step": step, "confusion": confusion,
         "mean_by_level": means, "contrasts": contrasts}, render)
 
 
@@ -280,13 +290,14 @@ def render(result: dict[str, Any]) -> str:
     lines += [f"| {k} | " + " | ".join(f"{v[lv]:.2f}" for lv in levels) + " |"
               for k, v in result["mean_by_level"].items()]
     step = result["gap_step"]
-    lines += ["", f"The signal, ln(train loss) − ln(val loss) of the base rule's runs at step "
-              f"{step}, mean by level: " + ", ".join(
-                  f"{k}: {v[step]:+.3f}" for k, v in result["gap_by_level"].items())
-              + f"; threshold {result['threshold']:+.3f}; share of runs above it: " + ", ".join(
-                  f"{k}: {v:.2f}" for k, v in result["above_threshold"].items())
-              + "; share of the closed loop's runs that switched: " + ", ".join(
-                  f"{k}: {v:.2f}" for k, v in result["switched_by_level"].items()) + "."]
+    lines += ["", f"The signal, ln(train loss) − ln(val loss) at step {step} of the single "
+              "best constant's runs, mean by level: " + ", ".join(
+                  f"{k}: {v[step]:+.3f}" for k, v in result["gap_by_level"].items()) + ".", "",
+              "The detector's decisions (rows: true noise; columns: detected; share of runs):",
+              "", "| true \\ detected | " + " | ".join(levels) + " |",
+              "|---|" + "---|" * len(levels)]
+    lines += [f"| {k} | " + " | ".join(f"{row[lv]:.2f}" for lv in levels) + " |"
+              for k, row in result["confusion"].items()]
     return "\n".join(lines) + "\n"
 
 

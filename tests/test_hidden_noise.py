@@ -45,26 +45,32 @@ def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise
                                              20.0]
 
 
-def test_the_noise_gate_latches_on_a_large_gap_after_earliest(hidden_noise):
+def test_the_noise_detector_decides_once_at_its_step_and_latches(hidden_noise):
     base = make_method("ldam_drw").schedule()
-    rule = hidden_noise.NoiseGate(base, "gate", 0.0, -5.0, threshold=0.1, earliest=0.3)
+    rule = hidden_noise.NoiseDetector(base, "gate", 0.0, 0.3, means=[0.0, 0.5],
+                                      choices=[0.0, -5.0])
     assert rule.parameters[-1] == "gate" and "margin" in rule.parameters
     rule.reset(3)
     obs = np.zeros((3, FeatureSpec(rule.parameters).dim))
     col = rule.parameters.index("gate")
     seen = []
-    # Row 0: gap 0.5 from the start (too early until 0.3); row 1: gap 0.5 once, then 0;
-    # row 2: never above the threshold.
-    for t, gaps in enumerate([(0.5, 0.0, 0.05), (0.5, 0.5, 0.05), (0.5, 0.5, 0.05),
-                              (0.0, 0.0, 0.05)]):
+    # Row 0: a noisy gap throughout; row 1: clean at the decision, noisy after (latched clean);
+    # row 2: nearer the noisy level's mean at the decision only.
+    for t, gaps in zip((0.0, 0.2, 0.4, 0.6), [(0.5, 0.5, 0.0), (0.5, 0.5, 0.0),
+                                               (0.5, 0.1, 0.3), (0.0, 0.5, 0.0)]):
         obs[:, hidden_noise.TRAIN_LOSS] = gaps
-        seen.append(rule.params(obs, np.full(3, t / 5))[:, col].tolist())
-    assert seen == [[0, 0, 0], [0, 0, 0], [-5, -5, 0], [-5, -5, 0]]
+        seen.append(rule.params(obs, np.full(3, t))[:, col].tolist())
+    assert seen == [[0, 0, 0], [0, 0, 0], [-5, 0, -5], [-5, 0, -5]]
+    assert rule.level.tolist() == [1, 0, 1]
+    # A new episode (progress 0) forgets the decision.
+    assert rule.params(obs, np.zeros(3))[:, col].tolist() == [0, 0, 0]
     # The other parameters follow the base schedule.
     out = rule.params(obs, np.full(3, 0.9))
     assert out[0, rule.parameters.index("margin")] == base(0.9)["margin"]
     with pytest.raises(ValueError, match="expected"):
         rule.params(obs[:, :3], np.zeros(3))
+    with pytest.raises(ValueError, match="one entry per noise level"):
+        hidden_noise.NoiseDetector(base, "gate", 0.0, 0.3, means=[0.0], choices=[0.0, 1.0])
 
 
 def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp_path,
@@ -74,13 +80,13 @@ def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp
     stored = json.loads((tmp_path / "hidden_noise.json").read_text(encoding="utf-8"))
     assert stored["contrasts"] == result["contrasts"]
     assert "oracle per level − best single constant" in result["contrasts"]
-    assert "noise_gate − its task replay" in result["contrasts"]
+    assert "noise_detector − its task replay" in result["contrasts"]
     for c in result["contrasts"].values():
         assert c["ci"][0] <= c["mean"] <= c["ci"][1]
     assert len(result["gap_by_level"]["0.4"]) == 2  # one gap per step of the quick horizon
-    assert set(result["mean_by_level"]) == {"gate=0", "gate=-5", "noise_gate",
-                                            "noise_gate_task_replay"}
-    assert "| noise_gate − its task replay |" in (tmp_path / "report.md").read_text()
+    assert set(result["mean_by_level"]) == {"gate=0", "gate=-5", "oracle per level",
+                                            "noise_detector", "noise_detector_task_replay"}
+    assert "| noise_detector − its task replay |" in (tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit):
         hidden_noise.main(["--seeds", "3", "--out", str(tmp_path)])  # < 2 per level
     with pytest.raises(ValueError, match="--values 9"):
