@@ -71,13 +71,16 @@ ORACLE_GRID = {"gamma": (0.0, 1.0, 2.0), "alpha": (0.0, 0.5, 1.0)}
 PROGRESS_MODES = ("auto", "bar", "lines")
 
 
-def task_replay_actions(records: Sequence[EpisodeRecord]) -> np.ndarray:
+def task_replay_actions(records: Sequence[EpisodeRecord],
+                        base_task: Callable[[TaskSpec], Any] = lambda t: t.replace(seed=0)
+                        ) -> np.ndarray:
     """For each run, the mean action trajectory the agent played on the OTHER seeds of the
     same base task (leave one seed out), ``[N, H, d]``: replayed open loop on the run's own
     seed, it separates reacting to the run from playing a task-conditioned schedule (replaying
     the run's own actions reproduces it exactly on a deterministic engine, whatever the
-    policy does)."""
-    keys = [r.task.replace(seed=0) for r in records]
+    policy does). ``base_task`` maps a run's task to its base task (by default: the task
+    without its seed)."""
+    keys = [base_task(r.task) for r in records]
     actions = np.stack([r.actions for r in records])
     out = []
     for i, key in enumerate(keys):

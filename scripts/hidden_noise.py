@@ -44,7 +44,9 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import ReplayPolicy, rollout_members
-from agents.rollout import EpisodeRecord, group_tasks, rollout_policy
+from agents.evaluate import action_terms, task_replay_actions
+from agents.rollout import ScheduleRule, group_tasks, rollout_policy
+from agents.train import AgentPolicy
 from agents.stats import stratified_bootstrap_ci
 from lossgym import params as loss_params
 from lossgym.features import FeatureSpec
@@ -149,16 +151,10 @@ def hidden_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int
     return tasks, seeds, runs, np.array(levels)
 
 
-def hidden_replay(records: Sequence[EpisodeRecord], per_task: int) -> list[np.ndarray]:
-    """Each run's leave-one-seed-out mean trajectory over the other seeds of its base task,
-    whatever their noise (runs in task order, ``per_task`` each)."""
-    actions = np.stack([r.actions for r in records])
-    out = []
-    for i in range(len(records)):
-        start = (i // per_task) * per_task
-        others = [j for j in range(start, start + per_task) if j != i]
-        out.append(actions[others].mean(axis=0))
-    return out
+def hidden_base_task(task: TaskSpec) -> TaskSpec:
+    """A run's base task with its noise hidden: the task replay averages over all of a base
+    task's other seeds, whatever their noise."""
+    return task.replace(seed=0, label_noise=0.0)
 
 
 def contrast(a: np.ndarray, b: np.ndarray, per_task: int, rng: np.random.Generator
@@ -170,6 +166,32 @@ def contrast(a: np.ndarray, b: np.ndarray, per_task: int, rng: np.random.Generat
             "verdict": verdict((low, high))}
 
 
+def agent_study(run_dir: str, runs: Sequence[TaskSpec], levels: np.ndarray, per_task: int,
+                device: str) -> dict[str, Any]:
+    """A trained agent on the hidden-noise runs: its closed loop against its task replay (the
+    mean of what it played on the other seeds of the same base task, whatever their noise,
+    replayed open loop) and against its base rule (its zero action), run by run."""
+    agent = AgentPolicy(run_dir)
+    closed = rollout_policy(agent, runs, "agent", device=device)
+    outcomes = {"agent": closed, "agent_task_replay": rollout_members(
+        [ReplayPolicy(a[None], **action_terms(agent))
+         for a in task_replay_actions(closed, hidden_base_task)],
+        runs, "agent_task_replay", device=device)}
+    if agent.base_rule is not None:
+        outcomes["base_rule"] = rollout_policy(ScheduleRule(agent.base_rule, agent.parameters),
+                                               runs, "base_rule", device=device)
+    test = {k: np.array([r.test["balanced_accuracy"] for r in v]) for k, v in outcomes.items()}
+    boot = np.random.default_rng(12345)
+    return {"agent": {"parameters": list(agent.parameters), "mode": agent.mode},
+            "contrasts": {f"agent − {k}": contrast(test["agent"], v, per_task, boot)
+                          for k, v in test.items() if k != "agent"},
+            "mean_by_level": {k: {f"{lv:g}": float(100 * v[levels == lv].mean())
+                                  for lv in np.unique(levels)} for k, v in test.items()},
+            "mean_params_by_level": {f"{lv:g}": np.stack(
+                [r.params for r, l in zip(closed, levels) if l == lv]).mean(axis=0).tolist()
+                for lv in np.unique(levels)}}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_draw_arguments(p, tasks=12, seeds=6)
@@ -179,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--values", type=float, nargs="+", default=[0.0, -2.5, -5.0])
     p.add_argument("--at", type=float, default=0.1,
                    help="the progress at which the closed loop decides, in (0, 1)")
+    p.add_argument("--policy", default=None, metavar="RUN_DIR",
+                   help="study a trained agent's closed loop instead of the knob's rules")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/hidden_noise")
     args = p.parse_args(argv)
@@ -193,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     tasks, seeds, runs, levels = hidden_runs(args)
     per_task = args.seeds
+    drawn = {"tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
+             "levels": levels.tolist()}
+    if args.policy is not None:
+        return publish("hidden_noise", argv, args, started,
+                       {**drawn, **agent_study(args.policy, runs, levels, per_task,
+                                               args.device)}, render)
 
     val, test, obs = {}, {}, {}
     for v in args.values:
@@ -233,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     closed = rollout_members(detectors, runs, "noise_detector", device=args.device)
     replayed = rollout_members([ReplayPolicy(a[None], parameters=detectors[0].parameters,
                                              mode="absolute")
-                                for a in hidden_replay(closed, per_task)],
+                                for a in task_replay_actions(closed, hidden_base_task)],
                                runs, "noise_detector_task_replay", device=args.device)
     closed_test = np.array([r.test["balanced_accuracy"] for r in closed])
     replay_test = np.array([r.test["balanced_accuracy"] for r in replayed])
@@ -257,8 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         means[name] = {f"{lv:g}": float(100 * values[levels == lv].mean())
                        for lv in args.levels}
     return publish("hidden_noise", argv, args, started, {
-        "tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
-        "levels": levels.tolist(), "single": single,
+        **drawn, "single": single,
         "oracle_choice": {f"{k:g}": v for k, v in oracle_choice.items()},
         "gap_by_level": {f"{k:g}": v.tolist() for k, v in by_level.items()},
         "gap_step": step, "confusion": confusion,
@@ -268,27 +297,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     cfg = result["config"]
     knob = cfg["knob"]
+    studied = (f"the agent `{cfg['policy']}` (its closed loop, its task replay and its base "
+               "rule)" if "agent" in result else
+               f"base rule `{cfg['base']}`, knob `{knob}` at {cfg['values']}")
     lines = [
         "# Room for control under hidden label noise (issue 13, target 3)", "",
         "```", result["command"], "```", "",
         f"{cfg['tasks']} train-split base tasks of `{cfg['distribution']}` × {cfg['seeds']} "
         f"paired seeds, the seeds cycling through label noise {cfg['levels']} (hidden: the "
-        f"task replay averages over all of a task's other seeds); base rule `{cfg['base']}`, "
-        f"knob `{knob}` at {cfg['values']}; {result['wall_s'] / 60:.1f} min wall. Test "
-        "balanced accuracy, points, mean [95 % stratified-bootstrap CI].", "",
+        f"task replay averages over all of a task's other seeds); {studied}; "
+        f"{result['wall_s'] / 60:.1f} min wall. Test balanced accuracy, points, mean [95 % "
+        "stratified-bootstrap CI].", "",
         "| contrast | mean [95 % CI] | verdict |", "|---|---|---|"]
     for name, c in result["contrasts"].items():
         lines.append(f"| {name} | {c['mean']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] | "
                      f"{c['verdict']} |")
     levels = list(next(iter(result["mean_by_level"].values())))
-    lines += ["", f"Best single constant (on validation): `{knob}={result['single']:g}`; "
-              "best per level: " + ", ".join(f"noise {k}: {v:g}"
-                                             for k, v in result["oracle_choice"].items()) + ".",
-              "", "Mean test balanced accuracy (%) by noise level:", "",
+    if "single" in result:
+        lines += ["", f"Best single constant (on validation): `{knob}={result['single']:g}`; "
+                  "best per level: " + ", ".join(f"noise {k}: {v:g}"
+                                                 for k, v in result["oracle_choice"].items())
+                  + "."]
+    lines += ["", "Mean test balanced accuracy (%) by noise level:", "",
               "| rule | " + " | ".join(f"noise {lv}" for lv in levels) + " |",
               "|---|" + "---|" * len(levels)]
     lines += [f"| {k} | " + " | ".join(f"{v[lv]:.2f}" for lv in levels) + " |"
               for k, v in result["mean_by_level"].items()]
+    if "agent" in result:
+        names = result["agent"]["parameters"]
+        lines += ["", "The agent's mean loss parameters by noise level, over the episode "
+                  "(its steps' mean):", "", "| noise | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for lv, rows in result["mean_params_by_level"].items():
+            mean = np.mean(rows, axis=0)
+            lines.append(f"| {lv} | " + " | ".join(f"{x:.3f}" for x in mean) + " |")
+        return "\n".join(lines) + "\n"
     step = result["gap_step"]
     lines += ["", f"The signal, ln(train loss) − ln(val loss) at step {step} of the single "
               "best constant's runs, mean by level: " + ", ".join(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.evaluate import task_replay_actions
 from lossgym.features import FeatureSpec
 from lossgym.methods import make_method
 
@@ -36,13 +37,16 @@ def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise
                for i, r in enumerate(runs))
 
     class Rec:
-        def __init__(self, a):
-            self.actions = np.full((2, 1), float(a))
+        def __init__(self, run, a):
+            self.task, self.actions = run, np.full((2, 1), float(a))
 
-    out = hidden_noise.hidden_replay([Rec(a) for a in (0, 1, 2, 3, 10, 20, 30, 40)], 4)
+    records = [Rec(r, a) for r, a in zip(runs, (0, 1, 2, 3, 10, 20, 30, 40))]
+    out = task_replay_actions(records, hidden_noise.hidden_base_task)
     # Run 0 averages runs 1..3 of its task (other noise levels included), never task 2's.
     assert [float(o[0, 0]) for o in out] == [2.0, 5 / 3, 4 / 3, 1.0, 30.0, 80 / 3, 70 / 3,
                                              20.0]
+    # The evaluation's own key (noise visible) averages over the same-noise seed only.
+    assert [float(o[0, 0]) for o in task_replay_actions(records)][:2] == [2.0, 3.0]
 
 
 def test_the_noise_detector_decides_once_at_its_step_and_latches(hidden_noise):
@@ -91,3 +95,26 @@ def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp
         hidden_noise.main(["--seeds", "3", "--out", str(tmp_path)])  # < 2 per level
     with pytest.raises(ValueError, match="--values 9"):
         hidden_noise.main(["--seeds", "6", "--values", "9", "--out", str(tmp_path)])
+
+
+def test_a_trained_agent_is_studied_against_its_hidden_task_replay(hidden_noise, tmp_path,
+                                                                  one_thread):
+    from agents.es import main as es_main
+
+    run = tmp_path / "agent"
+    assert es_main(["--run-dir", str(run), "--generations", "1", "--pairs", "1", "--quiet",
+                    "--env-kwargs", json.dumps({
+                        "tasks": {"dataset": "synthetic", "horizon": 2, "n_max": 200,
+                                  "imbalance_ratio": 10.0},
+                        "reward_baseline": "base", "action_mode": "residual",
+                        "action_params": "tau,gate"})]) == 0
+    result = hidden_noise.main(["--quick", "--tasks", "2", "--seeds", "4", "--levels", "0",
+                                "0.4", "--policy", str(run), "--out", str(tmp_path / "out")])
+    assert set(result["contrasts"]) == {"agent − agent_task_replay", "agent − base_rule"}
+    assert set(result["mean_by_level"]) == {"agent", "agent_task_replay", "base_rule"}
+    assert result["agent"] == {"parameters": ["tau", "gate"], "mode": "residual"}
+    assert len(result["mean_params_by_level"]["0.4"][0]) == 2  # [steps, parameters]
+    for c in result["contrasts"].values():
+        assert c["ci"][0] <= c["mean"] <= c["ci"][1]
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| agent − agent_task_replay |" in report and "mean loss parameters" in report
