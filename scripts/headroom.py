@@ -104,20 +104,21 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------------------ candidates
 def draw_tasks(distribution: TaskDistribution, n_tasks: int, n_seeds: int,
-               rng: np.random.Generator, quick: bool = False) -> tuple[list[TaskSpec],
-                                                                       list[list[int]]]:
-    """``n_tasks`` distinct train-split base tasks and ``n_seeds`` distinct paired seeds each."""
+               rng: np.random.Generator, quick: bool = False, split: str = "train"
+               ) -> tuple[list[TaskSpec], list[list[int]]]:
+    """``n_tasks`` distinct base tasks of ``split`` and ``n_seeds`` distinct paired seeds each
+    (from the split's seed range)."""
     tasks: list[TaskSpec] = []
     keys: set[str] = set()
     while len(tasks) < n_tasks:
-        task = distribution.sample(rng, "train")
+        task = distribution.sample(rng, split)
         if quick:
             task = task.replace(horizon=2, minibatches_per_step=2)
         key = task.replace(seed=0).to_json()
         if key not in keys:
             keys.add(key)
             tasks.append(task)
-    low, high = distribution.train[0].seed_range
+    low, high = getattr(distribution, split)[0].seed_range
     seeds = [sorted(int(s) for s in rng.choice(np.arange(low, high), n_seeds, replace=False))
              for _ in tasks]
     return tasks, seeds
@@ -127,7 +128,10 @@ def add_draw_arguments(parser: argparse.ArgumentParser, tasks: int, seeds: int) 
     """The draw of train-split runs that the studies beside this one share (``base_rules``,
     ``control_room``, ``noise_floor``), read back by :func:`draw_runs`."""
     parser.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
-    parser.add_argument("--tasks", type=int, default=tasks, help="train-split base tasks")
+    parser.add_argument("--tasks", type=int, default=tasks, help="base tasks of --split")
+    parser.add_argument("--split", default="train", choices=("train", "held_out_id"),
+                        help="the split the base tasks and seeds come from (held_out_id for "
+                             "a trained agent)")
     parser.add_argument("--seeds", type=int, default=seeds, help="paired seeds per task")
     parser.add_argument("--seed", type=int, default=0, help="draws the tasks and seeds")
     parser.add_argument("--quick", action="store_true", help="2-step episodes (tests)")
@@ -138,7 +142,8 @@ def draw_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int]]
     """The base tasks, their seeds and the runs (every task at each of its seeds) of
     :func:`add_draw_arguments`' options."""
     tasks, seeds = draw_tasks(TaskDistribution.named(args.distribution), args.tasks,
-                              args.seeds, np.random.default_rng(args.seed), args.quick)
+                              args.seeds, np.random.default_rng(args.seed), args.quick,
+                              args.split)
     return tasks, seeds, [t.replace(seed=s) for t, ss in zip(tasks, seeds) for s in ss]
 
 

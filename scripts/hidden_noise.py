@@ -303,7 +303,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         "# Room for control under hidden label noise (issue 13, target 3)", "",
         "```", result["command"], "```", "",
-        f"{cfg['tasks']} train-split base tasks of `{cfg['distribution']}` × {cfg['seeds']} "
+        f"{cfg['tasks']} {cfg['split']}-split base tasks of `{cfg['distribution']}` × "
+        f"{cfg['seeds']} "
         f"paired seeds, the seeds cycling through label noise {cfg['levels']} (hidden: the "
         f"task replay averages over all of a task's other seeds); {studied}; "
         f"{result['wall_s'] / 60:.1f} min wall. Test balanced accuracy, points, mean [95 % "

@@ -28,7 +28,7 @@ def hidden_noise():
 
 def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise):
     args = hidden_noise.argparse.Namespace(distribution="default", tasks=2, seeds=4, seed=0,
-                                           quick=True, levels=[0.0, 0.3])
+                                           split="train", quick=True, levels=[0.0, 0.3])
     tasks, seeds, runs, levels = hidden_noise.hidden_runs(args)
     assert levels.tolist() == [0.0, 0.3, 0.0, 0.3] * 2
     assert [r.label_noise for r in runs] == levels.tolist()
@@ -47,6 +47,17 @@ def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise
                                              20.0]
     # The evaluation's own key (noise visible) averages over the same-noise seed only.
     assert [float(o[0, 0]) for o in task_replay_actions(records)][:2] == [2.0, 3.0]
+
+
+def test_a_held_out_draw_takes_held_out_seeds(hidden_noise):
+    from lossgym.tasks import TaskDistribution
+
+    args = hidden_noise.argparse.Namespace(distribution="default", tasks=2, seeds=4, seed=0,
+                                           split="held_out_id", quick=False, levels=[0.0, 0.4])
+    _, seeds, runs, _ = hidden_noise.hidden_runs(args)
+    held_out = TaskDistribution.default().held_out_id[0]
+    assert all(held_out.seed_range[0] <= s < held_out.seed_range[1] for ss in seeds for s in ss)
+    assert all(held_out.contains(r.replace(label_noise=0.0)) for r in runs)
 
 
 def test_the_noise_detector_decides_once_at_its_step_and_latches(hidden_noise):
