@@ -62,7 +62,7 @@ from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
 from lossgym.envs.core import TaskSource, as_task
 from lossgym.envs.loss_tuning import LossTuningVectorEnv
 from lossgym.io import atomic_write, atomic_write_text
-from lossgym.tasks import TaskDistribution, TaskSpec
+from lossgym.tasks import DISTRIBUTIONS, TaskDistribution, TaskSpec
 
 __all__ = ["ESArgs", "centered_ranks", "es_gradient", "main", "pair_means", "train_es"]
 
@@ -85,8 +85,8 @@ class ESArgs:
     """run the populations on Ray: "local" (a Ray on this machine's CPUs), "auto" or an
     address; None: one after the other in this process."""
     distribution: str = "default"
-    """the task distribution whose train split the pairs' tasks come from ("default" or
-    "wide"); the evaluation uses its held-out splits."""
+    """the task distribution whose train split the pairs' tasks come from (one of
+    :data:`lossgym.tasks.DISTRIBUTIONS`); the evaluation uses its held-out splits."""
     pairs_per_task: int = 1
     """pairs k that share one task and seed (and one twin): fewer twins to train, fewer tasks
     per generation."""
@@ -522,7 +522,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--tasks-per-pair", type=int, default=defaults.tasks_per_pair)
     parser.add_argument("--populations", type=int, default=defaults.populations)
     parser.add_argument("--distribution", default=defaults.distribution,
-                        choices=("default", "wide"))
+                        choices=DISTRIBUTIONS)
     parser.add_argument("--ray", default=None, metavar="local|auto|ADDRESS")
     parser.add_argument("--sigma", type=float, default=defaults.sigma)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)

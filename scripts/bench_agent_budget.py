@@ -35,7 +35,7 @@ from agents.es import FrozenNormalizer, PopulationActor, pair_tasks, run_populat
 from lossgym.envs.core import TaskSource
 from lossgym.features import FeatureSpec
 from lossgym.population import Population
-from lossgym.tasks import TaskDistribution
+from lossgym.tasks import DISTRIBUTIONS, TaskDistribution
 
 PARAMS = ("gamma", "alpha", "tau", "margin", "scale")
 ENV = {"action_mode": "residual", "reward_baseline": "base", "base_rule": "logit_adjusted",
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ray", action="store_true", help="skip the 2-population set-up")
-    parser.add_argument("--distribution", default="default", choices=("default", "wide"))
+    parser.add_argument("--distribution", default="default", choices=DISTRIBUTIONS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     source = TaskSource(TaskDistribution.named(args.distribution), "train")

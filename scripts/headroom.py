@@ -656,7 +656,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=None,
                         help=f"candidates per family and task (rules: at most {len(RULES)}); "
                              "default 12, or 2 with --quick")
-    parser.add_argument("--distribution", choices=("default", "wide"), default="default")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="default")
     parser.add_argument("--out", default="results/headroom")
     parser.add_argument("--seed", type=int, default=0, help="seed of tasks, seeds, candidates")
     parser.add_argument("--n-boot", type=int, default=5000)

@@ -432,3 +432,16 @@ def test_a_step_is_bounded_by_the_memory_of_its_sample_indices():
     assert TaskSpec(minibatches_per_step=MAX_SAMPLES_PER_STEP // 128).minibatches_per_step
     with pytest.raises(ValueError, match="minibatches_per_step"):
         TaskSpec(minibatches_per_step=MAX_SAMPLES_PER_STEP // 64 + 1, batch_size=64)
+
+
+def test_the_noisy_distribution_is_the_default_at_noise_0_or_0_4_in_every_split():
+    default, noisy = TaskDistribution.default(), TaskDistribution.named("noisy")
+    for split in ("train", "held_out_id", "held_out_ood"):
+        assert [g.label_noises for g in getattr(noisy, split)] == [(0.0, 0.4)] * len(
+            getattr(default, split))
+        assert [replace(g, label_noises=(0.0,)) for g in getattr(noisy, split)] == [
+            replace(g, label_noises=(0.0,)) for g in getattr(default, split)]
+    rng = np.random.default_rng(0)
+    assert {noisy.sample(rng, "train").label_noise for _ in range(60)} == {0.0, 0.4}
+    with pytest.raises(ValueError, match="'noisy'"):
+        TaskDistribution.named("nosiy")
