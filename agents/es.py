@@ -532,10 +532,15 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--env-kwargs", type=json.loads, default={},
                         help='JSON object of env arguments, e.g. \'{"reward_baseline": "base"}\'')
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help="JSON object of PPO hyperparameters that shape the network, e.g. "
+                             "'{\"policy_kwargs\": {\"net_arch\": []}}' (a linear policy)")
     parser.add_argument("--quiet", action="store_true", help="no line per generation")
     ns = parser.parse_args(argv)
-    if not isinstance(ns.env_kwargs, dict):
-        parser.error("--env-kwargs must be a JSON object")
+    for name in ("env_kwargs", "overrides"):
+        if not isinstance(getattr(ns, name), dict):
+            parser.error(f"--{name.replace('_', '-')} must be a JSON object, got "
+                         f"{getattr(ns, name)!r}")
     return ESArgs(run_dir=ns.run_dir, generations=ns.generations, pairs=ns.pairs,
                   pairs_per_task=ns.pairs_per_task, tasks_per_pair=ns.tasks_per_pair,
                   populations=ns.populations, ray=ns.ray,
@@ -543,7 +548,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
                   sigma=ns.sigma,
                   learning_rate=ns.learning_rate, weight_decay=ns.weight_decay,
                   normalize=ns.normalize, seed=ns.seed, device=ns.device,
-                  env_kwargs=ns.env_kwargs, progress=not ns.quiet)
+                  env_kwargs=ns.env_kwargs, overrides=ns.overrides, progress=not ns.quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -261,20 +261,26 @@ def test_a_feature_that_never_varied_is_held_at_zero():
     assert abs((9.0 - norm.mean[1]) / np.sqrt(norm.var[1] + norm.epsilon)) > 10.0
 
 
-def test_main_parses_arguments(tmp_path, monkeypatch, one_thread):
+def test_main_parses_arguments(tmp_path, monkeypatch, capsys, one_thread):
     import agents.es as es_mod
 
     seen = {}
     monkeypatch.setattr(es_mod, "train_es", lambda args: seen.setdefault("args", args))
     assert main(["--run-dir", str(tmp_path / "x"), "--pairs", "2", "--generations", "1",
                  "--env-kwargs", '{"metric": "macro_f1"}', "--no-normalize", "--quiet",
-                 "--tasks-per-pair", "3"]) == 0
+                 "--tasks-per-pair", "3", "--overrides",
+                 '{"policy_kwargs": {"net_arch": []}}']) == 0
     args = seen["args"]
+    assert args.overrides == {"policy_kwargs": {"net_arch": []}}
     assert args.pairs == 2 and args.generations == 1 and args.normalize is False
     assert args.tasks_per_pair == 3
     assert args.env_kwargs == {"metric": "macro_f1"} and not args.progress
     with pytest.raises(ValueError, match="pairs"):
         train_es(ESArgs(run_dir=str(tmp_path / "y"), pairs=0))
+    for flag in ("--overrides", "--env-kwargs"):
+        with pytest.raises(SystemExit):
+            main(["--run-dir", str(tmp_path / "z"), flag, "[16]"])
+        assert f"{flag} must be a JSON object, got [16]" in capsys.readouterr().err
 
 
 def test_agents_train_algo_es_runs_the_es_trainer(tmp_path):
