@@ -400,3 +400,22 @@ def test_the_same_seed_trains_the_same_policy_and_another_seed_does_not(run, tmp
     moved = torch.load(other / "policy.pt", weights_only=True)["parameters"]["policy"]
     assert any(not torch.equal(moved[n], first[n]) for n in first
                if n.startswith("action_net"))
+
+
+def test_a_linear_policy_trains_and_its_export_acts_as_the_agent(tmp_path, one_thread):
+    run = train_es(ESArgs(run_dir=str(tmp_path / "linear"), generations=2, pairs=2,
+                          progress=False, overrides={"policy_kwargs": {"net_arch": []}}),
+                   tasks=SMALL)
+    agent = AgentPolicy(run)
+    export = export_run(run, "controller", tmp_path / "export")
+    layers = json.loads((export / "manifest.json").read_text())["controller"]["layers"]
+    assert [layer["kind"] for layer in layers] == ["linear"]
+    controller = AdaptiveLoss.load(export, class_counts=torch.tensor([300.0, 100.0, 15.0])
+                                   ).controller
+    mean = np.asarray(json.loads((run / "policy.norm.json").read_text())["mean"], np.float32)
+    obs = mean[None] + np.random.default_rng(0).normal(size=(5, mean.size)).astype(np.float32)
+    agent.reset(5)
+    expected = agent.act(obs)
+    got, _ = controller(torch.as_tensor(obs))
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    assert np.ptp(expected, axis=0).max() > 0  # the actions depend on the observation
