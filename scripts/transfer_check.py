@@ -62,7 +62,6 @@ from lossgym.schedules import LossSchedule, step
 BATCH = 64
 DRW_GRID = tuple((switch, alpha) for switch in (0.5, 0.67, 0.8) for alpha in (0.5, 1.0))
 TUNE_SEED0 = 1000
-METHODS = ("ce", "learned", "logit_adjusted", "tuned_drw")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -110,9 +109,12 @@ DATASETS: dict[str, DataSpec] = {
 }
 
 
-def split(spec: DataSpec, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
+def split(spec: DataSpec, x: np.ndarray, y: np.ndarray, seed: int, label_noise: float = 0.0
+          ) -> dict[str, torch.Tensor]:
     """Balanced validation and test sets and a long-tailed training set (see the module
-    docstring), standardised with training statistics."""
+    docstring), standardised with training statistics; a share ``label_noise`` of the
+    training labels is flipped to another class, uniformly (validation and test stay
+    clean)."""
     rng = np.random.default_rng([seed, 17])
     classes = np.unique(y)
     c = len(classes)
@@ -135,6 +137,10 @@ def split(spec: DataSpec, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, 
     for name, idx in index.items():
         out[f"x_{name}"] = torch.tensor((x[idx] - mean) / std, dtype=torch.float32)
         out[f"y_{name}"] = torch.tensor(np.searchsorted(classes, y[idx]), dtype=torch.int64)
+    flip = np.random.default_rng([seed, 23]).random(len(out["y_train"])) < label_noise
+    shift = np.random.default_rng([seed, 29]).integers(1, c, len(out["y_train"]))
+    out["y_train"] = torch.where(torch.as_tensor(flip), (out["y_train"] + torch.as_tensor(
+        shift)) % c, out["y_train"])
     return out
 
 
@@ -224,9 +230,11 @@ def _interval(d: dict[str, float]) -> str:
 
 
 def run_check(export: str | Path, seeds: int, names: Sequence[str], steps: int,
-              minibatches: int, tune_seeds: int, log: Callable[[str], None] = print
+              minibatches: int, tune_seeds: int, log: Callable[[str], None] = print,
+              label_noise: float = 0.0, reference: str | Path | None = None
               ) -> tuple[str, dict]:
-    """Run every method on every dataset; returns the Markdown report and the raw results."""
+    """Run every method on every dataset (and the export ``reference``, e.g. the learned
+    loss's base rule, when given); returns the Markdown report and the raw results."""
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         la_folder = export_baseline("logit_adjusted", Path(tmp) / "logit_adjusted")
@@ -238,7 +246,8 @@ def run_check(export: str | Path, seeds: int, names: Sequence[str], steps: int,
             x, y = spec.load()
             x = np.asarray(x, dtype=np.float64)
             # Tuning DRW on validation, on seeds the evaluation does not use.
-            tune_data = [split(spec, x, y, TUNE_SEED0 + s) for s in range(tune_seeds)]
+            tune_data = [split(spec, x, y, TUNE_SEED0 + s, label_noise)
+                         for s in range(tune_seeds)]
             scores = {cfg: float(np.mean([train_run(drw_loss(*cfg, steps, minibatches), d,
                                                     TUNE_SEED0 + s, steps, minibatches)[0]
                                           for s, d in enumerate(tune_data)]))
@@ -247,13 +256,15 @@ def run_check(export: str | Path, seeds: int, names: Sequence[str], steps: int,
             makers = {"ce": lambda counts: None, "learned": learned,
                       "logit_adjusted": logit_adjusted,
                       "tuned_drw": drw_loss(*best, steps, minibatches)}
-            test: dict[str, list[float]] = {m: [] for m in METHODS}
+            if reference is not None:
+                makers["reference"] = export_loss(reference, steps, minibatches)
+            test: dict[str, list[float]] = {m: [] for m in makers}
             counts, chosen = None, []
             for seed in range(seeds):
-                data = split(spec, x, y, seed)
+                data = split(spec, x, y, seed, label_noise)
                 if counts is None:
                     counts = torch.bincount(data["y_train"]).tolist()
-                for method in METHODS:
+                for method in makers:
                     _, value, history = train_run(makers[method], data, seed, steps,
                                                   minibatches)
                     test[method].append(value)
@@ -271,23 +282,28 @@ def run_check(export: str | Path, seeds: int, names: Sequence[str], steps: int,
                 f"{100 * np.mean(test['tuned_drw']):.2f} (DRW switch {best[0]:g}, "
                 f"alpha {best[1]:g})")
     report = format_report(export, results, seeds, steps, minibatches, tune_seeds,
-                           time.time() - start)
+                           time.time() - start, label_noise, reference)
     return report, results
 
 
 def format_report(export: str | Path, results: dict, seeds: int, steps: int, minibatches: int,
-                  tune_seeds: int, seconds: float) -> str:
+                  tune_seeds: int, seconds: float, label_noise: float = 0.0,
+                  reference: str | Path | None = None) -> str:
     """The Markdown table and verdict of :func:`run_check`'s results."""
     header = ["Dataset", "Data", "Classes", "ρ", "Train counts (seed 0)", "CE bal. acc.",
               "learned − CE", "logit adj. − CE", "tuned DRW − CE", "learned − logit adj.",
-              "DRW choice"]
+              *(["learned − reference"] if reference is not None else []), "DRW choice"]
     lines = ["# Transfer check: the learned loss in a plain PyTorch loop", "",
              f"Export: `{export}`. {seeds} paired seeds per dataset; MLP F-128-128-C, AdamW "
              f"(lr 1e-3, wd 1e-2), batch {BATCH}, {steps} loss steps × {minibatches} "
              f"minibatches. Tuned DRW: switch × α from {len(DRW_GRID)} pairs, chosen per "
              f"dataset by validation balanced accuracy on {tune_seeds} separate seeds. Test "
              "balanced accuracy (%); differences in points, mean [95 % percentile-bootstrap "
-             f"CI over seeds]. Wall time {seconds:.0f} s.", "",
+             f"CI over seeds]. Wall time {seconds:.0f} s."
+             + (f" Label noise: {label_noise:g} of the training labels flipped to another "
+                "class, uniformly (validation and test clean); the train counts are of the "
+                "observed labels." if label_noise else "")
+             + (f" Reference: `{reference}`." if reference is not None else ""), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     beats_ce, not_worse = {}, {}
     for name, r in results.items():
@@ -302,7 +318,11 @@ def format_report(export: str | Path, results: dict, seeds: int, steps: int, min
             name, r["kind"], str(r["classes"]), f"{r['ratio']:g}",
             str(r["train_counts_seed0"]), f"{100 * t['ce'].mean():.2f}",
             _interval(d["learned"]), _interval(d["logit_adjusted"]), _interval(d["tuned_drw"]),
-            _interval(vs_la), f"switch {choice['switch']:g}, α {choice['alpha']:g}"]) + " |")
+            _interval(vs_la),
+            *([_interval(paired_difference(t["learned"], t["reference"],
+                                           np.random.default_rng(0)))]
+              if reference is not None else []),
+            f"switch {choice['switch']:g}, α {choice['alpha']:g}"]) + " |")
     ok = all(beats_ce.values()) and all(not_worse.values())
     lines += ["", "Loss parameters the learned loss chose (mean over seeds: first period / mean "
               "over periods / last period):", ""]
@@ -334,6 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="loss steps per run (the export's environment steps)")
     parser.add_argument("--minibatches", type=int, default=20, help="minibatches per step")
     parser.add_argument("--tune-seeds", type=int, default=3, help="seeds for tuning DRW")
+    parser.add_argument("--label-noise", type=float, default=0.0,
+                        help="share of training labels flipped to another class, in [0, 1)")
+    parser.add_argument("--reference", default=None,
+                        help="another export folder to compare the learned loss with, e.g. "
+                             "its base rule")
     args = parser.parse_args(argv)
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in DATASETS]
@@ -342,14 +367,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in ("seeds", "steps", "minibatches", "tune_seeds"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0.0 <= args.label_noise < 1.0:
+        parser.error(f"--label-noise {args.label_noise}: must be in [0, 1)")
     report, results = run_check(args.export, args.seeds, names, args.steps, args.minibatches,
-                                args.tune_seeds)
+                                args.tune_seeds, label_noise=args.label_noise,
+                                reference=args.reference)
     print(report)
     if args.out:
         out = Path(args.out)
         atomic_write_text(out.with_suffix(".json"), json.dumps(
             {"export": str(args.export), "seeds": args.seeds, "steps": args.steps,
              "minibatches": args.minibatches, "tune_seeds": args.tune_seeds,
+             "label_noise": args.label_noise, "reference": args.reference,
              "results": results}, indent=1))
         atomic_write_text(out, report)
         print(f"wrote {out}", file=sys.stderr)

@@ -96,3 +96,31 @@ def test_bad_arguments_are_refused():
     result = subprocess.run([sys.executable, str(SCRIPT), "--export", "x", "--datasets",
                              "iris"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown" in result.stderr
+
+
+def test_label_noise_flips_that_share_of_training_labels_only(check):
+    spec = check.DATASETS["make_classification_6c"]
+    x, y = spec.load()
+    x = np.asarray(x, dtype=np.float64)
+    clean = check.split(spec, x, y, seed=3)
+    noisy = check.split(spec, x, y, seed=3, label_noise=0.4)
+    for key in ("x_train", "x_val", "y_val", "x_test", "y_test"):
+        assert torch.equal(clean[key], noisy[key]), key
+    flipped = (clean["y_train"] != noisy["y_train"]).float().mean().item()
+    assert flipped == pytest.approx(0.4, abs=0.05)
+    assert torch.equal(check.split(spec, x, y, seed=3, label_noise=0.4)["y_train"],
+                       noisy["y_train"])
+
+
+def test_a_reference_export_gets_its_own_column(tmp_path):
+    export = export_baseline("logit_adjusted", tmp_path / "la")
+    printed = _run("--export", str(export), "--reference", str(export), "--datasets", "wine",
+                   "--label-noise", "0.2", *TINY)
+    header, row = [line for line in printed.splitlines() if line.startswith("| ")][:2]
+    column = header.split(" | ").index("learned − reference")
+    assert row.split(" | ")[column] == "+0.00 [+0.00, +0.00]"
+    assert "Label noise: 0.2 of the training labels flipped" in printed
+    result = subprocess.run([sys.executable, str(SCRIPT), "--export", str(export),
+                             "--label-noise", "1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "--label-noise 1.0: must be in [0, 1)" in result.stderr
