@@ -46,8 +46,8 @@ import numpy as np
 from agents.baselines import ReplayPolicy, rollout_members
 from agents.evaluate import action_terms, task_replay_actions
 from agents.rollout import ScheduleRule, group_tasks, rollout_policy
-from agents.train import AgentPolicy
 from agents.stats import stratified_bootstrap_ci
+from agents.train import AgentPolicy
 from lossgym import params as loss_params
 from lossgym.features import FeatureSpec
 from lossgym.methods import make_method
