@@ -25,10 +25,16 @@ The study asks, around a fixed base rule (``--base``, e.g. LDAM-DRW) and one noi
    Where every level's best value is the same, it is that constant and its contrasts are zero
    by construction.
 
+With ``--policy RUN_DIR`` the study runs a trained agent instead: its closed loop against its
+task replay (noise hidden as above) and against its base rule, with its mean loss parameters by
+noise level. ``--split held_out_id`` draws the base tasks and seeds from the held-out split.
+
 Intervals are 95 % stratified-bootstrap intervals (seeds resampled within base tasks).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/hidden_noise.py --tasks 12 --seeds 6 \\
-        --out results/hidden_noise
+        --knob scale --values 3 10 --levels 0 0.4 --at 0.3 --out results/hidden_noise/scale
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/hidden_noise.py --split held_out_id \\
+        --levels 0 0.4 --policy results/hidden_noise/es-noise2-linear --out ...
 """
 
 from __future__ import annotations
