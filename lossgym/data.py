@@ -291,6 +291,17 @@ class TrainPool:
     noisy_mask: np.ndarray
 
 
+def symmetric_label_noise(labels: np.ndarray, num_classes: int, rate: float,
+                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` with each one, with probability ``rate``, replaced by a class drawn uniformly
+    from the *other* ``num_classes - 1``; also the mask of the flipped ones. Draws
+    ``rng.random`` then ``rng.integers``, one value per label each."""
+    flip = rng.random(len(labels)) < rate
+    # Adding 1..C-1 modulo C picks each of the other classes with equal probability.
+    shifted = (labels + rng.integers(1, num_classes, size=len(labels))) % num_classes
+    return np.where(flip, shifted, labels).astype(np.int64), flip
+
+
 def sample_train_pool(
     dataset: Dataset, counts: np.ndarray, label_noise: float, rng: np.random.Generator
 ) -> TrainPool:
@@ -335,10 +346,7 @@ def sample_train_pool(
         ]
     ).astype(np.int64)
     clean = dataset.y_train[indices]
-    flip = rng.random(len(indices)) < label_noise
-    # Adding 1..C-1 modulo C picks each of the other classes with equal probability.
-    shifted = (clean + rng.integers(1, num_classes, size=len(indices))) % num_classes
-    labels = np.where(flip, shifted, clean).astype(np.int64)
+    labels, flip = symmetric_label_noise(clean, num_classes, label_noise, rng)
     return TrainPool(
         indices=indices,
         labels=labels,

@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/hidden_noise")
     args = p.parse_args(argv)
+    if not 0.0 < args.at < 1.0:
+        p.error(f"--at {args.at}: the closed loop's decision point must be in (0, 1)")
     if args.seeds < 2 * len(args.levels):
         p.error(f"--seeds {args.seeds}: need at least 2 seeds per level "
                 f"({2 * len(args.levels)} for --levels {args.levels})")

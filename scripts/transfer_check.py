@@ -56,6 +56,7 @@ from torch import nn
 from agents.export import export_baseline
 from agents.stats import paired_difference
 from lossgym import AdaptiveLoss
+from lossgym.data import symmetric_label_noise
 from lossgym.io import atomic_write_text
 from lossgym.schedules import LossSchedule, step
 
@@ -137,10 +138,9 @@ def split(spec: DataSpec, x: np.ndarray, y: np.ndarray, seed: int, label_noise: 
     for name, idx in index.items():
         out[f"x_{name}"] = torch.tensor((x[idx] - mean) / std, dtype=torch.float32)
         out[f"y_{name}"] = torch.tensor(np.searchsorted(classes, y[idx]), dtype=torch.int64)
-    flip = np.random.default_rng([seed, 23]).random(len(out["y_train"])) < label_noise
-    shift = np.random.default_rng([seed, 29]).integers(1, c, len(out["y_train"]))
-    out["y_train"] = torch.where(torch.as_tensor(flip), (out["y_train"] + torch.as_tensor(
-        shift)) % c, out["y_train"])
+    noisy, _ = symmetric_label_noise(out["y_train"].numpy(), c, label_noise,
+                                     np.random.default_rng([seed, 23]))
+    out["y_train"] = torch.from_numpy(noisy)
     return out
 
 

@@ -414,3 +414,15 @@ def test_from_arrays_names_a_finite_outlier_outside_float32():
     message = str(caught.value)
     assert "NaN or infinite" not in message
     assert "1e+300" in message and "feature 2" in message and "val" in message
+
+
+def test_symmetric_label_noise_flips_to_another_class_only():
+    from lossgym.data import symmetric_label_noise
+
+    labels = np.arange(3000) % 5
+    noisy, flip = symmetric_label_noise(labels, 5, 0.3, np.random.default_rng(0))
+    assert np.array_equal(noisy != labels, flip)
+    assert abs(flip.mean() - 0.3) < 0.03
+    assert set(np.unique(noisy[flip] - labels[flip]) % 5) == {1, 2, 3, 4}
+    same, none = symmetric_label_noise(labels, 5, 0.0, np.random.default_rng(0))
+    assert np.array_equal(same, labels) and not none.any()

@@ -89,7 +89,7 @@ def test_the_noise_detector_decides_once_at_its_step_and_latches(hidden_noise):
 
 
 def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp_path,
-                                                               one_thread):
+                                                               capsys, one_thread):
     result = hidden_noise.main(["--quick", "--tasks", "2", "--seeds", "4", "--levels", "0",
                                 "0.4", "--values", "0", "-5", "--out", str(tmp_path)])
     stored = json.loads((tmp_path / "hidden_noise.json").read_text(encoding="utf-8"))
@@ -104,6 +104,11 @@ def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp
     assert "| noise_detector − its task replay |" in (tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit):
         hidden_noise.main(["--seeds", "3", "--out", str(tmp_path)])  # < 2 per level
+    for at in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            hidden_noise.main(["--seeds", "6", "--at", at, "--out", str(tmp_path)])
+        assert f"--at {float(at)}: the closed loop's decision point must be in (0, 1)" in \
+            capsys.readouterr().err
     with pytest.raises(ValueError, match="--values 9"):
         hidden_noise.main(["--seeds", "6", "--values", "9", "--out", str(tmp_path)])
 

@@ -106,6 +106,11 @@ def test_label_noise_flips_that_share_of_training_labels_only(check):
     noisy = check.split(spec, x, y, seed=3, label_noise=0.4)
     for key in ("x_train", "x_val", "y_val", "x_test", "y_test"):
         assert torch.equal(clean[key], noisy[key]), key
+    from lossgym.data import symmetric_label_noise
+
+    expected, _ = symmetric_label_noise(clean["y_train"].numpy(), 6, 0.4,
+                                        np.random.default_rng([3, 23]))
+    assert noisy["y_train"].tolist() == expected.tolist()  # lossgym's own noise model
     flipped = (clean["y_train"] != noisy["y_train"]).float().mean().item()
     assert flipped == pytest.approx(0.4, abs=0.05)
     assert torch.equal(check.split(spec, x, y, seed=3, label_noise=0.4)["y_train"],
