@@ -34,10 +34,16 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _base_type(hint: Any) -> type:
-    """``int`` from ``int``, ``int | None`` or ``Optional[int]``."""
+    """``int`` from ``int``, ``int | None`` or ``Optional[int]``; ``tuple`` from
+    ``tuple[float, ...]``."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     return typing.get_origin(hint) or hint
+
+
+def _item_type(hint: Any) -> type:
+    """``float`` from ``tuple[float, ...]``."""
+    return typing.get_args(hint)[0]
 
 
 def option(name: str) -> str:
@@ -45,8 +51,21 @@ def option(name: str) -> str:
 
 
 def problem(value: Any, base: type, metadata: Mapping[str, Any]) -> str | None:
-    """What is wrong with ``value`` for a field (None if nothing): its allowed values."""
+    """What is wrong with ``value`` for a field (None if nothing): its allowed values. A
+    tuple field (``tuple[float, ...]``, metadata ``item``: its items' type) checks each item
+    against the range, and its ``maximum`` (exclusive)."""
     if value is None:
+        return None
+    if base is tuple:
+        if not isinstance(value, tuple | list):
+            return "must be a sequence of numbers"
+        for item in value:
+            wrong = problem(item, metadata.get("item", float), metadata)
+            if wrong is None and metadata.get("maximum") is not None \
+                    and item >= metadata["maximum"]:
+                wrong = f"must be < {metadata['maximum']}"
+            if wrong:
+                return f"each value {wrong}; {item!r} is not"
         return None
     choices = metadata.get("choices")
     if choices is not None and value not in choices:
@@ -111,6 +130,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
             kwargs["action"] = argparse.BooleanOptionalAction
         elif base is dict:
             kwargs.update(type=_json_object, metavar="JSON")
+        elif base is tuple:
+            kwargs.update(type=_item_type(hints[f.name]), nargs="*")
+            if "metavar" in f.metadata:
+                kwargs["metavar"] = f.metadata["metavar"]
         else:
             kwargs["type"] = base
             if "choices" in f.metadata:

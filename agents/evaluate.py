@@ -50,7 +50,7 @@ import numpy as np
 
 from agents import baselines as bl
 from agents import distributed
-from agents.arguments import add_dataclass_arguments, build
+from agents.arguments import add_dataclass_arguments, build, check_fields
 from agents.report import write_report
 from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_method, rollout_policy
 from agents.train import AgentPolicy
@@ -123,6 +123,15 @@ class EvalArgs:
     pbt_budget: int | None = field(default=None, metadata={
         "minimum": 1, "meaning": "a positive number of inner training runs"})
     """inner training runs for PBT (default: the search budget, i.e. the agent's episodes)."""
+    hidden_noise: tuple[float, ...] = field(default=(), metadata={
+        "minimum": 0.0, "maximum": 0.5, "metavar": "LEVEL",
+        "meaning": "label-noise rates in [0, 0.5)"})
+    """label-noise rates cycled over each held-out base task's seeds (e.g. 0 0.4; the i-th
+    seed gets the (i mod levels)-th), in place of the tasks' own: the noise is hidden, as a
+    user who does not know the noise rate of their data would face it. agent_task_replay then
+    averages over a base task's other seeds whatever their noise, so the closed loop beats it
+    only by reading the noise off its own run. Empty: each task's own noise, visible to the
+    task replay."""
     small: bool = False
     """the small version (make demo): only cross-entropy, logit adjustment, tuned DRW,
     LDAM-DRW and tuned LDAM-DRW besides the agent and its ablations; no searches, PBT or
@@ -131,14 +140,34 @@ class EvalArgs:
     """"bar": a progress bar with an ETA; "lines": a timestamped line at each tenth of the
     inner training runs, for logs; "auto": the bar when stdout is a terminal, else lines."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 def held_out_tasks(dist: TaskDistribution, rng: np.random.Generator, id_tasks: int,
-                   seeds: int, ood_tasks: int = 1) -> list[TaskSpec]:
+                   seeds: int, ood_tasks: int = 1, hidden_noise: Sequence[float] = ()
+                   ) -> list[TaskSpec]:
     """``id_tasks`` in-distribution base tasks and ``ood_tasks`` per out-of-distribution grid,
-    each repeated over ``seeds`` consecutive (held-out) seeds."""
+    each repeated over ``seeds`` consecutive (held-out) seeds; with ``hidden_noise``, the
+    i-th seed of each base task at label noise ``hidden_noise[i % len(hidden_noise)]``."""
     bases = [dist.sample(rng, "held_out_id") for _ in range(id_tasks)]
     bases += [grid.draw(rng) for grid in dist.held_out_ood for _ in range(ood_tasks)]
-    return [base.replace(seed=base.seed + s) for base in bases for s in range(seeds)]
+    levels = [{} if not hidden_noise else
+              {"label_noise": float(hidden_noise[s % len(hidden_noise)])} for s in range(seeds)]
+    return [base.replace(seed=base.seed + s, **levels[s]) for base in bases
+            for s in range(seeds)]
+
+
+def hidden_noise_base_task(task: TaskSpec) -> TaskSpec:
+    """A run's base task with its noise hidden (``--hidden-noise``): the task replay averages
+    over all of a base task's other seeds, whatever their noise."""
+    return task.replace(seed=0, label_noise=0.0)
+
+
+def replay_key(hidden_noise: Sequence[float]) -> Callable[[TaskSpec], TaskSpec]:
+    """What ``agent_task_replay`` groups runs by: the task without its seed, and without its
+    noise too when the noise is hidden."""
+    return hidden_noise_base_task if hidden_noise else (lambda t: t.replace(seed=0))
 
 
 def run_distribution(run_dir: str | Path) -> TaskDistribution:
@@ -380,10 +409,12 @@ def _knot_policy(run_dir: Path, config: dict[str, Any], agent: AgentPolicy) -> b
 
 
 def _ablations(agent: AgentPolicy, agent_records: list[EpisodeRecord], tasks: list[TaskSpec],
-               kw: dict[str, Any]) -> list[Callable[[], list[EpisodeRecord]]]:
+               kw: dict[str, Any], hidden_noise: Sequence[float] = ()
+               ) -> list[Callable[[], list[EpisodeRecord]]]:
     """The agent's three open-loop ablations, to run once its records are in: each run's own
     actions replayed (``agent_replay``), its mean action held (``agent_mean_action``) and each
-    base task's mean trajectory replayed on its seeds (``agent_task_replay``)."""
+    base task's mean trajectory replayed on its seeds (``agent_task_replay``; the base task
+    without its noise with ``hidden_noise``)."""
     terms = {"parameters": agent.parameters, "mode": agent.mode, "base_rule": agent.base_rule,
              "max_step": agent.max_step}
     actions = np.stack([r.actions for r in agent_records])
@@ -394,7 +425,8 @@ def _ablations(agent: AgentPolicy, agent_records: list[EpisodeRecord], tasks: li
         partial(rollout_policy, bl.ConstantActionPolicy(actions.mean(axis=(0, 1)), **terms),
                 tasks, "agent_mean_action", **kw),
         partial(bl.rollout_members,
-                [bl.ReplayPolicy(a[None], **terms) for a in task_replay_actions(agent_records)],
+                [bl.ReplayPolicy(a[None], **terms)
+                 for a in task_replay_actions(agent_records, replay_key(hidden_noise))],
                 tasks, "agent_task_replay", **kw),
     ]
 
@@ -407,7 +439,8 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     dist = distribution or run_distribution(run_dir)
     kw = {"device": args.device}
 
-    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
+    hidden = tuple(args.hidden_noise)
+    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, hidden)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
     budget = search_budget(args, run_dir, len(tune))
     agent = AgentPolicy(run_dir)
@@ -493,7 +526,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         pbt_note = SMALL_SKIPS
     progress.set_total(first_runs + second_runs(len(tuned), len(extra)))
     second = run([
-        *_ablations(agent, agent_records, tasks, kw),
+        *_ablations(agent, agent_records, tasks, kw, hidden),
         *[partial(rollout_policy, policy, tasks, name, **kw) for name, policy in tuned.items()],
         *extra,
     ])
@@ -514,6 +547,11 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
         f"Agent: {run_dir.name}, trained on {episodes} episodes. "
         f"Held-out: {len(tasks) // args.seeds} base tasks × {args.seeds} paired seeds. "
         f"Tuning: {len(tune)} train tasks. ") + (
+        f"HIDDEN NOISE (--hidden-noise): each base task's seeds cycle through label-noise rates "
+        f"{', '.join(f'{v:g}' for v in hidden)} in place of the tasks' own, and "
+        "agent_task_replay averages over a base task's other seeds whatever their noise, so "
+        "the closed loop beats it only by reading the noise off its own run. " if hidden
+        else "") + (
         f"base_rule: the agent's base rule {json.dumps(agent.base_rule.to_dict())}, run as a "
         "fixed rule (the agent's zero action). " if base_runs else "") + (
         "" if args.small else (
@@ -530,6 +568,7 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
                                   "base_rule": base_method(agent),
+                                  "hidden_noise": list(hidden),
                                   "records": [record_to_dict(r) for r in records]}))
     path = report_from_json(run_dir, dist)
     say(f"report written: {path}")
@@ -602,7 +641,8 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     data = read_evaluation(run_dir)
     dist = distribution or run_distribution(run_dir)
     rng = np.random.default_rng(args.seed)
-    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks)
+    hidden = tuple(data.get("hidden_noise", ()))  # as the evaluation drew its tasks
+    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, hidden)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]  # as evaluate() draws
     reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
     if reference != [t.to_dict() for t in tasks]:
@@ -634,7 +674,7 @@ def _rerun_agent(run_dir: Path, tasks: list[TaskSpec], data: dict[str, Any],
     agent = AgentPolicy(run_dir)
     records = rollout_policy(agent, tasks, "agent", **kw)
     added = list(records)
-    for job in _ablations(agent, records, tasks, kw):
+    for job in _ablations(agent, records, tasks, kw, data.get("hidden_noise", ())):
         added += job()
     data["records"] = [r for r in data["records"] if r["method"] != "base_rule"]
     data["base_rule"] = base_method(agent)

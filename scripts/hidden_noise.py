@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import ReplayPolicy, rollout_members
-from agents.evaluate import action_terms, task_replay_actions
+from agents.evaluate import action_terms, hidden_noise_base_task, task_replay_actions
 from agents.rollout import ScheduleRule, group_tasks, rollout_policy
 from agents.stats import stratified_bootstrap_ci
 from agents.train import AgentPolicy
@@ -157,12 +157,6 @@ def hidden_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int
     return tasks, seeds, runs, np.array(levels)
 
 
-def hidden_base_task(task: TaskSpec) -> TaskSpec:
-    """A run's base task with its noise hidden: the task replay averages over all of a base
-    task's other seeds, whatever their noise."""
-    return task.replace(seed=0, label_noise=0.0)
-
-
 def contrast(a: np.ndarray, b: np.ndarray, per_task: int, rng: np.random.Generator
              ) -> dict[str, Any]:
     diff = 100.0 * (np.asarray(a) - np.asarray(b))
@@ -181,7 +175,7 @@ def agent_study(run_dir: str, runs: Sequence[TaskSpec], levels: np.ndarray, per_
     closed = rollout_policy(agent, runs, "agent", device=device)
     outcomes = {"agent": closed, "agent_task_replay": rollout_members(
         [ReplayPolicy(a[None], **action_terms(agent))
-         for a in task_replay_actions(closed, hidden_base_task)],
+         for a in task_replay_actions(closed, hidden_noise_base_task)],
         runs, "agent_task_replay", device=device)}
     if agent.base_rule is not None:
         outcomes["base_rule"] = rollout_policy(ScheduleRule(agent.base_rule, agent.parameters),
@@ -271,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     closed = rollout_members(detectors, runs, "noise_detector", device=args.device)
     replayed = rollout_members([ReplayPolicy(a[None], parameters=detectors[0].parameters,
                                              mode="absolute")
-                                for a in task_replay_actions(closed, hidden_base_task)],
+                                for a in task_replay_actions(closed, hidden_noise_base_task)],
                                runs, "noise_detector_task_replay", device=args.device)
     closed_test = np.array([r.test["balanced_accuracy"] for r in closed])
     replay_test = np.array([r.test["balanced_accuracy"] for r in replayed])

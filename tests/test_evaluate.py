@@ -423,3 +423,57 @@ def test_a_rerun_search_says_its_own_budget_once(run_dir):
     again = rerun_note(once + " Other.", "knot_search", 96, run_dir)
     assert again == note + " Other." + said.replace("3072", "96")
     assert rerun_note(again, "cma_es", 8, run_dir).startswith(again + " cma_es was run again")
+
+
+def test_hidden_noise_cycles_the_noise_over_seeds_and_hides_it_from_the_task_replay(
+        run_dir, tmp_path):
+    import shutil
+
+    from agents.evaluate import add_methods, replay_key, task_replay_actions
+    from agents.rollout import EpisodeRecord
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    args = dict(seeds=4, id_tasks=1, ood_tasks=1, tune_tasks=2, small=True, device="cpu",
+                hidden_noise=(0.0, 0.3))
+    path = evaluate(EvalArgs(run_dir=str(run), progress="lines", **args), distribution=DIST)
+    data = json.loads((run / "evaluation.json").read_text())
+    assert data["hidden_noise"] == [0.0, 0.3]
+    ce = [TaskSpec.from_dict(r["task"]) for r in data["records"] if r["method"] == "ce"]
+    assert [t.label_noise for t in ce] == [0.0, 0.3, 0.0, 0.3] * 2
+    assert "HIDDEN NOISE (--hidden-noise)" in path.read_text()
+    # --add-methods draws the same noisy tasks from evaluation.json's levels.
+    before = [r for r in data["records"] if r["method"] == "tuned_drw"]
+    add_methods(EvalArgs(run_dir=str(run), **{**args, "small": False}), ["tuned_drw"],
+                distribution=DIST)
+    after = json.loads((run / "evaluation.json").read_text())["records"]
+    assert [r for r in after if r["method"] == "tuned_drw"] == before
+
+    # The task replay of a run is the mean over its base task's other seeds, whatever their
+    # noise (hidden), or over those at its own noise too (visible: the task's own noise).
+    def record(seed, noise, value):
+        return EpisodeRecord(task=SMALL.replace(seed=seed, label_noise=noise), method="agent",
+                             params=np.zeros((1, 1)), actions=np.full((2, 1), value),
+                             val_curve=np.zeros(2), test={}, diverged=False)
+
+    records = [record(1, 0.0, 1.0), record(2, 0.3, 2.0), record(3, 0.0, 4.0),
+               record(4, 0.3, 8.0)]
+    hidden = task_replay_actions(records, replay_key((0.0, 0.3)))[:, 0, 0]
+    np.testing.assert_allclose(hidden, [14 / 3, 13 / 3, 11 / 3, 7 / 3])
+    visible = task_replay_actions(records, replay_key(()))[:, 0, 0]
+    np.testing.assert_allclose(visible, [4.0, 8.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("levels", [(0.6,), (-0.1,), ("a",)])
+def test_hidden_noise_out_of_range_names_the_option_and_the_value(levels, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"hidden_noise=.*is invalid: each value must be"):
+        EvalArgs(run_dir=str(tmp_path), hidden_noise=levels)
+    if levels != ("a",):
+        from agents.evaluate import main
+
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run-dir", str(tmp_path), "--hidden-noise", "0", str(levels[0])])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--hidden-noise=[0.0, {levels[0]}] is invalid: each value must be" in err
+        assert f"; {levels[0]} is not" in err

@@ -41,7 +41,7 @@ def test_seeds_cycle_through_the_levels_and_the_replay_ignores_them(hidden_noise
             self.task, self.actions = run, np.full((2, 1), float(a))
 
     records = [Rec(r, a) for r, a in zip(runs, (0, 1, 2, 3, 10, 20, 30, 40))]
-    out = task_replay_actions(records, hidden_noise.hidden_base_task)
+    out = task_replay_actions(records, hidden_noise.hidden_noise_base_task)
     # Run 0 averages runs 1..3 of its task (other noise levels included), never task 2's.
     assert [float(o[0, 0]) for o in out] == [2.0, 5 / 3, 4 / 3, 1.0, 30.0, 80 / 3, 70 / 3,
                                              20.0]
