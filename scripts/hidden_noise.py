@@ -34,7 +34,7 @@ Intervals are 95 % stratified-bootstrap intervals (seeds resampled within base t
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/hidden_noise.py --tasks 12 --seeds 6 \\
         --knob scale --values 3 10 --levels 0 0.4 --at 0.3 --out results/hidden_noise/scale
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/hidden_noise.py --split held_out_id \\
-        --levels 0 0.4 --policy results/hidden_noise/es-noise2-linear --out ...
+        --levels 0 0.4 --policy results/es-noisy-linear --out ...
 """
 
 from __future__ import annotations

@@ -809,9 +809,38 @@ def test_a_method_keeps_one_plan_up_to_its_switch_and_matches_the_method(name):
     assert all(fast)  # every minibatch after the first went through the one-call plan
 
 
-def test_the_committed_default_export_loads_and_trains_in_a_plain_loop():
-    """The README's ``AdaptiveLoss.load("results/es-ldamdrw10/adaptive_loss")`` from a clone."""
-    root = os.path.join(os.path.dirname(__file__), os.pardir, "results", "es-ldamdrw10")
+def test_make_reproduce_trains_the_committed_default():
+    """The Makefile's ``reproduce`` names the settings in the committed default's config."""
+    import json
+    import re
+    import shlex
+
+    top = os.path.join(os.path.dirname(__file__), os.pardir)
+    makefile = open(os.path.join(top, "Makefile")).read()
+
+    def variable(name):
+        text = re.search(rf"^{name} \??= (.*?)\n\n", makefile, re.S | re.M).group(1)
+        return text.replace("\\\n", "")
+
+    run = re.search(r"^RUN \?= (\S+)$", makefile, re.M).group(1)
+    config = json.load(open(os.path.join(top, "results", os.path.basename(run),
+                                         "config.json")))["args"]
+    assert config["env_kwargs"] == json.loads(variable("AGENT_ENV"))
+    assert config["overrides"] == json.loads(variable("LINEAR"))
+    recipe = re.search(r"^reproduce:.*?\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    train = shlex.split(recipe.split("\n")[0].replace("\\", "").strip() + " "
+                        + recipe.split("\n")[1].strip())
+    options = dict(zip(train, train[1:]))
+    for option, key in (("--generations", "generations"), ("--pairs", "pairs"),
+                        ("--seed", "seed"), ("--distribution", "distribution")):
+        assert options[option] == str(config[key]), option
+
+
+@pytest.mark.parametrize("name", ["es-noisy-linear", "es-ldamdrw10"])
+def test_the_committed_default_export_loads_and_trains_in_a_plain_loop(name):
+    """The README's ``AdaptiveLoss.load("results/es-noisy-linear/adaptive_loss")`` (and the
+    previous default's) from a clone."""
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "results", name)
     criterion = AdaptiveLoss.load(os.path.join(root, "adaptive_loss"), total_steps=4,
                                   class_counts=torch.tensor([50, 10, 5]))
     assert criterion.kind == "controller" and criterion.controller.base_rule is not None
