@@ -164,6 +164,18 @@ def hidden_noise_base_task(task: TaskSpec) -> TaskSpec:
     return task.replace(seed=0, label_noise=0.0)
 
 
+def hidden_split_of(dist: TaskDistribution) -> Callable[[TaskSpec], str | None]:
+    """``dist.split_of`` for runs whose label noise ``--hidden-noise`` replaced: the split of
+    the task at any noise rate that ``dist``'s grids hold."""
+    noises = sorted({noise for split in ("train", "held_out_id", "held_out_ood")
+                     for grid in getattr(dist, split) for noise in grid.label_noises})
+
+    def split_of(task: TaskSpec) -> str | None:
+        return next((split for noise in noises
+                     if (split := dist.split_of(task.replace(label_noise=noise)))), None)
+    return split_of
+
+
 def replay_key(hidden_noise: Sequence[float]) -> Callable[[TaskSpec], TaskSpec]:
     """What ``agent_task_replay`` groups runs by: the task without its seed, and without its
     noise too when the noise is hidden."""
@@ -759,10 +771,13 @@ def report_from_json(run_dir: str | Path, dist: TaskDistribution | None = None) 
     best = max(mean_bacc, key=mean_bacc.get)
     note = (f"{data['note']} Best baseline = highest mean held-out balanced accuracy among "
             f"baselines (the oracle excluded): {best}.")
+    dist = dist or run_distribution(run_dir)
     return write_report(run_dir, records, reference="ce", best_baseline=best, agent="agent",
                         budget_note=note, learning_curve=learning_curve(run_dir),
-                        split_of=(dist or run_distribution(run_dir)).split_of,
-                        static_methods=STATIC_METHODS, base_rule=data.get("base_rule"))
+                        split_of=hidden_split_of(dist) if data.get("hidden_noise") else
+                        dist.split_of,
+                        static_methods=STATIC_METHODS, base_rule=data.get("base_rule"),
+                        hidden_noise=bool(data.get("hidden_noise")))
 
 
 def build_parser() -> argparse.ArgumentParser:

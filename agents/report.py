@@ -500,17 +500,25 @@ def _method_order(records: Sequence[EpisodeRecord], agent: str | None) -> list[s
     return methods
 
 
-def _size_line(records: Sequence[EpisodeRecord]) -> str:
+def _size_line(records: Sequence[EpisodeRecord], hidden_noise: bool = False) -> str:
     """What a section holds, in the units of the method table's Runs column: base tasks ×
-    seeds = runs per method, and how many methods."""
+    seeds = runs per method, and how many methods. With ``hidden_noise`` (the seeds of a base
+    task at several label-noise rates), the base tasks and, in the tables' units, their
+    task × noise cells."""
     seeds: dict[TaskSpec, set[int]] = {}
     for r in records:
         seeds.setdefault(_stratum(r.task), set()).add(r.task.seed)
     counts = sorted({len(s) for s in seeds.values()})
     runs = sum(len(s) for s in seeds.values())
-    tasks = f"{len(seeds)} base task{'s' if len(seeds) != 1 else ''}"
+    noun = "task × noise cell" if hidden_noise else "base task"
+    tasks = f"{len(seeds)} {noun}{'s' if len(seeds) != 1 else ''}"
     tasks += (f" × {counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1
               else f" with {counts[0]}–{counts[-1]} seeds each")
+    if hidden_noise:
+        bases = {t.replace(label_noise=0.0) for t in seeds}
+        levels = sorted({t.label_noise for t in seeds})
+        tasks = (f"{len(bases)} base task{'s' if len(bases) != 1 else ''}, their seeds at "
+                 f"label noise {', '.join(f'{v:g}' for v in levels)} (hidden): {tasks}")
     methods = len({r.method for r in records})
     return (f"{tasks} = {runs} runs per method (the Runs column); {methods} method"
             f"{'s' if methods != 1 else ''}, {len(records)} runs in all.")
@@ -537,6 +545,7 @@ def write_report(
     rng_seed: int = 0,
     title: str = "lossgym evaluation report",
     margin: float = 1.0,
+    hidden_noise: bool = False,
 ) -> Path:
     """Write ``report.md`` and its figures comparing ``agent`` with the other methods.
 
@@ -590,6 +599,9 @@ def write_report(
         title: the report's title.
         margin: points of balanced accuracy by which target 2 requires beating logit
             adjustment.
+        hidden_noise: the seeds of each base task are at several label-noise rates
+            (``agents.evaluate --hidden-noise``); the tables' tasks, the CIs' strata and
+            target 4's tasks are then task × noise cells, and the size lines say so.
 
     Returns:
         The path of ``report.md``.
@@ -675,7 +687,8 @@ def write_report(
         heading = "All held-out tasks" if split == ALL_SPLITS else SPLIT_TITLES.get(
             split, f"Split `{split}`")
         trades[split] = _calibration_trades(recs, methods, reference, rng)
-        lines += [f"## {heading}", "", _size_line(recs), "", "### Test metrics (%)", ""]
+        lines += [f"## {heading}", "", _size_line(recs, hidden_noise), "",
+                  "### Test metrics (%)", ""]
         lines += _method_table(recs, summaries[split], methods, metrics, reference,
                                trades[split])
         if comparisons:
@@ -688,7 +701,8 @@ def write_report(
         table, _ = _ratio_table(records, agent, reference, split_of, rng)
         lines += table + [""]
 
-    lines += _verdict(records, agent, best_baseline, reference, has_reference, margin, rng)
+    lines += _verdict(records, agent, best_baseline, reference, has_reference, margin, rng,
+                      hidden_noise)
     if agent in trades[ALL_SPLITS]:
         ece = trades[ALL_SPLITS][agent][1]
         lines += ["", f"Calibration: `{agent}`'s balanced accuracy comes with an ECE worse than "
@@ -893,6 +907,7 @@ def _verdict(
     has_reference: bool,
     margin: float,
     rng: Callable[[], np.random.Generator],
+    hidden_noise: bool = False,
 ) -> list[str]:
     lines = ["## Verdict", ""]
     if agent is None:
@@ -942,7 +957,8 @@ def _verdict(
         outcomes.append("PASS" if ok else "FAIL")
         lines.append(
             f"3. **{outcomes[-1]}**: the closed loop beats `agent_task_replay` (the mean "
-            f"trajectory of the other seeds of the same base task, open loop) with a 95 % CI "
+            f"trajectory of the other seeds of the same base task"
+            f"{', whatever their hidden noise' if hidden_noise else ''}, open loop) with a 95 % CI "
             f"above zero: {_signed(d['mean'])} points "
             f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}. Only then is it "
             "control rather than a task-conditioned schedule.")
@@ -964,7 +980,9 @@ def _verdict(
         detail = "; ".join(f"{_task_label(k, None).replace(chr(10), ' ')}: {_signed(d['mean'])} "
                            f"{_interval(d['ci_low'], d['ci_high'], True)}" for k, d in worse)
         lines.append(
-            f"4. **{outcomes[-1]}**: no held-out base task (of {len(keys)}) where `{agent}` is "
+            f"4. **{outcomes[-1]}**: no held-out "
+            f"{'task × noise cell' if hidden_noise else 'base task'} (of {len(keys)}) where "
+            f"`{agent}` is "
             f"worse than `{reference}` with a 95 % CI below zero"
             + (f"; worse on {len(worse)}: {detail}" if worse else "") + ".")
     passed = outcomes.count("PASS")

@@ -441,7 +441,12 @@ def test_hidden_noise_cycles_the_noise_over_seeds_and_hides_it_from_the_task_rep
     assert data["hidden_noise"] == [0.0, 0.3]
     ce = [TaskSpec.from_dict(r["task"]) for r in data["records"] if r["method"] == "ce"]
     assert [t.label_noise for t in ce] == [0.0, 0.3, 0.0, 0.3] * 2
-    assert "HIDDEN NOISE (--hidden-noise)" in path.read_text()
+    text = path.read_text()
+    assert "HIDDEN NOISE (--hidden-noise)" in text
+    # The tables' tasks are task × noise cells, and the report says so.
+    assert "1 base task, their seeds at label noise 0, 0.3 (hidden): 2 task × noise cells × " \
+        "2 seeds = 4 runs per method" in text
+    assert "whatever their hidden noise" in text and "no held-out task × noise cell" in text
     # --add-methods draws the same noisy tasks from evaluation.json's levels.
     before = [r for r in data["records"] if r["method"] == "tuned_drw"]
     add_methods(EvalArgs(run_dir=str(run), **{**args, "small": False}), ["tuned_drw"],
