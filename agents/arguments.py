@@ -1,9 +1,10 @@
 """Command lines generated from argument dataclasses (``TrainArgs``, ``EvalArgs``).
 
 Each field becomes one option (``run_dir`` → ``--run-dir``; a bool → ``--x/--no-x``; a dict →
-a JSON object), its help text the docstring written under the field, and its range the
-field's metadata (``minimum``, ``choices``), which :func:`check_fields` also enforces when the
-dataclass is built in Python. So a default, a range or a description is written once.
+a JSON object; a tuple → several values), its help text the docstring written under the
+field, and its range the field's metadata (``minimum``, ``maximum`` (exclusive),
+``choices``), which :func:`check_fields` also enforces when the dataclass is built in Python.
+So a default, a range or a description is written once.
 """
 
 from __future__ import annotations
@@ -50,22 +51,20 @@ def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def problem(value: Any, base: type, metadata: Mapping[str, Any]) -> str | None:
-    """What is wrong with ``value`` for a field (None if nothing): its allowed values. A
-    tuple field (``tuple[float, ...]``, metadata ``item``: its items' type) checks each item
-    against the range, and its ``maximum`` (exclusive)."""
+def problem(value: Any, base: type, metadata: Mapping[str, Any], item: type = float
+            ) -> str | None:
+    """What is wrong with ``value`` for a field (None if nothing): its allowed values. Numbers
+    are checked against metadata ``minimum`` and ``maximum`` (exclusive); a tuple field
+    (``tuple[item, ...]``) checks each of its items so."""
     if value is None:
         return None
     if base is tuple:
         if not isinstance(value, tuple | list):
             return "must be a sequence of numbers"
-        for item in value:
-            wrong = problem(item, metadata.get("item", float), metadata)
-            if wrong is None and metadata.get("maximum") is not None \
-                    and item >= metadata["maximum"]:
-                wrong = f"must be < {metadata['maximum']}"
+        for x in value:
+            wrong = problem(x, item, metadata)
             if wrong:
-                return f"each value {wrong}; {item!r} is not"
+                return f"each value {wrong}; {x!r} is not"
         return None
     choices = metadata.get("choices")
     if choices is not None and value not in choices:
@@ -73,10 +72,11 @@ def problem(value: Any, base: type, metadata: Mapping[str, Any]) -> str | None:
     if base in (int, float):
         ok = isinstance(value, int if base is int else int | float) \
             and not isinstance(value, bool)
-        low = metadata.get("minimum")
-        if not ok or (low is not None and value < low):
+        low, high = metadata.get("minimum"), metadata.get("maximum")
+        if not ok or (low is not None and value < low) or (high is not None and value >= high):
             kind = "an integer" if base is int else "a number"
             return f"must be {kind}" + (f" >= {low}" if low is not None else "") + \
+                (f" and < {high}" if high is not None else "") + \
                 (f" ({metadata['meaning']})" if "meaning" in metadata else "")
     return None
 
@@ -87,7 +87,9 @@ def invalid(cls: type, values: Mapping[str, Any], cli: bool = False) -> str | No
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in values:
-            wrong = problem(values[f.name], _base_type(hints[f.name]), f.metadata)
+            base = _base_type(hints[f.name])
+            wrong = problem(values[f.name], base, f.metadata,
+                            _item_type(hints[f.name]) if base is tuple else float)
             if wrong:
                 return f"{option(f.name) if cli else f.name}={values[f.name]!r} is invalid: {wrong}"
     return None
