@@ -319,6 +319,7 @@ _FACTOR_FIELDS: dict[str, str] = {
     "weight_decays": "weight_decay",
     "minibatches_per_step": "minibatches_per_step",
     "horizons": "horizon",
+    "n_maxes": "n_max",
 }
 
 
@@ -326,7 +327,7 @@ _FACTOR_FIELDS: dict[str, str] = {
 class TaskFactors:
     """A product grid of task factors: each factor is drawn uniformly from its tuple.
 
-    Fields not listed here (``n_max``, ``num_classes``, ``momentum``, ``batch_size``) keep their
+    Fields not listed here (``num_classes``, ``momentum``, ``batch_size``) keep their
     :class:`TaskSpec` defaults. Every factor tuple must be non-empty and duplicate-free.
 
     Attributes:
@@ -342,6 +343,9 @@ class TaskFactors:
         weight_decays: Weight-decay values.
         minibatches_per_step: Updates per environment step (sets the training budget).
         horizons: Environment steps per episode.
+        n_maxes: Training samples of the largest class (None: the dataset's default, its
+            whole pool). Drawn only when it holds several values, so a grid without it draws
+            exactly the tasks it drew before this factor existed.
         seed_range: Seeds are drawn uniformly from the half-open range ``[start, stop)``.
     """
 
@@ -357,6 +361,7 @@ class TaskFactors:
     weight_decays: tuple[float, ...] = (1e-2,)
     minibatches_per_step: tuple[int, ...] = (40,)
     horizons: tuple[int, ...] = (20,)
+    n_maxes: tuple[int | None, ...] = (None,)
     seed_range: tuple[int, int] = (0, 10_000)
 
     def __post_init__(self) -> None:
@@ -367,7 +372,7 @@ class TaskFactors:
                     f"TaskFactors.{factor}={values!r} is invalid: must be a non-empty tuple of "
                     f"{spec_field} values"
                 )
-            normalised = tuple(_RULES[spec_field](value) for value in values)
+            normalised = tuple(_factor_rule(spec_field, value) for value in values)
             if len(set(normalised)) != len(normalised):
                 raise ValueError(f"TaskFactors.{factor}={values!r} has duplicate values")
             object.__setattr__(self, factor, normalised)
@@ -393,6 +398,9 @@ class TaskFactors:
         chosen: dict[str, Any] = {}
         for factor, spec_field in _FACTOR_FIELDS.items():
             options = getattr(self, factor)
+            if factor == "n_maxes" and len(options) == 1:
+                chosen[spec_field] = options[0]  # no draw: the sequence stays as before it
+                continue
             chosen[spec_field] = options[int(rng.integers(len(options)))]
         chosen["seed"] = int(rng.integers(*self.seed_range))
         return TaskSpec(**chosen)
@@ -402,7 +410,11 @@ class TaskFactors:
         start, stop = self.seed_range
         if not start <= spec.seed < stop:
             return False
-        if any(getattr(spec, field) not in self.values(field) for field in _FACTOR_FIELDS.values()):
+        if any(getattr(spec, field) not in self.values(field) for field in _FACTOR_FIELDS.values()
+               if field != "n_max"):
+            return False
+        default = dataset_info(spec.dataset).default_n_max  # what None resolves to
+        if not any(spec.n_max == (default if n is None else n) for n in self.n_maxes):
             return False
         # Non-factor fields must be the defaults that draw() leaves them at.
         rebuilt = {field: getattr(spec, field) for field in _FACTOR_FIELDS.values()}
@@ -426,6 +438,14 @@ def _seed_range(value: object) -> tuple[int, int]:
             f"0 <= start < stop <= 2**63"
         )
     return int(value[0]), int(value[1])
+
+
+def _factor_rule(spec_field: str, value: object) -> object:
+    """A factor's value checked (and normalised) as the TaskSpec field checks it; ``n_max``
+    may also be None (the dataset's default) and is checked against the pool by TaskSpec."""
+    if spec_field == "n_max":
+        return None if value is None else checks.integer("TaskFactors.n_maxes", value, 1)
+    return _RULES[spec_field](value)
 
 
 # Rejection sampling gives up after this many invalid combinations in a row.
@@ -487,7 +507,8 @@ class TaskDistribution:
                 if unseen:
                     raise ValueError(
                         f"TaskDistribution.held_out_id[{index}] uses {field} values "
-                        f"{sorted(unseen)} that no train grid has; those belong in held_out_ood"
+                        f"{sorted(unseen, key=str)} that no train grid has; those belong in "
+                        "held_out_ood"
                     )
         for index, grid in enumerate(self.held_out_ood):
             if all(set(grid.values(field)) & train_values for field, train_values in seen.items()):
@@ -631,8 +652,26 @@ class TaskDistribution:
         return cls._with_held_out(train)
 
 
+    @classmethod
+    def noisy_sizes(cls) -> TaskDistribution:
+        """:meth:`noisy` whose train split also varies the training-set size: the largest
+        class keeps its whole pool (3,000 samples), 600 or 120 (``n_maxes``; 120 only where
+        the tail class keeps 5 samples, rho <= 24). At a fixed number of minibatches a small
+        set is a long budget in epochs: train sizes about 500 to 12,000 samples and 4 to 250
+        epochs, where :meth:`noisy` trains on about 7,000 to 12,000 samples and 4 to 21
+        epochs. Digits (about 400 samples, 130 to 400 epochs) and the small sets of ordinary
+        training loops then lie inside the range of the context features an agent trains on
+        (``scripts/context_range.py``). The held-out splits are :meth:`noisy`'s, drawn
+        identically (the default ``n_maxes`` draws nothing), so agents of the two meet the
+        same held-out suite."""
+        noisy = cls.noisy()
+        train = dataclasses.replace(noisy.train[0], n_maxes=(None, 600, 120))
+        return cls(train=(train,), held_out_id=noisy.held_out_id,
+                   held_out_ood=noisy.held_out_ood)
+
+
 #: The named distributions (:meth:`TaskDistribution.named`).
-DISTRIBUTIONS = ("default", "wide", "noisy")
+DISTRIBUTIONS = ("default", "wide", "noisy", "noisy_sizes")
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -445,3 +445,42 @@ def test_the_noisy_distribution_is_the_default_at_noise_0_or_0_4_in_every_split(
     assert {noisy.sample(rng, "train").label_noise for _ in range(60)} == {0.0, 0.4}
     with pytest.raises(ValueError, match="'noisy'"):
         TaskDistribution.named("nosiy")
+
+
+def test_noisy_sizes_varies_the_train_size_and_keeps_noisys_held_out_draws():
+    noisy, sizes = TaskDistribution.noisy(), TaskDistribution.named("noisy_sizes")
+    assert sizes.train == (replace(noisy.train[0], n_maxes=(None, 600, 120)),)
+    rng = np.random.default_rng(0)
+    drawn = [sizes.sample(rng, "train") for _ in range(300)]
+    assert {t.n_max for t in drawn} == {3000, 600, 120}
+    assert all(sizes.split_of(t) == "train" for t in drawn)
+    # n_max 120 leaves the tail class its 5 samples only up to rho = 24.
+    assert {t.imbalance_ratio for t in drawn if t.n_max == 120} == {10.0, 20.0}
+    # Its held-out splits are noisy()'s, drawn identically, so both meet one suite.
+    for split in ("held_out_id", "held_out_ood", "held_out"):
+        a, b = np.random.default_rng(3), np.random.default_rng(3)
+        assert [sizes.sample(a, split) for _ in range(40)] == [
+            noisy.sample(b, split) for _ in range(40)]
+    # The default n_maxes draws nothing: every distribution draws what it drew before it.
+    grid = TaskFactors(datasets=("mnist1d", "synthetic"), widths=(64, 128))
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(5):
+        picks = [b.integers(2), b.integers(1), b.integers(1), b.integers(1), b.integers(1),
+                 b.integers(2)]  # dataset, ratio, profile, noise, arch, width
+        for _ in range(6):  # depth, optimizer, lr, weight decay, minibatches, horizon
+            b.integers(1)
+        seed = int(b.integers(0, 10_000))
+        assert grid.draw(a) == TaskSpec(dataset=("mnist1d", "synthetic")[picks[0]],
+                                        width=(64, 128)[picks[5]], seed=seed)
+    task = TaskSpec(seed=5)
+    assert noisy.split_of(task.replace(n_max=600)) is None
+    assert sizes.split_of(task.replace(n_max=600)) == "train"
+    assert sizes.split_of(task.replace(n_max=599)) is None
+
+
+def test_n_maxes_names_the_factor_when_bad():
+    for bad in ((0,), (1.5,), ("many",), ()):
+        with pytest.raises(ValueError, match="n_maxes"):
+            TaskFactors(n_maxes=bad)
+    with pytest.raises(ValueError, match="duplicate"):
+        TaskFactors(n_maxes=(600, 600))
