@@ -47,9 +47,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from lossgym.tasks import TaskSpec
 
 FEATURE_VERSION = 2
 _EPS = 1e-6
@@ -127,6 +131,17 @@ def context_values(*, train_size: float, num_classes: int, lr: float, weight_dec
     return [math.log(max(train_size, 1.0)), math.log(max(num_classes, 1)),
             math.log10(max(lr, 1e-12)), float(weight_decay), math.log2(max(batch_size, 1)),
             math.log(max(epochs, 1e-6)), float(arch == "cnn"), math.log2(max(width, 1))]
+
+
+def task_context_values(task: TaskSpec, train_size: float) -> list[float]:
+    """The context features of the env's run of ``task`` on ``train_size`` samples: its
+    set-up, and a budget of ``horizon × minibatches_per_step × batch_size / train_size``
+    epochs."""
+    return context_values(
+        train_size=train_size, num_classes=task.num_classes, lr=task.lr,
+        weight_decay=task.weight_decay, batch_size=task.batch_size,
+        epochs=task.horizon * task.minibatches_per_step * task.batch_size / max(train_size, 1.0),
+        arch=task.arch, width=task.width)
 
 
 def _log(x: Tensor) -> Tensor:

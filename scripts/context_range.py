@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossgym.features import CONTEXT_FEATURES, context_values
+from lossgym.features import CONTEXT_FEATURES, context_values, task_context_values
 from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskSpec
 
@@ -41,12 +41,8 @@ def plain_loop_context(counts: tuple[int, ...]) -> list[float]:
 
 
 def task_context(task: TaskSpec) -> list[float]:
-    """The env's context features of ``task`` (as :class:`lossgym.envs.core.EpisodeBatch`)."""
-    size = float(task.num_train)
-    return context_values(train_size=size, num_classes=task.num_classes, lr=task.lr,
-                          weight_decay=task.weight_decay, batch_size=task.batch_size,
-                          epochs=task.horizon * task.minibatches_per_step * task.batch_size / size,
-                          arch=task.arch, width=task.width)
+    """The env's context features of ``task`` (its training set is ``task.num_train``)."""
+    return task_context_values(task, float(task.num_train))
 
 
 def report(run_dir: Path) -> str:

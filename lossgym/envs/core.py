@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lossgym.actions import ActionMapping
-from lossgym.features import FeatureSpec, compute_features, context_values, log_imbalance
+from lossgym.features import FeatureSpec, compute_features, log_imbalance, task_context_values
 from lossgym.losses import ParametricCriterion
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
 from lossgym.schedules import LossSchedule
@@ -260,11 +260,7 @@ class EpisodeBatch:
         for i, size in zip(ids, sizes):
             t = self.tasks[i]
             assert t is not None
-            rows.append(context_values(
-                train_size=size, num_classes=pop.num_classes, lr=t.lr,
-                weight_decay=t.weight_decay, batch_size=t.batch_size,
-                epochs=t.horizon * t.minibatches_per_step * t.batch_size / max(size, 1.0),
-                arch=t.arch, width=t.width))
+            rows.append(task_context_values(t, size))
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
     # -------------------------------------------------------------------- step
