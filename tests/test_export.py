@@ -836,10 +836,10 @@ def test_make_reproduce_trains_the_committed_default():
         assert options[option] == str(config[key]), option
 
 
-@pytest.mark.parametrize("name", ["es-noisy-linear", "es-ldamdrw10"])
+@pytest.mark.parametrize("name", ["es-noisy-sizes", "es-noisy-linear", "es-ldamdrw10"])
 def test_the_committed_default_export_loads_and_trains_in_a_plain_loop(name):
-    """The README's ``AdaptiveLoss.load("results/es-noisy-linear/adaptive_loss")`` (and the
-    previous default's) from a clone."""
+    """The README's ``AdaptiveLoss.load("results/es-noisy-sizes/adaptive_loss")`` (and the
+    previous defaults') from a clone."""
     root = os.path.join(os.path.dirname(__file__), os.pardir, "results", name)
     criterion = AdaptiveLoss.load(os.path.join(root, "adaptive_loss"), total_steps=4,
                                   class_counts=torch.tensor([50, 10, 5]))
