@@ -9,7 +9,7 @@ RUN ?= runs/es-noisy-sizes
 DEMO_RUN ?= runs/demo
 # The default agent: a linear policy trained by evolution strategies (agents.es) on
 # TaskDistribution.noisy_sizes() (label noise 0 or 0.4, which the observation never holds,
-# and training sets of about 500 to 12,000 samples), acting
+# and training sets of about 400 to 12,000 samples), acting
 # as a bounded residual correction (max_step 0.3) of LDAM-DRW at the logit scale s = 10 (the
 # LDAM-DRW scale that tuned best on the train split, results/base_rules/) on the margin, the
 # scale and the re-weighting, rewarded against a twin that runs that base rule, and observing

@@ -657,7 +657,7 @@ class TaskDistribution:
         """:meth:`noisy` whose train split also varies the training-set size: the largest
         class keeps its whole pool (3,000 samples), 600 or 120 (``n_maxes``; 120 only where
         the tail class keeps 5 samples, rho <= 24). At a fixed number of minibatches a small
-        set is a long budget in epochs: train sizes about 500 to 12,000 samples and 4 to 250
+        set is a long budget in epochs: train sizes about 400 to 12,000 samples and 4 to 380
         epochs, where :meth:`noisy` trains on about 7,000 to 12,000 samples and 4 to 21
         epochs. Digits (about 400 samples, 130 to 400 epochs) and the small sets of ordinary
         training loops then lie inside the range of the context features an agent trains on
