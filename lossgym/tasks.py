@@ -651,7 +651,6 @@ class TaskDistribution:
         train = dataclasses.replace(cls.default().train[0], label_noises=(0.0, 0.4))
         return cls._with_held_out(train)
 
-
     @classmethod
     def noisy_sizes(cls) -> TaskDistribution:
         """:meth:`noisy` whose train split also varies the training-set size: the largest

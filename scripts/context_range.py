@@ -67,14 +67,12 @@ def report(run_dir: Path) -> str:
         return f"| {label} | " + " | ".join(cells) + " |"
 
     records = json.loads((run_dir / "evaluation.json").read_text())["records"]
-    seen: dict[str, TaskSpec] = {}
-    for r in records:
-        task = TaskSpec.from_dict(r["task"])
-        base = task.replace(seed=0, label_noise=0.0)
-        label = (f"{task.dataset} ρ={task.imbalance_ratio:g} {task.arch}{task.width} "
-                 f"wd={task.weight_decay:g} mb={task.minibatches_per_step}")
-        seen.setdefault(label, base)
-    lines += [row(label, task_context(task)) for label, task in sorted(seen.items())]
+    bases = {TaskSpec.from_dict(r["task"]).replace(seed=0, label_noise=0.0): None
+             for r in records}  # the distinct base tasks, in order
+    labelled = sorted(((f"{t.dataset} ρ={t.imbalance_ratio:g} {t.arch}{t.width} "
+                        f"wd={t.weight_decay:g} mb={t.minibatches_per_step}", t) for t in bases),
+                      key=lambda item: item[0])
+    lines += [row(label, task_context(task)) for label, task in labelled]
     lines += [row(f"plain loop: {name}", plain_loop_context(counts))
               for name, counts in PLAIN_LOOPS.items()]
     return "\n".join(lines) + "\n"
