@@ -484,3 +484,11 @@ def test_n_maxes_names_the_factor_when_bad():
             TaskFactors(n_maxes=bad)
     with pytest.raises(ValueError, match="duplicate"):
         TaskFactors(n_maxes=(600, 600))
+
+
+def test_held_out_n_maxes_unseen_in_training_are_named_even_with_none():
+    train = TaskFactors(n_maxes=(600,))
+    held = replace(train, n_maxes=(None, 50), seed_range=(1_000_000, 2_000_000))
+    with pytest.raises(ValueError, match=r"n_max values \[50, None\]"):
+        TaskDistribution(train=(train,), held_out_id=(held,), held_out_ood=(
+            replace(held, n_maxes=(600,), datasets=("digits",)),))
