@@ -838,7 +838,7 @@ def test_make_reproduce_trains_the_committed_default():
 
 @pytest.mark.parametrize("name", ["es-noisy-sizes", "es-noisy-linear", "es-ldamdrw10"])
 def test_the_committed_default_export_loads_and_trains_in_a_plain_loop(name):
-    """The README's ``AdaptiveLoss.load("results/es-noisy-sizes/adaptive_loss")`` (and the
+    """The README's ``AdaptiveLoss.load("results/es-noisy-linear/adaptive_loss")`` (and the
     previous defaults') from a clone."""
     root = os.path.join(os.path.dirname(__file__), os.pardir, "results", name)
     criterion = AdaptiveLoss.load(os.path.join(root, "adaptive_loss"), total_steps=4,
