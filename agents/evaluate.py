@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -580,11 +580,46 @@ def _evaluate(args: EvalArgs, distribution: TaskDistribution | None, progress: P
     atomic_write_text(run_dir / "evaluation.json",
                       json.dumps({"note": note, "tuned": {k: str(v) for k, v in tuned.items()},
                                   "base_rule": base_method(agent),
-                                  "hidden_noise": list(hidden),
+                                  "hidden_noise": list(hidden), "draw": draw_of(args),
                                   "records": [record_to_dict(r) for r in records]}))
     path = report_from_json(run_dir, dist)
     say(f"report written: {path}")
     return path
+
+
+#: The options that draw an evaluation's held-out and tuning tasks (``--hidden-noise`` aside):
+#: ``evaluation.json`` records them as ``draw``, and ``--add-methods`` draws with them again.
+DRAW_FIELDS = ("seed", "id_tasks", "seeds", "ood_tasks", "tune_tasks")
+
+
+def draw_of(args: EvalArgs) -> dict[str, int]:
+    """The ``draw`` entry of ``evaluation.json``: ``args``' values of :data:`DRAW_FIELDS`."""
+    return {name: getattr(args, name) for name in DRAW_FIELDS}
+
+
+def recorded_draw(args: EvalArgs, data: dict[str, Any], path: Path) -> EvalArgs:
+    """``args`` with the draw that made the evaluation ``data`` (read from ``path``), so that
+    ``--add-methods`` needs no draw options; ``args`` as they are for an evaluation that
+    predates the record. A draw option given with a value other than its default and the
+    recorded one is refused: it would draw other tasks."""
+    draw = data.get("draw")
+    if draw is None:
+        return args
+    if not isinstance(draw, dict) or sorted(draw) != sorted(DRAW_FIELDS):
+        raise ValueError(f"{path}: its 'draw' must hold exactly {list(DRAW_FIELDS)}, got "
+                         f"{draw!r:.80}")
+    defaults = {f.name: f.default for f in fields(EvalArgs)}
+    for name in DRAW_FIELDS:
+        given = getattr(args, name)
+        if given not in (draw[name], defaults[name]):
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} {given}: {path} was drawn with {option} {draw[name]}; "
+                             f"with {given} its held-out tasks differ. Leave {option} out: "
+                             "--add-methods draws as the evaluation recorded")
+    try:
+        return replace(args, **draw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its 'draw' {draw} is not a valid draw: {err}") from err
 
 
 #: What the note of a ``--small`` evaluation says, until ``--add-methods`` completes it.
@@ -618,12 +653,14 @@ def added_note(note: str, added: Sequence[str], methods: set[str], residual: boo
     return note + ADDED_NOTE + ", ".join(names) + "."
 
 
-def rerun_note(note: str, name: str, budget: int, run_dir: Path) -> str:
-    """``note`` saying the budget that search ``name`` was run again at by ``--add-methods``
-    (in place of what an earlier rerun of it said): the note's first budgets are those of the
-    evaluation's first agent, and a retrained agent's search gets its own."""
-    said = f" {name} was run again by --add-methods at "
-    note = re.sub(re.escape(said) + r"\d+ inner runs \(.*? training episodes\)\.", "", note)
+def rerun_note(note: str, name: str, budget: int, run_dir: Path, again: bool = True) -> str:
+    """``note`` saying the budget that search ``name`` was run at by ``--add-methods`` (in
+    place of what an earlier run of it by ``--add-methods`` said): the note's first budgets
+    are those of the evaluation's first agent, and a retrained agent's search gets its own.
+    ``again``: whether the evaluation held records of the search (a ``--small`` one does not)."""
+    said = f" {name} was run{' again' if again else ''} by --add-methods at "
+    note = re.sub(f" {re.escape(name)} was run (again )?by --add-methods at "
+                  r"\d+ inner runs \(.*? training episodes\)\.", "", note)
     return (note + f"{said}{budget} inner runs ({run_dir.name}: "
             f"{agent_episodes(run_dir)} training episodes).")
 
@@ -644,13 +681,14 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     """Run built-in ``methods``, hand baselines, tuned families of :data:`TUNED_FAMILIES`
     (tuned again on the evaluation's tuning tasks) or the searches of :data:`SEARCH_FAMILIES`
     (run again at the agent's budget) on the held-out tasks of an evaluation already in
-    ``evaluation.json`` (the same draws: the same ``seed``, ``id_tasks``, ``seeds`` and
-    ``tune_tasks``), add their records and rewrite the report; nothing else runs again.
+    ``evaluation.json`` (the same draws: :func:`recorded_draw`), add their records and
+    rewrite the report; nothing else runs again.
     Methods already there are replaced. ``"agent"`` reruns the agent family
     (:func:`_rerun_agent`): a retrained agent meets the same baselines on the same runs."""
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
     data = read_evaluation(run_dir)
+    args = recorded_draw(args, data, path)
     dist = distribution or run_distribution(run_dir)
     rng = np.random.default_rng(args.seed)
     hidden = tuple(data.get("hidden_noise", ()))  # as the evaluation drew its tasks
@@ -658,8 +696,11 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]  # as evaluate() draws
     reference = [r["task"] for r in data["records"] if r["method"] == "ce"]
     if reference != [t.to_dict() for t in tasks]:
-        raise ValueError(f"{path} was not made with --seed {args.seed} --id-tasks "
-                         f"{args.id_tasks} --seeds {args.seeds}: its held-out tasks differ")
+        raise ValueError(f"{path} was not made with " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in draw_of(args).items())
+            + ": its held-out tasks differ (an evaluation made before lossgym recorded its "
+            "draw needs the options it was made with)")
+    data["draw"] = draw_of(args)  # the held-out tasks match: recorded for the next time
     executor = distributed.executor_from(args.ray)
     kw = {"device": args.device}
     residual = AgentPolicy(run_dir).mode == "residual"
@@ -746,7 +787,8 @@ def _run_added(name: str, args: EvalArgs, run_dir: Path, tasks: list[TaskSpec],
             policies[name] = bl.policy_from_config("schedule", bl.cma_search(
                 tune, budget, args.seed, "schedule", parameters=search_parameters(agent),
                 **kw)[0])
-        data["note"] = rerun_note(data["note"], name, budget, run_dir)
+        data["note"] = rerun_note(data["note"], name, budget, run_dir,
+                                  again=any(r["method"] == name for r in data["records"]))
     added: list[EpisodeRecord] = []
     for label, policy in policies.items():
         data.setdefault("tuned", {})[label] = str(policy)
@@ -792,7 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(tuned_drw, tuned_ldam_drw, tuned_feedback, tuned_constant) or "
                              "searches (random_search, cma_es, knot_search, pbt, at the "
                              "agent's budget) or oracle_constant on the "
-                             "held-out tasks of the evaluation in evaluation.json, add them "
+                             "held-out tasks of the evaluation in evaluation.json (drawn with "
+                             "the options it records), add them "
                              "and rewrite the report; 'agent' reruns the agent in the run "
                              "folder (retrained, say), its ablations and base rule against "
                              "the baselines already there")

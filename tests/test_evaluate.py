@@ -482,3 +482,56 @@ def test_hidden_noise_out_of_range_names_the_option_and_the_value(levels, tmp_pa
         err = capsys.readouterr().err
         assert f"--hidden-noise=[0.0, {levels[0]}] is invalid: each value must be" in err
         assert f"; {levels[0]} is not" in err
+
+
+def test_add_methods_draws_with_the_options_the_evaluation_recorded(run_dir, tmp_path):
+    # evaluation.json records its draw, so --add-methods needs no draw options; an option
+    # that would draw other tasks is refused, and an evaluation made before the record gets
+    # it the first time its options are shown to match.
+    import shutil
+
+    from agents.baselines import rollout_baseline
+    from agents.evaluate import DRAW_FIELDS, add_methods, record_to_dict
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    tasks = held_out_tasks(DIST, np.random.default_rng(3), id_tasks=1, seeds=2, ood_tasks=1)
+    draw = {"seed": 3, "id_tasks": 1, "seeds": 2, "ood_tasks": 1, "tune_tasks": 2}
+    assert sorted(draw) == sorted(DRAW_FIELDS)
+    from agents.rollout import rollout_policy
+
+    ce = [record_to_dict(r) for r in rollout_baseline("ce", tasks, device="cpu")
+          + rollout_policy(train_mod.AgentPolicy(run), tasks, "agent", device="cpu")]
+    path = run / "evaluation.json"
+    path.write_text(json.dumps({"note": "tiny.", "draw": draw, "records": ce}))
+    add_methods(EvalArgs(run_dir=str(run), device="cpu"), ["focal_2"], distribution=DIST)
+    data = json.loads(path.read_text())
+    added = [r["task"] for r in data["records"] if r["method"] == "focal_2"]
+    assert added == [t.to_dict() for t in tasks] and data["draw"] == draw
+    with pytest.raises(ValueError, match=r"--seeds 4: .* was drawn with --seeds 2"):
+        add_methods(EvalArgs(run_dir=str(run), seeds=4, device="cpu"), ["focal_1"],
+                    distribution=DIST)
+    path.write_text(json.dumps({"note": "tiny.", "draw": {**draw, "seeds": "2"},
+                                "records": ce}))
+    with pytest.raises(ValueError, match="'draw'.* is not a valid draw"):
+        add_methods(EvalArgs(run_dir=str(run), device="cpu"), ["focal_1"], distribution=DIST)
+    # Made before the record: the draw options are needed, checked, then recorded.
+    path.write_text(json.dumps({"note": "tiny.", "records": ce}))
+    with pytest.raises(ValueError, match="was not made with --seed 0 --id-tasks 12 --seeds 5 "
+                                         "--ood-tasks 4 --tune-tasks 6: its held-out tasks"):
+        add_methods(EvalArgs(run_dir=str(run), device="cpu"), ["focal_1"], distribution=DIST)
+    add_methods(EvalArgs(run_dir=str(run), device="cpu", **draw), ["focal_1"],
+                distribution=DIST)
+    assert json.loads(path.read_text())["draw"] == draw
+
+
+def test_a_search_that_a_small_evaluation_never_ran_is_not_said_to_run_again(run_dir):
+    from agents.evaluate import rerun_note
+
+    first = rerun_note("Agent: a.", "knot_search", 1536, run_dir, again=False)
+    assert " knot_search was run by --add-methods at 1536 inner runs" in first
+    assert "again" not in first
+    # Run a second time, it was run again, and the first sentence gives way to the second.
+    second = rerun_note(first, "knot_search", 3072, run_dir)
+    assert second.count("knot_search was run") == 1
+    assert " knot_search was run again by --add-methods at 3072 inner runs" in second
