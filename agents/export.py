@@ -136,7 +136,8 @@ def agent_controller(agent: AgentPolicy, mapping: ActionMapping) -> Controller:
     tensors: dict[str, Tensor] = {}
     layers = [_layer(m, i, tensors) for i, m in enumerate(modules)]
     norm = None if agent.norm is None else {k: agent.norm[k] for k in
-                                            ("mean", "var", "epsilon", "clip_obs", "held")
+                                            ("mean", "var", "epsilon", "clip_obs", "held",
+                                             "low", "high")
                                             if k in agent.norm}
     return Controller(layers, tensors, mapping, output, norm, agent.algo,
                       2 if agent.context_features else 1, agent.base_rule)

@@ -716,6 +716,9 @@ class AgentPolicy:
                 float(self.norm["epsilon"]), float(self.norm["clip_obs"])
                 if "held" in self.norm and len(self.norm["held"]) != dim:
                     raise ValueError(f"it does not hold {dim} held flags")
+                if ("low" in self.norm) != ("high" in self.norm) or "low" in self.norm and not (
+                        len(self.norm["low"]) == len(self.norm["high"]) == dim):
+                    raise ValueError(f"its support needs both 'low' and 'high', {dim} each")
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"observation statistics {norm_path} cannot be read: "
                                  f"{err!r}") from err
@@ -728,6 +731,11 @@ class AgentPolicy:
         if self.norm is None:
             return obs
         mean, var = np.asarray(self.norm["mean"]), np.asarray(self.norm["var"])
+        if "low" in self.norm:  # the features' support: clipped to it first (lossgym.export)
+            low, high = (np.array([bound if x is None else x for x in self.norm[key]],
+                                  dtype=np.float64) for key, bound in (("low", -np.inf),
+                                                                       ("high", np.inf)))
+            obs = np.clip(obs, low, high)
         out = (obs - mean) / np.sqrt(var + self.norm["epsilon"])
         out = np.clip(out, -self.norm["clip_obs"], self.norm["clip_obs"])
         if "held" in self.norm:  # features that took one value in training (agents.es)

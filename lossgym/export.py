@@ -36,7 +36,8 @@ An export is a folder holding ``manifest.json`` and, for controllers, ``actor.sa
 ``features`` (version and names), ``base_rule`` (the schedule a residual controller corrects,
 or null; version 2) and ``controller`` (algorithm, layer list, output squashing, recurrent
 state size, observation-normalisation statistics (with, optionally, ``held``: the features
-that took one value in training, fed as 0), and the weights file's name and SHA-256).
+that took one value in training, fed as 0, and ``low``/``high``: the support each raw feature
+is clipped to, null for none), and the weights file's name and SHA-256).
 The manifest ends with the SHA-256 of its own content. Version 1 had no ``base_rule`` and
 features version 1 (no context features).
 
@@ -173,8 +174,8 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
     if values is None:
         return None
     required = ("mean", "var", "epsilon", "clip_obs")
-    v = _keys(values, required + (("held",) if isinstance(values, dict) and "held" in values
-                                  else ()), "controller.obs_normalization")
+    optional = tuple(k for k in ("held", "low", "high") if isinstance(values, dict) and k in values)
+    v = _keys(values, required + optional, "controller.obs_normalization")
     out: dict[str, Any] = {}
     for key, low in (("mean", -math.inf), ("var", 0.0)):
         items = v[key]
@@ -192,6 +193,21 @@ def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
             raise ValueError(f"obs_normalization.held must list {dim} booleans (one per "
                              f"feature), got {held!r:.80}")
         out["held"] = list(held)
+    if ("low" in v) != ("high" in v):
+        raise ValueError("obs_normalization holds one of 'low' and 'high' without the other")
+    if "low" in v:  # the support: raw features are clipped to what they took in training
+        for key in ("low", "high"):
+            items = v[key]
+            if not isinstance(items, list) or len(items) != dim:
+                raise ValueError(f"obs_normalization.{key} must list {dim} numbers or nulls "
+                                 f"(one per feature), got {items!r:.80}")
+            out[key] = [None if x is None else checks.real(f"obs_normalization.{key}[{i}]", x)
+                        for i, x in enumerate(items)]
+        bad = [i for i, (lo, hi) in enumerate(zip(out["low"], out["high"]))
+               if lo is not None and hi is not None and lo > hi]
+        if bad:
+            raise ValueError(f"obs_normalization.low[{bad[0]}]={out['low'][bad[0]]} is above "
+                             f"high[{bad[0]}]={out['high'][bad[0]]}; low <= high is allowed")
     return out
 
 
@@ -286,8 +302,9 @@ class Controller(nn.Module):
         output: ``"clip"`` or ``"tanh"``.
         obs_normalization: VecNormalize's ``mean``, ``var``, ``epsilon`` and ``clip_obs``
             (and optionally ``held``: per feature, whether it took one value in every training
-            observation, so that the policy, which never saw it vary, sees it as 0), or None
-            when the agent saw raw observations.
+            observation, so that the policy, which never saw it vary, sees it as 0; and
+            ``low``/``high``: per feature, the support a raw feature is clipped to before it
+            is normalised, or None for no bound), or None when the agent saw raw observations.
         algorithm: what trained it (informational, e.g. ``"ppo"``).
         features_version: the observation it reads (:class:`lossgym.features.FeatureSpec`).
         base_rule: the schedule its residual actions correct (residual mapping only).
@@ -331,6 +348,10 @@ class Controller(nn.Module):
             self.register_buffer("obs_var", torch.tensor(norm["var"], dtype=torch.float64))
             self.register_buffer("obs_held", torch.tensor(norm.get("held", [False] * len(
                 norm["mean"]))))
+            for key, none in (("low", -math.inf), ("high", math.inf)):
+                self.register_buffer(f"obs_{key}", torch.tensor(
+                    [none if x is None else x for x in norm.get(key, [None] * len(norm["mean"]))],
+                    dtype=torch.float64))
 
     @property
     def recurrent_state_size(self) -> int:
@@ -350,11 +371,12 @@ class Controller(nn.Module):
     def normalise(self, obs: Tensor) -> Tensor:
         """Observations as the agent saw them in training (VecNormalize: in float64, then
         clipped and cast to float32; a feature that took one value in training, ``held``, is
-        0)."""
+        0; a feature with a support, ``low``/``high``, is clipped to it first)."""
         if self.obs_normalization is None:
             return obs.float()
         eps, clip = self.obs_normalization["epsilon"], self.obs_normalization["clip_obs"]
-        out = (obs.double() - self.obs_mean) / torch.sqrt(self.obs_var + eps)
+        raw = torch.maximum(torch.minimum(obs.double(), self.obs_high), self.obs_low)
+        out = (raw - self.obs_mean) / torch.sqrt(self.obs_var + eps)
         return out.clamp(-clip, clip).masked_fill(self.obs_held, 0.0).float()
 
     @torch.no_grad()
