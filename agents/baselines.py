@@ -913,6 +913,36 @@ def default_popsize(candidates: int, dim: int) -> int:
     return max(divisors) if divisors else candidates
 
 
+def _cma(count: int, budget: int, tasks: int, dim: int, start: float, bound: float, seed: int,
+         sigma0: float, popsize: int | None,
+         generation: Callable[[list[np.ndarray], int], list[float]]) -> None:
+    """CMA-ES (the ``cma`` package, ask/tell) over ``count`` candidates in ``dim`` dimensions
+    (start ``start`` in each, bounds ±``bound`` around 0 or [0, 1] when ``start`` is 0.5, step
+    ``sigma0``) in generations of ``popsize`` (None: :func:`default_popsize`), maximising the
+    scores ``generation(points, index)`` returns. numpy's global random state, which pycma
+    seeds and draws from, is restored afterwards."""
+    import cma
+
+    if count < 2:
+        raise ValueError(f"budget={budget} buys {count} candidate(s) on {tasks} tasks; "
+                         f"CMA-ES needs at least 2 (budget >= {2 * tasks})")
+    popsize = checks.integer("popsize", default_popsize(count, dim) if popsize is None
+                             else popsize, 2)
+    if count % popsize:
+        raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
+                         f"budget={budget} buys on {tasks} tasks")
+    state = np.random.get_state()
+    try:
+        es = cma.CMAEvolutionStrategy([start] * dim, sigma0, {
+            "popsize": popsize, "bounds": [start - bound, start + bound], "seed": seed + 1,
+            "verbose": -9, "verb_log": 0, "verb_disp": 0})
+        for index in range(count // popsize):
+            points = es.ask()
+            es.tell(points, [-score for score in generation(points, index)])
+    finally:
+        np.random.set_state(state)
+
+
 def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str = "constant",
                popsize: int | None = None, sigma0: float = 0.3, *,
                parameters: Sequence[str] = DEFAULT_PARAMETERS, metric: str = "balanced_accuracy",
@@ -945,8 +975,6 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
         row per candidate with ``candidate``, ``generation``, the config, ``score`` and
         ``task_scores``.
     """
-    import cma
-
     tasks = _check_tasks(tasks)
     keys, extra = _space_keys(space, parameters)
     seed = checks.integer("seed", seed, 0)
@@ -955,32 +983,18 @@ def cma_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, space: str
     if space == "mixed":
         raise ValueError("space='mixed' is random search's; CMA-ES searches 'constant' or "
                          "'schedule' (which contains the constants)")
-    dim = (2 if space == "constant" else 5) + len(extra)
-    if count < 2:
-        raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
-                         f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
-    if popsize is None:
-        popsize = default_popsize(count, dim)
-    popsize = checks.integer("popsize", popsize, 2)
-    if count % popsize:
-        raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
-                         f"budget={budget} buys on {len(tasks)} tasks")
-    state = np.random.get_state()
-    try:
-        es = cma.CMAEvolutionStrategy([0.5] * dim, sigma0, {
-            "popsize": popsize, "bounds": [0.0, 1.0], "seed": seed + 1, "verbose": -9,
-            "verb_log": 0, "verb_disp": 0})
-        history: Table = []
-        for generation in range(count // popsize):
-            points = es.ask()
-            configs = [_unit_to_config(space, x, extra) for x in points]
-            table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
-                                        max_members=max_members)
-            es.tell(points, [-row["score"] for row in table])
-            for row in table:
-                history.append({"candidate": len(history), "generation": generation, **row})
-    finally:
-        np.random.set_state(state)
+    history: Table = []
+
+    def generation(points: list[np.ndarray], index: int) -> list[float]:
+        configs = [_unit_to_config(space, x, extra) for x in points]
+        table, _ = evaluate_configs(space, configs, tasks, metric=metric, device=device,
+                                    max_members=max_members)
+        history.extend([{"candidate": len(history) + i, "generation": index, **row}
+                        for i, row in enumerate(table)])
+        return [row["score"] for row in table]
+
+    _cma(count, budget, len(tasks), (2 if space == "constant" else 5) + len(extra), 0.5, 0.5,
+         seed, sigma0, popsize, generation)
     return _best(history, keys), history
 
 
@@ -1002,8 +1016,6 @@ def knot_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, *, knots:
         action terms), and the history: one row per candidate with ``candidate``,
         ``generation``, ``knots``, ``score`` and ``task_scores``.
     """
-    import cma
-
     tasks = _check_tasks(tasks)
     seed = checks.integer("seed", seed, 0)
     knots = checks.integer("knots", knots, 2)
@@ -1011,35 +1023,21 @@ def knot_search(tasks: Sequence[TaskSpec], budget: int, seed: int = 0, *, knots:
     terms = {"parameters": parameters, "mode": mode, "base_rule": base_rule,
              "max_step": max_step}
     d = len(KnotPolicy(np.zeros((len(parameters), knots)), **terms).parameters)
-    count = _check_budget(budget, tasks)
-    if count < 2:
-        raise ValueError(f"budget={budget} buys {count} candidate(s) on {len(tasks)} tasks; "
-                         f"CMA-ES needs at least 2 (budget >= {2 * len(tasks)})")
-    popsize = checks.integer("popsize", default_popsize(count, d * knots) if popsize is None
-                         else popsize, 2)
-    if count % popsize:
-        raise ValueError(f"popsize={popsize} must divide the {count} candidates that "
-                         f"budget={budget} buys on {len(tasks)} tasks")
-    state = np.random.get_state()
     history: Table = []
-    try:
-        es = cma.CMAEvolutionStrategy([0.0] * (d * knots), sigma0, {
-            "popsize": popsize, "bounds": [-1.0, 1.0], "seed": seed + 1, "verbose": -9,
-            "verb_log": 0, "verb_disp": 0})
-        for generation in range(count // popsize):
-            points = es.ask()
-            grids = [np.clip(np.asarray(x).reshape(d, knots), -1.0, 1.0) for x in points]
-            records = rollout_members([KnotPolicy(g, **terms) for g in grids for _ in tasks],
-                                      [t for _ in grids for t in tasks], "knot_search", metric,
-                                      device, max_members)
-            scores = np.array([final_val_score(r, metric) for r in records]).reshape(
-                len(grids), len(tasks))
-            es.tell(points, [-float(row.mean()) for row in scores])
-            for g, row in zip(grids, scores):
-                history.append({"candidate": len(history), "generation": generation,
-                                "knots": g.tolist(), "score": float(row.mean()),
-                                "task_scores": row.tolist()})
-    finally:
-        np.random.set_state(state)
+
+    def generation(points: list[np.ndarray], index: int) -> list[float]:
+        grids = [np.clip(np.asarray(x).reshape(d, knots), -1.0, 1.0) for x in points]
+        records = rollout_members([KnotPolicy(g, **terms) for g in grids for _ in tasks],
+                                  [t for _ in grids for t in tasks], "knot_search", metric,
+                                  device, max_members)
+        scores = np.array([final_val_score(r, metric) for r in records]).reshape(
+            len(grids), len(tasks))
+        history.extend([{"candidate": len(history) + i, "generation": index, "knots": g.tolist(),
+                         "score": float(row.mean()), "task_scores": row.tolist()}
+                        for i, (g, row) in enumerate(zip(grids, scores))])
+        return [float(row.mean()) for row in scores]
+
+    _cma(_check_budget(budget, tasks), budget, len(tasks), d * knots, 0.0, 1.0, seed, sigma0,
+         popsize, generation)
     best = max(history, key=lambda row: row["score"])
     return {"knots": best["knots"]}, history
