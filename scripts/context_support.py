@@ -37,11 +37,14 @@ RUN_FILES = ("config.json", "policy.pt", "monitor.csv")
 def context_support(dist: TaskDistribution, tasks: int = 4000, seed: int = 0
                     ) -> tuple[list[float], list[float]]:
     """The smallest and largest value of each context feature (:data:`CONTEXT_FEATURES`
-    order) over ``tasks`` tasks drawn from ``dist``'s train split."""
+    order) over ``tasks`` tasks drawn from ``dist``'s train split, as the float32 values the
+    observation holds (so that clipping leaves a training task's observation as it is)."""
     rng = np.random.default_rng(seed)
     values = np.array([task_context_values(t, float(t.num_train))
-                       for t in (dist.sample(rng, "train") for _ in range(tasks))])
-    return values.min(axis=0).tolist(), values.max(axis=0).tolist()
+                       for t in (dist.sample(rng, "train") for _ in range(tasks))],
+                      dtype=np.float32)
+    return (values.min(axis=0).astype(np.float64).tolist(),
+            values.max(axis=0).astype(np.float64).tolist())
 
 
 def with_support(norm: dict, low: list[float], high: list[float]) -> dict:

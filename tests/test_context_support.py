@@ -37,7 +37,8 @@ def test_the_support_holds_every_sampled_train_task(script):
     low, high = script.context_support(dist, tasks=64)
     rng = np.random.default_rng(0)
     values = np.array([script.task_context_values(t, float(t.num_train))
-                       for t in (dist.sample(rng, "train") for _ in range(64))])
+                       for t in (dist.sample(rng, "train") for _ in range(64))],
+                      dtype=np.float32)  # as the observation holds them
     assert len(low) == len(high) == K
     np.testing.assert_array_equal(values.min(axis=0), low)
     np.testing.assert_array_equal(values.max(axis=0), high)
@@ -63,9 +64,12 @@ def test_agent_and_export_clip_the_context_to_its_support_and_nothing_else(suppo
     assert norm["low"][:-K] == [None] * (len(norm["mean"]) - K)
     agent, plain = AgentPolicy(run), AgentPolicy(DEFAULT)
     controller = AdaptiveLoss.load(export).controller
-    inside = np.asarray(norm["mean"])[None].repeat(2, 0)
-    inside[:, -K:] = (low + high) / 2
+    inside = np.asarray(norm["mean"], dtype=np.float32)[None].repeat(3, 0)
+    inside[0, -K:] = (low + high) / 2
     inside[1, :4] += 3.0  # a dynamic feature far from its mean stays as it is
+    # A training task at the ends of the support, in the float32 the observation holds: the
+    # support is float32 too, so nothing is clipped (float64 ends would clip it by 1e-7).
+    inside[1, -K:], inside[2, -K:] = low, high
     outside = inside.copy()
     outside[:, -K:] = np.where(np.arange(K) % 2, high + 5.0, low - 5.0)  # digits-like
     for obs in (inside, outside):
