@@ -43,6 +43,7 @@ from agents.train import AgentPolicy
 from lossgym import params as loss_params
 from lossgym.actions import ActionMapping, parse_parameters
 from lossgym.export import Controller, write_export
+from lossgym.features import feature_version
 from lossgym.methods import METHODS, Parametric, make_method
 from lossgym.schedules import LossSchedule, Schedule, constant, step
 from lossgym.tasks import TaskSpec
@@ -140,7 +141,8 @@ def agent_controller(agent: AgentPolicy, mapping: ActionMapping) -> Controller:
                                              "low", "high")
                                             if k in agent.norm}
     return Controller(layers, tensors, mapping, output, norm, agent.algo,
-                      2 if agent.context_features else 1, agent.base_rule)
+                      feature_version(agent.context_features, agent.progress_basis),
+                      agent.base_rule)
 
 
 def run_mapping(run_dir: str | Path) -> ActionMapping:

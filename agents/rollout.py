@@ -169,7 +169,8 @@ def _policy_unit(policy: Policy, tasks: list[TaskSpec], name: str, metric: str,
     # An agent's episodes show it what it trained on: its features and its base rule.
     batch = EpisodeBatch(n, mapping, metric, "none", 1.0, resolve_device(device), 1024,
                          getattr(policy, "base_rule", None),
-                         getattr(policy, "context_features", True))
+                         getattr(policy, "context_features", True),
+                         getattr(policy, "progress_basis", False))
     obs = batch.reset(range(n), tasks)
     policy.reset(n)
     curves = [batch.value.copy()]

@@ -691,6 +691,7 @@ class AgentPolicy:
         config = LossTuningConfig.build(**{k: v for k, v in env_kwargs.items()
                                            if k not in ("tasks", "split")})
         self.context_features = config.context_features
+        self.progress_basis = config.progress_basis
         self.base_rule = config.episode_batch(1).base_rule if self.mode == "residual" else None
         spaces_env = LossTuningSB3VecEnv(num_envs=1, **{k: v for k, v in env_kwargs.items()
                                                         if k != "reward_baseline"})

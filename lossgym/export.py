@@ -72,6 +72,7 @@ from lossgym._native import squared_norm
 from lossgym.actions import ActionMapping
 from lossgym.features import (
     FEATURE_VERSION,
+    FEATURE_VERSIONS,
     FeatureSpec,
     compute_features,
     context_values,
@@ -561,9 +562,9 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
         raise ValueError("mapping must be a JSON object")
     mapping = ActionMapping.from_dict(mapping_values)
     features = _keys(manifest["features"], ("version", "names"), "features")
-    if features["version"] not in (1, 2):
+    if features["version"] not in FEATURE_VERSIONS:
         raise ValueError(f"features version {features['version']!r} is not supported; this "
-                         f"lossgym computes versions 1 and 2")
+                         f"lossgym computes versions {list(FEATURE_VERSIONS)}")
     expected = list(FeatureSpec(mapping.parameters, features["version"]).names)
     names = features["names"]
     if names != expected:

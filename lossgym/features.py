@@ -39,7 +39,10 @@ user of an exported loss knows before training (see :class:`lossgym.export.Adapt
 | ctx_cnn          | 1 for a convolutional network, 0 for an MLP                | [0, 1]     |
 | ctx_log_width    | log2(width: hidden units or channels of the first layer)   | [0, 16]    |
 
-Version 1 (exports made before it) has no context features.
+Version 1 (exports made before it) has no context features. Version 3 (the env's
+``progress_basis=True``) appends :data:`BASIS_FEATURES` to version 2: ``progress_hat_0`` …
+``progress_hat_3``, the hat functions of progress at the knots 0, ⅓, ⅔ and 1
+(:func:`progress_basis`), each in [0, 1], summing to 1.
 """
 
 from __future__ import annotations
@@ -85,18 +88,39 @@ CONTEXT_FEATURES: tuple[tuple[str, float, float], ...] = (
 )
 
 
+#: Version 3 adds a piecewise-linear basis of progress: one hat function per knot, 1 at its
+#: knot and 0 from the next knot on. A linear policy then plays any piecewise-linear schedule
+#: with these knots (those of ``agents.baselines.KnotPolicy`` with 4 knots) besides its
+#: reactions to the other features.
+PROGRESS_KNOTS: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
+BASIS_FEATURES: tuple[tuple[str, float, float], ...] = tuple(
+    (f"progress_hat_{i}", 0.0, 1.0) for i in range(len(PROGRESS_KNOTS)))
+#: The feature versions this lossgym computes.
+FEATURE_VERSIONS = (1, 2, 3)
+
+
+def progress_basis(progress: Tensor) -> Tensor:
+    """The hat functions of :data:`PROGRESS_KNOTS` at ``progress [N]``: ``[N, 4]``, each row
+    summing to 1 on [0, 1]."""
+    knots = torch.tensor(PROGRESS_KNOTS, dtype=torch.float64, device=progress.device)
+    width = 1.0 / (len(PROGRESS_KNOTS) - 1)
+    p = progress.double().clamp(0.0, 1.0).unsqueeze(-1)
+    return (1.0 - (p - knots).abs() / width).clamp_min(0.0).float()
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Names and bounds of the observation for a set of controlled parameters; ``version``
-    2 (the default) has the context features, 1 has not."""
+    2 (the default) has the context features, 1 has not, 3 has them and the progress
+    basis (:func:`progress_basis`)."""
 
     parameters: tuple[str, ...]
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
-        if self.version not in (1, 2):
+        if self.version not in FEATURE_VERSIONS:
             raise ValueError(f"features version {self.version!r} is not supported; this "
-                             f"lossgym computes versions 1 and 2")
+                             f"lossgym computes versions {list(FEATURE_VERSIONS)}")
 
     @property
     def context(self) -> bool:
@@ -106,7 +130,8 @@ class FeatureSpec:
         d = self.parameters
         return (list(BASE_FEATURES) + [(f"param_{p}", -1.0, 1.0) for p in d]
                 + [(f"change_{p}", -2.0, 2.0) for p in d]
-                + (list(CONTEXT_FEATURES) if self.context else []))
+                + (list(CONTEXT_FEATURES) if self.context else [])
+                + (list(BASIS_FEATURES) if self.version >= 3 else []))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -123,6 +148,11 @@ class FeatureSpec:
 
     def to_dict(self) -> dict:
         return {"version": self.version, "names": list(self.names)}
+
+
+def feature_version(context: bool, basis: bool = False) -> int:
+    """The features version of an env's ``context_features`` and ``progress_basis``."""
+    return 3 if basis else 2 if context else 1
 
 
 def context_values(*, train_size: float, num_classes: int, lr: float, weight_decay: float,
@@ -197,6 +227,8 @@ def compute_features(
         if context is None:
             raise ValueError("features version 2 needs the context features")
         parts.append(context.float().to(parts[0].device))
+    if spec.version >= 3:
+        parts.append(progress_basis(progress).to(parts[0].device))
     obs = torch.cat(parts, dim=-1)
     low, high = spec.bounds()
     low_t = torch.tensor(low, device=obs.device)

@@ -131,8 +131,8 @@ def test_old_exports_and_runs_keep_features_version_1(tmp_path):
                         class_counts=[10.0, 5.0, 1.0], total_steps=3)
     loss.begin()
     assert loss.observation.shape == (dim,)
-    with pytest.raises(ValueError, match="features version 3"):
-        FeatureSpec(("gamma",), 3)
+    with pytest.raises(ValueError, match="features version 4"):
+        FeatureSpec(("gamma",), 4)
     assert drw_rule().schedule.parameters == ("gamma", "alpha")
 
 

@@ -324,7 +324,7 @@ def test_truncated_tampered_and_wrong_version_files_raise(controller_export, tmp
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m["features"]["names"].__setitem__(3, "gpu_temperature"),
      r"unknown features \['gpu_temperature'\]"),
-    (lambda m: m["features"].update(version=3), "features version 3"),
+    (lambda m: m["features"].update(version=4), "features version 4"),
     (lambda m: m["mapping"].update(parameters=["gamma", "alpha", "tau"]), "unknown features"),
     (lambda m: m["controller"]["layers"][0].update(in_features=16), "takes 16 inputs"),
     (lambda m: m["controller"]["layers"].insert(1, {"kind": "softmax"}), "kind 'softmax'"),

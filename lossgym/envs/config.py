@@ -55,6 +55,9 @@ class LossTuningConfig:
     None: logit adjustment where one is needed (:data:`DEFAULT_BASE_RULE`)."""
     context_features: bool = True
     """observe the training set-up (features version 2); False: version 1."""
+    progress_basis: bool = False
+    """also observe a piecewise-linear basis of progress (features version 3; needs
+    ``context_features``), so that a linear policy can play a piecewise-linear schedule."""
     divergence_penalty: float = 1.0
     """the reward's negative when the inner training diverges."""
     device: str | torch.device = "auto"
@@ -95,7 +98,7 @@ class LossTuningConfig:
             base = DEFAULT_BASE_RULE
         return EpisodeBatch(num_envs, self.mapping(), self.metric, self.reward_baseline,
                             self.divergence_penalty, self.device, self.eval_chunk, base,
-                            self.context_features)
+                            self.context_features, self.progress_basis)
 
 
 # ------------------------------------------------------------------------------ the checks
@@ -194,6 +197,7 @@ _CHECKS = {
     "reward_baseline": _choice("reward_baseline", REWARD_BASELINES),
     "base_rule": _base_rule,
     "context_features": _flag("context_features"),
+    "progress_basis": _flag("progress_basis"),
     "divergence_penalty": partial(checks.real, "divergence_penalty", low=0.0),
     "device": _device,
     "eval_chunk": partial(checks.integer, "eval_chunk", low=1),

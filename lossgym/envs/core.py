@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from lossgym.actions import ActionMapping
-from lossgym.features import FeatureSpec, compute_features, log_imbalance, task_context_values
+from lossgym.features import (
+    FeatureSpec,
+    compute_features,
+    feature_version,
+    log_imbalance,
+    task_context_values,
+)
 from lossgym.losses import ParametricCriterion
 from lossgym.population import SHARED_FIELDS, MinibatchContext, Population, resolve_device
 from lossgym.schedules import LossSchedule
@@ -99,6 +105,7 @@ class EpisodeBatch:
         eval_chunk: int,
         base_rule: LossSchedule | None = None,
         context_features: bool = True,
+        progress_basis: bool = False,
     ):
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not known; choose one of {METRICS}")
@@ -116,7 +123,11 @@ class EpisodeBatch:
                              "the base rule sets")
         self.num_envs = num_envs
         self.mapping = mapping
-        self.features = FeatureSpec(mapping.parameters, 2 if context_features else 1)
+        if progress_basis and not context_features:
+            raise ValueError("progress_basis=True needs context_features=True (features "
+                             "version 3 holds both)")
+        self.features = FeatureSpec(mapping.parameters, feature_version(context_features,
+                                                                        progress_basis))
         self.metric = metric
         self._soft = metric == "soft_balanced_accuracy"  # needs a temperature fit
         # The twin: a second member per env on the same task, seed, pool, initialisation and

@@ -96,7 +96,8 @@ class LossTuningEnv(_Episodes, gym.Env):
 
     ## Observation Space
 
-    ``Box(low, high, (19 + 2d,), float32)`` (``11 + 2d`` with ``context_features=False``);
+    ``Box(low, high, (19 + 2d,), float32)`` (``11 + 2d`` with ``context_features=False``,
+    ``23 + 2d`` with ``progress_basis=True``: four hat functions of progress at the end);
     every feature is clipped into its bounds:
 
     | # | feature                | bounds   |
@@ -152,7 +153,8 @@ class LossTuningEnv(_Episodes, gym.Env):
     gym.make("LossTuning-v0", tasks=None, split="train", action_params=("gamma", "alpha"),
              action_mode="absolute", max_step=0.1, metric="balanced_accuracy",
              reward_baseline="none", base_rule=None, context_features=True,
-             divergence_penalty=1.0, device="auto", eval_chunk=1024, render_mode=None)
+             progress_basis=False, divergence_penalty=1.0, device="auto", eval_chunk=1024,
+             render_mode=None)
     ```
 
     The keyword arguments are the fields of :class:`~lossgym.envs.config.LossTuningConfig`,
