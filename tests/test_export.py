@@ -837,7 +837,7 @@ def test_make_reproduce_trains_the_committed_default():
 
 
 @pytest.mark.parametrize("name", ["es-noisy-sizes", "es-noisy-linear", "es-ldamdrw10",
-                                  "es-noisy-linear/support"])
+                                  "es-noisy-linear/support", "es-noisy-linear/basis"])
 def test_the_committed_default_export_loads_and_trains_in_a_plain_loop(name):
     """The README's ``AdaptiveLoss.load("results/es-noisy-linear/adaptive_loss")`` (and the
     previous defaults') from a clone."""
