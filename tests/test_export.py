@@ -129,6 +129,12 @@ class Recorder:
         self.policy, self.parameters, self.mode = policy, policy.parameters, policy.mode
         self.obs = []
 
+    def __getattr__(self, name):
+        # What the rollout reads off an agent (its base rule, features, step) is the agent's.
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
     def reset(self, num_envs):
         self.policy.reset(num_envs)
 

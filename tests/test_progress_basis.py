@@ -75,3 +75,48 @@ def test_an_exported_version_3_controller_observes_the_basis(tmp_path):
     # The scale follows the hats' weights: below the base at the start, above it later.
     scales = [h["scale"] for h in loss.history]
     assert scales[0] < 10.0 < scales[2]
+
+
+def test_a_trained_version_3_agent_runs_the_same_in_a_plain_loop(tmp_path):
+    # A residual ES run with the basis, exported, in a plain PyTorch loop: the parameters and
+    # observations the env episode had, the basis columns included.
+    from test_export import PlainLoop, Recorder
+
+    from agents.es import ESArgs, train_es
+    from agents.export import export_run
+    from agents.rollout import rollout_policy
+    from agents.train import AgentPolicy
+
+    task = SMALL.replace(seed=3, minibatches_per_step=3)
+    run = train_es(ESArgs(run_dir=str(tmp_path / "run"), generations=2, pairs=2, progress=False,
+                          overrides={"policy_kwargs": {"net_arch": []}},
+                          env_kwargs={"action_mode": "residual", "max_step": 0.3,
+                                      "reward_baseline": "base", "base_rule": "ldam_drw",
+                                      "action_params": "margin,scale,cb",
+                                      "progress_basis": True}), tasks=SMALL)
+    agent = AgentPolicy(run)
+    assert agent.progress_basis and agent.mode == "residual"
+    recorder = Recorder(agent)
+    [record] = rollout_policy(recorder, [task], device="cpu")
+    export = export_run(run, "controller", tmp_path / "loss", tasks=[task])
+    loop = PlainLoop(task)
+    criterion = AdaptiveLoss.load(export, class_counts=torch.as_tensor(loop.pool.class_counts),
+                                  total_steps=task.horizon,
+                                  minibatches_per_step=task.minibatches_per_step,
+                                  setup={"batch_size": task.batch_size, "lr": task.lr,
+                                         "weight_decay": task.weight_decay, "width": task.width})
+    criterion.watch(loop.model)
+    logits = loop.val_logits()
+    criterion.begin(logits, loop.y_val)
+    observations = [criterion.observation]
+    for _ in range(task.horizon):
+        loop.train(criterion, task.minibatches_per_step)
+        logits = loop.val_logits()
+        criterion.step(val_logits=logits, val_targets=loop.y_val)
+        observations.append(criterion.observation)
+    params = np.array([[h[p] for p in record.parameters]
+                       for h in criterion.history[:task.horizon]])
+    np.testing.assert_allclose(params, record.params, atol=1e-5, rtol=0)
+    obs = torch.stack(observations[:task.horizon]).numpy()
+    assert obs.shape[1] == FeatureSpec(PARAMS, 3).dim
+    np.testing.assert_allclose(obs, np.concatenate(recorder.obs), atol=1e-5, rtol=0)
