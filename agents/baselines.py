@@ -917,10 +917,10 @@ def _cma(count: int, budget: int, tasks: int, dim: int, start: float, bound: flo
          sigma0: float, popsize: int | None,
          generation: Callable[[list[np.ndarray], int], list[float]]) -> None:
     """CMA-ES (the ``cma`` package, ask/tell) over ``count`` candidates in ``dim`` dimensions
-    (start ``start`` in each, bounds ±``bound`` around 0 or [0, 1] when ``start`` is 0.5, step
-    ``sigma0``) in generations of ``popsize`` (None: :func:`default_popsize`), maximising the
-    scores ``generation(points, index)`` returns. numpy's global random state, which pycma
-    seeds and draws from, is restored afterwards."""
+    (starting at ``start`` in each, within [start − bound, start + bound], step ``sigma0``) in
+    generations of ``popsize`` (None: :func:`default_popsize`), maximising the scores that
+    ``generation(points, index)`` returns. numpy's global random state, which pycma seeds and
+    draws from, is restored afterwards."""
     import cma
 
     if count < 2:

@@ -349,10 +349,10 @@ class Controller(nn.Module):
             self.register_buffer("obs_var", torch.tensor(norm["var"], dtype=torch.float64))
             self.register_buffer("obs_held", torch.tensor(norm.get("held", [False] * len(
                 norm["mean"]))))
-            for key, none in (("low", -math.inf), ("high", math.inf)):
-                self.register_buffer(f"obs_{key}", torch.tensor(
-                    [none if x is None else x for x in norm.get(key, [None] * len(norm["mean"]))],
-                    dtype=torch.float64))
+            if "low" in norm:  # buffers only then: older checkpoints' state dicts still load
+                for key, none in (("low", -math.inf), ("high", math.inf)):
+                    self.register_buffer(f"obs_{key}", torch.tensor(
+                        [none if x is None else x for x in norm[key]], dtype=torch.float64))
 
     @property
     def recurrent_state_size(self) -> int:
@@ -376,7 +376,9 @@ class Controller(nn.Module):
         if self.obs_normalization is None:
             return obs.float()
         eps, clip = self.obs_normalization["epsilon"], self.obs_normalization["clip_obs"]
-        raw = torch.maximum(torch.minimum(obs.double(), self.obs_high), self.obs_low)
+        raw = obs.double()
+        if "low" in self.obs_normalization:
+            raw = torch.maximum(torch.minimum(raw, self.obs_high), self.obs_low)
         out = (raw - self.obs_mean) / torch.sqrt(self.obs_var + eps)
         return out.clamp(-clip, clip).masked_fill(self.obs_held, 0.0).float()
 

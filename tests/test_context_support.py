@@ -117,3 +117,23 @@ def test_the_script_refuses_a_run_without_context_features(script, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit):
         script.main(["--run-dir", str(run), "--out", str(tmp_path / "out")])
+
+
+def test_a_loss_without_a_support_keeps_the_state_dict_it_had_before_supports(supported):
+    # Checkpoints saved before supports existed hold no obs_low/obs_high: they still load
+    # strictly, because a controller without a support registers no such buffers.
+    default = AdaptiveLoss.load(DEFAULT / "adaptive_loss", total_steps=4,
+                                class_counts=torch.tensor([50.0, 10.0, 5.0]))
+    default.begin()
+    assert sorted(default.state_dict()) == [
+        "_extra_state", "controller.net.0.bias", "controller.net.0.weight",
+        "controller.obs_held", "controller.obs_mean", "controller.obs_var"]
+    # One with a support saves it, and a fresh loss of the same export loads it.
+    _, export = supported
+    clipped = AdaptiveLoss.load(export, total_steps=4, class_counts=torch.tensor([5.0, 1.0, 1.0]))
+    clipped.begin()
+    state = clipped.state_dict()
+    assert {"controller.obs_low", "controller.obs_high"} <= set(state)
+    again = AdaptiveLoss.load(export, total_steps=4, class_counts=torch.tensor([5.0, 1.0, 1.0]))
+    again.load_state_dict(state)
+    assert again.params == clipped.params
