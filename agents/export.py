@@ -43,7 +43,7 @@ from agents.train import AgentPolicy
 from lossgym import params as loss_params
 from lossgym.actions import ActionMapping, parse_parameters
 from lossgym.export import Controller, write_export
-from lossgym.features import feature_version
+from lossgym.features import FeatureSpec, feature_version
 from lossgym.methods import METHODS, Parametric, make_method
 from lossgym.schedules import LossSchedule, Schedule, constant, step
 from lossgym.tasks import TaskSpec
@@ -152,6 +152,16 @@ def run_mapping(run_dir: str | Path) -> ActionMapping:
     return ActionMapping(parse_parameters(env_kwargs.get("action_params", ("gamma", "alpha"))),
                          env_kwargs.get("action_mode", "absolute"),
                          float(env_kwargs.get("max_step", 0.1)))
+
+
+def run_features(run_dir: str | Path) -> FeatureSpec:
+    """The observation a run trained on (from its ``config.json``; runs that name no
+    features version observed version 1, as :class:`agents.train.AgentPolicy` reads them)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    env_kwargs = dict(config["hyperparams"].get("env_kwargs") or {})
+    return FeatureSpec(run_mapping(run_dir).parameters,
+                       feature_version(bool(env_kwargs.get("context_features", False)),
+                                       bool(env_kwargs.get("progress_basis", False))))
 
 
 # ------------------------------------------------------------------------------ exports

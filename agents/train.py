@@ -707,6 +707,9 @@ class AgentPolicy:
             raise ValueError(f"agent parameters {path} cannot be read: {err}") from err
         norm_path = path.with_suffix(".norm.json")
         self.norm = None
+        #: Per feature, the range a raw feature is clipped to before it is normalised (as
+        #: :class:`lossgym.export.Controller` clips it), or None without a support.
+        self._support: tuple[np.ndarray, np.ndarray] | None = None
         if norm_path.exists():
             try:
                 self.norm = json.loads(norm_path.read_text())
@@ -720,6 +723,11 @@ class AgentPolicy:
                 if ("low" in self.norm) != ("high" in self.norm) or "low" in self.norm and not (
                         len(self.norm["low"]) == len(self.norm["high"]) == dim):
                     raise ValueError(f"its support needs both 'low' and 'high', {dim} each")
+                if "low" in self.norm:
+                    self._support = tuple(
+                        np.array([bound if x is None else x for x in self.norm[key]],
+                                 dtype=np.float64) for key, bound in (("low", -np.inf),
+                                                                      ("high", np.inf)))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"observation statistics {norm_path} cannot be read: "
                                  f"{err!r}") from err
@@ -732,11 +740,8 @@ class AgentPolicy:
         if self.norm is None:
             return obs
         mean, var = np.asarray(self.norm["mean"]), np.asarray(self.norm["var"])
-        if "low" in self.norm:  # the features' support: clipped to it first (lossgym.export)
-            low, high = (np.array([bound if x is None else x for x in self.norm[key]],
-                                  dtype=np.float64) for key, bound in (("low", -np.inf),
-                                                                       ("high", np.inf)))
-            obs = np.clip(obs, low, high)
+        if self._support is not None:  # the features' support: clipped to it first
+            obs = np.clip(obs, *self._support)
         out = (obs - mean) / np.sqrt(var + self.norm["epsilon"])
         out = np.clip(out, -self.norm["clip_obs"], self.norm["clip_obs"])
         if "held" in self.norm:  # features that took one value in training (agents.es)

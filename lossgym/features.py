@@ -141,6 +141,13 @@ class FeatureSpec:
     def dim(self) -> int:
         return len(self._table())
 
+    @property
+    def context_columns(self) -> list[int]:
+        """The observation's columns of the context features, in :data:`CONTEXT_FEATURES`
+        order (none in version 1; in version 3 the progress basis follows them)."""
+        names = self.names
+        return [names.index(n) for n, _, _ in CONTEXT_FEATURES] if self.context else []
+
     def bounds(self) -> tuple[list[float], list[float]]:
         """Lower and upper bounds, one per feature."""
         table = self._table()

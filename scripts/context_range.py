@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.export import run_features
 from lossgym.features import CONTEXT_FEATURES, context_values, task_context_values
 from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskSpec
@@ -48,8 +49,9 @@ def task_context(task: TaskSpec) -> list[float]:
 def report(run_dir: Path) -> str:
     norm = json.loads((run_dir / "policy.norm.json").read_text())
     k = len(CONTEXT_FEATURES)
-    mean, var = np.asarray(norm["mean"][-k:]), np.asarray(norm["var"][-k:])
-    held = np.asarray(norm.get("held", [False] * len(norm["mean"]))[-k:], dtype=bool)
+    columns = run_features(run_dir).context_columns
+    mean, var = np.asarray(norm["mean"])[columns], np.asarray(norm["var"])[columns]
+    held = np.asarray(norm.get("held", [False] * len(norm["mean"])), dtype=bool)[columns]
     sd = np.sqrt(var + norm["epsilon"])
     shown = [i for i in range(k) if not held[i]]
     names = [CONTEXT_FEATURES[i][0] for i in shown]

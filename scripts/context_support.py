@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.evaluate import run_distribution
+from agents.export import run_features
 from lossgym.features import CONTEXT_FEATURES, task_context_values
 from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskDistribution
@@ -47,11 +48,13 @@ def context_support(dist: TaskDistribution, tasks: int = 4000, seed: int = 0
             values.max(axis=0).astype(np.float64).tolist())
 
 
-def with_support(norm: dict, low: list[float], high: list[float]) -> dict:
-    """Observation statistics ``norm`` with the support ``low``/``high`` on their last
-    ``len(low)`` features (the context features) and none on the others."""
-    free = [None] * (len(norm["mean"]) - len(low))
-    return {**norm, "low": free + list(low), "high": free + list(high)}
+def with_support(norm: dict, columns: list[int], low: list[float], high: list[float]) -> dict:
+    """Observation statistics ``norm`` with the support ``low``/``high`` on the features
+    ``columns`` (the context features) and none on the others."""
+    bounds = {"low": [None] * len(norm["mean"]), "high": [None] * len(norm["mean"])}
+    for column, lo, hi in zip(columns, low, high, strict=True):
+        bounds["low"][column], bounds["high"][column] = lo, hi
+    return {**norm, **bounds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tasks={args.tasks} must be at least 1")
     run, out = Path(args.run_dir), Path(args.out)
     norm = json.loads((run / "policy.norm.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    if not config["hyperparams"].get("env_kwargs", {}).get("context_features"):
+    columns = run_features(run).context_columns
+    if not columns:
         parser.error(f"{run} trained without context features; there is nothing to clip")
     low, high = context_support(run_distribution(run), args.tasks)
     out.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         shutil.copyfile(run / name, out / name)
-    atomic_write_text(out / "policy.norm.json", json.dumps(with_support(norm, low, high)))
+    atomic_write_text(out / "policy.norm.json",
+                      json.dumps(with_support(norm, columns, low, high)))
     for (name, _, _), lo, hi in zip(CONTEXT_FEATURES, low, high):
         print(f"{name}: [{lo:.3f}, {hi:.3f}]")
     return 0

@@ -2,6 +2,7 @@
 its z-scores are against the run's training statistics."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,8 @@ def test_report_gives_z_scores_against_the_training_statistics(script, tmp_path)
     mean[17] = values[0] - 4.0  # train size: 4 sd above the training mean (sd 1)
     held = [False] * (17 + k)
     held[17 + 1] = True  # ctx_log_classes took one value in training
+    (tmp_path / "config.json").write_text(json.dumps({"hyperparams": {"env_kwargs": {
+        "action_params": "gamma,alpha,tau", "context_features": True}}}))  # 17 = 11 + 2 × 3
     (tmp_path / "policy.norm.json").write_text(json.dumps(
         {"mean": mean, "var": [1.0] * (17 + k), "epsilon": 0.0, "clip_obs": 10.0,
          "held": held}))
@@ -66,3 +69,13 @@ def test_report_gives_z_scores_against_the_training_statistics(script, tmp_path)
     cells = row.strip("|").split("|")
     assert cells[1].strip() == f"**+4.0** ({values[0]:.2f})"
     assert cells[2].strip().startswith("+0.0")
+
+
+def test_the_report_finds_the_context_features_before_a_progress_basis(script):
+    # Features version 3 puts the progress basis after the context features: the training
+    # statistics are read from the context columns, not from the last ones.
+    run = Path(__file__).resolve().parents[1] / "results" / "es-noisy-linear" / "basis"
+    norm = json.loads((run / "policy.norm.json").read_text())
+    column = FeatureSpec(("margin", "scale", "cb"), 3).names.index("ctx_log_train_size")
+    mean, sd = norm["mean"][column], (norm["var"][column] + norm["epsilon"]) ** 0.5
+    assert f"ctx_log_train_size {mean:.2f} ({sd:.2f})" in script.report(run)

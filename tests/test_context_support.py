@@ -14,7 +14,7 @@ from conftest import load_script
 from agents.export import export_run
 from agents.train import AgentPolicy
 from lossgym.export import AdaptiveLoss, read_export, write_export
-from lossgym.features import CONTEXT_FEATURES
+from lossgym.features import CONTEXT_FEATURES, FeatureSpec
 from lossgym.tasks import TaskDistribution, TaskFactors
 
 DEFAULT = Path(__file__).resolve().parents[1] / "results" / "es-noisy-linear"
@@ -137,3 +137,15 @@ def test_a_loss_without_a_support_keeps_the_state_dict_it_had_before_supports(su
     again = AdaptiveLoss.load(export, total_steps=4, class_counts=torch.tensor([5.0, 1.0, 1.0]))
     again.load_state_dict(state)
     assert again.params == clipped.params
+
+
+def test_the_support_goes_on_the_context_columns_of_a_version_3_run(script, tmp_path):
+    # The progress basis follows the context features: it gets no support.
+    run = DEFAULT / "basis"
+    assert script.main(["--run-dir", str(run), "--out", str(tmp_path / "out"),
+                        "--tasks", "50"]) == 0
+    norm = json.loads((tmp_path / "out" / "policy.norm.json").read_text())
+    spec = FeatureSpec(("margin", "scale", "cb"), 3)
+    bounded = [i for i, lo in enumerate(norm["low"]) if lo is not None]
+    assert bounded == spec.context_columns == list(range(spec.dim - 4 - K, spec.dim - 4))
+    assert norm["high"][-4:] == [None] * 4
