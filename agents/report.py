@@ -899,6 +899,20 @@ def _ratio_table(
     return _table(header, rows), results
 
 
+def _worse_tasks(records: Sequence[EpisodeRecord], method: str, reference: str,
+                 keys: Sequence[TaskSpec], rng: Callable[[], np.random.Generator]
+                 ) -> list[tuple[TaskSpec, dict[str, float]]]:
+    """The base tasks (or task × noise cells) of ``keys`` where ``method`` is worse than
+    ``reference`` with a 95 % CI below zero, with the paired difference on each."""
+    worse = []
+    for key in keys:
+        own = [r for r in records if r.task.replace(seed=0) == key]
+        d = _paired(own, method, reference, PRIMARY, rng())
+        if d is not None and math.isfinite(d["ci_high"]) and d["ci_high"] < 0:
+            worse.append((key, d))
+    return worse
+
+
 def _verdict(
     records: Sequence[EpisodeRecord],
     agent: str | None,
@@ -966,12 +980,7 @@ def _verdict(
     # 4. No held-out task where it is worse than cross-entropy.
     keys = sorted({r.task.replace(seed=0) for r in records if r.method == agent},
                   key=lambda t: json.dumps(t.to_dict(), sort_keys=True))
-    worse = []
-    for key in keys:
-        own = [r for r in records if r.task.replace(seed=0) == key]
-        d = _paired(own, agent, reference, PRIMARY, rng()) if has_reference else None
-        if d is not None and math.isfinite(d["ci_high"]) and d["ci_high"] < 0:
-            worse.append((key, d))
+    worse = _worse_tasks(records, agent, reference, keys, rng) if has_reference else []
     if not has_reference or not keys:
         outcomes.append("N/A")
         lines.append(f"4. **N/A**: no held-out task worse than `{reference}` (no paired runs).")
@@ -985,6 +994,17 @@ def _verdict(
             f"`{agent}` is "
             f"worse than `{reference}` with a 95 % CI below zero"
             + (f"; worse on {len(worse)}: {detail}" if worse else "") + ".")
+        # The same test on every other method, for scale: with few seeds per task it fails
+        # by chance too, and strong baselines fail it as well.
+        others = sorted(m for m in {r.method for r in records} - {agent, reference}
+                        if not m.startswith(f"{agent}_"))  # not the agent's ablations
+        counts = {m: len(_worse_tasks(records, m, reference, keys, rng)) for m in others}
+        if counts:
+            lines.append(
+                f"   The same test on the other methods (how many of the {len(keys)} they are "
+                f"worse than `{reference}` on): " + ", ".join(
+                    f"`{m}` {n}" for m, n in sorted(counts.items(), key=lambda mn: (mn[1], mn[0])))
+                + ".")
     passed = outcomes.count("PASS")
     evaluated = len(outcomes) - outcomes.count("N/A")
     lines += ["", f"**Overall: {passed} of {evaluated} evaluated targets hold.**"]
