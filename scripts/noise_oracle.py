@@ -46,6 +46,7 @@ from agents.rollout import rollout_policy
 from agents.stats import paired_contrast, run_key
 from agents.train import AgentPolicy
 from lossgym.io import atomic_write_text
+from lossgym.tasks import TaskDistribution
 
 #: The evaluation's methods the oracle is compared with, where they are there.
 AGAINST = ("knot_search", "agent", "agent_task_replay", "base_rule")
@@ -57,15 +58,17 @@ def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, in
             if r["method"] == method}
 
 
-def noise_oracle(run_dir: Path, args: EvalArgs) -> dict[str, Any]:
-    """Search a schedule per noise level and play it on that level's held-out runs."""
+def noise_oracle(run_dir: Path, args: EvalArgs, distribution: TaskDistribution | None = None
+                 ) -> dict[str, Any]:
+    """Search a schedule per noise level and play it on that level's held-out runs (the
+    tasks drawn from ``distribution``, default the run's, as the evaluation drew them)."""
     data = read_evaluation(run_dir)
     levels = tuple(data.get("hidden_noise", ()))
     if len(levels) < 2:
         raise ValueError(f"--evaluation {run_dir}: its evaluation has hidden_noise "
                          f"{list(levels)}; the oracle needs a --hidden-noise evaluation")
     args = recorded_draw(args, data, run_dir / "evaluation.json")
-    dist = run_distribution(run_dir)
+    dist = distribution or run_distribution(run_dir)
     rng = np.random.default_rng(args.seed)
     tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, levels)
     tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
