@@ -14,8 +14,17 @@ over the searched schedule. It is not a strict bound (a controller may also read
 and the run beyond the noise, and both searches carry search noise), but a noise-reading
 controller that detects the noise imperfectly, as every one here does, earns only part of it.
 
+With ``--switch-at AT`` it also runs a *hand* closed loop between the searched schedules,
+``noise_switch``: it plays the first level's schedule until progress AT, there classifies
+the run's ln(train loss) − ln(val loss) to the nearest level mean and plays that level's
+schedule to the end. The level means are measured on the tuning tasks (the train split) at
+each level, playing the first schedule: nothing of the held-out runs is used. It shows how
+much of the oracle's room a simple detector reaches; it is a hand rule, not a learned loss.
+An ``--out`` that already holds ``noise_oracle.json`` reuses its schedules (no search).
+
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/noise_oracle.py \\
-        --evaluation results/es-noisy-linear --seeds 6 --out results/es-noisy-linear/noise_oracle
+        --evaluation results/es-noisy-linear --seeds 6 --out results/es-noisy-linear/noise_oracle \\
+        --switch-at 0.3
 """
 
 from __future__ import annotations
@@ -45,11 +54,80 @@ from agents.evaluate import (
 from agents.rollout import rollout_policy
 from agents.stats import paired_contrast, run_key
 from agents.train import AgentPolicy
+from lossgym import params as loss_params
 from lossgym.io import atomic_write_text
+from lossgym.schedules import LossSchedule
 from lossgym.tasks import TaskDistribution
 
 #: The evaluation's methods the oracle is compared with, where they are there.
 AGAINST = ("knot_search", "agent", "agent_task_replay", "base_rule")
+#: The observation's log losses (lossgym.features.BASE_FEATURES).
+TRAIN_LOSS, VAL_LOSS = 1, 2
+
+
+class SwitchRule:
+    """One run's hand closed loop: ``schedules[0]`` until progress ``at``; there the run's
+    ln(train loss) − ln(val loss) (``gap``) picks the level whose mean in ``means`` is
+    nearest, whose schedule plays to the end. Without ``means`` it only records the gap."""
+
+    mode = "absolute"
+
+    def __init__(self, schedules: Sequence[LossSchedule], means: Sequence[float] | None,
+                 at: float, parameters: Sequence[str]) -> None:
+        self.schedules, self.at, self.parameters = list(schedules), float(at), tuple(parameters)
+        self.means = None if means is None else np.asarray(means, dtype=np.float64)
+        self.reset(1)
+
+    def reset(self, num_envs: int) -> None:
+        self.level, self.gap = -1, float("nan")
+
+    def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
+        p = float(progress[0])
+        if self.level < 0 and p >= self.at - 1e-9 and self.gap != self.gap:
+            self.gap = float(obs[0, TRAIN_LOSS] - obs[0, VAL_LOSS])
+            if self.means is not None:
+                self.level = int(np.abs(self.gap - self.means).argmin())
+        row, neutral = self.schedules[max(self.level, 0)](p), loss_params.neutral()
+        return np.array([[row.get(k, neutral[k]) for k in self.parameters]])
+
+
+def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: float,
+                 distribution: TaskDistribution | None = None) -> dict[str, Any]:
+    """:class:`SwitchRule` between ``result``'s schedules on the evaluation's held-out runs,
+    its level means measured on the tuning tasks at each level."""
+    data = read_evaluation(run_dir)
+    args = recorded_draw(args, data, run_dir / "evaluation.json")
+    dist = distribution or run_distribution(run_dir)
+    rng = np.random.default_rng(args.seed)
+    levels = tuple(result["hidden_noise"])
+    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, levels)
+    tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
+    schedules = [LossSchedule.from_dict(result["schedules"][str(v)]) for v in levels]
+    parameters = AgentPolicy(run_dir).parameters
+    kw = {"device": args.device}
+    calibration = [(t.replace(label_noise=v), SwitchRule(schedules, None, at, parameters))
+                   for v in levels for t in tune]
+    bl.rollout_members([r for _, r in calibration], [t for t, _ in calibration], **kw)
+    means = [float(np.mean([r.gap for t, r in calibration if t.label_noise == v]))
+             for v in levels]
+    rules = [SwitchRule(schedules, means, at, parameters) for _ in tasks]
+    records = [record_to_dict(r) for r in
+               bl.rollout_members(rules, tasks, "noise_switch", **kw)]
+    switch = scores(records, "noise_switch")
+    detected = {str(v): float(np.mean([levels[r.level] == v for t, r in zip(tasks, rules)
+                                       if t.label_noise == v])) for v in levels}
+    by_level = {str(v): {run_key(r["task"]) for r in records if r["task"]["label_noise"] == v}
+                for v in levels}
+    contrasts = {}
+    for method, other in [("noise_oracle", scores(result["records"], "noise_oracle"))] + [
+            (m, scores(data["records"], m)) for m in AGAINST]:
+        if other:
+            contrasts[method] = {"all": paired_contrast(switch, other)} | {
+                level: paired_contrast({k: switch[k] for k in keys}, other)
+                for level, keys in by_level.items()}
+    return {"at": at, "means": means, "detected": detected,
+            "mean": 100 * float(np.mean(list(switch.values()))), "contrasts": contrasts,
+            "records": records}
 
 
 def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
@@ -133,6 +211,23 @@ def report(result: dict[str, Any], command: str) -> str:
     for method, c in result["contrasts"].items():
         lines.append(f"| `{method}` | {result['means'][method]:.2f} | {_row(c['all'])} | "
                      + " | ".join(_row(c[v]) for v in levels) + " |")
+    switch = result.get("switch")
+    if switch:
+        lines += ["", f"## A hand closed loop between them: `noise_switch` (at progress "
+                  f"{switch['at']:g})", "",
+                  f"It plays the noise-{levels[0]} schedule until progress {switch['at']:g}, "
+                  "then the schedule of the level whose mean ln(train loss) − ln(val loss) on "
+                  "the tuning tasks (" + ", ".join(f"{v}: {m:+.3f}" for v, m in zip(
+                      levels, switch["means"])) + ") is nearest the run's. Runs it sent to "
+                  "their own level: " + ", ".join(f"noise {v}: {100 * d:.0f} %" for v, d in
+                                                 switch["detected"].items())
+                  + f". Its mean: {switch['mean']:.2f} %. A hand rule, not a learned loss. "
+                  "Paired differences `noise_switch` − method:", "",
+                  "| method | all runs | " + " | ".join(f"noise {v}" for v in levels) + " |",
+                  "|---|---|" + "---|" * len(levels)]
+        for method, c in switch["contrasts"].items():
+            lines.append(f"| `{method}` | {_row(c['all'])} | "
+                         + " | ".join(_row(c[v]) for v in levels) + " |")
     lines += ["", "Schedules (the base rule plus each level's searched residual schedule):", ""]
     lines += [f"- noise {v}: `{json.dumps(s)}`" for v, s in result["schedules"].items()]
     return "\n".join(lines) + "\n"
@@ -147,11 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                             help="as agents.evaluate's (default: the evaluation's draw)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--switch-at", type=float, default=None, metavar="AT",
+                        help="also run the hand switch between the schedules at progress AT")
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None and k not in
-             ("evaluation", "out")}
+             ("evaluation", "out", "switch_at")}
+    done = ns.out / "noise_oracle.json"
     try:
-        result = noise_oracle(ns.evaluation, EvalArgs(run_dir=str(ns.evaluation), **given))
+        args = EvalArgs(run_dir=str(ns.evaluation), **given)
+        result = json.loads(done.read_text()) if done.exists() else \
+            noise_oracle(ns.evaluation, args)
+        if ns.switch_at is not None:
+            result["switch"] = switch_study(ns.evaluation, args, result, ns.switch_at)
     except ValueError as err:
         print(f"noise_oracle: {err}", file=sys.stderr)
         return 2

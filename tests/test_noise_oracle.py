@@ -3,6 +3,7 @@ tasks at that level and played on that level's held-out runs, and compared run b
 
 import json
 
+import numpy as np
 import pytest
 from conftest import load_script
 from test_evaluate import DIST, SMALL
@@ -76,3 +77,55 @@ def test_an_evaluation_without_hidden_noise_is_refused(evaluated, tmp_path, caps
     assert script.main(["--evaluation", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "the oracle needs a --hidden-noise evaluation" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_switch_reads_the_gap_once_at_its_progress_and_plays_the_nearest_level():
+    from lossgym.schedules import LossSchedule, constant
+
+    script = load_script("noise_oracle")
+    schedules = [LossSchedule({"scale": constant(10.0)}), LossSchedule({"scale": constant(3.0)})]
+    rule = script.SwitchRule(schedules, [0.0, -0.5], 0.3, ("margin", "scale"))
+    obs = np.zeros((1, 20))
+    played = []
+    for h, gap in enumerate([0.0, -0.6, -0.6, -0.6, 0.0]):  # the gap at progress 0.4 counts
+        obs[0, script.TRAIN_LOSS] = gap
+        played.append(rule.params(obs, np.array([h / 5]))[0].tolist())
+    assert played == [[0.0, 10.0]] * 2 + [[0.0, 3.0]] * 3  # margin neutral, scale switched
+    assert rule.gap == -0.6 and rule.level == 1
+    rule.reset(1)  # a new episode decides again
+    assert rule.level == -1 and rule.gap != rule.gap
+    # Without level means it only records the gap, playing the first schedule throughout.
+    probe = script.SwitchRule(schedules, None, 0.3, ("scale",))
+    assert [probe.params(obs, np.array([p]))[0, 0] for p in (0.0, 0.4, 0.8)] == [10.0] * 3
+    assert probe.gap == 0.0 and probe.level == -1
+
+
+def test_the_switch_plays_the_first_schedule_then_the_level_it_detected(evaluated):
+    from lossgym.schedules import LossSchedule
+
+    script = load_script("noise_oracle")
+    args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
+    result = script.noise_oracle(evaluated, args, distribution=DIST)
+    switch = script.switch_study(evaluated, args, result, 0.5, distribution=DIST)
+    schedules = [LossSchedule.from_dict(result["schedules"][str(v)]) for v in LEVELS]
+    parameters = tuple(switch["records"][0]["parameters"])
+    levels = []
+    for record in switch["records"]:
+        params = np.asarray(record["params"])
+        horizon = len(params)
+        later = [h for h in range(horizon) if h / horizon >= 0.5 - 1e-9]
+        expected = [[schedules[0](h / horizon)[p] for p in parameters] for h in range(horizon)]
+        np.testing.assert_allclose(params[: later[0]], expected[: later[0]], rtol=1e-6)
+        # From progress 0.5 on: one level's schedule, the level it detected.
+        fits = [k for k, s in enumerate(schedules) if np.allclose(
+            params[later], [[s(h / horizon)[p] for p in parameters] for h in later], rtol=1e-6)]
+        assert fits
+        levels.append((record["task"]["label_noise"], fits))
+    rate = {str(v): np.mean([v == LEVELS[fits[0]] for noise, fits in levels if noise == v])
+            for v in LEVELS if all(len(f) == 1 for _, f in levels)}
+    if rate:
+        assert rate == pytest.approx(switch["detected"])
+    assert len(switch["means"]) == 2 and all(np.isfinite(switch["means"]))
+    assert sorted(switch["contrasts"]["noise_oracle"]) == ["0.0", "0.3", "all"]
+    result["switch"] = switch
+    assert "## A hand closed loop between them: `noise_switch`" in script.report(result, "cmd")
