@@ -116,15 +116,9 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
     switch = scores(records, "noise_switch")
     detected = {str(v): float(np.mean([levels[r.level] == v for t, r in zip(tasks, rules)
                                        if t.label_noise == v])) for v in levels}
-    by_level = {str(v): {run_key(r["task"]) for r in records if r["task"]["label_noise"] == v}
-                for v in levels}
-    contrasts = {}
-    for method, other in [("noise_oracle", scores(result["records"], "noise_oracle"))] + [
-            (m, scores(data["records"], m)) for m in AGAINST]:
-        if other:
-            contrasts[method] = {"all": paired_contrast(switch, other)} | {
-                level: paired_contrast({k: switch[k] for k in keys}, other)
-                for level, keys in by_level.items()}
+    contrasts = level_contrasts(switch, records, {
+        "noise_oracle": scores(result["records"], "noise_oracle"),
+        **{m: scores(data["records"], m) for m in AGAINST}})
     return {"at": at, "means": means, "detected": detected,
             "mean": 100 * float(np.mean(list(switch.values()))), "contrasts": contrasts,
             "records": records}
@@ -134,6 +128,18 @@ def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, in
     """Test balanced accuracy of ``method``'s records, by run."""
     return {run_key(r["task"]): r["test"]["balanced_accuracy"] for r in records
             if r["method"] == method}
+
+
+def level_contrasts(values: dict[tuple[str, int], float], records: Sequence[dict[str, Any]],
+                    others: dict[str, dict[tuple[str, int], float]]) -> dict[str, Any]:
+    """``values`` (by run, of ``records``) minus each of ``others`` that has records: on all
+    runs (``"all"``) and on each noise level's (``"0.0"``, ...)."""
+    by_level: dict[str, set] = {}
+    for r in records:
+        by_level.setdefault(str(r["task"]["label_noise"]), set()).add(run_key(r["task"]))
+    return {name: {"all": paired_contrast(values, other)} | {
+        level: paired_contrast({k: values[k] for k in keys}, other)
+        for level, keys in sorted(by_level.items())} for name, other in others.items() if other}
 
 
 def noise_oracle(run_dir: Path, args: EvalArgs, distribution: TaskDistribution | None = None
@@ -173,16 +179,8 @@ def noise_oracle(run_dir: Path, args: EvalArgs, distribution: TaskDistribution |
         print(f"level {level}: searched at {budget} runs and played on {len(runs)} runs "
               f"in {time.time() - start:.0f} s", flush=True)
     oracle = scores(records, "noise_oracle")
-    by_level = {str(level): {run_key(r["task"]) for r in records
-                             if r["task"]["label_noise"] == level} for level in levels}
-    contrasts = {}
-    for method in AGAINST:
-        other = scores(data["records"], method)
-        if not other:
-            continue
-        contrasts[method] = {"all": paired_contrast(oracle, other)} | {
-            level: paired_contrast({k: oracle[k] for k in keys}, other)
-            for level, keys in by_level.items()}
+    contrasts = level_contrasts(oracle, records,
+                                {m: scores(data["records"], m) for m in AGAINST})
     means = {m: 100 * float(np.mean(list(scores(records + data["records"], m).values())))
              for m in ("noise_oracle", *contrasts)}
     return {"evaluation": str(run_dir), "draw": draw_of(args), "hidden_noise": list(levels),
@@ -190,8 +188,18 @@ def noise_oracle(run_dir: Path, args: EvalArgs, distribution: TaskDistribution |
             "contrasts": contrasts, "records": records}
 
 
-def _row(c: dict[str, float]) -> str:
-    return f"{c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+def _table(contrasts: dict[str, Any], levels: Sequence[str],
+           means: dict[str, float] | None = None) -> list[str]:
+    """A markdown table of :func:`level_contrasts` (with each method's mean, if given)."""
+    def cell(c: dict[str, float]) -> str:
+        return f"{c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+
+    mean = ["its mean, %"] if means else []
+    lines = [" | ".join(["| method", *mean, "all runs", *(f"noise {v}" for v in levels)])
+             + " |", "|---" * (2 + len(mean) + len(levels)) + "|"]
+    return lines + [" | ".join([f"| `{m}`", *([f"{means[m]:.2f}"] if means else []),
+                                *(cell(c[k]) for k in ("all", *levels))]) + " |"
+                    for m, c in contrasts.items()]
 
 
 def report(result: dict[str, Any], command: str) -> str:
@@ -206,11 +214,7 @@ def report(result: dict[str, Any], command: str) -> str:
         f"{json.dumps(result['draw'])}). Test balanced accuracy: `noise_oracle` "
         f"{result['means']['noise_oracle']:.2f} %. Paired differences `noise_oracle` − method, "
         "points, 95 % stratified-bootstrap CIs:", "",
-        "| method | its mean, % | all runs | " + " | ".join(f"noise {v}" for v in levels) + " |",
-        "|---|---|---|" + "---|" * len(levels)]
-    for method, c in result["contrasts"].items():
-        lines.append(f"| `{method}` | {result['means'][method]:.2f} | {_row(c['all'])} | "
-                     + " | ".join(_row(c[v]) for v in levels) + " |")
+        *_table(result["contrasts"], levels, result["means"])]
     switch = result.get("switch")
     if switch:
         lines += ["", f"## A hand closed loop between them: `noise_switch` (at progress "
@@ -223,11 +227,7 @@ def report(result: dict[str, Any], command: str) -> str:
                                                  switch["detected"].items())
                   + f". Its mean: {switch['mean']:.2f} %. A hand rule, not a learned loss. "
                   "Paired differences `noise_switch` − method:", "",
-                  "| method | all runs | " + " | ".join(f"noise {v}" for v in levels) + " |",
-                  "|---|---|" + "---|" * len(levels)]
-        for method, c in switch["contrasts"].items():
-            lines.append(f"| `{method}` | {_row(c['all'])} | "
-                         + " | ".join(_row(c[v]) for v in levels) + " |")
+                  *_table(switch["contrasts"], levels)]
     lines += ["", "Schedules (the base rule plus each level's searched residual schedule):", ""]
     lines += [f"- noise {v}: `{json.dumps(s)}`" for v, s in result["schedules"].items()]
     return "\n".join(lines) + "\n"
