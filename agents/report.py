@@ -899,15 +899,15 @@ def _ratio_table(
     return _table(header, rows), results
 
 
-def _worse_tasks(records: Sequence[EpisodeRecord], method: str, reference: str,
+def _worse_tasks(groups: dict[TaskSpec, list[EpisodeRecord]], method: str, reference: str,
                  keys: Sequence[TaskSpec], rng: Callable[[], np.random.Generator]
                  ) -> list[tuple[TaskSpec, dict[str, float]]]:
     """The base tasks (or task × noise cells) of ``keys`` where ``method`` is worse than
-    ``reference`` with a 95 % CI below zero, with the paired difference on each."""
+    ``reference`` with a 95 % CI below zero, with the paired difference on each; ``groups``
+    holds each key's records."""
     worse = []
     for key in keys:
-        own = [r for r in records if r.task.replace(seed=0) == key]
-        d = _paired(own, method, reference, PRIMARY, rng())
+        d = _paired(groups.get(key, []), method, reference, PRIMARY, rng())
         if d is not None and math.isfinite(d["ci_high"]) and d["ci_high"] < 0:
             worse.append((key, d))
     return worse
@@ -980,7 +980,10 @@ def _verdict(
     # 4. No held-out task where it is worse than cross-entropy.
     keys = sorted({r.task.replace(seed=0) for r in records if r.method == agent},
                   key=lambda t: json.dumps(t.to_dict(), sort_keys=True))
-    worse = _worse_tasks(records, agent, reference, keys, rng) if has_reference else []
+    groups: dict[TaskSpec, list[EpisodeRecord]] = {}
+    for r in records:
+        groups.setdefault(r.task.replace(seed=0), []).append(r)
+    worse = _worse_tasks(groups, agent, reference, keys, rng) if has_reference else []
     if not has_reference or not keys:
         outcomes.append("N/A")
         lines.append(f"4. **N/A**: no held-out task worse than `{reference}` (no paired runs).")
@@ -998,7 +1001,7 @@ def _verdict(
         # by chance too, and strong baselines fail it as well.
         others = sorted(m for m in {r.method for r in records} - {agent, reference}
                         if not m.startswith(f"{agent}_"))  # not the agent's ablations
-        counts = {m: len(_worse_tasks(records, m, reference, keys, rng)) for m in others}
+        counts = {m: len(_worse_tasks(groups, m, reference, keys, rng)) for m in others}
         if counts:
             lines.append(
                 f"   The same test on the other methods (how many of the {len(keys)} they are "
