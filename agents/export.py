@@ -136,11 +136,7 @@ def agent_controller(agent: AgentPolicy, mapping: ActionMapping) -> Controller:
                          "only FlattenExtractor (the default for vector observations) exports")
     tensors: dict[str, Tensor] = {}
     layers = [_layer(m, i, tensors) for i, m in enumerate(modules)]
-    norm = None if agent.norm is None else {k: agent.norm[k] for k in
-                                            ("mean", "var", "epsilon", "clip_obs", "held",
-                                             "low", "high")
-                                            if k in agent.norm}
-    return Controller(layers, tensors, mapping, output, norm, agent.algo,
+    return Controller(layers, tensors, mapping, output, agent.norm, agent.algo,
                       feature_version(agent.context_features, agent.progress_basis),
                       agent.base_rule)
 

@@ -58,6 +58,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
 from agents.arguments import add_dataclass_arguments, build, check_fields
 from agents.vec_env import EPISODE_KEYWORDS, LossTuningSB3VecEnv, make_vec_env
+from lossgym.export import check_obs_normalization
 from lossgym.io import atomic_write, atomic_write_text
 from lossgym.tasks import TaskDistribution
 
@@ -712,17 +713,11 @@ class AgentPolicy:
         self._support: tuple[np.ndarray, np.ndarray] | None = None
         if norm_path.exists():
             try:
-                self.norm = json.loads(norm_path.read_text())
-                dim = self.model.observation_space.shape[0]
-                if not (isinstance(self.norm, dict) and len(self.norm["mean"]) == dim
-                        and len(self.norm["var"]) == dim):
-                    raise ValueError(f"it does not hold {dim} means and variances")
-                float(self.norm["epsilon"]), float(self.norm["clip_obs"])
-                if "held" in self.norm and len(self.norm["held"]) != dim:
-                    raise ValueError(f"it does not hold {dim} held flags")
-                if ("low" in self.norm) != ("high" in self.norm) or "low" in self.norm and not (
-                        len(self.norm["low"]) == len(self.norm["high"]) == dim):
-                    raise ValueError(f"its support needs both 'low' and 'high', {dim} each")
+                raw = json.loads(norm_path.read_text())
+                if not isinstance(raw, dict):
+                    raise ValueError(f"it holds a {type(raw).__name__}, not a JSON object")
+                raw.pop("count", None)  # VecNormalize's running count: not needed to act
+                self.norm = check_obs_normalization(raw, self.model.observation_space.shape[0])
                 if "low" in self.norm:
                     self._support = tuple(
                         np.array([bound if x is None else x for x in self.norm[key]],

@@ -99,6 +99,7 @@ __all__ = [
     "AdaptiveLoss",
     "Controller",
     "GradientWatch",
+    "check_obs_normalization",
     "read_export",
     "write_export",
 ]
@@ -170,8 +171,10 @@ def _check_counts(counts: object, where: str) -> Tensor:
     return t.float()
 
 
-def _check_norm(values: object, dim: int) -> dict[str, Any] | None:
-    """Observation-normalisation statistics (VecNormalize's), or None."""
+def check_obs_normalization(values: object, dim: int) -> dict[str, Any] | None:
+    """Observation-normalisation statistics (VecNormalize's) for ``dim`` features, checked
+    entry by entry, or None: ``mean``, ``var``, ``epsilon``, ``clip_obs`` and, optionally,
+    ``held`` and the support ``low``/``high``. Raises ``ValueError`` naming the bad entry."""
     if values is None:
         return None
     required = ("mean", "var", "epsilon", "clip_obs")
@@ -341,8 +344,8 @@ class Controller(nn.Module):
                 raise ValueError(f"weight {name} holds NaN or infinite values")
         self.net.load_state_dict(dict(tensors))
         self.net.requires_grad_(False)
-        norm = _check_norm(None if obs_normalization is None else dict(obs_normalization),
-                           self.spec.dim)
+        norm = check_obs_normalization(
+            None if obs_normalization is None else dict(obs_normalization), self.spec.dim)
         self.obs_normalization = norm
         if norm is not None:
             self.register_buffer("obs_mean", torch.tensor(norm["mean"], dtype=torch.float64))

@@ -107,6 +107,26 @@ def test_a_bad_support_in_a_manifest_names_the_entry(supported, tmp_path):
     assert again.obs_normalization["low"] == norm["low"]
 
 
+def test_a_run_with_bad_statistics_is_refused_by_the_agent_as_by_the_export(supported,
+                                                                            tmp_path):
+    # One check of the statistics for both readers: a support with low > high, or a variance
+    # that is not a number, is refused when the run loads, naming the entry, not acted on.
+    run, _ = supported
+    norm = json.loads((run / "policy.norm.json").read_text())
+    dim = len(norm["mean"])
+    for change, message in (({"low": [5.0] * dim}, r"obs_normalization.low\[18\]=5.0 is above"),
+                            ({"var": [1.0] * (dim - 1) + [float("nan")]},
+                             rf"obs_normalization.var\[{dim - 1}\]=nan is invalid"),
+                            ({"mean": ["a"] * dim}, r"obs_normalization.mean\[0\]='a'")):
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(run, bad)
+        (bad / "policy.norm.json").write_text(json.dumps({**norm, **change}))
+        with pytest.raises(ValueError, match="observation statistics .* cannot be read") as err:
+            AgentPolicy(bad)
+        assert err.match(message)
+    assert AgentPolicy(run).norm["low"] == norm["low"]  # the good one loads, support and all
+
+
 def test_the_script_refuses_a_run_without_context_features(script, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
