@@ -57,7 +57,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from agents import distributed
-from agents.train import ENV_ID, build_model, load_hyperparams
+from agents.train import ENV_ID, build_model, load_hyperparams, normalise_observations
 from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
 from lossgym.envs.core import TaskSource, as_task
 from lossgym.envs.loss_tuning import LossTuningVectorEnv
@@ -216,9 +216,8 @@ class FrozenNormalizer:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return np.asarray(obs, dtype=np.float32)
-        out = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
-        out = np.where(self.held, 0.0, np.clip(out, -self.clip_obs, self.clip_obs))
-        return out.astype(np.float32)
+        return normalise_observations(obs, self.mean, self.var, self.epsilon, self.clip_obs,
+                                      self.held)
 
     def state(self) -> dict[str, Any]:
         """The frozen statistics in :func:`agents.train.save_checkpoint`'s JSON form, with the

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from numpy.typing import ArrayLike
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -666,6 +667,22 @@ if __name__ == "__main__":
 
 
 # ----------------------------------------------------------------------------- the agent
+def normalise_observations(obs: np.ndarray, mean: ArrayLike, var: ArrayLike, epsilon: float,
+                           clip_obs: float, held: ArrayLike | None = None,
+                           support: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Observations ``[N, D]`` as the policy sees them, in float32: each raw feature clipped to
+    its ``support`` (low, high) if given, standardised as VecNormalize does and clipped to
+    ±``clip_obs``; a ``held`` feature (one value in training) is 0. ES trains with this rule
+    and :class:`AgentPolicy` acts with it; :meth:`lossgym.export.Controller.normalise` is the
+    same rule in torch."""
+    if support is not None:
+        obs = np.clip(obs, *support)
+    out = np.clip((obs - np.asarray(mean)) / np.sqrt(np.asarray(var) + epsilon), -clip_obs,
+                  clip_obs)
+    return (out if held is None else np.where(np.asarray(held, dtype=bool), 0.0, out)
+            ).astype(np.float32)
+
+
 class AgentPolicy:
     """A trained run as a :class:`agents.rollout.Policy`: deterministic actions of the saved
     parameters, with the saved observation normalisation; recurrent state per env."""
@@ -734,14 +751,9 @@ class AgentPolicy:
         """Observations as VecNormalize saw them in training."""
         if self.norm is None:
             return obs
-        mean, var = np.asarray(self.norm["mean"]), np.asarray(self.norm["var"])
-        if self._support is not None:  # the features' support: clipped to it first
-            obs = np.clip(obs, *self._support)
-        out = (obs - mean) / np.sqrt(var + self.norm["epsilon"])
-        out = np.clip(out, -self.norm["clip_obs"], self.norm["clip_obs"])
-        if "held" in self.norm:  # features that took one value in training (agents.es)
-            out = np.where(np.asarray(self.norm["held"], dtype=bool), 0.0, out)
-        return out.astype(np.float32)
+        return normalise_observations(obs, self.norm["mean"], self.norm["var"],
+                                      self.norm["epsilon"], self.norm["clip_obs"],
+                                      self.norm.get("held"), self._support)
 
     def reset(self, num_envs: int) -> None:
         self._state = None
