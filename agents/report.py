@@ -932,50 +932,39 @@ def _verdict(
     def paired(other: str) -> dict[str, float] | None:
         return _paired(records, agent, other, PRIMARY, rng())
 
+    def target(number: int, d: dict[str, float] | None, ok: Callable[[dict], bool],
+               missing: str, said: Callable[[dict], str]) -> None:
+        """Target ``number``: N/A (``missing``) without paired runs, else PASS or FAIL."""
+        outcomes.append("N/A" if d is None else "PASS" if ok(d) else "FAIL")
+        lines.append(f"{number}. **{outcomes[-1]}**: " + (missing if d is None else said(d)))
+
+    def ci_above_zero(d: dict[str, float]) -> bool:
+        return math.isfinite(d["ci_low"]) and d["ci_low"] > 0
+
+    def points(d: dict[str, float]) -> str:
+        return (f"{_signed(d['mean'])} points {_interval(d['ci_low'], d['ci_high'], True)}, "
+                f"n = {d['n']}")
+
     # 1. Best baseline, CI above zero.
-    d = paired(best_baseline) if best_baseline is not None else None
-    if d is None:
-        outcomes.append("N/A")
-        lines.append("1. **N/A**: beats the best baseline (no baseline with paired runs).")
-    else:
-        ok = math.isfinite(d["ci_low"]) and d["ci_low"] > 0
-        outcomes.append("PASS" if ok else "FAIL")
-        lines.append(
-            f"1. **{outcomes[-1]}**: `{agent}` beats the best baseline `{best_baseline}` "
-            f"with a 95 % CI above zero: {_signed(d['mean'])} points "
-            f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}, "
-            f"t-test p = {_pvalue(d['t_pvalue'])}, Wilcoxon p = {_pvalue(d['wilcoxon_pvalue'])}."
-        )
-
+    target(1, paired(best_baseline) if best_baseline is not None else None, ci_above_zero,
+           "beats the best baseline (no baseline with paired runs).",
+           lambda d: f"`{agent}` beats the best baseline `{best_baseline}` with a 95 % CI "
+                     f"above zero: {points(d)}, t-test p = {_pvalue(d['t_pvalue'])}, "
+                     f"Wilcoxon p = {_pvalue(d['wilcoxon_pvalue'])}.")
     # 2. Logit adjustment by the margin.
-    d = paired("logit_adjusted")
-    if d is None:
-        outcomes.append("N/A")
-        lines.append(f"2. **N/A**: at least {margin:g} points above `logit_adjusted` (no "
-                     "paired runs of it).")
-    else:
-        ok = math.isfinite(d["mean"]) and 100.0 * d["mean"] >= margin
-        outcomes.append("PASS" if ok else "FAIL")
-        lines.append(
-            f"2. **{outcomes[-1]}**: `{agent}` is at least {margin:g} points above "
-            f"`logit_adjusted`: {_signed(d['mean'])} points "
-            f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}.")
-
+    target(2, paired("logit_adjusted"),
+           lambda d: math.isfinite(d["mean"]) and 100.0 * d["mean"] >= margin,
+           f"at least {margin:g} points above `logit_adjusted` (no paired runs of it).",
+           lambda d: f"`{agent}` is at least {margin:g} points above `logit_adjusted`: "
+                     f"{points(d)}.")
     # 3. Control, not a schedule: closed loop against the leave-one-seed-out task replay.
-    d = paired("agent_task_replay")
-    if d is None:
-        outcomes.append("N/A")
-        lines.append("3. **N/A**: beats `agent_task_replay` (no paired runs of it).")
-    else:
-        ok = math.isfinite(d["ci_low"]) and d["ci_low"] > 0
-        outcomes.append("PASS" if ok else "FAIL")
-        lines.append(
-            f"3. **{outcomes[-1]}**: the closed loop beats `agent_task_replay` (the mean "
-            f"trajectory of the other seeds of the same base task"
-            f"{', whatever their hidden noise' if hidden_noise else ''}, open loop) with a 95 % CI "
-            f"above zero: {_signed(d['mean'])} points "
-            f"{_interval(d['ci_low'], d['ci_high'], True)}, n = {d['n']}. Only then is it "
-            "control rather than a task-conditioned schedule.")
+    target(3, paired("agent_task_replay"), ci_above_zero,
+           "beats `agent_task_replay` (no paired runs of it).",
+           lambda d: "the closed loop beats `agent_task_replay` (the mean trajectory of the "
+                     "other seeds of the same base task"
+                     f"{', whatever their hidden noise' if hidden_noise else ''}, open loop) "
+                     f"with a 95 % CI above zero: {points(d)}. Only then is it control rather "
+                     "than a task-conditioned schedule.")
 
     # 4. No held-out task where it is worse than cross-entropy.
     keys = sorted({r.task.replace(seed=0) for r in records if r.method == agent},

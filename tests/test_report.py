@@ -554,3 +554,16 @@ def test_verdict_targets_control_and_no_task_worse_than_ce(tmp_path):
     verdict = _section(_write(tmp_path / "others", worse).read_text(), "## Verdict")
     assert (f"The same test on the other methods (how many of the {len(RATIOS)} they are "
             "worse than `ce` on): `logit_adjusted` 0, `schedule` 0, `ldam` 2.") in verdict
+
+
+def test_targets_without_paired_runs_are_not_evaluated(tmp_path):
+    # Only the agent and cross-entropy: targets 2 and 3 have nothing to compare with.
+    records = [r for r in _records() if r.method in ("agent", "ce")]
+    verdict = _section(_write(tmp_path, records, static_methods=("ce",)).read_text(),
+                       "## Verdict")
+    assert "1. **PASS**: `agent` beats the best baseline `ce` with a 95 % CI above zero" \
+        in verdict
+    assert "2. **N/A**: at least 1 points above `logit_adjusted` (no paired runs of it)." \
+        in verdict
+    assert "3. **N/A**: beats `agent_task_replay` (no paired runs of it)." in verdict
+    assert "**Overall: 2 of 2 evaluated targets hold.**" in verdict
