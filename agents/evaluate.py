@@ -676,15 +676,13 @@ TUNED_FAMILIES: dict[str, tuple[str, Callable[..., Policy]]] = {
 SEARCH_FAMILIES = ("random_search", "cma_es", "knot_search", "pbt", "oracle_constant")
 
 
-def add_methods(args: EvalArgs, methods: Sequence[str],
-                distribution: TaskDistribution | None = None) -> Path:
-    """Run built-in ``methods``, hand baselines, tuned families of :data:`TUNED_FAMILIES`
-    (tuned again on the evaluation's tuning tasks) or the searches of :data:`SEARCH_FAMILIES`
-    (run again at the agent's budget) on the held-out tasks of an evaluation already in
-    ``evaluation.json`` (the same draws: :func:`recorded_draw`), add their records and
-    rewrite the report; nothing else runs again.
-    Methods already there are replaced. ``"agent"`` reruns the agent family
-    (:func:`_rerun_agent`): a retrained agent meets the same baselines on the same runs."""
+def evaluation_draw(args: EvalArgs, distribution: TaskDistribution | None = None
+                    ) -> tuple[dict[str, Any], EvalArgs, TaskDistribution, list[TaskSpec],
+                               list[TaskSpec]]:
+    """The evaluation in ``args.run_dir``'s ``evaluation.json``, ``args`` with its draw
+    (:func:`recorded_draw`), its distribution (default: the run's), and its held-out and
+    tuning tasks drawn again as :func:`evaluate` drew them. Raises ``ValueError`` when the
+    held-out tasks differ from those of its records."""
     run_dir = Path(args.run_dir)
     path = run_dir / "evaluation.json"
     data = read_evaluation(run_dir)
@@ -700,6 +698,21 @@ def add_methods(args: EvalArgs, methods: Sequence[str],
             f"--{k.replace('_', '-')} {v}" for k, v in draw_of(args).items())
             + ": its held-out tasks differ (an evaluation made before lossgym recorded its "
             "draw needs the options it was made with)")
+    return data, args, dist, tasks, tune
+
+
+def add_methods(args: EvalArgs, methods: Sequence[str],
+                distribution: TaskDistribution | None = None) -> Path:
+    """Run built-in ``methods``, hand baselines, tuned families of :data:`TUNED_FAMILIES`
+    (tuned again on the evaluation's tuning tasks) or the searches of :data:`SEARCH_FAMILIES`
+    (run again at the agent's budget) on the held-out tasks of an evaluation already in
+    ``evaluation.json`` (the same draws: :func:`recorded_draw`), add their records and
+    rewrite the report; nothing else runs again.
+    Methods already there are replaced. ``"agent"`` reruns the agent family
+    (:func:`_rerun_agent`): a retrained agent meets the same baselines on the same runs."""
+    run_dir = Path(args.run_dir)
+    path = run_dir / "evaluation.json"
+    data, args, dist, tasks, tune = evaluation_draw(args, distribution)
     data["draw"] = draw_of(args)  # the held-out tasks match: recorded for the next time
     executor = distributed.executor_from(args.ray)
     kw = {"device": args.device}

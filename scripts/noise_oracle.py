@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -44,11 +45,9 @@ from agents.evaluate import (
     EvalArgs,
     action_terms,
     draw_of,
-    held_out_tasks,
+    evaluation_draw,
     read_evaluation,
     record_to_dict,
-    recorded_draw,
-    run_distribution,
     search_budget,
 )
 from agents.rollout import rollout_policy
@@ -83,7 +82,7 @@ class SwitchRule:
 
     def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
         p = float(progress[0])
-        if self.level < 0 and p >= self.at - 1e-9 and self.gap != self.gap:
+        if self.level < 0 and p >= self.at - 1e-9 and math.isnan(self.gap):
             self.gap = float(obs[0, TRAIN_LOSS] - obs[0, VAL_LOSS])
             if self.means is not None:
                 self.level = int(np.abs(self.gap - self.means).argmin())
@@ -95,13 +94,11 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
                  distribution: TaskDistribution | None = None) -> dict[str, Any]:
     """:class:`SwitchRule` between ``result``'s schedules on the evaluation's held-out runs,
     its level means measured on the tuning tasks at each level."""
-    data = read_evaluation(run_dir)
-    args = recorded_draw(args, data, run_dir / "evaluation.json")
-    dist = distribution or run_distribution(run_dir)
-    rng = np.random.default_rng(args.seed)
+    data, args, _, tasks, tune = evaluation_draw(args, distribution)
     levels = tuple(result["hidden_noise"])
-    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, levels)
-    tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
+    if draw_of(args) != result["draw"] or list(levels) != data.get("hidden_noise"):
+        raise ValueError(f"the schedules were searched for the draw {result['draw']}, not "
+                         f"for --evaluation {run_dir} ({draw_of(args)})")
     schedules = [LossSchedule.from_dict(result["schedules"][str(v)]) for v in levels]
     parameters = AgentPolicy(run_dir).parameters
     kw = {"device": args.device}
@@ -151,15 +148,7 @@ def noise_oracle(run_dir: Path, args: EvalArgs, distribution: TaskDistribution |
     if len(levels) < 2:
         raise ValueError(f"--evaluation {run_dir}: its evaluation has hidden_noise "
                          f"{list(levels)}; the oracle needs a --hidden-noise evaluation")
-    args = recorded_draw(args, data, run_dir / "evaluation.json")
-    dist = distribution or run_distribution(run_dir)
-    rng = np.random.default_rng(args.seed)
-    tasks = held_out_tasks(dist, rng, args.id_tasks, args.seeds, args.ood_tasks, levels)
-    tune = [dist.sample(rng, "train") for _ in range(args.tune_tasks)]
-    if [r["task"] for r in data["records"] if r["method"] == "ce"] != [t.to_dict()
-                                                                      for t in tasks]:
-        raise ValueError(f"--evaluation {run_dir} was not drawn with " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in draw_of(args).items()))
+    data, args, _, tasks, tune = evaluation_draw(args, distribution)
     agent = AgentPolicy(run_dir)
     if agent.mode != "residual":
         raise ValueError(f"--evaluation {run_dir}: knot_search needs a residual agent, not "

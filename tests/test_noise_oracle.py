@@ -129,3 +129,12 @@ def test_the_switch_plays_the_first_schedule_then_the_level_it_detected(evaluate
     assert sorted(switch["contrasts"]["noise_oracle"]) == ["0.0", "0.3", "all"]
     result["switch"] = switch
     assert "## A hand closed loop between them: `noise_switch`" in script.report(result, "cmd")
+
+
+def test_schedules_searched_for_another_draw_are_refused(evaluated):
+    script = load_script("noise_oracle")
+    args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
+    result = {"draw": {"seed": 7, "id_tasks": 1, "seeds": 2, "ood_tasks": 1, "tune_tasks": 2},
+              "hidden_noise": list(LEVELS), "schedules": {}, "records": []}
+    with pytest.raises(ValueError, match="searched for the draw .*'seed': 7"):
+        script.switch_study(evaluated, args, result, 0.5, distribution=DIST)
