@@ -34,11 +34,13 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from agents import baselines as bl
 from agents.evaluate import (
@@ -53,10 +55,11 @@ from agents.evaluate import (
 from agents.rollout import rollout_policy
 from agents.stats import paired_contrast, run_key
 from agents.train import AgentPolicy
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.io import atomic_write_text
 from lossgym.schedules import LossSchedule
-from lossgym.tasks import TaskDistribution
+from lossgym.tasks import TaskDistribution, TaskSpec
 
 #: The evaluation's methods the oracle is compared with, where they are there.
 AGAINST = ("knot_search", "agent", "agent_task_replay", "base_rule")
@@ -65,60 +68,146 @@ TRAIN_LOSS, VAL_LOSS = 1, 2
 
 
 class SwitchRule:
-    """One run's hand closed loop: ``schedules[0]`` until progress ``at``; there the run's
-    ln(train loss) − ln(val loss) (``gap``) picks the level whose mean in ``means`` is
-    nearest, whose schedule plays to the end. Without ``means`` it only records the gap."""
+    """One run's closed loop between schedules: ``schedules[0]`` until progress ``at``; there
+    ``detect`` reads the run's observation and names a level, whose schedule plays to the end.
+    Without ``detect`` it only records the observation (``seen``)."""
 
     mode = "absolute"
 
-    def __init__(self, schedules: Sequence[LossSchedule], means: Sequence[float] | None,
+    def __init__(self, schedules: Sequence[LossSchedule], detect: Detector | None,
                  at: float, parameters: Sequence[str]) -> None:
         self.schedules, self.at, self.parameters = list(schedules), float(at), tuple(parameters)
-        self.means = None if means is None else np.asarray(means, dtype=np.float64)
+        self.detect = detect
         self.reset(1)
 
     def reset(self, num_envs: int) -> None:
-        self.level, self.gap = -1, float("nan")
+        self.level, self.seen = -1, None
+
+    @property
+    def gap(self) -> float:
+        """ln(train loss) − ln(val loss) at ``at`` (NaN before)."""
+        return math.nan if self.seen is None else float(self.seen[TRAIN_LOSS] - self.seen[VAL_LOSS])
 
     def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
         p = float(progress[0])
-        if self.level < 0 and p >= self.at - 1e-9 and math.isnan(self.gap):
-            self.gap = float(obs[0, TRAIN_LOSS] - obs[0, VAL_LOSS])
-            if self.means is not None:
-                self.level = int(np.abs(self.gap - self.means).argmin())
+        if self.seen is None and p >= self.at - 1e-9:
+            self.seen = np.asarray(obs[0], dtype=np.float64).copy()
+            if self.detect is not None:
+                self.level = int(self.detect(self.seen))
         row, neutral = self.schedules[max(self.level, 0)](p), loss_params.neutral()
         return np.array([[row.get(k, neutral[k]) for k in self.parameters]])
 
 
+#: A detector: the observation at the switch → the index of a noise level.
+Detector = Callable[[np.ndarray], int]
+#: The switch's detectors: a hand rule, a learned one, and the true level (the ceiling).
+DETECTORS = ("gap", "learned", "truth")
+
+
+def nearest_gap(means: Sequence[float]) -> Detector:
+    """The level whose mean ln(train loss) − ln(val loss) is nearest the run's."""
+    centres = np.asarray(means, dtype=np.float64)
+    return lambda seen: int(np.abs(seen[TRAIN_LOSS] - seen[VAL_LOSS] - centres).argmin())
+
+
+class LogisticDetector:
+    """Multinomial logistic regression (L2-penalised, fitted to convergence by L-BFGS in
+    float64) on the standardised observation; features constant in training are left out."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, levels: int, l2: float = 1e-2) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        self.mean, std = x.mean(0), x.std(0)
+        self.keep = std > 1e-9
+        self.scale = np.where(self.keep, std, 1.0)
+        z = torch.from_numpy(self._standard(x))
+        target = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+        self.weight = torch.zeros(z.shape[1], levels, dtype=torch.float64, requires_grad=True)
+        self.bias = torch.zeros(levels, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([self.weight, self.bias], max_iter=500, tolerance_grad=1e-10,
+                                line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            opt.zero_grad()
+            value = torch.nn.functional.cross_entropy(z @ self.weight + self.bias, target) \
+                + l2 * self.weight.pow(2).sum()
+            value.backward()
+            return value
+
+        opt.step(loss)
+        self.train_accuracy = float(np.mean(self.predict(x) == np.asarray(y)))
+
+    def _standard(self, x: np.ndarray) -> np.ndarray:
+        return ((np.atleast_2d(x) - self.mean) / self.scale)[:, self.keep]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = torch.from_numpy(self._standard(x))
+            return (z @ self.weight + self.bias).argmax(1).numpy()
+
+    def __call__(self, seen: np.ndarray) -> int:
+        return int(self.predict(seen)[0])
+
+
+def observe(schedules: Sequence[LossSchedule], tasks: Sequence[TaskSpec], at: float,
+            parameters: Sequence[str], device: str) -> list[np.ndarray]:
+    """The observation at ``at`` of each task's run, playing ``schedules[0]`` (the runs a
+    detector is calibrated on)."""
+    rules = [SwitchRule(schedules, None, at, parameters) for _ in tasks]
+    bl.rollout_members(rules, tasks, device=device)
+    return [r.seen for r in rules]
+
+
 def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: float,
-                 distribution: TaskDistribution | None = None) -> dict[str, Any]:
-    """:class:`SwitchRule` between ``result``'s schedules on the evaluation's held-out runs,
-    its level means measured on the tuning tasks at each level."""
-    data, args, _, tasks, tune = evaluation_draw(args, distribution)
+                 distribution: TaskDistribution | None = None, detector: str = "gap",
+                 detector_tasks: int = 48) -> dict[str, Any]:
+    """:class:`SwitchRule` between ``result``'s schedules on the evaluation's held-out runs.
+
+    ``detector``: ``"gap"``, the level means of the gap measured on the tuning tasks at each
+    level; ``"learned"``, :class:`LogisticDetector` fitted on ``detector_tasks`` further
+    train-split tasks at each level (drawn after the tuning tasks, from the evaluation's
+    seed); ``"truth"``, each run's own level (what a perfect detector at ``at`` would earn).
+    """
+    if detector not in DETECTORS:
+        raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
+    data, args, dist, tasks, tune = evaluation_draw(args, distribution)
     levels = tuple(result["hidden_noise"])
     if draw_of(args) != result["draw"] or list(levels) != data.get("hidden_noise"):
         raise ValueError(f"the schedules were searched for the draw {result['draw']}, not "
                          f"for --evaluation {run_dir} ({draw_of(args)})")
     schedules = [LossSchedule.from_dict(result["schedules"][str(v)]) for v in levels]
     parameters = AgentPolicy(run_dir).parameters
-    kw = {"device": args.device}
-    calibration = [(t.replace(label_noise=v), SwitchRule(schedules, None, at, parameters))
-                   for v in levels for t in tune]
-    bl.rollout_members([r for _, r in calibration], [t for t, _ in calibration], **kw)
-    means = [float(np.mean([r.gap for t, r in calibration if t.label_noise == v]))
-             for v in levels]
-    rules = [SwitchRule(schedules, means, at, parameters) for _ in tasks]
+    out: dict[str, Any] = {"at": at, "detector": detector}
+    if detector == "gap":
+        seen = observe(schedules, [t.replace(label_noise=v) for v in levels for t in tune], at,
+                       parameters, args.device)
+        gaps = np.array([s[TRAIN_LOSS] - s[VAL_LOSS] for s in seen]).reshape(len(levels), -1)
+        out["means"] = gaps.mean(1).tolist()
+        detects = [nearest_gap(out["means"])] * len(tasks)
+    elif detector == "learned":
+        rng = np.random.default_rng([args.seed, 13])
+        train = [dist.sample(rng, "train") for _ in range(checks.integer(
+            "detector_tasks", detector_tasks, 1))]
+        seen = observe(schedules, [t.replace(label_noise=v) for v in levels for t in train],
+                       at, parameters, args.device)
+        fitted = LogisticDetector(np.stack(seen), np.repeat(np.arange(len(levels)), len(train)),
+                                  len(levels))
+        out["detector_tasks"], out["train_accuracy"] = len(train), fitted.train_accuracy
+        detects = [fitted] * len(tasks)
+    else:
+        detects = [partial(lambda k, _seen: k, levels.index(t.label_noise)) for t in tasks]
+    rules = [SwitchRule(schedules, d, at, parameters) for d in detects]
+    name = "noise_switch" if detector == "gap" else f"noise_switch_{detector}"
     records = [record_to_dict(r) for r in
-               bl.rollout_members(rules, tasks, "noise_switch", **kw)]
-    switch = scores(records, "noise_switch")
+               bl.rollout_members(rules, tasks, name, device=args.device)]
+    switch = scores(records, name)
     detected = {str(v): float(np.mean([levels[r.level] == v for t, r in zip(tasks, rules)
                                        if t.label_noise == v])) for v in levels}
     contrasts = level_contrasts(switch, records, {
         "noise_oracle": scores(result["records"], "noise_oracle"),
         **{m: scores(data["records"], m) for m in AGAINST}})
-    return {"at": at, "means": means, "detected": detected,
-            "mean": 100 * float(np.mean(list(switch.values()))), "contrasts": contrasts,
-            "records": records}
+    return out | {"method": name, "detected": detected,
+                  "mean": 100 * float(np.mean(list(switch.values()))), "contrasts": contrasts,
+                  "records": records}
 
 
 def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
@@ -196,7 +285,8 @@ def report(result: dict[str, Any], command: str) -> str:
     levels = [str(v) for v in result["hidden_noise"]]
     lines = [
         "# What knowing the hidden noise is worth on top of the schedule search",
-        "", f"Command: `{command}`", "",
+        "", "Commands (in turn, into this folder): " + "; ".join(
+            f"`{c}`" for c in result.get("commands", [command])), "",
         f"`knot_search` at {result['budget_per_level']} inner runs per noise level, on the "
         "evaluation's tuning tasks with their noise set to the level; each level's schedule "
         f"played on the held-out runs of that level (`{result['evaluation']}`, draw "
@@ -204,22 +294,47 @@ def report(result: dict[str, Any], command: str) -> str:
         f"{result['means']['noise_oracle']:.2f} %. Paired differences `noise_oracle` − method, "
         "points, 95 % stratified-bootstrap CIs:", "",
         *_table(result["contrasts"], levels, result["means"])]
-    switch = result.get("switch")
-    if switch:
-        lines += ["", f"## A hand closed loop between them: `noise_switch` (at progress "
-                  f"{switch['at']:g})", "",
-                  f"It plays the noise-{levels[0]} schedule until progress {switch['at']:g}, "
-                  "then the schedule of the level whose mean ln(train loss) − ln(val loss) on "
-                  "the tuning tasks (" + ", ".join(f"{v}: {m:+.3f}" for v, m in zip(
-                      levels, switch["means"])) + ") is nearest the run's. Runs it sent to "
-                  "their own level: " + ", ".join(f"noise {v}: {100 * d:.0f} %" for v, d in
-                                                 switch["detected"].items())
-                  + f". Its mean: {switch['mean']:.2f} %. A hand rule, not a learned loss. "
-                  "Paired differences `noise_switch` − method:", "",
-                  *_table(switch["contrasts"], levels)]
+    for switch in switches(result).values():
+        lines += ["", *_switch_section(switch, levels)]
     lines += ["", "Schedules (the base rule plus each level's searched residual schedule):", ""]
     lines += [f"- noise {v}: `{json.dumps(s)}`" for v, s in result["schedules"].items()]
     return "\n".join(lines) + "\n"
+
+
+def switches(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The switch studies in ``result`` by detector (a file written before the detectors
+    existed holds one, under ``"switch"``: the gap's)."""
+    found = dict(result.get("switches", {}))
+    if "switch" in result:
+        found.setdefault("gap", {"detector": "gap", "method": "noise_switch",
+                                 **result["switch"]})
+    return found
+
+
+_DETECTOR_TEXT = {
+    "gap": "the level whose mean ln(train loss) − ln(val loss) on the tuning tasks ({means}) "
+           "is nearest the run's. A hand rule, not a learned loss",
+    "learned": "the level a multinomial logistic regression on the whole observation names; "
+               "it was fitted on {detector_tasks} further train-split tasks at each level "
+               "(training accuracy {train_accuracy:.0%}), playing the first schedule to the "
+               "switch. A learned detector between searched schedules",
+    "truth": "the run's own level, known: what a perfect detector at the switch would earn. "
+             "An oracle, not a loss"}
+
+
+def _switch_section(switch: dict[str, Any], levels: Sequence[str]) -> list[str]:
+    """The report's section on one switch study."""
+    text = _DETECTOR_TEXT[switch["detector"]].format(
+        detector_tasks=switch.get("detector_tasks"), train_accuracy=switch.get(
+            "train_accuracy", 0.0), means=", ".join(f"{v}: {m:+.3f}" for v, m in zip(
+                levels, switch.get("means", ()))))
+    name = switch["method"]
+    return [f"## A closed loop between them: `{name}` (at progress {switch['at']:g})", "",
+            f"It plays the noise-{levels[0]} schedule until progress {switch['at']:g}, then "
+            f"the schedule of {text}. Runs it sent to their own level: " + ", ".join(
+                f"noise {v}: {100 * d:.0f} %" for v, d in switch["detected"].items())
+            + f". Its mean: {switch['mean']:.2f} %. Paired differences `{name}` − method:",
+            "", *_table(switch["contrasts"], levels)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,22 +347,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="as agents.evaluate's (default: the evaluation's draw)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--switch-at", type=float, default=None, metavar="AT",
-                        help="also run the hand switch between the schedules at progress AT")
+                        help="also run a switch between the schedules at progress AT")
+    parser.add_argument("--detector", choices=DETECTORS, default="gap",
+                        help="the switch's detector (default: gap, the hand rule)")
+    parser.add_argument("--detector-tasks", type=int, default=48, metavar="N",
+                        help="train-split tasks per level the learned detector is fitted on")
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None and k not in
-             ("evaluation", "out", "switch_at")}
+             ("evaluation", "out", "switch_at", "detector", "detector_tasks")}
     done = ns.out / "noise_oracle.json"
     try:
         args = EvalArgs(run_dir=str(ns.evaluation), **given)
         result = json.loads(done.read_text()) if done.exists() else \
             noise_oracle(ns.evaluation, args)
         if ns.switch_at is not None:
-            result["switch"] = switch_study(ns.evaluation, args, result, ns.switch_at)
+            study = switch_study(ns.evaluation, args, result, ns.switch_at,
+                                 detector=ns.detector, detector_tasks=ns.detector_tasks)
+            result["switches"] = switches(result) | {ns.detector: study}
+            result.pop("switch", None)
     except ValueError as err:
         print(f"noise_oracle: {err}", file=sys.stderr)
         return 2
     ns.out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/noise_oracle.py " + " ".join(argv or sys.argv[1:])
+    result["commands"] = [*result.get("commands", []), command]
     atomic_write_text(ns.out / "noise_oracle.json", json.dumps(result))
     atomic_write_text(ns.out / "report.md", report(result, command))
     print(report(result, command))

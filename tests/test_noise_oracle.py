@@ -84,7 +84,8 @@ def test_the_switch_reads_the_gap_once_at_its_progress_and_plays_the_nearest_lev
 
     script = load_script("noise_oracle")
     schedules = [LossSchedule({"scale": constant(10.0)}), LossSchedule({"scale": constant(3.0)})]
-    rule = script.SwitchRule(schedules, [0.0, -0.5], 0.3, ("margin", "scale"))
+    rule = script.SwitchRule(schedules, script.nearest_gap([0.0, -0.5]), 0.3,
+                             ("margin", "scale"))
     obs = np.zeros((1, 20))
     played = []
     for h, gap in enumerate([0.0, -0.6, -0.6, -0.6, 0.0]):  # the gap at progress 0.4 counts
@@ -93,8 +94,8 @@ def test_the_switch_reads_the_gap_once_at_its_progress_and_plays_the_nearest_lev
     assert played == [[0.0, 10.0]] * 2 + [[0.0, 3.0]] * 3  # margin neutral, scale switched
     assert rule.gap == -0.6 and rule.level == 1
     rule.reset(1)  # a new episode decides again
-    assert rule.level == -1 and rule.gap != rule.gap
-    # Without level means it only records the gap, playing the first schedule throughout.
+    assert rule.level == -1 and rule.gap != rule.gap and rule.seen is None
+    # Without a detector it only records the observation, playing the first schedule.
     probe = script.SwitchRule(schedules, None, 0.3, ("scale",))
     assert [probe.params(obs, np.array([p]))[0, 0] for p in (0.0, 0.4, 0.8)] == [10.0] * 3
     assert probe.gap == 0.0 and probe.level == -1
@@ -127,8 +128,54 @@ def test_the_switch_plays_the_first_schedule_then_the_level_it_detected(evaluate
         assert rate == pytest.approx(switch["detected"])
     assert len(switch["means"]) == 2 and all(np.isfinite(switch["means"]))
     assert sorted(switch["contrasts"]["noise_oracle"]) == ["0.0", "0.3", "all"]
-    result["switch"] = switch
-    assert "## A hand closed loop between them: `noise_switch`" in script.report(result, "cmd")
+    result["switch"] = switch  # as a file written before the detectors existed holds it
+    assert "## A closed loop between them: `noise_switch`" in script.report(result, "cmd")
+
+
+def test_the_truth_switch_is_always_right_and_the_learned_one_fits_on_train_tasks(evaluated,
+                                                                                  monkeypatch):
+    script = load_script("noise_oracle")
+    args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
+    result = script.noise_oracle(evaluated, args, distribution=DIST)
+    truth = script.switch_study(evaluated, args, result, 0.5, distribution=DIST,
+                                detector="truth")
+    assert truth["detected"] == {"0.0": 1.0, "0.3": 1.0}
+    assert {r["method"] for r in truth["records"]} == {"noise_switch_truth"}
+    observed: list = []
+    real = script.observe
+
+    def spy(schedules, tasks, *a, **kw):
+        observed.extend(tasks)
+        return real(schedules, tasks, *a, **kw)
+
+    monkeypatch.setattr(script, "observe", spy)
+    learned = script.switch_study(evaluated, args, result, 0.5, distribution=DIST,
+                                  detector="learned", detector_tasks=3)
+    # Three train-split tasks at each level, none of them held out or a tuning task.
+    rng = np.random.default_rng([0, 13])  # the evaluation's seed
+    drawn = [DIST.sample(rng, "train") for _ in range(3)]
+    assert observed == [t.replace(label_noise=v) for v in LEVELS for t in drawn]
+    held = {json.dumps(r["task"], sort_keys=True) for r in learned["records"]}
+    assert not held & {json.dumps(t.to_dict(), sort_keys=True) for t in observed}
+    assert learned["detector_tasks"] == 3 and 0.0 <= learned["train_accuracy"] <= 1.0
+    result["switches"] = {"truth": truth, "learned": learned}
+    text = script.report(result, "cmd")
+    assert "`noise_switch_truth`" in text and "`noise_switch_learned`" in text
+    with pytest.raises(ValueError, match="detector='best' is not one of"):
+        script.switch_study(evaluated, args, result, 0.5, distribution=DIST, detector="best")
+
+
+def test_the_logistic_detector_separates_levels_and_ignores_constant_features():
+    script = load_script("noise_oracle")
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    x = rng.normal(size=(120, 5))
+    x[:, 1] += 4.0 * y  # one informative feature
+    x[:, 3] = 7.0  # a feature constant in training
+    fitted = script.LogisticDetector(x, y, 3)
+    assert fitted.train_accuracy > 0.95 and not fitted.keep[3]
+    row = np.array([0.0, 8.0, 0.0, -100.0, 0.0])  # the constant feature's value is ignored
+    assert fitted(row) == 2 and fitted(row * np.array([1, 0, 1, 1, 1])) == 0
 
 
 def test_schedules_searched_for_another_draw_are_refused(evaluated):
