@@ -302,13 +302,12 @@ def report(result: dict[str, Any], command: str) -> str:
 
 
 def switches(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The switch studies in ``result`` by detector (a file written before the detectors
-    existed holds one, under ``"switch"``: the gap's)."""
-    found = dict(result.get("switches", {}))
+    """The switch studies in ``result``, keyed ``detector@at`` (a file written before the
+    detectors existed holds one, under ``"switch"``: the gap's)."""
+    found = list(result.get("switches", {}).values())
     if "switch" in result:
-        found.setdefault("gap", {"detector": "gap", "method": "noise_switch",
-                                 **result["switch"]})
-    return found
+        found.insert(0, {"detector": "gap", "method": "noise_switch", **result["switch"]})
+    return {f"{s['detector']}@{s['at']:g}": s for s in found}
 
 
 _DETECTOR_TEXT = {
@@ -363,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.switch_at is not None:
             study = switch_study(ns.evaluation, args, result, ns.switch_at,
                                  detector=ns.detector, detector_tasks=ns.detector_tasks)
-            result["switches"] = switches(result) | {ns.detector: study}
+            result["switches"] = switches(result) | {f"{ns.detector}@{ns.switch_at:g}": study}
             result.pop("switch", None)
     except ValueError as err:
         print(f"noise_oracle: {err}", file=sys.stderr)

@@ -185,3 +185,13 @@ def test_schedules_searched_for_another_draw_are_refused(evaluated):
               "hidden_noise": list(LEVELS), "schedules": {}, "records": []}
     with pytest.raises(ValueError, match="searched for the draw .*'seed': 7"):
         script.switch_study(evaluated, args, result, 0.5, distribution=DIST)
+
+
+def test_switch_studies_are_kept_by_detector_and_progress_old_files_included():
+    script = load_script("noise_oracle")
+    old = {"at": 0.3, "means": [0.0, 0.1]}
+    result = {"switch": old, "switches": {"truth@0.3": {"detector": "truth", "at": 0.3},
+                                          "truth@0.1": {"detector": "truth", "at": 0.1}}}
+    found = script.switches(result)
+    assert list(found) == ["gap@0.3", "truth@0.3", "truth@0.1"]
+    assert found["gap@0.3"] == {"detector": "gap", "method": "noise_switch", **old}
