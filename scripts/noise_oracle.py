@@ -100,8 +100,9 @@ class SwitchRule:
 
 #: A detector: the observation at the switch → the index of a noise level.
 Detector = Callable[[np.ndarray], int]
-#: The switch's detectors: a hand rule, a learned one, and the true level (the ceiling).
-DETECTORS = ("gap", "learned", "truth")
+#: The switch's detectors: a hand rule, two learned ones (of the level, of the better
+#: schedule), and the true level (the ceiling of a perfect level detector).
+DETECTORS = ("gap", "learned", "winner", "truth")
 
 
 def nearest_gap(means: Sequence[float]) -> Detector:
@@ -149,12 +150,15 @@ class LogisticDetector:
 
 
 def observe(schedules: Sequence[LossSchedule], tasks: Sequence[TaskSpec], at: float,
-            parameters: Sequence[str], device: str) -> list[np.ndarray]:
-    """The observation at ``at`` of each task's run, playing ``schedules[0]`` (the runs a
-    detector is calibrated on)."""
-    rules = [SwitchRule(schedules, None, at, parameters) for _ in tasks]
-    bl.rollout_members(rules, tasks, device=device)
-    return [r.seen for r in rules]
+            parameters: Sequence[str], device: str, arm: int | None = None
+            ) -> tuple[list[np.ndarray], list[Any]]:
+    """Each task's run playing ``schedules[0]`` until ``at`` and ``schedules[arm]`` after
+    (without ``arm``, the first throughout): its observation at ``at`` (what a detector is
+    calibrated on) and its record."""
+    rules = [SwitchRule(schedules, None if arm is None else partial(lambda k, _: k, arm), at,
+                        parameters) for _ in tasks]
+    records = bl.rollout_members(rules, tasks, device=device)
+    return [r.seen for r in rules], records
 
 
 def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: float,
@@ -165,7 +169,9 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
     ``detector``: ``"gap"``, the level means of the gap measured on the tuning tasks at each
     level; ``"learned"``, :class:`LogisticDetector` fitted on ``detector_tasks`` further
     train-split tasks at each level (drawn after the tuning tasks, from the evaluation's
-    seed); ``"truth"``, each run's own level (what a perfect detector at ``at`` would earn).
+    seed); ``"winner"``, the same regression fitted to name the schedule that ends with the
+    better validation score on each of those runs (each run played with every schedule
+    after ``at``); ``"truth"``, each run's own level (what a perfect detector at ``at`` would earn).
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
@@ -178,19 +184,28 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
     parameters = AgentPolicy(run_dir).parameters
     out: dict[str, Any] = {"at": at, "detector": detector}
     if detector == "gap":
-        seen = observe(schedules, [t.replace(label_noise=v) for v in levels for t in tune], at,
-                       parameters, args.device)
+        seen, _ = observe(schedules, [t.replace(label_noise=v) for v in levels for t in tune],
+                          at, parameters, args.device)
         gaps = np.array([s[TRAIN_LOSS] - s[VAL_LOSS] for s in seen]).reshape(len(levels), -1)
         out["means"] = gaps.mean(1).tolist()
         detects = [nearest_gap(out["means"])] * len(tasks)
-    elif detector == "learned":
+    elif detector in ("learned", "winner"):
         rng = np.random.default_rng([args.seed, 13])
         train = [dist.sample(rng, "train") for _ in range(checks.integer(
             "detector_tasks", detector_tasks, 1))]
-        seen = observe(schedules, [t.replace(label_noise=v) for v in levels for t in train],
-                       at, parameters, args.device)
-        fitted = LogisticDetector(np.stack(seen), np.repeat(np.arange(len(levels)), len(train)),
-                                  len(levels))
+        runs = [t.replace(label_noise=v) for v in levels for t in train]
+        if detector == "learned":  # the label: the run's noise level
+            seen, _ = observe(schedules, runs, at, parameters, args.device)
+            labels = np.repeat(np.arange(len(levels)), len(train))
+        else:  # the label: the schedule after the switch with the best final val score
+            arms = [observe(schedules, runs, at, parameters, args.device, k)
+                    for k in range(len(levels))]
+            seen = arms[0][0]
+            labels = np.array([[bl.final_val_score(r) for r in records]
+                               for _, records in arms]).argmax(0)
+            out["arm_shares"] = (np.bincount(labels, minlength=len(levels))
+                                 / len(labels)).tolist()
+        fitted = LogisticDetector(np.stack(seen), labels, len(levels))
         out["detector_tasks"], out["train_accuracy"] = len(train), fitted.train_accuracy
         detects = [fitted] * len(tasks)
     else:
@@ -317,6 +332,11 @@ _DETECTOR_TEXT = {
                "it was fitted on {detector_tasks} further train-split tasks at each level "
                "(training accuracy {train_accuracy:.0%}), playing the first schedule to the "
                "switch. A learned detector between searched schedules",
+    "winner": "the level a multinomial logistic regression on the whole observation names, "
+              "fitted to name the schedule that ended with the better validation score on "
+              "{detector_tasks} further train-split tasks at each level, each played with "
+              "every schedule after the switch (training accuracy {train_accuracy:.0%}). A "
+              "learned selector between searched schedules",
     "truth": "the run's own level, known: what a perfect detector at the switch would earn. "
              "An oracle, not a loss"}
 

@@ -165,6 +165,40 @@ def test_the_truth_switch_is_always_right_and_the_learned_one_fits_on_train_task
         script.switch_study(evaluated, args, result, 0.5, distribution=DIST, detector="best")
 
 
+def test_the_winner_detector_learns_which_schedule_ends_better_on_train_tasks(evaluated,
+                                                                             monkeypatch):
+    script = load_script("noise_oracle")
+    args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
+    result = script.noise_oracle(evaluated, args, distribution=DIST)
+    calls, fits = [], []
+    real_observe, real_fit = script.observe, script.LogisticDetector
+
+    def observe(schedules, tasks, at, parameters, device, arm=None):
+        seen, records = real_observe(schedules, tasks, at, parameters, device, arm)
+        calls.append((arm, tasks, seen, records))
+        return seen, records
+
+    def fit(x, y, levels):
+        fits.append((x, y))
+        return real_fit(x, y, levels)
+
+    monkeypatch.setattr(script, "observe", observe)
+    monkeypatch.setattr(script, "LogisticDetector", fit)
+    study = script.switch_study(evaluated, args, result, 0.5, distribution=DIST,
+                                detector="winner", detector_tasks=2)
+    # Every train run is played with each schedule after the switch, the same run before it.
+    assert [c[0] for c in calls] == [0, 1] and calls[0][1] == calls[1][1]
+    for a, b in zip(calls[0][2], calls[1][2]):
+        np.testing.assert_array_equal(a, b)
+    # The label is the schedule whose run ends with the better validation score.
+    x, y = fits[0]
+    scores = np.array([[bl.final_val_score(r) for r in c[3]] for c in calls])
+    np.testing.assert_array_equal(y, scores.argmax(0))
+    np.testing.assert_array_equal(x, np.stack(calls[0][2]))
+    assert study["arm_shares"] == pytest.approx(np.bincount(y, minlength=2) / len(y))
+    assert {r["method"] for r in study["records"]} == {"noise_switch_winner"}
+
+
 def test_the_logistic_detector_separates_levels_and_ignores_constant_features():
     script = load_script("noise_oracle")
     rng = np.random.default_rng(0)
