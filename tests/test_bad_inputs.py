@@ -7,6 +7,7 @@ import math
 import re
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,11 +22,15 @@ from lossgym.losses import (
     AdaLoss,
     FocalLoss,
     LDAMLoss,
+    ParametricCriterion,
     ParametricLoss,
     adafocal_loss,
+    adafocal_update,
+    adaloss,
     calibration_bin_stats,
     class_balanced_weights,
     drw_weights,
+    equal_mass_bin_edges,
     flsd53_gamma,
     flsd53_loss,
     focal_loss,
@@ -34,6 +39,7 @@ from lossgym.losses import (
     ldam_loss,
     ldam_margins,
     logit_adjusted_cross_entropy,
+    modulated_ce,
     parametric_loss,
     poly1_cross_entropy,
     power_class_weights,
@@ -493,3 +499,86 @@ def test_checkpoints_with_recurrent_or_method_state_still_round_trip(tmp_path, k
         match = r"state\['module'\] does not fit the method"
     with pytest.raises(ValueError, match=match):
         AdaptiveLoss.load(out, class_counts=[5, 3, 1]).load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------- probe 2
+# A second probe of bad inputs on the public API: each case below failed before its fix with a
+# traceback from inside torch or numpy, a message that did not name the argument, or a silent
+# acceptance.
+@pytest.mark.parametrize("call, needle", [
+    (lambda z, t: parametric_loss(z, t, gamma="abc"), "gamma='abc' must be a float or a tensor"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, tau=None), "tau=None must be a float"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, alpha=[0.5]), r"alpha=\[0.5\] must be a float"),
+    (lambda z, t: parametric_loss(z, t, gamma=True), "gamma=True must be a float"),
+    (lambda z, t: focal_loss(z, t, gamma="2"), "gamma='2' must be a float"),
+    (lambda z, t: focal_loss(z, t, eps="x"), "eps='x' must be a float"),
+    (lambda z, t: focal_loss(z, t, alpha="x"), "alpha='x' must be a float"),
+    (lambda z, t: FocalLoss(gamma="abc"), "gamma='abc' must be a float"),
+    (lambda z, t: ParametricLoss(alpha=None)(z, t), "alpha=None must be a float"),
+    (lambda z, t: LDAMLoss(COUNTS, scale="30"), "scale='30' must be a float"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha="x"), "alpha='x' must be a"),
+    (lambda z, t: sigmoid_focal_loss([0.0], [1.0]), "inputs and targets must be tensors"),
+    (lambda z, t: gradient_gated_cross_entropy(z, t, "1"), "strength='1' must be a float"),
+    (lambda z, t: parametric_loss(z, t, [40, 20, 10, 5, 1], alpha=0.5),
+     "class_counts must be a tensor"),
+    (lambda z, t: LDAMLoss(None), "class_counts must be a tensor"),
+    (lambda z, t: LDAMLoss([40, 20, 10, 5, 1]), "class_counts must be a tensor"),
+    (lambda z, t: ParametricLoss([40, 20, 10, 5, 1], alpha=0.5), "class_counts must be a tensor"),
+    (lambda z, t: calibration_bin_stats(z, t, [0.0, 0.5, 1.0]), "bin_edges must be a tensor"),
+    (lambda z, t: adafocal_loss(z, t, [1.0, 1.0], EDGES), "gamma_bins must be a tensor"),
+    (lambda z, t: AdaFocalLoss(2).update([[0.0] * C], [0]), "logits and val_targets must be "
+                                                           "tensors"),
+    (lambda z, t: adaloss([1.0], [1.0]), "per_class_loss must be a tensor"),
+    (lambda z, t: equal_mass_bin_edges([0.1, 0.5], 2), "confidences must be a tensor"),
+    (lambda z, t: ParametricCriterion()(z, t, [1.0]), "values must be a mapping"),
+    (lambda z, t: modulated_ce(z, t, "terms"), "terms must be a Terms"),
+])
+def test_loss_arguments_of_the_wrong_type_raise_type_error_naming_them(call, needle):
+    """Before: float() or torch's own TypeError/ValueError ("could not convert string to
+    float"), or an AttributeError, that named no argument."""
+    with pytest.raises(TypeError, match=needle):
+        call(_logits(), torch.arange(6) % C)
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda z, t: focal_loss(z, t, eps=math.nan), "eps=nan"),  # a NaN loss
+    (lambda z, t: focal_loss(z, t, alpha=math.inf), "alpha=inf"),  # a NaN loss
+    (lambda z, t: focal_loss(z, t, alpha=-1.0), "alpha=-1.0 is out of range"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha=math.inf), "alpha=inf"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha=torch.ones(3)),
+     r"alpha must be a float \(or a one-element float tensor\)"),
+    (lambda z, t: drw_weights(COUNTS, math.nan), "progress=nan"),  # read as "not yet"
+    (lambda z, t: drw_weights(COUNTS, 0.9, switch=None), "switch=None is invalid"),
+    (lambda z, t: drw_weights(COUNTS, 0.9, switch=torch.ones(3)), "switch="),
+    (lambda z, t: adafocal_loss(z, t, torch.ones(2), EDGES, eps=math.nan), "eps=nan"),
+    (lambda z, t: gradient_gate_weights(z, t, math.nan), "strength=nan"),  # NaN weights
+    (lambda z, t: adaloss(torch.rand(C), torch.rand(C), eps=math.nan), "eps=nan"),
+    (lambda z, t: adaloss(torch.rand(C), torch.rand(3)), r"per_class_loss \(5,\) and "
+                                                         r"running_mean \(3,\)"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(3), torch.rand(2)),
+     r"must have one shape, got \(2,\), \(3,\) and \(2,\)"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(2), torch.rand(2), lam=math.nan),
+     "lam=nan"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(2), torch.rand(2),
+                                  switch_threshold=None), "switch_threshold=None"),
+    (lambda z, t: equal_mass_bin_edges(torch.rand(20), 2.5), "n_bins=2.5"),
+    (lambda z, t: equal_mass_bin_edges(torch.zeros(0), 2), r"confidences has shape \(0,\)"),
+    (lambda z, t: AdaFocalLoss(True), "n_bins=True"),
+    (lambda z, t: AdaFocalLoss(2, lam="x"), "lam='x'"),
+    (lambda z, t: AdaLoss("5"), "num_classes='5'"),
+    (lambda z, t: AdaLoss(C, num_members=-1), "num_members=-1"),
+    (lambda z, t: AdaLoss(C, eps=math.nan), "eps=nan"),
+    (lambda z, t: parametric_loss(z, t, COUNTS.to(torch.complex64), alpha=0.5),
+     "class_counts must hold real numbers"),
+    (lambda z, t: class_balanced_weights(torch.tensor(3.0), 0.9), r"class_counts has shape \(\)"),
+    (lambda z, t: ldam_margins(torch.ones(0)), r"class_counts has shape \(0,\)"),
+    (lambda z, t: power_class_weights(torch.tensor(3.0), 0.5), r"class_counts has shape \(\)"),
+    (lambda z, t: focal_loss(z, t.to("meta")), "logits and targets must be on one device, got "
+                                               "cpu and meta"),
+    (lambda z, t: parametric_loss(z, t, label_smoothing=np.int64(2)), "label_smoothing="),
+])
+def test_loss_values_outside_their_domain_raise_value_error_naming_them(call, needle):
+    """Before: a silent NaN or garbage (eps, alpha, progress, strength), or a RuntimeError /
+    IndexError / NotImplementedError from inside torch (shapes, devices, complex counts)."""
+    with pytest.raises(ValueError, match=needle):
+        call(_logits(), torch.arange(6) % C)
