@@ -48,7 +48,8 @@ from lossgym.losses import (
 )
 from lossgym.methods import METHODS, make_method
 from lossgym.population import MinibatchContext
-from lossgym.schedules import LossSchedule, constant
+from lossgym.schedules import LossSchedule, constant, join
+from lossgym.tasks import TaskFactors, TaskSpec
 
 C = 5
 COUNTS = torch.tensor([40.0, 20.0, 10.0, 5.0, 1.0])
@@ -582,3 +583,40 @@ def test_loss_values_outside_their_domain_raise_value_error_naming_them(call, ne
     IndexError / NotImplementedError from inside torch (shapes, devices, complex counts)."""
     with pytest.raises(ValueError, match=needle):
         call(_logits(), torch.arange(6) % C)
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: constant(1.0)("abc"), "progress t='abc' is invalid: must be a number in"),
+    (lambda: LossSchedule({"gamma": 1.0})(None), "progress t=None is invalid"),
+    (lambda: LossSchedule({"gamma": 1.0})([0.5]), r"progress t=\[0.5\] is invalid"),
+    (lambda: join(None, []), "schedules=None must be a list of Schedules"),
+    (lambda: join(constant(1.0), []), "schedules=Constant"),
+    (lambda: TaskSpec.from_json("{bad"), "TaskSpec JSON is malformed"),
+    (lambda: TaskSpec.from_json("[" * 100_000 + "]" * 100_000), "TaskSpec JSON is malformed"),
+    (lambda: TaskSpec().derive_seed(["data"]), r"stream=\['data'\] is unknown"),
+    (lambda: TaskFactors().draw(5), "rng must be a numpy.random.Generator, got int"),
+    (lambda: ActionMapping(max_step="0.1"), "max_step='0.1' is invalid"),
+    (lambda: ActionMapping(max_step=True), "max_step=True is invalid"),
+    (lambda: ActionMapping(parameters=None), "parameters=None must be a sequence"),
+    (lambda: ActionMapping(parameters="gamma"), "parameters='gamma' must be a sequence"),
+    (lambda: ActionMapping.from_dict(None), "an action mapping must be a JSON object"),
+    (lambda: make_method(["ce"]), r"method name=\['ce'\] must be a string"),
+    (lambda: make_method("ce", num_members=0), "num_members=0 is out of range"),
+    (lambda: make_method("adaloss", num_classes=-1), "num_classes=-1 is out of range"),
+    (lambda: make_method("adaloss", num_classes="3"), "num_classes='3' is invalid"),
+    (lambda: make_method("ce", device="bogus"), "device='bogus' is not a torch device"),
+    (lambda: make_method("ce", device=5), "device=5 is invalid"),
+])
+def test_schedule_task_mapping_and_method_arguments_raise_value_error_naming_them(call, needle):
+    """Before: float()'s message, a TypeError ('NoneType' object is not iterable, unhashable
+    type), an AttributeError, a JSONDecodeError or RecursionError without the spec's name, or
+    a RuntimeError from torch.device or from allocating a negative dimension."""
+    with pytest.raises(ValueError, match=needle):
+        call()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_method_on_cuda_without_cuda_is_refused_naming_the_device():
+    """Before: AssertionError("Torch not compiled with CUDA enabled") from inside torch."""
+    with pytest.raises(ValueError, match="device='cuda': no CUDA device is available here"):
+        make_method("adaloss", num_classes=3, device="cuda")
