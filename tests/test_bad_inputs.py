@@ -620,3 +620,71 @@ def test_a_method_on_cuda_without_cuda_is_refused_naming_the_device():
     """Before: AssertionError("Torch not compiled with CUDA enabled") from inside torch."""
     with pytest.raises(ValueError, match="device='cuda': no CUDA device is available here"):
         make_method("adaloss", num_classes=3, device="cuda")
+
+
+def test_zero_total_steps_or_minibatches_are_refused_not_replaced(tmp_path):
+    """Before: ``total_steps=0`` in load() silently took the export's total steps and
+    ``minibatches_per_step=0`` silently became 1 (``x or default``)."""
+    out = write_export(LossSchedule({"alpha": constant(0.5)}), tmp_path / "s", total_steps=4)
+    with pytest.raises(ValueError, match="total_steps=0 is out of range"):
+        AdaptiveLoss.load(out, total_steps=0)
+    with pytest.raises(ValueError, match="minibatches_per_step=0 is out of range"):
+        AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4,
+                     minibatches_per_step=0)
+    method = write_export(make_method("ldam_drw"), tmp_path / "m", total_steps=4)
+    with pytest.raises(ValueError, match="minibatches_per_step=0 is out of range"):
+        AdaptiveLoss.load(method, minibatches_per_step=0)
+
+
+@pytest.mark.parametrize("setup, needle", [
+    ({"lr": "1e-3"}, r"setup\['lr'\]='1e-3' is invalid"),  # TypeError: '>' not supported
+    ({"lr": math.nan}, r"setup\['lr'\]=nan is invalid"),  # silently read as 1e-12
+    ({"lr": -1.0}, r"setup\['lr'\]=-1.0 is out of range"),
+    ({"weight_decay": None}, r"setup\['weight_decay'\]=None is invalid"),
+    ({"batch_size": 0}, r"setup\['batch_size'\]=0 is out of range"),
+    ({"batch_size": 12.5}, r"setup\['batch_size'\]=12.5 is invalid"),
+    ({"width": True}, r"setup\['width'\]=True is invalid"),
+    ({"arch": "rnn"}, r"setup\['arch'\]='rnn' is invalid: must be 'mlp' or 'cnn'"),  # as mlp
+    (5, "setup=5 must be a dict"),  # TypeError: 'int' object is not iterable
+])
+def test_bad_setup_values_are_refused_at_construction(setup, needle):
+    with pytest.raises(ValueError, match=needle):
+        AdaptiveLoss(_controller(), total_steps=4, setup=setup)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"train_loss": "abc"}, "train_loss='abc' is invalid"),  # torch: new(): invalid data type
+    ({"train_loss": math.nan}, "train_loss=nan is invalid"),  # read as a train loss of 1
+    ({"train_loss": -1.0}, "train_loss=-1.0 is out of range"),
+    ({"train_loss": torch.ones(2)}, r"train_loss must be a number or a one-element real "
+                                    r"tensor, got a torch.float32 tensor of shape \(2,\)"),
+    ({"grad_norm": -2.0}, "grad_norm=-2.0 is out of range"),  # read as a zero gradient
+    ({"grad_norm": [1.0]}, r"grad_norm=\[1.0\] is invalid"),
+    ({"grad_norm": 1.0, "grad_norm_std": math.inf}, "grad_norm_std=inf is invalid"),
+    ({"progress": "0.5"}, "progress='0.5' is invalid"),
+])
+def test_bad_step_values_are_refused_and_change_nothing(tmp_path, kwargs, needle):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    criterion = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    criterion(torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3).backward()
+    before = criterion.get_extra_state()
+    with pytest.raises(ValueError, match=needle):
+        criterion.step(**kwargs)
+    assert criterion.get_extra_state() == before
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda c: c.watch(5), "watch.. takes a model, an optimizer or an iterable of tensors, "
+                           "got int"),
+    (lambda c: c.watch("model"), "got str"),  # AttributeError: no attribute 'requires_grad'
+    (lambda c: c.watch(["w"]), "it holds a str"),
+    (lambda c: c.record_gradients("abc"), "record_gradients.. takes"),  # AttributeError
+    (lambda c: c.record_gradients([1.0]), "it holds a float"),
+    (lambda c: (c.fit_temperature(torch.randn(6, 3), torch.arange(6) % 3),
+                c.calibrate([1.0, 2.0, 3.0])), "logits must be a tensor, got list"),
+])
+def test_watch_record_gradients_and_calibrate_name_what_they_take(call, needle):
+    criterion = AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4,
+                             class_counts=[5, 3, 1])
+    with pytest.raises(TypeError, match=needle):
+        call(criterion)
