@@ -688,3 +688,15 @@ def test_watch_record_gradients_and_calibrate_name_what_they_take(call, needle):
                              class_counts=[5, 3, 1])
     with pytest.raises(TypeError, match=needle):
         call(criterion)
+
+
+def test_reset_options_that_are_not_a_dict_are_refused():
+    """Before: TypeError("cannot convert dictionary update sequence element #0 ...")."""
+    from lossgym.envs import LossTuningEnv, LossTuningVectorEnv
+
+    task = TaskSpec(dataset="synthetic", imbalance_ratio=10.0, n_max=100, width=8,
+                    batch_size=16, minibatches_per_step=1, horizon=2)
+    with pytest.raises(ValueError, match=r"options=\[\('task', 'digits'\)\] must be a dict"):
+        LossTuningEnv(tasks=task).reset(seed=0, options=[("task", "digits")])
+    with pytest.raises(ValueError, match="options='abc' must be a dict"):
+        LossTuningVectorEnv(num_envs=2, tasks=task).reset(seed=0, options="abc")
