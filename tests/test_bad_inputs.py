@@ -700,3 +700,23 @@ def test_reset_options_that_are_not_a_dict_are_refused():
         LossTuningEnv(tasks=task).reset(seed=0, options=[("task", "digits")])
     with pytest.raises(ValueError, match="options='abc' must be a dict"):
         LossTuningVectorEnv(num_envs=2, tasks=task).reset(seed=0, options="abc")
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda s: s.iqm("abc"), "values='abc' is invalid: must be real numbers"),
+    (lambda s: s.iqm(None), "values=None is invalid"),  # silently NaN
+    (lambda s: s.summarise({"a": 1.0}), r"values=\{'a': 1.0\} is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2j]), "values=.* is invalid"),
+    (lambda s: s.stratified_mean([[1.0, "x"], [2.0]]), r"values_by_task\[0\]=.* is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2.0], level="0.9"), "level='0.9' is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2.0], n_boot=2.5), "n_boot=2.5 is invalid"),
+    (lambda s: s.stratified_bootstrap_ci([[1.0, 2.0]], n_boot=None), "n_boot=None is invalid"),
+    (lambda s: s.run_key({"dataset": "mnist1d"}), "must be a TaskSpec's dict with an integer seed"),
+])
+def test_report_statistics_name_bad_values(call, needle):
+    """Before: numpy's "could not convert string to float", float()'s TypeError, '<' not
+    supported, a KeyError, or a silent NaN for None."""
+    from agents import stats
+
+    with pytest.raises(ValueError, match=needle):
+        call(stats)
