@@ -720,3 +720,58 @@ def test_report_statistics_name_bad_values(call, needle):
 
     with pytest.raises(ValueError, match=needle):
         call(stats)
+
+
+@pytest.fixture
+def no_compare(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the comparison started")
+
+    monkeypatch.setattr("lossgym.compare.compare", refuse)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["compare", "--device", "meta"], "--device='meta' is invalid"),  # NotImplementedError
+    (["compare", "--output", "{tmp}"], "is a folder; it must be the path of the JSON file"),
+])
+def test_compare_refuses_a_meta_device_and_a_folder_as_output(no_compare, tmp_path, capsys,
+                                                             argv, shown):
+    """Before: NotImplementedError from a meta tensor, or IsADirectoryError after the whole
+    comparison had run."""
+    from lossgym import cli
+
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "Traceback" not in err
+
+
+def test_export_to_a_file_as_out_folder_exits_2(tmp_path, capsys):
+    """Before: FileExistsError's traceback (only FileNotFoundError was caught)."""
+    from agents import export
+
+    (tmp_path / "taken").write_text("x")
+    assert export.main(["--baseline", "ce", "--out", str(tmp_path / "taken")]) == 2
+    assert "File exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--generations", "0"], "generations=0 is out of range: must be an integer >= 1"),
+    (["--pairs", "-1"], "pairs=-1 is out of range"),
+    (["--sigma", "inf"], "sigma=inf is invalid"),  # ran, then failed on NaN actions
+    (["--learning-rate", "inf"], "learning_rate=inf is invalid"),  # trained into garbage
+    (["--weight-decay", "nan"], "weight_decay=nan is invalid"),
+    (["--seed", "-1"], "seed=-1 is out of range"),
+    (["--env-kwargs", '{"bogus": 1}'], "env_kwargs: unknown LossTuning-v0 argument"),
+    (["--env-kwargs", '{"max_step": 5}'], "max_step=5 is out of range"),
+    (["--device", "bogus"], "device='bogus' is invalid"),
+])
+def test_es_refuses_bad_options_with_rc_2_and_writes_nothing(tmp_path, capsys, argv, shown):
+    """Before: every one of these was a traceback (agents.es.main caught nothing), after
+    config.json had been written for some."""
+    from agents import es
+
+    run = tmp_path / "run"
+    assert es.main(["--run-dir", str(run), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "Traceback" not in err
+    assert not (run / "config.json").exists()
