@@ -775,3 +775,35 @@ def test_es_refuses_bad_options_with_rc_2_and_writes_nothing(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert shown in err and "Traceback" not in err
     assert not (run / "config.json").exists()
+
+
+@pytest.mark.parametrize("call, error, needle", [
+    (lambda m, z, y: m.classification_metrics(z.unsqueeze(0), y + 3), IndexError,
+     re.escape("Target 3 is out of bounds [0, 3) (sample 0)")),  # RuntimeError from gather
+    (lambda m, z, y: m.fit_temperature(z, y + 3), IndexError, "Target 3 is out of bounds"),
+    (lambda m, z, y: m.soft_balanced_accuracy(z, y - 1), IndexError, "Target -1 is out of"),
+    (lambda m, z, y: m.classification_metrics([[[0.0, 1.0]]], [0]), TypeError,
+     "logits must be a tensor, got list"),  # AttributeError: no attribute 'dim'
+    (lambda m, z, y: m.fit_temperature(z.tolist(), y), TypeError,
+     "val_logits must be a tensor, got list"),
+    (lambda m, z, y: m.fit_temperature(z, y[:5]), ValueError,
+     r"targets of shape \(5,\) do not match 20 samples"),  # RuntimeError from expand
+    (lambda m, z, y: m.fit_temperature(z, y, steps=0), ValueError, "steps=0 is out of range"),
+    (lambda m, z, y: m.soft_balanced_accuracy(z, y, 2.0), TypeError,
+     "temperature must be a tensor, got float"),  # AttributeError: no attribute 'to'
+    (lambda m, z, y: m.confusion_matrix([0, 1], [0, 1], 3), TypeError,
+     "preds must be a tensor, got list"),
+    (lambda m, z, y: m.confusion_matrix(y, y, "3"), ValueError, "num_classes='3' is invalid"),
+    (lambda m, z, y: m.expected_calibration_error(torch.rand(20), torch.ones(20) > 0, 2.5),
+     ValueError, "n_bins=2.5 is invalid"),  # RuntimeError: can't cast Float to long
+    (lambda m, z, y: m.expected_calibration_error(torch.rand(20), torch.ones(5) > 0),
+     ValueError, r"correct of shape \(5,\) does not broadcast"),
+])
+def test_metrics_name_bad_inputs(call, error, needle):
+    """Before: RuntimeErrors from torch's gather, expand and scatter, or AttributeErrors for
+    lists and floats."""
+    from lossgym import metrics
+
+    logits = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(error, match=needle):
+        call(metrics, logits, torch.arange(20) % 3)
