@@ -807,3 +807,20 @@ def test_metrics_name_bad_inputs(call, error, needle):
     logits = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
     with pytest.raises(error, match=needle):
         call(metrics, logits, torch.arange(20) % 3)
+
+
+@pytest.mark.parametrize("name", ["gradient_gated", "gradient_gate_weights", "sigmoid_focal",
+                                  "focal"])
+def test_numpy_scalars_are_numbers_everywhere(name):
+    """Before: the gradient gate refused np.float32 / np.int64 with "gate must be a float or
+    a tensor, got float32" (naming gate, not strength), and sigmoid_focal_loss its γ, although
+    the other losses take them."""
+    z, t = _logits(), torch.arange(6) % C
+    calls = {
+        "gradient_gated": lambda s: gradient_gated_cross_entropy(z, t, s),
+        "gradient_gate_weights": lambda s: gradient_gate_weights(z, t, s),
+        "sigmoid_focal": lambda s: sigmoid_focal_loss(z, torch.zeros_like(z), gamma=s),
+        "focal": lambda s: focal_loss(z, t, gamma=s),
+    }
+    for value in (np.float32(2.0), np.int64(2)):
+        torch.testing.assert_close(calls[name](value), calls[name](2.0))

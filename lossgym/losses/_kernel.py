@@ -161,10 +161,10 @@ def align(value: float | Tensor, ref_shape: Sequence[int], name: str, like: Tens
     Python numbers pass through untouched so that callers can skip work for exact zeros and
     so that scalar parameters never allocate tensors.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+    if not isinstance(value, Tensor) and not checks.is_real(value):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     if not isinstance(value, Tensor):
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     ref = tuple(ref_shape)
     shape = tuple(value.shape)
     if len(shape) > len(ref) or any(s != r and s != 1 for s, r in zip(shape, ref, strict=False)):

@@ -607,4 +607,5 @@ def gradient_gated_cross_entropy(logits: Tensor, targets: Tensor, strength: floa
     check_reduction(reduction)
     check_logits_targets(logits, targets)
     check_range(strength, "strength")
-    return modulated_ce(logits, targets, Terms(gate=strength), reduction)
+    gate = strength if isinstance(strength, Tensor) else float(strength)
+    return modulated_ce(logits, targets, Terms(gate=gate), reduction)
