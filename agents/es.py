@@ -42,6 +42,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -59,6 +61,8 @@ from torch.func import functional_call, vmap
 from agents import distributed
 from agents.train import ENV_ID, build_model, load_hyperparams, normalise_observations
 from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
+from lossgym import _checks as checks
+from lossgym.envs.config import LossTuningConfig
 from lossgym.envs.core import TaskSource, as_task
 from lossgym.envs.loss_tuning import LossTuningVectorEnv
 from lossgym.io import atomic_write, atomic_write_text
@@ -396,16 +400,21 @@ def train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None = None) -> 
             default ``TaskDistribution.default()``) or one :class:`TaskSpec` (a fresh seed per
             pair).
     """
-    if min(args.generations, args.pairs, args.pairs_per_task, args.tasks_per_pair,
-           args.populations) < 1:
-        raise ValueError(f"generations={args.generations}, pairs={args.pairs}, "
-                         f"pairs_per_task={args.pairs_per_task}, tasks_per_pair="
-                         f"{args.tasks_per_pair} and populations={args.populations} must be "
-                         "positive")
-    if not args.sigma > 0 or not args.learning_rate > 0 or args.weight_decay < 0:
-        raise ValueError(f"sigma={args.sigma} and learning_rate={args.learning_rate} must be "
-                         f"positive and weight_decay={args.weight_decay} non-negative")
+    for name in ("generations", "pairs", "pairs_per_task", "tasks_per_pair", "populations"):
+        checks.integer(name, getattr(args, name), 1)
+    for name, low, open_low in (("sigma", 0.0, True), ("learning_rate", 0.0, True),
+                                ("weight_decay", 0.0, False), ("clip_obs", 0.0, True)):
+        checks.real(name, getattr(args, name), low, open_low=open_low)
+    checks.integer("seed", args.seed, 0, 2**32 - 1)  # numpy's and SB3's seeds
+    for name in ("env_kwargs", "overrides"):
+        if not isinstance(getattr(args, name), dict):
+            raise ValueError(f"{name}={getattr(args, name)!r:.80} must be a dict (a JSON object)")
     TaskDistribution.named(args.distribution)  # a known name
+    try:  # the env's arguments, before anything is written
+        LossTuningConfig.build(**{**{k: v for k, v in args.env_kwargs.items() if k != "tasks"},
+                                  "device": args.device})
+    except TypeError as err:
+        raise ValueError(f"env_kwargs: {err}") from None
     executor = distributed.executor_from(args.ray)
     try:
         with distributed.using(executor):
@@ -434,7 +443,10 @@ def _train_es(args: ESArgs, tasks: TaskSpec | TaskDistribution | None) -> Path:
     with warnings.catch_warnings():
         # PPO warns that its rollout buffer does not fit one env; nothing is collected here.
         warnings.simplefilter("ignore", UserWarning)
-        model = build_model("ppo", spaces_env, hp, args.seed, None)
+        try:
+            model = build_model("ppo", spaces_env, hp, args.seed, None)
+        except TypeError as err:  # a key of overrides that PPO does not take
+            raise ValueError(f"overrides={args.overrides!r:.80}: {err}") from None
     obs_dim = int(np.prod(spaces_env.observation_space.shape))
     spaces_env.close()
     actor = PopulationActor(_actor(model.policy))
@@ -551,10 +563,16 @@ def parse_args(argv: Sequence[str] | None = None) -> ESArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agents.es``: train, print the run folder."""
-    print(train_es(parse_args(argv)))
+    """``python -m agents.es``: train, print the run folder. Errors in the user's input
+    (options, the run folder) exit with status 2 and a message."""
+    args = parse_args(argv)
+    try:
+        print(train_es(args))
+    except (ValueError, OSError) as err:
+        print(f"{os.path.basename(sys.argv[0]) or 'es'}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

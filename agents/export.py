@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(f"wrote {run_from_args(args)}")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"lossgym export: error: {err}", file=sys.stderr)
         return 2
     return 0

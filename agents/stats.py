@@ -29,6 +29,8 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from lossgym import _checks as checks
+
 __all__ = [
     "bootstrap_ci",
     "iqm",
@@ -49,8 +51,25 @@ STRATIFIED_STATS = ("task_mean", "pooled_mean")
 
 
 
+def _as_array(values: object, name: str = "values") -> np.ndarray:
+    """``values`` as float64 numbers; anything that is not real numbers (None, strings, dicts,
+    complex numbers) raises ``ValueError`` naming ``name``."""
+    bad = values is None or isinstance(values, (str, bytes, dict))
+    if not bad:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", np.exceptions.ComplexWarning)
+                arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError, np.exceptions.ComplexWarning):
+            bad = True
+    if bad:
+        raise ValueError(f"{name}={values!r:.80} is invalid: must be real numbers (a list or "
+                         "an array)")
+    return arr
+
+
 def _as_1d(values: object, name: str = "values") -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _as_array(values, name)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
@@ -59,8 +78,7 @@ def _as_1d(values: object, name: str = "values") -> np.ndarray:
 
 
 def _check_level(level: float) -> None:
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    checks.real("level", level, 0.0, 1.0, open_low=True, open_high=True)
 
 
 def iqm(values: object, axis: int | None = None) -> float | np.ndarray:
@@ -76,7 +94,7 @@ def iqm(values: object, axis: int | None = None) -> float | np.ndarray:
     Returns:
         A float when ``axis`` is None, otherwise an array; NaN for no values.
     """
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _as_array(values)
     if axis is None:
         arr = arr.reshape(-1)
         if arr.size == 0:
@@ -122,8 +140,7 @@ def bootstrap_ci(
         ``(low, high)``; ``(nan, nan)`` for no values; both equal to ``stat(values)`` for one.
     """
     _check_level(level)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    checks.integer("n_boot", n_boot, 1)
     arr = _as_1d(values)
     if arr.size == 0:
         return float("nan"), float("nan")
@@ -171,8 +188,7 @@ def stratified_bootstrap_samples(
     returned when no task has one.
     """
     _check_stat(stat)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    checks.integer("n_boot", n_boot, 1)
     arrays = _strata_arrays(values_by_task)
     if not arrays:
         return np.zeros(0)
@@ -329,6 +345,8 @@ def paired_difference(
 
 def run_key(task: dict[str, object]) -> tuple[str, int]:
     """A held-out run's key: its base task (the task's JSON without the seed) and its seed."""
+    if not isinstance(task, dict) or not checks.is_seed(task.get("seed")):
+        raise ValueError(f"task={task!r:.80} must be a TaskSpec's dict with an integer seed >= 0")
     base = {k: v for k, v in task.items() if k != "seed"}
     return json.dumps(base, sort_keys=True), int(task["seed"])  # type: ignore[call-overload]
 

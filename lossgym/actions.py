@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 
 ACTION_MODES = ("absolute", "delta", "residual")
@@ -45,6 +46,9 @@ class ActionMapping:
     max_step: float = 0.1
 
     def __post_init__(self) -> None:
+        if isinstance(self.parameters, str) or not isinstance(self.parameters, Sequence):
+            raise ValueError(f"parameters={self.parameters!r} must be a sequence of names from "
+                             f"{loss_params.names()}")
         params = tuple(self.parameters)
         object.__setattr__(self, "parameters", params)
         if not params:
@@ -56,8 +60,9 @@ class ActionMapping:
         if self.mode not in ACTION_MODES:
             raise ValueError(f"action_mode={self.mode!r} is not known; choose one of "
                              f"{ACTION_MODES}")
-        if not 0.0 < self.max_step <= 1.0:
-            raise ValueError(f"max_step={self.max_step} must lie in (0, 1]")
+        object.__setattr__(self, "max_step", checks.real(
+            "max_step", self.max_step, 0.0, 1.0, open_low=True,
+            meaning="the largest move as a fraction of a parameter's range"))
 
     @property
     def dim(self) -> int:
@@ -101,11 +106,14 @@ class ActionMapping:
 
     @classmethod
     def from_dict(cls, values: dict) -> ActionMapping:
+        if not isinstance(values, dict):
+            raise ValueError(f"an action mapping must be a JSON object, got "
+                             f"{type(values).__name__}")
         unknown = set(values) - {"parameters", "mode", "max_step"}
         if unknown:
             raise ValueError(f"unknown action mapping keys {sorted(unknown)}")
         return cls(tuple(values.get("parameters", DEFAULT_PARAMETERS)),
-                   values.get("mode", "absolute"), float(values.get("max_step", 0.1)))
+                   values.get("mode", "absolute"), values.get("max_step", 0.1))
 
 
 def parse_parameters(parameters: str | Sequence[str]) -> tuple[str, ...]:

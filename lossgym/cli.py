@@ -39,6 +39,8 @@ def _check_device(device: str) -> None:
         kind = "auto" if device == "auto" else torch.device(device).type
     except RuntimeError as err:
         raise ValueError(f"--device={device!r} is invalid: must be auto, cpu or cuda") from err
+    if kind not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device={device!r} is invalid: must be auto, cpu or cuda")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device={device!r}: no CUDA device is available here; use cpu or "
                          "auto")
@@ -50,6 +52,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     task = _task_from_args(args)
     _check_device(args.device)
+    if args.output is not None and Path(args.output).is_dir():
+        raise ValueError(f"--output={args.output!r} is a folder; it must be the path of the "
+                         "JSON file to write")
     result = compare(task, methods=args.methods, seeds=range(args.seeds), device=args.device,
                      progress=not args.no_progress)
     print(f"\nTest metrics on {task.dataset}, rho={task.imbalance_ratio:g} "
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "interval needs 2 at least)")
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"lossgym: error: {err}", file=sys.stderr)
         return 2
 

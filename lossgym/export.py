@@ -59,7 +59,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,62 @@ def check_obs_normalization(values: object, dim: int) -> dict[str, Any] | None:
             raise ValueError(f"obs_normalization.low[{bad[0]}]={out['low'][bad[0]]} is above "
                              f"high[{bad[0]}]={out['high'][bad[0]]}; low <= high is allowed")
     return out
+
+
+_SETUP_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "lr": lambda name, v: checks.real(name, v, 0.0, open_low=True),
+    "weight_decay": lambda name, v: checks.real(name, v, 0.0),
+    "batch_size": lambda name, v: checks.integer(name, v, 1),
+    "width": lambda name, v: checks.integer(name, v, 1),
+}
+
+
+def _check_setup(setup: object) -> dict[str, Any]:
+    """AdaptiveLoss's ``setup``: known keys (:data:`SETUP_DEFAULTS`), each value checked."""
+    if setup is None:
+        return {}
+    if not isinstance(setup, Mapping):
+        raise ValueError(f"setup={setup!r:.80} must be a dict with keys from "
+                         f"{sorted(SETUP_DEFAULTS)}")
+    unknown = sorted(set(setup) - set(SETUP_DEFAULTS), key=str)
+    if unknown:
+        raise ValueError(f"setup has unknown keys {unknown}; it takes {sorted(SETUP_DEFAULTS)}")
+    out = dict(setup)
+    for key, value in out.items():
+        if key == "arch":
+            if value not in ("mlp", "cnn") or not isinstance(value, str):
+                raise ValueError(f"setup['arch']={value!r} is invalid: must be 'mlp' or 'cnn'")
+        else:
+            out[key] = _SETUP_CHECKS[key](f"setup[{key!r}]", value)
+    return out
+
+
+def _tensors(where: str, values: object) -> list[Tensor]:
+    """The parameters (or gradients) given to ``watch`` / ``record_gradients``: a module's, or
+    an iterable of tensors; anything else raises ``TypeError`` naming it."""
+    if isinstance(values, nn.Module):
+        return list(values.parameters())
+    if isinstance(values, (str, bytes, Tensor)) or not isinstance(values, Iterable):
+        raise TypeError(f"{where}() takes a model, an optimizer or an iterable of tensors, got "
+                        f"{type(values).__name__}")
+    out = list(values)
+    bad = next((v for v in out if not isinstance(v, Tensor) and v is not None), None)
+    if bad is not None:
+        raise TypeError(f"{where}() takes an iterable of tensors, but it holds a "
+                        f"{type(bad).__name__}: {bad!r:.80}")
+    return out
+
+
+def _period_value(name: str, value: object) -> Tensor:
+    """A number that :meth:`AdaptiveLoss.step` takes (``train_loss``, ``grad_norm``,
+    ``grad_norm_std``): a finite number >= 0, or a one-element tensor of one, as ``[1]``."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype is torch.bool:
+            raise ValueError(f"{name} must be a number or a one-element real tensor, got a "
+                             f"{value.dtype} tensor of shape {tuple(value.shape)}")
+        checks.real(name, float(value), 0.0)
+        return value.detach().reshape(1)
+    return torch.tensor([checks.real(name, value, 0.0)])
 
 
 # ------------------------------------------------------------------------------- the actor
@@ -757,11 +813,7 @@ class AdaptiveLoss(nn.Module):
                  reduction: str = "mean", minibatches_per_step: int | None = None,
                  setup: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        unknown = sorted(set(setup or {}) - set(SETUP_DEFAULTS))
-        if unknown:
-            raise ValueError(f"setup has unknown keys {unknown}; it takes "
-                             f"{sorted(SETUP_DEFAULTS)}")
-        self.setup = dict(setup or {})
+        self.setup = _check_setup(setup)
         self._optimizer: torch.optim.Optimizer | None = None
         self._model_setup: dict[str, Any] = {}
         self._batch_size: int | None = None
@@ -779,8 +831,9 @@ class AdaptiveLoss(nn.Module):
         if self.controller is not None:
             identity["weights"] = _tensor_digest(rule.tensors())
         #: Minibatches per period, for a method's deferred re-weighting.
-        self.minibatches_per_step = checks.integer("minibatches_per_step",
-                                                   minibatches_per_step or 1, 1)
+        self.minibatches_per_step = checks.integer(
+            "minibatches_per_step", 1 if minibatches_per_step is None else minibatches_per_step,
+            1)
         self._loss = ParametricCriterion(reduction=reduction)
         #: Identifies the rule, so a checkpoint cannot be loaded into another export's loss.
         self.export_id = _digest(identity)
@@ -820,7 +873,8 @@ class AdaptiveLoss(nn.Module):
         counts = class_counts if class_counts is not None else bound
         if minibatches_per_step is None and "method" in manifest:
             minibatches_per_step = manifest["method"]["minibatches_per_step"]
-        return cls(rule, class_counts=counts, total_steps=total_steps or manifest["total_steps"],
+        total_steps = manifest["total_steps"] if total_steps is None else total_steps
+        return cls(rule, class_counts=counts, total_steps=total_steps,
                    reduction=reduction, minibatches_per_step=minibatches_per_step, setup=setup)
 
     # ----------------------------------------------------------------------- state
@@ -877,10 +931,10 @@ class AdaptiveLoss(nn.Module):
         if isinstance(model, torch.optim.Optimizer):
             self._optimizer = model
             return model.register_step_pre_hook(self._on_optimizer_step)
+        params = _tensors("watch", model)
         if isinstance(model, nn.Module):
             self._model_setup = _describe_model(model)
-        params = list(model.parameters() if isinstance(model, nn.Module) else model)
-        params = [p for p in params if p.requires_grad]
+        params = [p for p in params if p is not None and p.requires_grad]
         if not params:
             raise ValueError("watch() needs at least one parameter that requires grad")
         return GradientWatch(self, params)
@@ -890,7 +944,9 @@ class AdaptiveLoss(nn.Module):
         """Record one minibatch's gradient norm: pass the model after ``backward()`` (its
         ``.grad``s are read) or the gradient tensors themselves."""
         if isinstance(grads, nn.Module):
-            grads = (p.grad for p in grads.parameters())
+            grads = [p.grad for p in grads.parameters()]
+        else:
+            grads = _tensors("record_gradients", grads)
         self._record_norm([g for g in grads if g is not None])
 
     def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any
@@ -1096,6 +1152,12 @@ class AdaptiveLoss(nn.Module):
         (AdaFocal's γ update; required there) and ignores the other arguments.
         """
         self._check_validation(val_logits, val_targets)
+        for name, value in (("train_loss", train_loss), ("grad_norm", grad_norm),
+                            ("grad_norm_std", grad_norm_std)):
+            if value is not None:
+                _period_value(name, value)
+        if progress is not None:
+            checks.real("progress", progress)
         if self._params is None:
             self.begin()
         self.steps_done += 1
@@ -1117,7 +1179,7 @@ class AdaptiveLoss(nn.Module):
         else:
             metrics = self._val_metrics(val_logits, val_targets)
             if train_loss is not None:
-                loss = torch.as_tensor(train_loss).detach().float().reshape(1)
+                loss = _period_value("train_loss", train_loss).float()
             elif self._ce:  # the mean of the minibatches' recorded cross-entropies
                 loss = self._stacked(self._ce).mean().reshape(1)
             else:
@@ -1149,6 +1211,8 @@ class AdaptiveLoss(nn.Module):
         if self.temperature is None:
             raise RuntimeError("calibrate() needs a temperature: call "
                                "fit_temperature(val_logits, val_targets) first")
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"logits must be a tensor, got {type(logits).__name__}")
         return logits / self.temperature
 
     def _describe_method(self) -> None:
@@ -1209,9 +1273,9 @@ class AdaptiveLoss(nn.Module):
     def _gradient_stats(self, grad_norm: float | Tensor | None,
                         grad_norm_std: float | Tensor | None) -> tuple[Tensor, Tensor]:
         if grad_norm is not None:
-            mean = torch.as_tensor(grad_norm).detach().double().reshape(1)
-            std = torch.as_tensor(0.0 if grad_norm_std is None else grad_norm_std
-                                  ).detach().double().reshape(1)
+            mean = _period_value("grad_norm", grad_norm).double()
+            std = _period_value("grad_norm_std", 0.0 if grad_norm_std is None
+                                else grad_norm_std).double()
             return mean, std
         if self._grad_norms:
             # Float64, as the engine's sums: E[g²] − E[g]² in float32 loses the spread.

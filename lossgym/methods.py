@@ -29,7 +29,7 @@ from lossgym import losses
 from lossgym import params as loss_params
 from lossgym.losses._kernel import check_logits_targets
 from lossgym.losses.parametric import CB_BETA
-from lossgym.population import MinibatchContext
+from lossgym.population import MinibatchContext, resolve_device
 from lossgym.schedules import LossSchedule, constant, step
 
 
@@ -52,9 +52,10 @@ class LossMethod:
 
     def __init__(self, num_members: int = 1, num_classes: int | None = None,
                  device: torch.device | str = "cpu", **hyper: float) -> None:
-        self.num_members = num_members
-        self.num_classes = num_classes
-        self.device = torch.device(device)
+        self.num_members = checks.integer("num_members", num_members, 1)
+        self.num_classes = None if num_classes is None \
+            else checks.integer("num_classes", num_classes, 1)
+        self.device = resolve_device(device)
         unknown = sorted(set(hyper) - set(self.HYPER))
         if unknown:
             raise ValueError(f"method {self.name!r} has no hyperparameters {unknown}; it "
@@ -323,6 +324,8 @@ RENAMED = {"class_balanced": "cb_effective", "focal_g1": "focal_1", "focal_g2": 
 def check_method_name(name: str) -> str:
     """``name`` if it is a built-in method, else a ``ValueError`` naming the known ones (and
     the new name of a renamed one)."""
+    if not isinstance(name, str):
+        raise ValueError(f"method name={name!r} must be a string; choose from {sorted(METHODS)}")
     if name in METHODS:
         return name
     if name in RENAMED:

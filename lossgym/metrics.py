@@ -36,6 +36,9 @@ import math
 import torch
 from torch import Tensor
 
+from lossgym import _checks as checks
+from lossgym.losses._kernel import check_target_bounds
+
 __all__ = [
     "calibration_bins",
     "classification_metrics",
@@ -80,6 +83,25 @@ def _broadcast_targets(targets: Tensor, batch_shape: torch.Size) -> Tensor:
     return targets.broadcast_to(batch_shape)
 
 
+def _tensors(**values: object) -> None:
+    """A ``TypeError`` naming the first of ``values`` that is not a tensor."""
+    for name, value in values.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+
+
+def _logits_and_targets(logits: Tensor, targets: Tensor, what: str = "logits") -> None:
+    """Floating logits ``[..., V, C]`` and integer targets in [0, C) (their bounds on the CPU
+    only, as the losses check them: on CUDA that would be a host sync)."""
+    _tensors(**{what: logits, "targets": targets})
+    if logits.dim() < 2:
+        raise ValueError(f"{what} must have shape [..., V, C], got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {logits.dtype}")
+    _broadcast_targets(targets, logits.shape[:-1])
+    check_target_bounds(targets, logits.shape[-1])
+
+
 def _member_offsets(n_members: int, stride: int, device: torch.device) -> Tensor:
     """``[M, 1]`` start index of each member's slots in a flat ``[M * stride]`` buffer."""
     return (torch.arange(n_members, device=device) * stride).unsqueeze(-1)
@@ -99,8 +121,8 @@ def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor
         Pairs whose prediction or target lies outside ``[0, C)`` are not counted: checking
         would need a host sync, and dropping them keeps them out of other members' slots.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    checks.integer("num_classes", num_classes, 1)
+    _tensors(preds=preds, targets=targets)
     if preds.dim() < 1:
         raise ValueError("preds must have a sample dimension: expected shape [..., V]")
     if preds.is_floating_point() or preds.is_complex() or preds.dtype == torch.bool:
@@ -197,13 +219,17 @@ def calibration_bins(
         ``(count, confidence_sum, correct_sum)``, each ``[..., n_bins]`` in the floating
         dtype of the computation. They can be summed over evaluation batches.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    checks.integer("n_bins", n_bins, 1)
+    _tensors(confidences=confidences, correct=correct)
     if confidences.dim() < 1:
         raise ValueError("confidences must have a sample dimension: expected shape [..., V]")
     dtype = _work_dtype(confidences.dtype)
     confidences = confidences.to(dtype)
-    correct = correct.to(dtype).broadcast_to(confidences.shape)
+    try:
+        correct = correct.to(dtype).broadcast_to(confidences.shape)
+    except RuntimeError:
+        raise ValueError(f"correct of shape {tuple(correct.shape)} does not broadcast to the "
+                         f"confidences' {tuple(confidences.shape)}") from None
     batch_shape = confidences.shape[:-1]
     n_samples = confidences.shape[-1]
     n_members = math.prod(batch_shape)
@@ -256,8 +282,9 @@ def classification_metrics(
         logits: ``[..., V, C]`` logits (e.g. ``[N, V, C]`` for N members); detached here, so
             the results never carry autograd history.
         targets: integer targets in ``[0, C)``, ``[V]`` (shared by all members) or
-            ``[..., V]``. Out-of-range targets raise on CPU and trigger a device-side assert
-            on CUDA (from the NLL gather); checking them up front would need a host sync.
+            ``[..., V]``. Out-of-range targets raise ``IndexError`` on the CPU (the losses'
+            message) and trigger a device-side assert on CUDA (from the NLL gather);
+            checking them there up front would need a host sync.
         num_classes: optional check that ``logits.shape[-1]`` is the expected C; the class
             count always comes from the logits, because NLL needs a logit for every class.
         n_bins: number of ECE confidence bins.
@@ -270,10 +297,7 @@ def classification_metrics(
         A member with non-finite logits gets NaN (or otherwise meaningless) values without
         affecting other members.
     """
-    if logits.dim() < 2:
-        raise ValueError(f"logits must have shape [..., V, C], got {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    _logits_and_targets(logits, targets)
     c = logits.shape[-1]
     if num_classes is not None and num_classes != c:
         raise ValueError(f"num_classes={num_classes} but logits have {c} classes")
@@ -311,8 +335,10 @@ def fit_temperature(val_logits: Tensor, val_targets: Tensor, steps: int = 48) ->
     Returns:
         ``[...]`` temperatures.
     """
+    _logits_and_targets(val_logits, val_targets, "val_logits")
+    checks.integer("steps", steps, 2)
     logits = val_logits.detach().float()
-    targets = val_targets.expand(logits.shape[:-1]).long()
+    targets = _broadcast_targets(val_targets, logits.shape[:-1]).long()
     lead = logits.shape[:-2]
     lo = torch.full(lead, math.log(0.05), device=logits.device)
     hi = torch.full(lead, math.log(20.0), device=logits.device)
@@ -353,8 +379,9 @@ def soft_balanced_accuracy(logits: Tensor, targets: Tensor, temperature: Tensor 
     Returns:
         ``[...]`` values in [0, 1], float32 (float64 for float64 logits).
     """
-    if logits.dim() < 2:
-        raise ValueError(f"logits must have shape [..., V, C], got {tuple(logits.shape)}")
+    _logits_and_targets(logits, targets)
+    if temperature is not None:
+        _tensors(temperature=temperature)
     dtype = _work_dtype(logits.dtype)
     logits = logits.detach().to(dtype)
     targets = _broadcast_targets(targets, logits.shape[:-1]).long()

@@ -31,16 +31,22 @@ DATA_SPLITS = ("train", "val", "test")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when it is available, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+    """``"auto"`` picks CUDA when it is available, else the CPU; ``"cuda"`` without a CUDA
+    device, and anything that is not a device, raise ``ValueError``."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device={device!r} is invalid: must be 'auto', 'cpu', 'cuda' or a "
+                         "torch.device")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'")\
             from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA device is available here; use 'cpu' or "
+                         "'auto'")
+    return dev
 
 
 @dataclass(frozen=True)

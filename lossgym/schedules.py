@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -69,6 +69,14 @@ def _boundaries(values: object) -> tuple[float, ...]:
 
 
 def _progress(t: float) -> float:
+    if not checks.is_real(t):  # (a one-element tensor is read as its number)
+        try:
+            if isinstance(t, (str, bytes, bool)):
+                raise TypeError
+            t = float(t)  # type: ignore[arg-type]
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"progress t={t!r:.80} is invalid: must be a number in [0, 1]") \
+                from None
     t = float(t)
     if math.isnan(t):
         raise ValueError("progress is NaN; it must be a number in [0, 1]")
@@ -260,6 +268,8 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[float]) -> Join:
         boundaries: strictly increasing progress points in (0, 1).
     """
     bounds = _boundaries(boundaries)
+    if isinstance(schedules, (str, bytes, Schedule)) or not isinstance(schedules, Iterable):
+        raise ValueError(f"schedules={schedules!r} must be a list of Schedules")
     parts = tuple(schedules)
     for i, s in enumerate(parts):
         if not isinstance(s, Schedule):

@@ -235,7 +235,10 @@ class TaskSpec:
         """
         if not isinstance(text, str):
             raise ValueError(f"TaskSpec.from_json expects a str, got {type(text).__name__}")
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise ValueError(f"TaskSpec JSON is malformed: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"TaskSpec JSON must be an object, got {type(values).__name__}")
         return cls.from_dict(values)
@@ -266,7 +269,7 @@ class TaskSpec:
             stream: ``"data"`` (training-pool subsample and label noise), ``"init"`` (weight
                 initialisation) or ``"order"`` (minibatch order).
         """
-        if stream not in SEED_STREAMS:
+        if not isinstance(stream, str) or stream not in SEED_STREAMS:
             raise ValueError(f"stream={stream!r} is unknown; known streams: {tuple(SEED_STREAMS)}")
         sequence = np.random.SeedSequence(entropy=self.seed, spawn_key=(SEED_STREAMS[stream],))
         return int(sequence.generate_state(1, dtype=np.uint64)[0]) >> 1
@@ -395,6 +398,8 @@ class TaskFactors:
         Args:
             rng: Source of randomness; advanced by the call.
         """
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         chosen: dict[str, Any] = {}
         for factor, spec_field in _FACTOR_FIELDS.items():
             options = getattr(self, factor)

@@ -7,6 +7,7 @@ import math
 import re
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,11 +22,15 @@ from lossgym.losses import (
     AdaLoss,
     FocalLoss,
     LDAMLoss,
+    ParametricCriterion,
     ParametricLoss,
     adafocal_loss,
+    adafocal_update,
+    adaloss,
     calibration_bin_stats,
     class_balanced_weights,
     drw_weights,
+    equal_mass_bin_edges,
     flsd53_gamma,
     flsd53_loss,
     focal_loss,
@@ -34,6 +39,7 @@ from lossgym.losses import (
     ldam_loss,
     ldam_margins,
     logit_adjusted_cross_entropy,
+    modulated_ce,
     parametric_loss,
     poly1_cross_entropy,
     power_class_weights,
@@ -42,7 +48,8 @@ from lossgym.losses import (
 )
 from lossgym.methods import METHODS, make_method
 from lossgym.population import MinibatchContext
-from lossgym.schedules import LossSchedule, constant
+from lossgym.schedules import LossSchedule, constant, join
+from lossgym.tasks import TaskFactors, TaskSpec
 
 C = 5
 COUNTS = torch.tensor([40.0, 20.0, 10.0, 5.0, 1.0])
@@ -493,3 +500,327 @@ def test_checkpoints_with_recurrent_or_method_state_still_round_trip(tmp_path, k
         match = r"state\['module'\] does not fit the method"
     with pytest.raises(ValueError, match=match):
         AdaptiveLoss.load(out, class_counts=[5, 3, 1]).load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------- probe 2
+# A second probe of bad inputs on the public API: each case below failed before its fix with a
+# traceback from inside torch or numpy, a message that did not name the argument, or a silent
+# acceptance.
+@pytest.mark.parametrize("call, needle", [
+    (lambda z, t: parametric_loss(z, t, gamma="abc"), "gamma='abc' must be a float or a tensor"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, tau=None), "tau=None must be a float"),
+    (lambda z, t: parametric_loss(z, t, COUNTS, alpha=[0.5]), r"alpha=\[0.5\] must be a float"),
+    (lambda z, t: parametric_loss(z, t, gamma=True), "gamma=True must be a float"),
+    (lambda z, t: focal_loss(z, t, gamma="2"), "gamma='2' must be a float"),
+    (lambda z, t: focal_loss(z, t, eps="x"), "eps='x' must be a float"),
+    (lambda z, t: focal_loss(z, t, alpha="x"), "alpha='x' must be a float"),
+    (lambda z, t: FocalLoss(gamma="abc"), "gamma='abc' must be a float"),
+    (lambda z, t: ParametricLoss(alpha=None)(z, t), "alpha=None must be a float"),
+    (lambda z, t: LDAMLoss(COUNTS, scale="30"), "scale='30' must be a float"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha="x"), "alpha='x' must be a"),
+    (lambda z, t: sigmoid_focal_loss([0.0], [1.0]), "inputs and targets must be tensors"),
+    (lambda z, t: gradient_gated_cross_entropy(z, t, "1"), "strength='1' must be a float"),
+    (lambda z, t: parametric_loss(z, t, [40, 20, 10, 5, 1], alpha=0.5),
+     "class_counts must be a tensor"),
+    (lambda z, t: LDAMLoss(None), "class_counts must be a tensor"),
+    (lambda z, t: LDAMLoss([40, 20, 10, 5, 1]), "class_counts must be a tensor"),
+    (lambda z, t: ParametricLoss([40, 20, 10, 5, 1], alpha=0.5), "class_counts must be a tensor"),
+    (lambda z, t: calibration_bin_stats(z, t, [0.0, 0.5, 1.0]), "bin_edges must be a tensor"),
+    (lambda z, t: adafocal_loss(z, t, [1.0, 1.0], EDGES), "gamma_bins must be a tensor"),
+    (lambda z, t: AdaFocalLoss(2).update([[0.0] * C], [0]), "logits and val_targets must be "
+                                                           "tensors"),
+    (lambda z, t: adaloss([1.0], [1.0]), "per_class_loss must be a tensor"),
+    (lambda z, t: equal_mass_bin_edges([0.1, 0.5], 2), "confidences must be a tensor"),
+    (lambda z, t: ParametricCriterion()(z, t, [1.0]), "values must be a mapping"),
+    (lambda z, t: modulated_ce(z, t, "terms"), "terms must be a Terms"),
+])
+def test_loss_arguments_of_the_wrong_type_raise_type_error_naming_them(call, needle):
+    """Before: float() or torch's own TypeError/ValueError ("could not convert string to
+    float"), or an AttributeError, that named no argument."""
+    with pytest.raises(TypeError, match=needle):
+        call(_logits(), torch.arange(6) % C)
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda z, t: focal_loss(z, t, eps=math.nan), "eps=nan"),  # a NaN loss
+    (lambda z, t: focal_loss(z, t, alpha=math.inf), "alpha=inf"),  # a NaN loss
+    (lambda z, t: focal_loss(z, t, alpha=-1.0), "alpha=-1.0 is out of range"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha=math.inf), "alpha=inf"),
+    (lambda z, t: sigmoid_focal_loss(z, torch.zeros_like(z), alpha=torch.ones(3)),
+     r"alpha must be a float \(or a one-element float tensor\)"),
+    (lambda z, t: drw_weights(COUNTS, math.nan), "progress=nan"),  # read as "not yet"
+    (lambda z, t: drw_weights(COUNTS, 0.9, switch=None), "switch=None is invalid"),
+    (lambda z, t: drw_weights(COUNTS, 0.9, switch=torch.ones(3)), "switch="),
+    (lambda z, t: adafocal_loss(z, t, torch.ones(2), EDGES, eps=math.nan), "eps=nan"),
+    (lambda z, t: gradient_gate_weights(z, t, math.nan), "strength=nan"),  # NaN weights
+    (lambda z, t: adaloss(torch.rand(C), torch.rand(C), eps=math.nan), "eps=nan"),
+    (lambda z, t: adaloss(torch.rand(C), torch.rand(3)), r"per_class_loss \(5,\) and "
+                                                         r"running_mean \(3,\)"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(3), torch.rand(2)),
+     r"must have one shape, got \(2,\), \(3,\) and \(2,\)"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(2), torch.rand(2), lam=math.nan),
+     "lam=nan"),
+    (lambda z, t: adafocal_update(torch.ones(2), torch.rand(2), torch.rand(2),
+                                  switch_threshold=None), "switch_threshold=None"),
+    (lambda z, t: equal_mass_bin_edges(torch.rand(20), 2.5), "n_bins=2.5"),
+    (lambda z, t: equal_mass_bin_edges(torch.zeros(0), 2), r"confidences has shape \(0,\)"),
+    (lambda z, t: AdaFocalLoss(True), "n_bins=True"),
+    (lambda z, t: AdaFocalLoss(2, lam="x"), "lam='x'"),
+    (lambda z, t: AdaLoss("5"), "num_classes='5'"),
+    (lambda z, t: AdaLoss(C, num_members=-1), "num_members=-1"),
+    (lambda z, t: AdaLoss(C, eps=math.nan), "eps=nan"),
+    (lambda z, t: parametric_loss(z, t, COUNTS.to(torch.complex64), alpha=0.5),
+     "class_counts must hold real numbers"),
+    (lambda z, t: class_balanced_weights(torch.tensor(3.0), 0.9), r"class_counts has shape \(\)"),
+    (lambda z, t: ldam_margins(torch.ones(0)), r"class_counts has shape \(0,\)"),
+    (lambda z, t: power_class_weights(torch.tensor(3.0), 0.5), r"class_counts has shape \(\)"),
+    (lambda z, t: focal_loss(z, t.to("meta")), "logits and targets must be on one device, got "
+                                               "cpu and meta"),
+    (lambda z, t: parametric_loss(z, t, label_smoothing=np.int64(2)), "label_smoothing="),
+])
+def test_loss_values_outside_their_domain_raise_value_error_naming_them(call, needle):
+    """Before: a silent NaN or garbage (eps, alpha, progress, strength), or a RuntimeError /
+    IndexError / NotImplementedError from inside torch (shapes, devices, complex counts)."""
+    with pytest.raises(ValueError, match=needle):
+        call(_logits(), torch.arange(6) % C)
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda: constant(1.0)("abc"), "progress t='abc' is invalid: must be a number in"),
+    (lambda: LossSchedule({"gamma": 1.0})(None), "progress t=None is invalid"),
+    (lambda: LossSchedule({"gamma": 1.0})([0.5]), r"progress t=\[0.5\] is invalid"),
+    (lambda: join(None, []), "schedules=None must be a list of Schedules"),
+    (lambda: join(constant(1.0), []), "schedules=Constant"),
+    (lambda: TaskSpec.from_json("{bad"), "TaskSpec JSON is malformed"),
+    (lambda: TaskSpec.from_json("[" * 100_000 + "]" * 100_000), "TaskSpec JSON is malformed"),
+    (lambda: TaskSpec().derive_seed(["data"]), r"stream=\['data'\] is unknown"),
+    (lambda: TaskFactors().draw(5), "rng must be a numpy.random.Generator, got int"),
+    (lambda: ActionMapping(max_step="0.1"), "max_step='0.1' is invalid"),
+    (lambda: ActionMapping(max_step=True), "max_step=True is invalid"),
+    (lambda: ActionMapping(parameters=None), "parameters=None must be a sequence"),
+    (lambda: ActionMapping(parameters="gamma"), "parameters='gamma' must be a sequence"),
+    (lambda: ActionMapping.from_dict(None), "an action mapping must be a JSON object"),
+    (lambda: make_method(["ce"]), r"method name=\['ce'\] must be a string"),
+    (lambda: make_method("ce", num_members=0), "num_members=0 is out of range"),
+    (lambda: make_method("adaloss", num_classes=-1), "num_classes=-1 is out of range"),
+    (lambda: make_method("adaloss", num_classes="3"), "num_classes='3' is invalid"),
+    (lambda: make_method("ce", device="bogus"), "device='bogus' is not a torch device"),
+    (lambda: make_method("ce", device=5), "device=5 is invalid"),
+])
+def test_schedule_task_mapping_and_method_arguments_raise_value_error_naming_them(call, needle):
+    """Before: float()'s message, a TypeError ('NoneType' object is not iterable, unhashable
+    type), an AttributeError, a JSONDecodeError or RecursionError without the spec's name, or
+    a RuntimeError from torch.device or from allocating a negative dimension."""
+    with pytest.raises(ValueError, match=needle):
+        call()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_method_on_cuda_without_cuda_is_refused_naming_the_device():
+    """Before: AssertionError("Torch not compiled with CUDA enabled") from inside torch."""
+    with pytest.raises(ValueError, match="device='cuda': no CUDA device is available here"):
+        make_method("adaloss", num_classes=3, device="cuda")
+
+
+def test_zero_total_steps_or_minibatches_are_refused_not_replaced(tmp_path):
+    """Before: ``total_steps=0`` in load() silently took the export's total steps and
+    ``minibatches_per_step=0`` silently became 1 (``x or default``)."""
+    out = write_export(LossSchedule({"alpha": constant(0.5)}), tmp_path / "s", total_steps=4)
+    with pytest.raises(ValueError, match="total_steps=0 is out of range"):
+        AdaptiveLoss.load(out, total_steps=0)
+    with pytest.raises(ValueError, match="minibatches_per_step=0 is out of range"):
+        AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4,
+                     minibatches_per_step=0)
+    method = write_export(make_method("ldam_drw"), tmp_path / "m", total_steps=4)
+    with pytest.raises(ValueError, match="minibatches_per_step=0 is out of range"):
+        AdaptiveLoss.load(method, minibatches_per_step=0)
+
+
+@pytest.mark.parametrize("setup, needle", [
+    ({"lr": "1e-3"}, r"setup\['lr'\]='1e-3' is invalid"),  # TypeError: '>' not supported
+    ({"lr": math.nan}, r"setup\['lr'\]=nan is invalid"),  # silently read as 1e-12
+    ({"lr": -1.0}, r"setup\['lr'\]=-1.0 is out of range"),
+    ({"weight_decay": None}, r"setup\['weight_decay'\]=None is invalid"),
+    ({"batch_size": 0}, r"setup\['batch_size'\]=0 is out of range"),
+    ({"batch_size": 12.5}, r"setup\['batch_size'\]=12.5 is invalid"),
+    ({"width": True}, r"setup\['width'\]=True is invalid"),
+    ({"arch": "rnn"}, r"setup\['arch'\]='rnn' is invalid: must be 'mlp' or 'cnn'"),  # as mlp
+    (5, "setup=5 must be a dict"),  # TypeError: 'int' object is not iterable
+])
+def test_bad_setup_values_are_refused_at_construction(setup, needle):
+    with pytest.raises(ValueError, match=needle):
+        AdaptiveLoss(_controller(), total_steps=4, setup=setup)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"train_loss": "abc"}, "train_loss='abc' is invalid"),  # torch: new(): invalid data type
+    ({"train_loss": math.nan}, "train_loss=nan is invalid"),  # read as a train loss of 1
+    ({"train_loss": -1.0}, "train_loss=-1.0 is out of range"),
+    ({"train_loss": torch.ones(2)}, r"train_loss must be a number or a one-element real "
+                                    r"tensor, got a torch.float32 tensor of shape \(2,\)"),
+    ({"grad_norm": -2.0}, "grad_norm=-2.0 is out of range"),  # read as a zero gradient
+    ({"grad_norm": [1.0]}, r"grad_norm=\[1.0\] is invalid"),
+    ({"grad_norm": 1.0, "grad_norm_std": math.inf}, "grad_norm_std=inf is invalid"),
+    ({"progress": "0.5"}, "progress='0.5' is invalid"),
+])
+def test_bad_step_values_are_refused_and_change_nothing(tmp_path, kwargs, needle):
+    out = write_export(_controller(), tmp_path / "c", total_steps=4)
+    criterion = AdaptiveLoss.load(out, class_counts=[5, 3, 1])
+    criterion(torch.randn(8, 3, requires_grad=True), torch.arange(8) % 3).backward()
+    before = criterion.get_extra_state()
+    with pytest.raises(ValueError, match=needle):
+        criterion.step(**kwargs)
+    assert criterion.get_extra_state() == before
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda c: c.watch(5), "watch.. takes a model, an optimizer or an iterable of tensors, "
+                           "got int"),
+    (lambda c: c.watch("model"), "got str"),  # AttributeError: no attribute 'requires_grad'
+    (lambda c: c.watch(["w"]), "it holds a str"),
+    (lambda c: c.record_gradients("abc"), "record_gradients.. takes"),  # AttributeError
+    (lambda c: c.record_gradients([1.0]), "it holds a float"),
+    (lambda c: (c.fit_temperature(torch.randn(6, 3), torch.arange(6) % 3),
+                c.calibrate([1.0, 2.0, 3.0])), "logits must be a tensor, got list"),
+])
+def test_watch_record_gradients_and_calibrate_name_what_they_take(call, needle):
+    criterion = AdaptiveLoss(LossSchedule({"alpha": constant(0.5)}), total_steps=4,
+                             class_counts=[5, 3, 1])
+    with pytest.raises(TypeError, match=needle):
+        call(criterion)
+
+
+def test_reset_options_that_are_not_a_dict_are_refused():
+    """Before: TypeError("cannot convert dictionary update sequence element #0 ...")."""
+    from lossgym.envs import LossTuningEnv, LossTuningVectorEnv
+
+    task = TaskSpec(dataset="synthetic", imbalance_ratio=10.0, n_max=100, width=8,
+                    batch_size=16, minibatches_per_step=1, horizon=2)
+    with pytest.raises(ValueError, match=r"options=\[\('task', 'digits'\)\] must be a dict"):
+        LossTuningEnv(tasks=task).reset(seed=0, options=[("task", "digits")])
+    with pytest.raises(ValueError, match="options='abc' must be a dict"):
+        LossTuningVectorEnv(num_envs=2, tasks=task).reset(seed=0, options="abc")
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda s: s.iqm("abc"), "values='abc' is invalid: must be real numbers"),
+    (lambda s: s.iqm(None), "values=None is invalid"),  # silently NaN
+    (lambda s: s.summarise({"a": 1.0}), r"values=\{'a': 1.0\} is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2j]), "values=.* is invalid"),
+    (lambda s: s.stratified_mean([[1.0, "x"], [2.0]]), r"values_by_task\[0\]=.* is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2.0], level="0.9"), "level='0.9' is invalid"),
+    (lambda s: s.bootstrap_ci([1.0, 2.0], n_boot=2.5), "n_boot=2.5 is invalid"),
+    (lambda s: s.stratified_bootstrap_ci([[1.0, 2.0]], n_boot=None), "n_boot=None is invalid"),
+    (lambda s: s.run_key({"dataset": "mnist1d"}), "must be a TaskSpec's dict with an integer seed"),
+])
+def test_report_statistics_name_bad_values(call, needle):
+    """Before: numpy's "could not convert string to float", float()'s TypeError, '<' not
+    supported, a KeyError, or a silent NaN for None."""
+    from agents import stats
+
+    with pytest.raises(ValueError, match=needle):
+        call(stats)
+
+
+@pytest.fixture
+def no_compare(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the comparison started")
+
+    monkeypatch.setattr("lossgym.compare.compare", refuse)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["compare", "--device", "meta"], "--device='meta' is invalid"),  # NotImplementedError
+    (["compare", "--output", "{tmp}"], "is a folder; it must be the path of the JSON file"),
+])
+def test_compare_refuses_a_meta_device_and_a_folder_as_output(no_compare, tmp_path, capsys,
+                                                             argv, shown):
+    """Before: NotImplementedError from a meta tensor, or IsADirectoryError after the whole
+    comparison had run."""
+    from lossgym import cli
+
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "Traceback" not in err
+
+
+def test_export_to_a_file_as_out_folder_exits_2(tmp_path, capsys):
+    """Before: FileExistsError's traceback (only FileNotFoundError was caught)."""
+    from agents import export
+
+    (tmp_path / "taken").write_text("x")
+    assert export.main(["--baseline", "ce", "--out", str(tmp_path / "taken")]) == 2
+    assert "File exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--generations", "0"], "generations=0 is out of range: must be an integer >= 1"),
+    (["--pairs", "-1"], "pairs=-1 is out of range"),
+    (["--sigma", "inf"], "sigma=inf is invalid"),  # ran, then failed on NaN actions
+    (["--learning-rate", "inf"], "learning_rate=inf is invalid"),  # trained into garbage
+    (["--weight-decay", "nan"], "weight_decay=nan is invalid"),
+    (["--seed", "-1"], "seed=-1 is out of range"),
+    (["--env-kwargs", '{"bogus": 1}'], "env_kwargs: unknown LossTuning-v0 argument"),
+    (["--env-kwargs", '{"max_step": 5}'], "max_step=5 is out of range"),
+    (["--device", "bogus"], "device='bogus' is invalid"),
+])
+def test_es_refuses_bad_options_with_rc_2_and_writes_nothing(tmp_path, capsys, argv, shown):
+    """Before: every one of these was a traceback (agents.es.main caught nothing), after
+    config.json had been written for some."""
+    from agents import es
+
+    run = tmp_path / "run"
+    assert es.main(["--run-dir", str(run), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "Traceback" not in err
+    assert not (run / "config.json").exists()
+
+
+@pytest.mark.parametrize("call, error, needle", [
+    (lambda m, z, y: m.classification_metrics(z.unsqueeze(0), y + 3), IndexError,
+     re.escape("Target 3 is out of bounds [0, 3) (sample 0)")),  # RuntimeError from gather
+    (lambda m, z, y: m.fit_temperature(z, y + 3), IndexError, "Target 3 is out of bounds"),
+    (lambda m, z, y: m.soft_balanced_accuracy(z, y - 1), IndexError, "Target -1 is out of"),
+    (lambda m, z, y: m.classification_metrics([[[0.0, 1.0]]], [0]), TypeError,
+     "logits must be a tensor, got list"),  # AttributeError: no attribute 'dim'
+    (lambda m, z, y: m.fit_temperature(z.tolist(), y), TypeError,
+     "val_logits must be a tensor, got list"),
+    (lambda m, z, y: m.fit_temperature(z, y[:5]), ValueError,
+     r"targets of shape \(5,\) do not match 20 samples"),  # RuntimeError from expand
+    (lambda m, z, y: m.fit_temperature(z, y, steps=0), ValueError, "steps=0 is out of range"),
+    (lambda m, z, y: m.soft_balanced_accuracy(z, y, 2.0), TypeError,
+     "temperature must be a tensor, got float"),  # AttributeError: no attribute 'to'
+    (lambda m, z, y: m.confusion_matrix([0, 1], [0, 1], 3), TypeError,
+     "preds must be a tensor, got list"),
+    (lambda m, z, y: m.confusion_matrix(y, y, "3"), ValueError, "num_classes='3' is invalid"),
+    (lambda m, z, y: m.expected_calibration_error(torch.rand(20), torch.ones(20) > 0, 2.5),
+     ValueError, "n_bins=2.5 is invalid"),  # RuntimeError: can't cast Float to long
+    (lambda m, z, y: m.expected_calibration_error(torch.rand(20), torch.ones(5) > 0),
+     ValueError, r"correct of shape \(5,\) does not broadcast"),
+])
+def test_metrics_name_bad_inputs(call, error, needle):
+    """Before: RuntimeErrors from torch's gather, expand and scatter, or AttributeErrors for
+    lists and floats."""
+    from lossgym import metrics
+
+    logits = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(error, match=needle):
+        call(metrics, logits, torch.arange(20) % 3)
+
+
+@pytest.mark.parametrize("name", ["gradient_gated", "gradient_gate_weights", "sigmoid_focal",
+                                  "focal"])
+def test_numpy_scalars_are_numbers_everywhere(name):
+    """Before: the gradient gate refused np.float32 / np.int64 with "gate must be a float or
+    a tensor, got float32" (naming gate, not strength), and sigmoid_focal_loss its γ, although
+    the other losses take them."""
+    z, t = _logits(), torch.arange(6) % C
+    calls = {
+        "gradient_gated": lambda s: gradient_gated_cross_entropy(z, t, s),
+        "gradient_gate_weights": lambda s: gradient_gate_weights(z, t, s),
+        "sigmoid_focal": lambda s: sigmoid_focal_loss(z, torch.zeros_like(z), gamma=s),
+        "focal": lambda s: focal_loss(z, t, gamma=s),
+    }
+    for value in (np.float32(2.0), np.int64(2)):
+        torch.testing.assert_close(calls[name](value), calls[name](2.0))

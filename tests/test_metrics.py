@@ -320,8 +320,9 @@ def test_input_validation():
         confusion_matrix(logits, torch.zeros(10, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(torch.rand(10), torch.ones(10), n_bins=0)
-    # Out-of-range targets are an error (from the NLL gather) rather than silently wrong.
-    with pytest.raises(RuntimeError):
+    # Out-of-range targets are an error rather than silently wrong: on the CPU the losses'
+    # IndexError, naming the target and the sample (it was a RuntimeError from the NLL gather).
+    with pytest.raises(IndexError, match=r"Target 3 is out of bounds \[0, 3\) \(sample 0\)"):
         classification_metrics(logits, torch.full((10,), 3))
 
 

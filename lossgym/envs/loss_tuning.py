@@ -28,6 +28,15 @@ def _spaces(batch: EpisodeBatch) -> tuple[spaces.Box, spaces.Box]:
     return obs, act
 
 
+def _options(options: object) -> dict[str, Any]:
+    """``reset``'s ``options``: a dict (or None), copied."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"options={options!r:.80} must be a dict or None")
+    return dict(options)
+
+
 class _Episodes:
     """What the single and the vector env share: the configuration, the task source, the
     episode logic and each member's observations so far (for ``"rgb_array"`` frames)."""
@@ -204,7 +213,7 @@ class LossTuningEnv(_Episodes, gym.Env):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         if seed is not None and not checks.is_seed(seed):
             raise ValueError(f"seed={seed!r} is invalid: must be None or an integer >= 0")
-        options = dict(options or {})
+        options = _options(options)
         task = as_task(options.pop("task")) if "task" in options else None
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; known: ['task']")
@@ -343,7 +352,7 @@ class LossTuningVectorEnv(_Episodes, VectorEnv):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         # Everything is checked before anything (a generator, a member) changes.
         seeds = self._seeds(seed)
-        options = dict(options or {})
+        options = _options(options)
         ids = self._mask(options.pop("reset_mask", None))
         task_opt = options.pop("task", None)
         if options:

@@ -60,6 +60,9 @@ def check_logits_targets(logits: Tensor, targets: Tensor, what: str = "targets")
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
         raise TypeError(f"logits and {what} must be tensors, got {type(logits).__name__} and "
                         f"{type(targets).__name__}")
+    if logits.device != targets.device:
+        raise ValueError(f"logits and {what} must be on one device, got {logits.device} and "
+                         f"{targets.device}")
     if logits.ndim < 2 or logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits must have shape [..., B, C] and {what} [..., B]; got logits "
@@ -100,9 +103,13 @@ def check_range(value: float | Tensor, name: str, low: float = -math.inf,
     """A ``ValueError`` naming ``name`` and the value unless ``value`` is finite and within
     the bounds. Python numbers are always checked, CPU tensors with one reduction (whose
     extremes, min and max, are returned); CUDA tensors are not inspected (that would be a
-    host sync)."""
+    host sync). Anything else (a string, None, a list, a bool) raises ``TypeError`` naming
+    ``name``."""
     bounds = {"low": low, "high": high, "open_low": open_low, "open_high": open_high}
     if isinstance(value, Tensor):
+        if value.is_complex():
+            raise ValueError(f"{name} must hold real numbers, got a tensor of dtype "
+                             f"{value.dtype}")
         if not value.is_cpu or not value.numel() or value.dtype is torch.bool:
             return None
         v = value.detach()
@@ -113,8 +120,9 @@ def check_range(value: float | Tensor, name: str, low: float = -math.inf,
         bad = next(x for x in v.reshape(-1).tolist() if not checks.inside(float(x), **bounds))
         raise ValueError(f"{name} holds {bad!r}; every value of {name} must be "
                          f"{checks.interval(**bounds)}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None  # align() names the type
+    if not checks.is_real(value):
+        raise TypeError(f"{name}={value!r:.80} must be a float or a tensor, got "
+                        f"{type(value).__name__}")
     checks.real(name, value, **bounds)
     return None
 
@@ -125,10 +133,13 @@ def class_counts_values(counts: Tensor, name: str = "class_counts") -> Tensor:
     if not isinstance(counts, Tensor):
         raise TypeError(f"{name} must be a tensor of per-class counts, got "
                         f"{type(counts).__name__}")
+    if counts.ndim == 0 or not counts.shape[-1]:
+        raise ValueError(f"{name} has shape {tuple(counts.shape)}; it must be [C] or [..., C] "
+                         "with C >= 1 per-class counts")
     extremes = check_range(counts, name, 0.0)
     c = counts if counts.is_floating_point() else counts.to(torch.get_default_dtype())
-    if c.ndim == 0 or not c.shape[-1] or (extremes is not None and extremes[0] > 0):
-        return c  # (align_class names a bad shape)
+    if extremes is not None and extremes[0] > 0:
+        return c  # (align_class names a shape that does not fit)
     if extremes is not None and c.ndim == 1:
         return c if extremes[1] > 0 else torch.ones_like(c)
     return c + (c.amax(dim=-1, keepdim=True) <= 0)  # counts are >= 0: a row of zeros gets 1s
@@ -150,10 +161,10 @@ def align(value: float | Tensor, ref_shape: Sequence[int], name: str, like: Tens
     Python numbers pass through untouched so that callers can skip work for exact zeros and
     so that scalar parameters never allocate tensors.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+    if not isinstance(value, Tensor) and not checks.is_real(value):
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     if not isinstance(value, Tensor):
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     ref = tuple(ref_shape)
     shape = tuple(value.shape)
     if len(shape) > len(ref) or any(s != r and s != 1 for s, r in zip(shape, ref, strict=False)):
@@ -245,6 +256,7 @@ class Terms:
             check_range(getattr(self, name), name, low, high, open_low=open_low)
         if self.weight is not None:
             check_range(self.weight, "weight", 0.0)
+        check_range(self.eps, "eps", 0.0)
 
     def is_plain(self) -> bool:
         """Plain cross-entropy: torch's fused kernel is exact and as fast."""
@@ -399,6 +411,8 @@ def modulated_ce(logits: Tensor, targets: Tensor, terms: Terms, reduction: str =
     a zero gradient (``"mean"``, ``"sum"``)."""
     check_reduction(reduction)
     check_logits_targets(logits, targets)
+    if not isinstance(terms, Terms):
+        raise TypeError(f"terms must be a Terms, got {type(terms).__name__}")
     if not targets.numel():
         return reduce(logits.sum(dim=-1), reduction)
     if terms.is_plain():

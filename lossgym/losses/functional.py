@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lossgym import _checks as checks
 from lossgym.losses._kernel import (
     Terms,
     align,
@@ -86,6 +87,8 @@ def _class_weight(weight: Tensor | float | None, targets: Tensor, logits: Tensor
     """Per-class weights as a class term, or a global scale for a number (or 0-d tensor)."""
     if isinstance(weight, Tensor) and weight.ndim > 0:
         return align_class(weight, targets.shape, logits.shape[-1], name, logits), 1.0
+    if weight is not None:
+        check_range(weight, name, 0.0)
     return None, 1.0 if weight is None else weight
 
 
@@ -142,10 +145,19 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25,
     ``inputs`` (module convention).
     """
     check_reduction(reduction)
+    if not isinstance(inputs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError(f"inputs and targets must be tensors, got {type(inputs).__name__} and "
+                        f"{type(targets).__name__}")
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs and targets must have the same shape, got "
                          f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
     check_range(gamma, "gamma", 0.0)
+    check_range(alpha, "alpha")
+    if isinstance(alpha, Tensor):
+        if alpha.numel() != 1 or alpha.dtype is torch.bool:
+            raise ValueError(f"alpha must be a float (or a one-element float tensor), got a "
+                             f"{alpha.dtype} tensor of shape {tuple(alpha.shape)}")
+        alpha = float(alpha)
     g = align(gamma, inputs.shape, "gamma", inputs)
     targets = targets.to(dtype=inputs.dtype)
     p = torch.sigmoid(inputs)
@@ -225,6 +237,8 @@ def drw_weights(class_counts: Tensor, progress: float | Tensor, switch: float = 
         progress: training progress in ``[0, 1]``; float or per-member tensor ``[N]``
             (tensors are handled with ``torch.where``, no host sync).
     """
+    checks.real("switch", switch)
+    check_range(progress, "progress")
     cb = class_balanced_weights(class_counts, beta)
     p = _member_param(progress, cb, "progress")
     if isinstance(p, float):
@@ -363,6 +377,8 @@ def _bin_index(values: Tensor, bin_edges: Tensor, name: str = "bin_edges") -> Te
 
     Values outside the edges go to the first / last bin, as in the reference implementation.
     """
+    if not isinstance(bin_edges, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(bin_edges).__name__}")
     if bin_edges.ndim == 0 or bin_edges.shape[-1] < 2:
         raise ValueError(f"{name} must have shape [K+1] or [..., K+1] with K >= 1, got "
                          f"{tuple(bin_edges.shape)}")
@@ -400,7 +416,10 @@ def adafocal_loss(logits: Tensor, targets: Tensor, gamma_bins: Tensor, bin_edges
     """
     check_reduction(reduction)
     check_targets(logits, targets)
+    if not isinstance(gamma_bins, Tensor):
+        raise TypeError(f"gamma_bins must be a tensor, got {type(gamma_bins).__name__}")
     check_range(gamma_bins, "gamma_bins")
+    check_range(eps, "eps", 0.0)
     logp = F.log_softmax(logits, dim=-1)
     logp_t = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     p_t = logp_t.exp()
@@ -447,6 +466,20 @@ def adafocal_update(gamma_bins: Tensor, val_confidence_per_bin: Tensor,
     Returns:
         New gammas, same shape as ``gamma_bins``.
     """
+    named = {"gamma_bins": gamma_bins, "val_confidence_per_bin": val_confidence_per_bin,
+             "val_accuracy_per_bin": val_accuracy_per_bin}
+    for name, value in named.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if not gamma_bins.shape == val_confidence_per_bin.shape == val_accuracy_per_bin.shape:
+        raise ValueError("gamma_bins, val_confidence_per_bin and val_accuracy_per_bin must have "
+                         f"one shape, got {tuple(gamma_bins.shape)}, "
+                         f"{tuple(val_confidence_per_bin.shape)} and "
+                         f"{tuple(val_accuracy_per_bin.shape)}")
+    checks.real("lam", lam)
+    checks.real("switch_threshold", switch_threshold, 0.0)
+    checks.real("gamma_min", gamma_min)
+    checks.real("gamma_max", gamma_max, gamma_min)
     gap = val_confidence_per_bin.to(gamma_bins) - val_accuracy_per_bin.to(gamma_bins)
     step = torch.where(gamma_bins > 0, lam * gap, -lam * gap)
     new = gamma_bins * torch.exp(step)
@@ -493,8 +526,12 @@ def equal_mass_bin_edges(confidences: Tensor, n_bins: int) -> Tensor:
     dim; the outer edges are fixed to 0 and 1 so every probability falls in a bin.
     Returns ``[..., n_bins + 1]``.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    checks.integer("n_bins", n_bins, 1)
+    if not isinstance(confidences, Tensor):
+        raise TypeError(f"confidences must be a tensor, got {type(confidences).__name__}")
+    if confidences.ndim == 0 or not confidences.shape[-1]:
+        raise ValueError(f"confidences has shape {tuple(confidences.shape)}; it must be "
+                         "[..., V] with V >= 1 values")
     c = confidences.detach()
     c = c.to(torch.promote_types(c.dtype, torch.float32))
     q = torch.linspace(0.0, 1.0, n_bins + 1, dtype=c.dtype, device=c.device)[1:-1]
@@ -520,6 +557,13 @@ def adaloss(per_class_loss: Tensor, running_mean: Tensor, eps: float = 1e-8,
     stop-gradient.  Shapes: ``per_class_loss``, ``running_mean`` and ``present`` are
     ``[..., C]``; the result is ``[...]``.
     """
+    for name, value in (("per_class_loss", per_class_loss), ("running_mean", running_mean)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    if per_class_loss.shape[-1:] != running_mean.shape[-1:]:
+        raise ValueError(f"per_class_loss {tuple(per_class_loss.shape)} and running_mean "
+                         f"{tuple(running_mean.shape)} must have the same classes (last dim)")
+    checks.real("eps", eps, 0.0)
     ratio = per_class_loss / (running_mean.detach() + eps)
     if present is None:
         return ratio.mean(dim=-1)
@@ -543,6 +587,7 @@ def gradient_gate_weights(logits: Tensor, targets: Tensor, strength: float | Ten
     weights (not normalised).
     """
     check_targets(logits, targets)
+    check_range(strength, "strength")
     s = align(strength, targets.shape, "strength", logits)
     logp_t = F.log_softmax(logits.detach(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return gate_weights(-torch.expm1(logp_t), s)
@@ -561,4 +606,6 @@ def gradient_gated_cross_entropy(logits: Tensor, targets: Tensor, strength: floa
     """
     check_reduction(reduction)
     check_logits_targets(logits, targets)
-    return modulated_ce(logits, targets, Terms(gate=strength), reduction)
+    check_range(strength, "strength")
+    gate = strength if isinstance(strength, Tensor) else float(strength)
+    return modulated_ce(logits, targets, Terms(gate=gate), reduction)

@@ -6,8 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lossgym import _checks as checks
 from lossgym import params as loss_params
-from lossgym.losses._kernel import check_reduction, check_targets, reduce
+from lossgym.losses._kernel import (
+    check_range,
+    check_reduction,
+    check_targets,
+    class_counts_values,
+    reduce,
+)
 from lossgym.losses.functional import (
     adafocal_loss,
     adafocal_update,
@@ -25,6 +32,8 @@ def _store(module: nn.Module, name: str, value: float | Tensor | None) -> None:
     if isinstance(value, Tensor):
         module.register_buffer(name, value.detach().clone())
     else:
+        if value is not None:
+            check_range(value, name)  # a finite number (its domain: the loss, when called)
         setattr(module, name, None if value is None else float(value))
 
 
@@ -74,6 +83,8 @@ class ParametricLoss(_Loss):
                  **values: float | Tensor) -> None:
         super().__init__()
         check_reduction(reduction)
+        if class_counts is not None:
+            class_counts_values(class_counts)  # a tensor of finite counts >= 0
         _store(self, "class_counts", class_counts)
         for p in loss_params.LOSS_PARAMS:
             _store(self, p.name, values.pop(p.name, p.neutral))
@@ -98,6 +109,7 @@ class LDAMLoss(_Loss):
                  reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
+        class_counts_values(class_counts)  # a tensor of finite counts >= 0, [C] or [..., C]
         self.register_buffer("class_counts", class_counts.detach().clone())
         _store(self, "max_margin", max_margin)
         _store(self, "scale", scale)
@@ -127,8 +139,14 @@ class AdaFocalLoss(_Loss):
                  reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
-        if n_bins < 1:
-            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        n_bins = checks.integer("n_bins", n_bins, 1)
+        gamma_init = checks.real("gamma_init", gamma_init)
+        if num_members is not None:
+            num_members = checks.integer("num_members", num_members, 1)
+        lam = checks.real("lam", lam)
+        switch_threshold = checks.real("switch_threshold", switch_threshold, 0.0)
+        gamma_min = checks.real("gamma_min", gamma_min)
+        gamma_max = checks.real("gamma_max", gamma_max, gamma_min)
         lead = () if num_members is None else (num_members,)
         self.register_buffer("gamma_bins", torch.full(lead + (n_bins,), float(gamma_init)))
         edges = torch.linspace(0.0, 1.0, n_bins + 1)
@@ -147,6 +165,7 @@ class AdaFocalLoss(_Loss):
     @torch.no_grad()
     def update(self, val_logits: Tensor, val_targets: Tensor) -> None:
         """One gamma update from validation predictions ``[..., V, C]`` / ``[..., V]``."""
+        check_targets(val_logits, val_targets, "val_targets")
         if tuple(val_targets.shape[:-1]) != tuple(self.gamma_bins.shape[:-1]):
             raise ValueError(f"val_targets has shape {tuple(val_targets.shape)}, but the gamma "
                              f"state {tuple(self.gamma_bins.shape)} needs leading dims "
@@ -180,8 +199,11 @@ class AdaLoss(_Loss):
                  eps: float = 1e-8, reduction: str = "mean") -> None:
         super().__init__()
         check_reduction(reduction)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        num_classes = checks.integer("num_classes", num_classes, 1)
+        if num_members is not None:
+            num_members = checks.integer("num_members", num_members, 1)
+        momentum = checks.real("momentum", momentum, 0.0, 1.0, open_high=True)
+        eps = checks.real("eps", eps, 0.0)
         shape = (num_classes,) if num_members is None else (num_members, num_classes)
         self.register_buffer("running_mean", torch.ones(shape))
         self.register_buffer("initialized", torch.zeros(shape, dtype=torch.bool))

@@ -144,10 +144,16 @@ def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None
     """The terms of the parametric loss for parameter ``values`` (name → float or tensor;
     missing names are neutral) and counts ``[C]`` or ``[N, C]`` (finite, >= 0; a row of
     zeros, unknown counts, reads as equal counts)."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"values must be a mapping of loss parameter names to values, got "
+                        f"{type(values).__name__}")
     known = {p.name: p for p in loss_params.LOSS_PARAMS}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown loss parameters {unknown}; choose from {list(known)}")
+    for k, v in values.items():
+        if not isinstance(v, Tensor):
+            check_range(v, k)  # a finite number (its domain: Terms)
     active = {k: v for k, v in values.items()
               if isinstance(v, Tensor) or float(v) != known[k].neutral}
     needs = sorted(k for k in active if getattr(TERMS[k], "needs_counts", False))
@@ -155,8 +161,8 @@ def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None
     if needs:
         if class_counts is None:
             raise ValueError(f"class_counts is needed for the parameters {needs}")
-        lead = _lead(active, class_counts, targets_shape)
         counts = class_counts_values(class_counts)
+        lead = _lead(active, counts, targets_shape)
         counts = align_class(counts, lead, like.shape[-1], "class_counts", like)
         counts = counts.to(like.dtype if like.is_floating_point() else torch.float32)
         classes = ClassStats(counts.clamp_min(1.0).log(), counts.log())
@@ -199,6 +205,9 @@ class ParametricCriterion:
 
     def terms(self, values: Mapping[str, float | Tensor], logits: Tensor, targets: Tensor,
               class_counts: Tensor | None = None) -> Terms:
+        if not isinstance(values, Mapping):
+            raise TypeError(f"values must be a mapping of loss parameter names to values, got "
+                            f"{type(values).__name__}")
         counts = self.class_counts if class_counts is None else class_counts
         key = (tuple((k, _key(v)) for k, v in values.items()), _key(counts), logits.dtype,
                logits.device, tuple(targets.shape[:-1]))
