@@ -152,8 +152,10 @@ def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None
     if unknown:
         raise ValueError(f"unknown loss parameters {unknown}; choose from {list(known)}")
     for k, v in values.items():
-        if not isinstance(v, Tensor):
-            check_range(v, k)  # a finite number (its domain: Terms)
+        # Anything but a float, an int or a tensor is named here (Terms checks the domain of
+        # the active ones); the common case costs a type lookup.
+        if type(v) not in (float, int) and not isinstance(v, Tensor):
+            check_range(v, k)
     active = {k: v for k, v in values.items()
               if isinstance(v, Tensor) or float(v) != known[k].neutral}
     needs = sorted(k for k in active if getattr(TERMS[k], "needs_counts", False))
