@@ -14,10 +14,12 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
+import sys
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -156,3 +158,16 @@ def build(parser: argparse.ArgumentParser, cls: type, namespace: argparse.Namesp
     if message:
         parser.error(message)
     return cls(**values)
+
+
+def run_command(call: Callable[[], object], prog: str | None = None) -> int:
+    """A command's exit status: 0 after printing what ``call`` returns; 2 when it raises a
+    ``ValueError`` or ``OSError`` (the user's input: options, run folders, files), printed as
+    ``prog: error: ...`` on stderr. ``prog`` defaults to the script's name."""
+    try:
+        print(call())
+    except (ValueError, OSError) as err:
+        name = prog or os.path.basename(sys.argv[0]) or "lossgym"
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 import warnings
@@ -59,6 +58,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from agents import distributed
+from agents.arguments import run_command
 from agents.train import ENV_ID, build_model, load_hyperparams, normalise_observations
 from agents.vec_env import LossTuningSB3VecEnv, unbatch_infos
 from lossgym import _checks as checks
@@ -566,12 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.es``: train, print the run folder. Errors in the user's input
     (options, the run folder) exit with status 2 and a message."""
     args = parse_args(argv)
-    try:
-        print(train_es(args))
-    except (ValueError, OSError) as err:
-        print(f"{os.path.basename(sys.argv[0]) or 'es'}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: train_es(args))
 
 
 if __name__ == "__main__":

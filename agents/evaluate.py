@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import threading
@@ -50,7 +49,7 @@ import numpy as np
 
 from agents import baselines as bl
 from agents import distributed
-from agents.arguments import add_dataclass_arguments, build, check_fields
+from agents.arguments import add_dataclass_arguments, build, check_fields, run_command
 from agents.report import write_report
 from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_method, rollout_policy
 from agents.train import AgentPolicy
@@ -883,17 +882,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluation.json) exit with status 2 and a message."""
     ns = parse_args(argv)
     fields = {k: v for k, v in vars(ns).items() if k not in ("report_only", "add_methods")}
-    try:
-        if ns.report_only:
-            print(report_from_json(ns.run_dir))
-        elif ns.add_methods:
-            print(add_methods(EvalArgs(**fields), ns.add_methods))
-        else:
-            print(evaluate(EvalArgs(**fields)))
-    except (ValueError, OSError) as err:
-        print(f"{os.path.basename(sys.argv[0]) or 'evaluate'}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if ns.report_only:
+        return run_command(lambda: report_from_json(ns.run_dir))
+    if ns.add_methods:
+        return run_command(lambda: add_methods(EvalArgs(**fields), ns.add_methods))
+    return run_command(lambda: evaluate(EvalArgs(**fields)))
 
 
 def read_evaluation(run_dir: Path) -> dict:

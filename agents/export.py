@@ -37,6 +37,7 @@ import torch
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import Tensor, nn
 
+from agents.arguments import run_command
 from agents.baselines import RULES
 from agents.rollout import EpisodeRecord, Policy, ScheduleRule, rollout_policy
 from agents.train import AgentPolicy
@@ -262,12 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lossgym export", description=__doc__.splitlines()[0])
     add_export_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        print(f"wrote {run_from_args(args)}")
-    except (ValueError, OSError) as err:
-        print(f"lossgym export: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: f"wrote {run_from_args(args)}", "lossgym export")
 
 
 def run_from_args(args: argparse.Namespace) -> Path:

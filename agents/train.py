@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
@@ -57,7 +56,7 @@ from stable_baselines3.common.monitor import ResultsWriter
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
-from agents.arguments import add_dataclass_arguments, build, check_fields
+from agents.arguments import add_dataclass_arguments, build, check_fields, run_command
 from agents.vec_env import EPISODE_KEYWORDS, LossTuningSB3VecEnv, make_vec_env
 from lossgym.export import check_obs_normalization
 from lossgym.io import atomic_write, atomic_write_text
@@ -654,12 +653,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return es.main(argv[:i] + argv[i + (1 if arg == "--algo=es" else 2):])
     args = parse_args(argv)
-    try:
-        print(train(args))
-    except (ValueError, OSError) as err:
-        print(f"{os.path.basename(sys.argv[0]) or 'train'}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: train(args))
 
 
 if __name__ == "__main__":

@@ -97,3 +97,26 @@ def test_version_and_python_dash_m():
     assert out.strip() == f"lossgym {__import__('lossgym').__version__}"
     assert subprocess.run([sys.executable, "-m", "lossgym", "compare", "--rho", "0"],
                           capture_output=True, text=True).returncode == 2
+
+
+def test_run_command_prints_the_result_or_the_users_error_with_status_2(capsys):
+    from agents.arguments import run_command
+
+    assert run_command(lambda: "done", "prog") == 0
+    assert capsys.readouterr().out == "done\n"
+
+    def bad() -> None:
+        raise ValueError("--seeds=0 is out of range")
+
+    def missing() -> None:
+        raise FileNotFoundError("runs/x/config.json")
+
+    assert run_command(bad, "prog") == 2 and run_command(missing, "prog") == 2
+    assert capsys.readouterr().err == ("prog: error: --seeds=0 is out of range\n"
+                                       "prog: error: runs/x/config.json\n")
+
+    def bug() -> None:
+        raise KeyError("a bug is not the user's error")
+
+    with pytest.raises(KeyError):  # a bug still shows its traceback
+        run_command(bug, "prog")
