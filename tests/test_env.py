@@ -354,6 +354,8 @@ CUDA_MISSING = [] if torch.cuda.is_available() else [("device", "cuda")]
     ("eval_chunk", True), ("eval_chunk", 0), ("split", "test"), ("render_mode", "video"),
     ("device", "tpu"), ("device", 3), ("tasks", 5), *CUDA_MISSING,
 ])
+# gym.make warns of an unknown render mode before the env refuses it.
+@pytest.mark.filterwarnings("ignore:.*render_mode='video':UserWarning")
 def test_bad_constructor_arguments_name_the_argument_and_the_value(name, value):
     for make in (lambda: LossTuningEnv(**{name: value}),
                  lambda: LossTuningVectorEnv(num_envs=2, **{name: value}),
