@@ -33,17 +33,12 @@ def _task_from_args(args: argparse.Namespace) -> TaskSpec:
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from lossgym.population import resolve_device
 
     try:
-        kind = "auto" if device == "auto" else torch.device(device).type
-    except RuntimeError as err:
-        raise ValueError(f"--device={device!r} is invalid: must be auto, cpu or cuda") from err
-    if kind not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device={device!r} is invalid: must be auto, cpu or cuda")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={device!r}: no CUDA device is available here; use cpu or "
-                         "auto")
+        resolve_device(device)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
 
 
 def _compare(args: argparse.Namespace) -> int:

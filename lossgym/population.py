@@ -31,21 +31,26 @@ DATA_SPLITS = ("train", "val", "test")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when it is available, else the CPU; ``"cuda"`` without a CUDA
-    device, and anything that is not a device, raise ``ValueError``."""
+    """The device a ``device`` argument names: ``"auto"`` picks CUDA when it is available,
+    else the CPU. Anything but the CPU or a CUDA device this machine has raises ``ValueError``
+    naming the value (the one device check of the env, the engine, the methods and the CLI)."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)):
-        raise ValueError(f"device={device!r} is invalid: must be 'auto', 'cpu', 'cuda' or a "
-                         "torch.device")
     try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'")\
-            from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: no CUDA device is available here; use 'cpu' or "
-                         "'auto'")
+        dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is invalid: must be 'auto', 'cpu', 'cuda', "
+                         "'cuda:N' or a torch.device")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device={device!r}: no CUDA device is available here; use 'cpu' "
+                             "or 'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device={device!r}: there is no CUDA device {dev.index} (this "
+                             f"machine has {count}); use 'cuda:0' ... 'cuda:{count - 1}'")
     return dev
 
 

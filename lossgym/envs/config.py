@@ -20,6 +20,7 @@ from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.actions import ACTION_MODES, ActionMapping, parse_parameters
 from lossgym.envs.core import METRICS, REWARD_BASELINES, EpisodeBatch, TaskSource, as_task
+from lossgym.population import resolve_device
 from lossgym.schedules import LossSchedule, constant
 from lossgym.tasks import TASK_SPLITS, TaskDistribution, TaskSpec
 
@@ -133,25 +134,8 @@ def _action_params(value: object) -> tuple[str, ...]:
 
 
 def _device(value: object) -> str | torch.device:
-    if value == "auto":
-        return "auto"
-    if not isinstance(value, str | torch.device):
-        raise ValueError(f"device={value!r} is invalid: must be 'auto', 'cpu', 'cuda', "
-                         "'cuda:N' or a torch.device")
-    try:
-        device = torch.device(value)
-    except RuntimeError as err:
-        raise ValueError(f"device={value!r} is invalid: must be 'auto', 'cpu', 'cuda', "
-                         "'cuda:N' or a torch.device") from err
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device={value!r}: no CUDA device is available here; use 'cpu' "
-                             "or 'auto'")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device={value!r}: there is no CUDA device {device.index} (this "
-                             f"machine has {count}); use 'cuda:0' ... 'cuda:{count - 1}'")
-    return value
+    resolve_device(value)  # checked now; "auto" is resolved when the env is built
+    return value  # type: ignore[return-value]
 
 
 def _base_rule(value: object) -> LossSchedule | None:
