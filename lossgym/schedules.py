@@ -69,15 +69,14 @@ def _boundaries(values: object) -> tuple[float, ...]:
 
 
 def _progress(t: float) -> float:
-    if not checks.is_real(t):  # (a one-element tensor is read as its number)
-        try:
-            if isinstance(t, (str, bytes, bool)):
-                raise TypeError
-            t = float(t)  # type: ignore[arg-type]
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"progress t={t!r:.80} is invalid: must be a number in [0, 1]") \
-                from None
-    t = float(t)
+    """``t`` as a float clipped to [0, 1] (a one-element tensor reads as its number)."""
+    try:
+        if isinstance(t, (str, bytes, bool)):
+            raise TypeError
+        t = float(t)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"progress t={t!r:.80} is invalid: must be a number in [0, 1]") \
+            from None
     if math.isnan(t):
         raise ValueError("progress is NaN; it must be a number in [0, 1]")
     return min(max(t, 0.0), 1.0)

@@ -67,6 +67,11 @@ AGAINST = ("knot_search", "agent", "agent_task_replay", "base_rule")
 TRAIN_LOSS, VAL_LOSS = 1, 2
 
 
+def gap(seen: np.ndarray) -> float:
+    """ln(train loss) − ln(val loss) of an observation: what the hand switch reads."""
+    return float(seen[TRAIN_LOSS] - seen[VAL_LOSS])
+
+
 class SwitchRule:
     """One run's closed loop between schedules: ``schedules[0]`` until progress ``at``; there
     ``detect`` reads the run's observation and names a level, whose schedule plays to the end.
@@ -86,7 +91,7 @@ class SwitchRule:
     @property
     def gap(self) -> float:
         """ln(train loss) − ln(val loss) at ``at`` (NaN before)."""
-        return math.nan if self.seen is None else float(self.seen[TRAIN_LOSS] - self.seen[VAL_LOSS])
+        return math.nan if self.seen is None else gap(self.seen)
 
     def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
         p = float(progress[0])
@@ -108,7 +113,7 @@ DETECTORS = ("gap", "learned", "winner", "truth")
 def nearest_gap(means: Sequence[float]) -> Detector:
     """The level whose mean ln(train loss) − ln(val loss) is nearest the run's."""
     centres = np.asarray(means, dtype=np.float64)
-    return lambda seen: int(np.abs(seen[TRAIN_LOSS] - seen[VAL_LOSS] - centres).argmin())
+    return lambda seen: int(np.abs(gap(seen) - centres).argmin())
 
 
 class LogisticDetector:
@@ -186,7 +191,7 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
     if detector == "gap":
         seen, _ = observe(schedules, [t.replace(label_noise=v) for v in levels for t in tune],
                           at, parameters, args.device)
-        gaps = np.array([s[TRAIN_LOSS] - s[VAL_LOSS] for s in seen]).reshape(len(levels), -1)
+        gaps = np.array([gap(s) for s in seen]).reshape(len(levels), -1)
         out["means"] = gaps.mean(1).tolist()
         detects = [nearest_gap(out["means"])] * len(tasks)
     elif detector in ("learned", "winner"):
