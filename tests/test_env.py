@@ -352,7 +352,7 @@ CUDA_MISSING = [] if torch.cuda.is_available() else [("device", "cuda")]
     ("max_step", True), ("max_step", 0.0), ("max_step", float("nan")),
     ("divergence_penalty", "1"), ("divergence_penalty", float("inf")), ("eval_chunk", 2.5),
     ("eval_chunk", True), ("eval_chunk", 0), ("split", "test"), ("render_mode", "video"),
-    ("device", "tpu"), ("device", 3), ("tasks", 5), *CUDA_MISSING,
+    ("device", "tpu"), ("device", 3), ("device", "meta"), ("tasks", 5), *CUDA_MISSING,
 ])
 # gym.make warns of an unknown render mode before the env refuses it.
 @pytest.mark.filterwarnings("ignore:.*render_mode='video':UserWarning")
