@@ -27,6 +27,7 @@ by side so that their units share the workers.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -119,6 +120,8 @@ class RayExecutor(Executor):
                 ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
                          log_to_driver=False)
             else:
+                if address != "auto":
+                    check_reachable(address)
                 ray.init(address=address, runtime_env=env, log_to_driver=False)
             self.started = True
         self.max_retries = max_retries
@@ -167,6 +170,27 @@ class RayExecutor(Executor):
         if self.started:
             require_ray().shutdown()
             self.started = False
+
+
+#: How long :func:`check_reachable` waits for a cluster to answer.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A ``ValueError`` naming ``address`` unless it is ``HOST:PORT`` or ``ray://HOST:PORT``
+    and something accepts a TCP connection there within ``timeout`` seconds. Ray itself
+    retries an address that does not answer for minutes before it fails."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    allowed = "auto, local, HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray {address!r} is invalid: must be {allowed}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(f"--ray {address!r}: nothing answers at {hostport} ({err}); start "
+                         f"the cluster there with `ray start --head`, or use --ray local"
+                         ) from None
 
 
 def executor_from(ray_address: str | None, num_cpus: int | None = None) -> Executor:

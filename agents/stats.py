@@ -114,6 +114,27 @@ def _apply_rows(stat: Callable[..., object], samples: np.ndarray) -> np.ndarray:
     return np.array([float(stat(row)) for row in samples], dtype=np.float64)
 
 
+#: The most resamples a bootstrap takes: its ``n_boot`` values are held at once (80 MB here),
+#: and beyond about 10^5 more resamples change no digit a report prints.
+MAX_BOOT = 10**7
+#: Resampled indices are drawn in blocks of at most this many (32 MB), so that memory does
+#: not grow with ``n_boot`` times the sample size.
+_BLOCK = 1 << 22
+
+
+def _check_boot(n_boot: object) -> int:
+    return checks.integer("n_boot", n_boot, 1, MAX_BOOT)
+
+
+def _blocks(n_boot: int, width: int) -> list[int]:
+    """Row counts of the blocks ``n_boot`` resamples of ``width`` draws each are made in: one
+    block when it fits in :data:`_BLOCK` (then the draws are those of a single call)."""
+    if n_boot * width <= _BLOCK:
+        return [n_boot]
+    rows = max(2, _BLOCK // width // 2 * 2)  # even, so each block uses whole 64-bit words
+    return [rows] * (n_boot // rows) + ([n_boot % rows] if n_boot % rows else [])
+
+
 def bootstrap_ci(
     values: object,
     stat: Callable[..., object] = np.mean,
@@ -140,7 +161,7 @@ def bootstrap_ci(
         ``(low, high)``; ``(nan, nan)`` for no values; both equal to ``stat(values)`` for one.
     """
     _check_level(level)
-    checks.integer("n_boot", n_boot, 1)
+    n_boot = _check_boot(n_boot)
     arr = _as_1d(values)
     if arr.size == 0:
         return float("nan"), float("nan")
@@ -148,8 +169,8 @@ def bootstrap_ci(
         value = float(np.asarray(stat(arr), dtype=np.float64))
         return value, value
     gen = np.random.default_rng(rng)
-    idx = gen.integers(0, arr.size, size=(n_boot, arr.size))
-    boot = _apply_rows(stat, arr[idx])
+    boot = np.concatenate([_apply_rows(stat, arr[gen.integers(0, arr.size, size=(rows, arr.size))])
+                           for rows in _blocks(n_boot, arr.size)])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha])
     return float(low), float(high)
@@ -188,16 +209,19 @@ def stratified_bootstrap_samples(
     returned when no task has one.
     """
     _check_stat(stat)
-    checks.integer("n_boot", n_boot, 1)
+    n_boot = _check_boot(n_boot)
     arrays = _strata_arrays(values_by_task)
     if not arrays:
         return np.zeros(0)
     gen = np.random.default_rng(rng)
     sizes = np.array([a.size for a in arrays], dtype=np.float64)
-    means = np.empty((n_boot, len(arrays)))
-    for t, arr in enumerate(arrays):
-        means[:, t] = arr[gen.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
-    return _stratified_stat(means, sizes, stat)
+    out = []
+    for rows in _blocks(n_boot, max(a.size for a in arrays) + len(arrays)):
+        means = np.empty((rows, len(arrays)))
+        for t, arr in enumerate(arrays):
+            means[:, t] = arr[gen.integers(0, arr.size, size=(rows, arr.size))].mean(axis=1)
+        out.append(_stratified_stat(means, sizes, stat))
+    return np.concatenate(out)
 
 
 def stratified_bootstrap_ci(

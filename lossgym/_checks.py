@@ -23,16 +23,22 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _number(x: float) -> str:
+    """``x`` as the docs write it: whole numbers in full (``10000000``), others by ``:g``."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def interval(low: float = -math.inf, high: float = math.inf, *, open_low: bool = False,
              open_high: bool = False, kind: str = "a finite number") -> str:
     """What is allowed, in words: ``a finite number in [0, 1)``, ``an integer >= 1``."""
     if high == math.inf:
         if low == -math.inf:
             return kind
-        return f"{kind} {'>' if open_low else '>='} {low:g}"
+        return f"{kind} {'>' if open_low else '>='} {_number(low)}"
     if low == -math.inf:
-        return f"{kind} {'<' if open_high else '<='} {high:g}"
-    return f"{kind} in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        return f"{kind} {'<' if open_high else '<='} {_number(high)}"
+    return (f"{kind} in {'(' if open_low else '['}{_number(low)}, {_number(high)}"
+            f"{')' if open_high else ']'}")
 
 
 def inside(value: float, low: float = -math.inf, high: float = math.inf, *,

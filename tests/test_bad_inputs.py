@@ -47,6 +47,7 @@ from lossgym.losses import (
     weighted_cross_entropy,
 )
 from lossgym.methods import METHODS, make_method
+from lossgym.params import LOSS_PARAMS
 from lossgym.population import MinibatchContext
 from lossgym.schedules import LossSchedule, constant, join
 from lossgym.tasks import TaskFactors, TaskSpec
@@ -585,6 +586,28 @@ def test_loss_values_outside_their_domain_raise_value_error_naming_them(call, ne
         call(_logits(), torch.arange(6) % C)
 
 
+@pytest.mark.parametrize("name", [p.name for p in LOSS_PARAMS])
+@pytest.mark.parametrize("value", [1e300, -1e300, 1e7])
+def test_huge_loss_parameters_are_refused_naming_them(name, value):
+    """Before: scale, tau, margin and poly_epsilon at ±1e300 gave an inf or NaN loss, and
+    alpha or cb gave an error about a 'weight' the caller never passed."""
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r} is out of range")):
+        parametric_loss(_logits(), torch.arange(6) % C, COUNTS, **{name: value})
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5])
+def test_cb_outside_its_mix_is_refused_naming_it(value):
+    """Before: cb = 1.5 made a class weight negative and the error named 'weight'."""
+    with pytest.raises(ValueError, match=r"cb=.* must be a finite number in \[0, 1\]"):
+        parametric_loss(_logits(), torch.arange(6) % C, COUNTS, cb=value)
+
+
+@pytest.mark.parametrize("name", ["scale", "tau", "margin", "alpha", "poly_epsilon", "gate"])
+def test_the_largest_accepted_parameters_give_a_finite_loss(name):
+    loss = parametric_loss(_logits(), torch.arange(6) % C, COUNTS, **{name: 1e6})
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("call, needle", [
     (lambda: constant(1.0)("abc"), "progress t='abc' is invalid: must be a number in"),
     (lambda: LossSchedule({"gamma": 1.0})(None), "progress t=None is invalid"),
@@ -712,6 +735,11 @@ def test_reset_options_that_are_not_a_dict_are_refused():
     (lambda s: s.bootstrap_ci([1.0, 2.0], n_boot=2.5), "n_boot=2.5 is invalid"),
     (lambda s: s.stratified_bootstrap_ci([[1.0, 2.0]], n_boot=None), "n_boot=None is invalid"),
     (lambda s: s.run_key({"dataset": "mnist1d"}), "must be a TaskSpec's dict with an integer seed"),
+    # Before: numpy's MemoryError from allocating 10^12 rows of resampled indices.
+    (lambda s: s.bootstrap_ci([1.0, 2.0], n_boot=10**12),
+     r"n_boot=1000000000000 is out of range: must be an integer in \[1, 10000000\]"),
+    (lambda s: s.stratified_bootstrap_ci([[1.0, 2.0]], n_boot=10**12), "n_boot=1000000000000"),
+    (lambda s: s.paired_difference([1.0, 2.0], [0.0, 1.0], n_boot=10**8), "n_boot=100000000"),
 ])
 def test_report_statistics_name_bad_values(call, needle):
     """Before: numpy's "could not convert string to float", float()'s TypeError, '<' not

@@ -36,6 +36,38 @@ def test_pbt_is_skipped_with_the_reason_without_ray(no_ray, tmp_path):
         _pbt(EvalArgs(pbt=True), [TINY], 2, tmp_path, ("gamma", "alpha"))
 
 
+@pytest.mark.parametrize("address, needle", [
+    ("127.0.0.1:1", r"--ray '127.0.0.1:1': nothing answers at 127.0.0.1:1"),
+    ("ray://127.0.0.1:1", r"--ray 'ray://127.0.0.1:1': nothing answers at 127.0.0.1:1"),
+    ("cluster", r"--ray 'cluster' is invalid: must be auto, local, HOST:PORT"),
+    ("host:port", r"--ray 'host:port' is invalid"),
+    ("host:70000", r"--ray 'host:70000' is invalid"),
+])
+def test_a_cluster_address_that_does_not_answer_is_refused_before_ray_connects(
+        monkeypatch, address, needle):
+    """Before: ray.init retried an address where nothing listens for minutes (the CLI hung)."""
+    ray = pytest.importorskip("ray")
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    with pytest.raises(ValueError, match=needle):
+        distributed.executor_from(address)
+    assert calls == []
+
+
+def test_a_cluster_address_that_answers_is_passed_to_ray(monkeypatch):
+    import socket
+    ray = pytest.importorskip("ray")
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "remote", lambda **kw: (lambda fn: fn))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        distributed.executor_from(address)
+    assert [c["address"] for c in calls] == [address]
+
+
 class Recording(distributed.LocalExecutor):
     def __init__(self):
         self.units = 0

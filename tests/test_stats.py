@@ -129,3 +129,20 @@ def test_paired_difference_with_strata():
     assert one["ci_low"] == pytest.approx(7 / 3) and one["ci_high"] == pytest.approx(7 / 3)
     with pytest.raises(ValueError, match="strata"):
         paired_difference([1.0, 2.0], [0.0, 0.0], 0, strata=["a"])
+
+
+def test_large_bootstraps_draw_in_blocks_with_the_same_resamples(monkeypatch):
+    """Memory stays bounded for a large n_boot: the indices are drawn in blocks, and for the
+    plain bootstrap the blocks draw exactly the resamples of one call (odd sample sizes too)."""
+    import agents.stats as stats
+
+    values = np.random.default_rng(1).normal(size=7)
+    whole = stats.bootstrap_ci(values, np.median, 0.9, 1001, rng=np.random.default_rng(3))
+    by_task = [values[:3], values[3:]]
+    whole_strat = stratified_bootstrap_samples(by_task, n_boot=1001, rng=np.random.default_rng(3))
+    monkeypatch.setattr(stats, "_BLOCK", 50)
+    assert stats._blocks(1001, 7) == [6] * 166 + [5]
+    assert stats.bootstrap_ci(values, np.median, 0.9, 1001, rng=np.random.default_rng(3)) == whole
+    blocked = stratified_bootstrap_samples(by_task, n_boot=1001, rng=np.random.default_rng(3))
+    assert blocked.shape == whole_strat.shape == (1001,)
+    assert abs(blocked.mean() - whole_strat.mean()) < 0.05

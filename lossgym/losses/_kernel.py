@@ -214,13 +214,17 @@ def gate_weights(hardness: Tensor, strength: float | Tensor) -> Tensor:
 # ------------------------------------------------------------------------------- terms
 _SCALARS = ("scale", "gamma", "label_smoothing", "poly_epsilon")
 _CLASS_TERMS = ("weight", "shift", "margins")
-#: Where each scalar term is defined: (low, high, low excluded); every term must be finite.
+#: The largest magnitude a loss parameter may take: beyond it the float32 arithmetic of the
+#: terms overflows to inf or NaN (a scale of 1e300 times a logit, say). Every action range
+#: (:mod:`lossgym.params`) lies far inside it.
+LIMIT = 1e6
+#: Where each scalar term is defined: (low, high, low excluded).
 DOMAINS: dict[str, tuple[float, float, bool]] = {
-    "scale": (0.0, math.inf, True),
-    "gamma": (0.0, math.inf, False),
+    "scale": (0.0, LIMIT, True),
+    "gamma": (0.0, LIMIT, False),
     "label_smoothing": (0.0, 1.0, False),
-    "poly_epsilon": (-math.inf, math.inf, False),
-    "gate": (-math.inf, math.inf, False),
+    "poly_epsilon": (-LIMIT, LIMIT, False),
+    "gate": (-LIMIT, LIMIT, False),
 }
 
 
@@ -233,7 +237,8 @@ class Terms:
     a prefix of the targets' shape. ``margins`` are in the units of the scaled logits (LDAM's
     s Δ u_c).
 
-    The scalars must lie in :data:`DOMAINS` (s > 0, γ >= 0, ε_ls in [0, 1], the others finite)
+    The scalars must lie in :data:`DOMAINS` (s > 0, γ >= 0, ε_ls in [0, 1], none beyond
+    :data:`LIMIT` in magnitude)
     and the weights be finite and >= 0; a ``ValueError`` names the term otherwise (checked as
     :func:`check_range`: Python numbers always, CPU tensors once per terms object, CUDA
     tensors not).

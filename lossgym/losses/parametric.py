@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lossgym import params as loss_params
 from lossgym.losses._kernel import (
+    LIMIT,
     Terms,
     align,
     align_class,
@@ -110,6 +111,10 @@ def _margin(terms: dict, raw: Mapping, cols: Mapping, classes: ClassStats) -> No
     terms["margins"] = classes.unit_margins() * (cols["margin"] * cols.get("scale", 1.0))
 
 
+#: Where the class-count parameters are defined besides ``[-LIMIT, LIMIT]``: ``cb`` is a mix
+#: (outside [0, 1] it makes class weights negative).
+COUNT_DOMAINS: dict[str, tuple[float, float]] = {"cb": (0.0, 1.0)}
+
 #: What each parameter of :data:`lossgym.params.LOSS_PARAMS` does to the terms.
 TERMS: dict[str, TermFn] = {
     "gamma": _set("gamma"),
@@ -171,7 +176,7 @@ def loss_terms(values: Mapping[str, float | Tensor], class_counts: Tensor | None
         cols = {}
         for k, v in active.items():
             if k in needs:
-                check_range(v, k)
+                check_range(v, k, *COUNT_DOMAINS.get(k, (-LIMIT, LIMIT)))
             if isinstance(v, Tensor):
                 v = align(v.reshape(()) if v.numel() == 1 else v,
                           lead if v.numel() > 1 else (), k, like)
