@@ -259,7 +259,9 @@ def parametric_loss(
     tensors never trigger host syncs, and on the CPU numbers and per-member tensors that need
     no gradient run as one call of the C extension.
 
-    Values: γ >= 0, ε_ls in [0, 1], s > 0, the others finite; counts finite and >= 0. Counts
+    Values: γ >= 0, ε_ls and λ_cb in [0, 1], s > 0, the others finite, and none beyond
+    ``LIMIT`` (1e6) in magnitude, where float32 arithmetic would overflow (the action
+    ranges lie far inside); counts finite and >= 0. Counts
     that are all zero (in a row of ``[N, C]``) mean "unknown" and read as equal counts:
     uniform weights, no logit adjustment, the full margin Δ for every class. Anything else
     raises ``ValueError`` naming the value (tensors: on the CPU; CUDA tensors are not
