@@ -21,6 +21,9 @@ All load with torch alone (no stable-baselines3, no gymnasium, no environment), 
   with the environment's own code (:func:`lossgym.features.compute_features`), normalises it
   with the training run's statistics, runs the actor and maps its action to parameters with
   :class:`lossgym.actions.ActionMapping`.
+* **Learned switch** (``kind="switch"``): open-loop schedules and a linear detector
+  (:class:`Switch`). The first schedule plays until a progress point; there the loss computes
+  the observation as a controller does and the detector names the schedule that plays on.
 * **Built-in method** (``kind="method"``): a loss of :mod:`lossgym.methods` (class-balanced,
   CE-DRW, LDAM-DRW, FLSD-53, AdaFocal, AdaLoss, the gradient gate): the method object itself
   (:class:`lossgym.methods.LossMethod`) at one member, as the engine applies it to each of its
@@ -32,7 +35,8 @@ An export is a folder holding ``manifest.json`` and, for controllers, ``actor.sa
 (the actor's float32 tensors). The manifest holds ``format``, ``format_version``, ``kind``,
 ``total_steps`` (the default number of ``step()`` calls in a training run), ``class_counts``
 (bound training-set counts, or null), ``source`` (free-form provenance) and either
-``schedule``, ``method`` (name, hyperparameters, minibatches per period) or ``mapping``,
+``schedule``, ``switch`` (:meth:`Switch.to_dict`), ``method`` (name, hyperparameters,
+minibatches per period) or ``mapping``,
 ``features`` (version and names), ``base_rule`` (the schedule a residual controller corrects,
 or null; version 2) and ``controller`` (algorithm, layer list, output squashing, recurrent
 state size, observation-normalisation statistics (with, optionally, ``held``: the features
@@ -99,6 +103,7 @@ __all__ = [
     "AdaptiveLoss",
     "Controller",
     "GradientWatch",
+    "Switch",
     "check_obs_normalization",
     "read_export",
     "write_export",
@@ -110,7 +115,7 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 WEIGHTS = "actor.safetensors"
-KINDS = ("schedule", "controller", "method")
+KINDS = ("schedule", "controller", "switch", "method")
 LAYER_KINDS = ("linear", "tanh", "relu", "lstm")
 #: How the actor's last layer becomes an action in [-1, 1]: SB3's PPO clips its Gaussian mean,
 #: SAC squashes its mean with tanh.
@@ -470,8 +475,107 @@ class Controller(nn.Module):
 
 
 
+class Switch:
+    """A learned switch between open-loop schedules (``kind="switch"``): ``schedules[0]``
+    plays until progress ``at``; at the first ``step()`` at or past it a multinomial logistic
+    regression on the observation (:mod:`lossgym.features`, the environment's, standardised
+    by ``mean`` and ``scale``, the features whose ``keep`` is false left out) names the
+    schedule that plays to the end of the run. ``scripts/noise_oracle.py --detector winner``
+    fits one on train-split runs (which schedule ended better) and writes it with
+    ``--export``.
+
+    Args:
+        schedules: two or more :class:`~lossgym.schedules.LossSchedule`.
+        at: progress of the decision, in (0, 1].
+        parameters: the loss parameters it sets (a schedule's parameters it lacks stay
+            neutral) and observes.
+        detector: ``mean``, ``scale`` (> 0) and ``keep`` (bools), one per feature;
+            ``weight`` ``[kept features, schedules]`` and ``bias`` ``[schedules]``.
+        features_version: the observation it reads.
+    """
+
+    def __init__(self, schedules: Sequence[LossSchedule], at: float,
+                 parameters: Sequence[str], detector: Mapping[str, Any],
+                 features_version: int = FEATURE_VERSION) -> None:
+        self.schedules = list(schedules)
+        if len(self.schedules) < 2 or not all(isinstance(x, LossSchedule)
+                                              for x in self.schedules):
+            raise ValueError(f"switch.schedules must be two or more loss schedules, got "
+                             f"{len(self.schedules)}")
+        self.at = checks.real("switch.at", at, 0.0, 1.0, open_low=True)
+        self.mapping = ActionMapping(tuple(parameters), "absolute")
+        self.parameters = self.mapping.parameters
+        extra = sorted({p for x in self.schedules for p in x.parameters} - set(self.parameters))
+        if extra:
+            raise ValueError(f"switch.schedules set {extra}, which switch.parameters "
+                             f"{list(self.parameters)} lack")
+        self.spec = FeatureSpec(self.parameters, features_version)
+        entry = _keys(detector, ("mean", "scale", "keep", "weight", "bias"), "switch.detector")
+        dim, k = self.spec.dim, len(self.schedules)
+        keep = entry["keep"]
+        if not isinstance(keep, list) or len(keep) != dim \
+                or not all(isinstance(b, bool) for b in keep):
+            raise ValueError(f"switch.detector.keep must be {dim} booleans, one per feature")
+        kept = sum(keep)
+        self.keep = torch.tensor(keep, dtype=torch.bool)
+        self.mean, self.scale, self.weight, self.bias = (
+            _array(entry[name], f"switch.detector.{name}", shape)
+            for name, shape in (("mean", (dim,)), ("scale", (dim,)), ("weight", (kept, k)),
+                                ("bias", (k,))))
+        if not bool((self.scale > 0).all()):
+            raise ValueError("switch.detector.scale must be > 0 everywhere")
+
+    def choose(self, obs: Tensor) -> int:
+        """The index of the schedule the observation ``[D]`` (raw, as computed) names."""
+        z = ((obs.detach().cpu().double() - self.mean) / self.scale)[self.keep]
+        return int((z @ self.weight + self.bias).argmax())
+
+    def params(self, choice: int, t: float) -> Tensor:
+        """The parameters at progress ``t`` under schedule ``choice`` (the first before a
+        choice, ``-1``)."""
+        values, neutral = self.schedules[max(choice, 0)](t), self.mapping.neutral().tolist()
+        return torch.tensor([values.get(p, n) for p, n in zip(self.parameters, neutral)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``switch`` entry."""
+        return {"at": self.at, "parameters": list(self.parameters),
+                "features": self.spec.to_dict(),
+                "schedules": [x.to_dict() for x in self.schedules],
+                "detector": {"mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                             "keep": self.keep.tolist(), "weight": self.weight.tolist(),
+                             "bias": self.bias.tolist()}}
+
+    @classmethod
+    def from_dict(cls, values: object) -> Switch:
+        """Read :meth:`to_dict` output (checked: ``ValueError`` names what is wrong)."""
+        entry = _keys(values, ("at", "parameters", "features", "schedules", "detector"),
+                      "switch")
+        if not isinstance(entry["parameters"], list) or not isinstance(entry["schedules"], list):
+            raise ValueError("switch.parameters and switch.schedules must be lists")
+        version = _features_version(entry["features"], tuple(entry["parameters"]))
+        return cls([LossSchedule.from_dict(x) for x in entry["schedules"]], entry["at"],
+                   entry["parameters"], entry["detector"], version)
+
+
+def _array(values: object, where: str, shape: tuple[int, ...] | None) -> Tensor:
+    """``values`` as a float64 tensor with finite entries (of ``shape``, unless None), else
+    ``ValueError``."""
+    try:
+        t = torch.tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{where} must be a (nested) list of numbers: {err}") from None
+    if (shape is not None and tuple(t.shape) != shape) or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{where} must be finite numbers of shape {shape}, got shape "
+                         f"{tuple(t.shape)}")
+    return t
+
+
 # ------------------------------------------------------------------------------ the format
-def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, *,
+#: What an export holds.
+Rule = LossSchedule | Controller | Switch | LossMethod
+
+
+def write_export(rule: Rule, out: str | Path, *,
                  total_steps: int,
                  class_counts: Sequence[float] | Tensor | None = None,
                  source: Mapping[str, Any] | None = None,
@@ -521,20 +625,22 @@ def write_export(rule: LossSchedule | Controller | LossMethod, out: str | Path, 
     return folder
 
 
-def _describe(rule: LossSchedule | Controller | LossMethod) -> tuple[str, dict[str, Any]]:
+def _describe(rule: Rule) -> tuple[str, dict[str, Any]]:
     """The kind of ``rule`` and the manifest's entries that describe it (new dicts; a
     controller's without its weights file)."""
     if isinstance(rule, LossSchedule):
         return "schedule", {"schedule": rule.to_dict()}
     if isinstance(rule, LossMethod):
         return "method", {"method": rule.to_dict()}
+    if isinstance(rule, Switch):
+        return "switch", {"switch": rule.to_dict()}
     if isinstance(rule, Controller):
         return "controller", {
             "mapping": rule.mapping.to_dict(), "features": rule.spec.to_dict(),
             "base_rule": None if rule.base_rule is None else rule.base_rule.to_dict(),
             "controller": rule.describe()}
-    raise ValueError(f"rule must be a LossSchedule, a Controller or a LossMethod, got "
-                     f"{type(rule).__name__}")
+    raise ValueError(f"rule must be a LossSchedule, a Controller, a Switch or a LossMethod, "
+                     f"got {type(rule).__name__}")
 
 
 def _no_constant(name: str) -> None:
@@ -563,7 +669,7 @@ def _manifest_path(path: str | Path) -> Path:
 
 
 def read_export(path: str | Path
-                ) -> tuple[LossSchedule | Controller | LossMethod, dict[str, Any]]:
+                ) -> tuple[Rule, dict[str, Any]]:
     """Read and check an export written by :func:`write_export`.
 
     Args:
@@ -600,9 +706,28 @@ def read_export(path: str | Path
         raise ValueError(f"{file}: {err}") from err
 
 
-def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | LossMethod:
+def _features_version(entry: object, parameters: tuple[str, ...]) -> int:
+    """The version of a manifest's ``features`` entry, checked against what this lossgym
+    computes for ``parameters``."""
+    features = _keys(entry, ("version", "names"), "features")
+    if features["version"] not in FEATURE_VERSIONS:
+        raise ValueError(f"features version {features['version']!r} is not supported; this "
+                         f"lossgym computes versions {list(FEATURE_VERSIONS)}")
+    expected = list(FeatureSpec(parameters, features["version"]).names)
+    names = features["names"]
+    if names != expected:
+        names = names if isinstance(names, list) else [names]
+        unknown = [n for n in names if n not in expected]
+        raise ValueError(f"the manifest asks for the features {names}; unknown features "
+                         f"{unknown}; for parameters {list(parameters)} this lossgym "
+                         f"computes exactly {expected}")
+    return features["version"]
+
+
+def _parse(manifest: dict[str, Any], file: Path) -> Rule:
     kind = manifest.get("kind")
-    entries = {"schedule": ("schedule",), "method": ("method",), "controller": (
+    entries = {"schedule": ("schedule",), "method": ("method",), "switch": ("switch",),
+               "controller": (
         "mapping", "features", "controller") + (("base_rule",) if manifest["format_version"] >= 2
                                                 else ())}
     if kind not in entries:
@@ -614,6 +739,8 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
         _check_counts(manifest["class_counts"], "class_counts")
     if kind == "schedule":
         return LossSchedule.from_dict(manifest["schedule"])
+    if kind == "switch":
+        return Switch.from_dict(manifest["switch"])
     if kind == "method":
         entry = _keys(manifest["method"], ("name", "params", "minibatches_per_step"), "method")
         checks.integer("method.minibatches_per_step", entry["minibatches_per_step"], 1)
@@ -622,18 +749,7 @@ def _parse(manifest: dict[str, Any], file: Path) -> LossSchedule | Controller | 
     if not isinstance(mapping_values, dict):
         raise ValueError("mapping must be a JSON object")
     mapping = ActionMapping.from_dict(mapping_values)
-    features = _keys(manifest["features"], ("version", "names"), "features")
-    if features["version"] not in FEATURE_VERSIONS:
-        raise ValueError(f"features version {features['version']!r} is not supported; this "
-                         f"lossgym computes versions {list(FEATURE_VERSIONS)}")
-    expected = list(FeatureSpec(mapping.parameters, features["version"]).names)
-    names = features["names"]
-    if names != expected:
-        names = names if isinstance(names, list) else [names]
-        unknown = [n for n in names if n not in expected]
-        raise ValueError(f"the manifest asks for the features {names}; unknown features "
-                         f"{unknown}; for parameters {list(mapping.parameters)} this lossgym "
-                         f"computes exactly {expected}")
+    features = {"version": _features_version(manifest["features"], mapping.parameters)}
     spec = _keys(manifest["controller"], ("algorithm", "layers", "output",
                                           "recurrent_state_size", "obs_normalization",
                                           "weights"), "controller")
@@ -740,7 +856,7 @@ _STATE_ATTRS = {"total_steps": "total_steps", "steps_done": "steps_done",
                 "observation": "observation", "ce": "_ce", "minibatch": "_minibatch",
                 "batch_size": "_batch_size", "period_sizes": "_period_sizes",
                 "model_setup": "_model_setup", "minibatches_per_step": "minibatches_per_step",
-                "temperature": "temperature"}
+                "temperature": "temperature", "choice": "choice"}
 _TENSOR_STATE = ("last_change", "class_counts", "seen", "observation")
 
 
@@ -759,7 +875,8 @@ class AdaptiveLoss(nn.Module):
     parameters used in period ``t``.
 
     Args:
-        rule: a :class:`~lossgym.schedules.LossSchedule` or a :class:`Controller`.
+        rule: a :class:`~lossgym.schedules.LossSchedule`, a :class:`Controller`, a
+            :class:`Switch` or a built-in method.
         class_counts: training samples per class ``[C]``: they set the class-balance weights
             (α) and logit adjustment (τ) and the controller's imbalance feature. Default: the
             counts bound in the export (:meth:`load`), else the labels seen in training forwards
@@ -808,7 +925,7 @@ class AdaptiveLoss(nn.Module):
     terms (τ log n, n^(−α), the margins) computed once a period; elsewhere torch kernels.
     """
 
-    def __init__(self, rule: LossSchedule | Controller | LossMethod, *,
+    def __init__(self, rule: Rule, *,
                  class_counts: Sequence[float] | Tensor | None = None, total_steps: int,
                  reduction: str = "mean", minibatches_per_step: int | None = None,
                  setup: Mapping[str, Any] | None = None) -> None:
@@ -825,6 +942,7 @@ class AdaptiveLoss(nn.Module):
         self.kind, identity = _describe(rule)
         self.schedule = rule if isinstance(rule, LossSchedule) else None
         self.controller = rule if isinstance(rule, Controller) else None
+        self.switch = rule if isinstance(rule, Switch) else None
         self.method = rule if isinstance(rule, LossMethod) else None
         self.controlled: tuple[str, ...] = rule.parameters if self.schedule is not None \
             else tuple(rule.hyper) if self.method is not None else rule.mapping.parameters
@@ -886,6 +1004,8 @@ class AdaptiveLoss(nn.Module):
         self.observation: Tensor | None = None
         self._last_change = torch.zeros(len(self.controlled))
         self._state: tuple[Tensor, Tensor] | None = None
+        #: A switch's schedule (-1 before its decision).
+        self.choice = -1
         self._last_metrics: dict[str, Tensor] | None = None
         # The method at one member for this run, with its learned state (made at first use).
         self._live: LossMethod | None = None
@@ -989,7 +1109,7 @@ class AdaptiveLoss(nn.Module):
             x, y = (logits, targets) if fast[5] is None else (logits.view(fast[5]),
                                                                targets.view(fast[5][:-1]))
             loss = _Native.apply(x, y, fast[2][0],
-                                 self._ce if training and self.controller is not None else None)
+                                 self._ce if training and self._observes else None)
             self._minibatch += training
             return loss.view(targets.shape) if fast[5] is not None and loss.ndim else loss
         check_logits_targets(logits, targets)
@@ -1009,7 +1129,7 @@ class AdaptiveLoss(nn.Module):
             loss = self._method_loss(logits, targets, counts)
         else:
             # A controller observes the period's mean plain cross-entropy, recorded on the way.
-            record = self.controller is not None and training
+            record = self._observes and training
             loss = self._loss(logits, targets, self._kwargs, counts.to(logits.dtype),
                               self._ce if record else None)
             if self._counts is not None and self._loss.cached_terms is not None:
@@ -1121,6 +1241,8 @@ class AdaptiveLoss(nn.Module):
         if self.method is not None:
             self._live_method(self._num_classes, self._device())
             self._describe_method()
+        elif self.switch is not None:
+            self._set_switched(self.switch.params(-1, 0.0))
         elif self.controller is None:
             self._set_params(self._scheduled(0.0))
         else:
@@ -1174,7 +1296,7 @@ class AdaptiveLoss(nn.Module):
                 method = self._live_method(val_logits.shape[-1], val_logits.device)
                 method.observe_validation(val_logits.detach().unsqueeze(0),
                                           val_targets.to(val_logits.device))
-        elif self.controller is None:
+        elif not self._observes:
             self._set_params(self._scheduled(t))
         else:
             metrics = self._val_metrics(val_logits, val_targets)
@@ -1185,7 +1307,14 @@ class AdaptiveLoss(nn.Module):
             else:
                 loss = metrics["nll"]
             g_mean, g_std = self._gradient_stats(grad_norm, grad_norm_std)
-            self._decide(t, loss, g_mean, g_std, metrics)
+            if self.switch is None:
+                self._decide(t, loss, g_mean, g_std, metrics)
+            else:
+                obs = self._observe(self.switch, t, loss, g_mean, g_std, metrics, self._params)
+                self.observation = obs[0].cpu()
+                if self.choice < 0 and t >= self.switch.at - 1e-9:
+                    self.choice = self.switch.choose(obs[0])
+                self._set_switched(self.switch.params(self.choice, t))
         if self._counts_inferred and self._counts is None and self._seen is not None:
             self._counts = self._seen
             self._fast = None
@@ -1312,18 +1441,7 @@ class AdaptiveLoss(nn.Module):
                                 device=device)
         start = c.mapping.neutral().to(device) if base is None else base
         current = (start if self._params is None else self._params).to(device)
-        obs = compute_features(
-            c.spec,
-            progress=torch.tensor([progress], dtype=torch.float32, device=device),
-            train_loss=train_loss.to(device).float(),
-            grad_norm=grad_mean.to(device).float(),
-            grad_norm_std=grad_std.to(device).float(),
-            val_metrics=metrics,
-            params=c.mapping.normalise(current.unsqueeze(0)),
-            last_change=self._last_change.to(device).unsqueeze(0),
-            imbalance=log_imbalance(self._known_counts(device).float().unsqueeze(0)),
-            context=self.context().unsqueeze(0) if c.spec.context else None,
-        )
+        obs = self._observe(c, progress, train_loss, grad_mean, grad_std, metrics, current)
         if self._state is not None:
             self._state = (self._state[0].to(device), self._state[1].to(device))
         action, self._state = c(obs, self._state)
@@ -1331,6 +1449,38 @@ class AdaptiveLoss(nn.Module):
         self._last_change = (c.mapping.normalise(new) - c.mapping.normalise(current)).cpu()
         self.observation = obs[0].cpu()
         self._set_params(new)
+
+    def _observe(self, rule: Controller | Switch, progress: float, train_loss: Tensor,
+                 grad_mean: Tensor, grad_std: Tensor, metrics: Mapping[str, Tensor],
+                 current: Tensor) -> Tensor:
+        """The observation ``[1, D]`` the environment shows ``rule`` after a period played
+        with the parameters ``current``."""
+        device = current.device
+        return compute_features(
+            rule.spec,
+            progress=torch.tensor([progress], dtype=torch.float32, device=device),
+            train_loss=train_loss.to(device).float(),
+            grad_norm=grad_mean.to(device).float(),
+            grad_norm_std=grad_std.to(device).float(),
+            val_metrics=metrics,
+            params=rule.mapping.normalise(current.unsqueeze(0)),
+            last_change=self._last_change.to(device).unsqueeze(0),
+            imbalance=log_imbalance(self._known_counts(device).float().unsqueeze(0)),
+            context=self.context().unsqueeze(0) if rule.spec.context else None,
+        )
+
+    def _set_switched(self, new: Tensor) -> None:
+        """A switch's parameters for the coming period, with their change as the environment
+        records it (from the neutral parameters at the start of a run)."""
+        mapping = self.switch.mapping  # type: ignore[union-attr]
+        old = mapping.neutral() if self._params is None else self._params
+        self._last_change = (mapping.normalise(new) - mapping.normalise(old)).cpu()
+        self._set_params(new)
+
+    @property
+    def _observes(self) -> bool:
+        """Whether the rule reads the observation (a controller or a switch)."""
+        return self.controller is not None or self.switch is not None
 
     def context(self) -> Tensor:
         """The context features (:func:`lossgym.features.context_values`) of this training
@@ -1409,7 +1559,7 @@ class AdaptiveLoss(nn.Module):
         lengths, ranges); entries that older checkpoints lack take their defaults."""
         defaults = {"minibatch": 0, "batch_size": None, "period_sizes": [], "model_setup": {},
                     "minibatches_per_step": self.minibatches_per_step, "module": None,
-                    "temperature": None}
+                    "temperature": None, "choice": -1}
         required = ("export_id", "total_steps", "steps_done", "num_classes", "params",
                     "last_change", "history", "class_counts", "counts_inferred", "seen",
                     "state", "last_metrics", "observation", "ce", "grad_norms")
@@ -1433,14 +1583,7 @@ class AdaptiveLoss(nn.Module):
             return [checks.real(f"state[{key!r}][{i}]", v, low) for i, v in enumerate(values)]
 
         def array(values: object, where: str, shape: tuple[int, ...] | None) -> list:
-            try:
-                t = torch.tensor(values, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ValueError(f"{where} must be a (nested) list of numbers: {err}") from None
-            if (shape is not None and tuple(t.shape) != shape) or not bool(
-                    torch.isfinite(t).all()):
-                raise ValueError(f"{where} must be finite numbers of shape {shape}, got shape "
-                                 f"{tuple(t.shape)}")
+            _array(values, where, shape)
             return values  # type: ignore[return-value]
 
         out: dict[str, Any] = {}
@@ -1479,7 +1622,8 @@ class AdaptiveLoss(nn.Module):
             for k, v in metrics.items():
                 array(v, f"state['last_metrics'][{k!r}]", None)
         out["last_metrics"] = metrics
-        dim = self.controller.spec.dim if self.controller is not None else None
+        observer = self.controller or self.switch
+        dim = observer.spec.dim if observer is not None else None
         out["observation"] = numbers("observation", dim, optional=True)
         if out["observation"] is not None and dim is None:
             raise ValueError(f"state['observation'] must be None for a {self.kind}")
@@ -1504,11 +1648,15 @@ class AdaptiveLoss(nn.Module):
         out["module"] = module
         t = st["temperature"]
         out["temperature"] = None if t is None else checks.real("state['temperature']", t, 1e-12)
+        last = -1 if self.switch is None else len(self.switch.schedules) - 1
+        out["choice"] = checks.integer("state['choice']", st["choice"], -1, last)
         return out
 
     def extra_repr(self) -> str:
         params = ", ".join(f"{k}={v:.4g}" for k, v in self._kwargs.items()) or "not started"
         algo = f" ({self.controller.algorithm})" if self.controller is not None \
             and self.controller.algorithm else ""
+        if self.switch is not None:
+            algo = f" (schedule {max(self.choice, 0)}{'' if self.choice >= 0 else ', undecided'})"
         return (f"kind={self.kind!r}{algo}, step={self.steps_done}/{self.total_steps}, "
                 f"{params}, reduction={self.reduction!r}")

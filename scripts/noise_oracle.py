@@ -153,6 +153,12 @@ class LogisticDetector:
     def __call__(self, seen: np.ndarray) -> int:
         return int(self.predict(seen)[0])
 
+    def to_dict(self) -> dict[str, list]:
+        """The fitted detector as JSON lists (what a switch export holds)."""
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "keep": self.keep.tolist(), "weight": self.weight.detach().tolist(),
+                "bias": self.bias.detach().tolist()}
+
 
 def observe(schedules: Sequence[LossSchedule], tasks: Sequence[TaskSpec], at: float,
             parameters: Sequence[str], device: str, arm: int | None = None
@@ -212,6 +218,7 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
                                  / len(labels)).tolist()
         fitted = LogisticDetector(np.stack(seen), labels, len(levels))
         out["detector_tasks"], out["train_accuracy"] = len(train), fitted.train_accuracy
+        out["detector_fit"] = fitted.to_dict()
         detects = [fitted] * len(tasks)
     else:
         detects = [partial(lambda k, _seen: k, levels.index(t.label_noise)) for t in tasks]
