@@ -25,6 +25,10 @@ An ``--out`` that already holds ``noise_oracle.json`` reuses its schedules (no s
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/noise_oracle.py \\
         --evaluation results/es-noisy-linear --seeds 6 --out results/es-noisy-linear/noise_oracle \\
         --switch-at 0.3
+
+``--detector learned`` or ``winner`` fit the detector on train-split runs instead
+(:class:`LogisticDetector`); ``--export DIR`` then writes that switch as an adaptive loss
+(:class:`lossgym.export.Switch`, ``kind="switch"``) for plain PyTorch loops.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ from agents.stats import paired_contrast, run_key
 from agents.train import AgentPolicy
 from lossgym import _checks as checks
 from lossgym import params as loss_params
+from lossgym.export import Switch, write_export
+from lossgym.features import feature_version
 from lossgym.io import atomic_write_text
 from lossgym.schedules import LossSchedule
 from lossgym.tasks import TaskDistribution, TaskSpec
@@ -237,6 +243,27 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
                   "records": records}
 
 
+def export_switch(result: dict[str, Any], key: str, parameters: Sequence[str], out: Path,
+                  total_steps: int) -> Path:
+    """Write the learned switch of ``result``'s study ``key`` (``winner@0.3``, say: its
+    searched schedules in level order and its fitted detector) as a ``kind="switch"`` export
+    that :meth:`lossgym.AdaptiveLoss.load` reads."""
+    study = switches(result).get(key)
+    if study is None or "detector_fit" not in study:
+        raise ValueError(f"{key!r} is not a learned switch of this folder with its detector "
+                         f"kept (it holds {sorted(switches(result))}); run it with "
+                         "--detector learned or winner first")
+    schedules = [LossSchedule.from_dict(result["schedules"][str(v)])
+                 for v in result["hidden_noise"]]
+    switch = Switch(schedules, study["at"], parameters, study["detector_fit"],
+                    feature_version(context=True))
+    return write_export(switch, out, total_steps=total_steps, source={
+        "script": "scripts/noise_oracle.py", "study": key, "evaluation": result["evaluation"],
+        "draw": result["draw"], "hidden_noise": result["hidden_noise"],
+        "budget_per_level": result["budget_per_level"],
+        "detector_tasks": study.get("detector_tasks"), "mean": study.get("mean")})
+
+
 def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
     """Test balanced accuracy of ``method``'s records, by run."""
     return {run_key(r["task"]): r["test"]["balanced_accuracy"] for r in records
@@ -383,14 +410,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the switch's detector (default: gap, the hand rule)")
     parser.add_argument("--detector-tasks", type=int, default=48, metavar="N",
                         help="train-split tasks per level the learned detector is fitted on")
+    parser.add_argument("--export", type=Path, default=None, metavar="DIR",
+                        help="write the learned switch of --detector at --switch-at (run "
+                             "first if the folder lacks it) as an adaptive-loss export")
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None and k not in
-             ("evaluation", "out", "switch_at", "detector", "detector_tasks")}
+             ("evaluation", "out", "switch_at", "detector", "detector_tasks", "export")}
     done = ns.out / "noise_oracle.json"
+    key = f"{ns.detector}@{ns.switch_at:g}" if ns.switch_at is not None else None
     try:
+        if ns.export is not None and (key is None or ns.detector not in ("learned", "winner")):
+            raise ValueError("--export needs --switch-at and --detector learned or winner")
         args = EvalArgs(run_dir=str(ns.evaluation), **given)
         result = json.loads(done.read_text()) if done.exists() else \
             noise_oracle(ns.evaluation, args)
+        if ns.export is not None and "detector_fit" in switches(result).get(key, {}):
+            path = export_switch(result, key, AgentPolicy(ns.evaluation).parameters, ns.export,
+                                 TaskSpec().horizon)
+            print(f"wrote {path}: the switch {key} of {done}")
+            return 0
         if ns.switch_at is not None:
             study = switch_study(ns.evaluation, args, result, ns.switch_at,
                                  detector=ns.detector, detector_tasks=ns.detector_tasks)
@@ -405,6 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(ns.out / "noise_oracle.json", json.dumps(result))
     atomic_write_text(ns.out / "report.md", report(result, command))
     print(report(result, command))
+    if ns.export is not None:
+        path = export_switch(result, key, AgentPolicy(ns.evaluation).parameters, ns.export,
+                             TaskSpec().horizon)
+        print(f"wrote {path}: the switch {key}")
     return 0
 
 

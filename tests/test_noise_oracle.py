@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import load_script
 from test_evaluate import DIST, SMALL
 
@@ -166,7 +167,8 @@ def test_the_truth_switch_is_always_right_and_the_learned_one_fits_on_train_task
 
 
 def test_the_winner_detector_learns_which_schedule_ends_better_on_train_tasks(evaluated,
-                                                                             monkeypatch):
+                                                                             monkeypatch,
+                                                                             tmp_path):
     script = load_script("noise_oracle")
     args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
     result = script.noise_oracle(evaluated, args, distribution=DIST)
@@ -197,6 +199,22 @@ def test_the_winner_detector_learns_which_schedule_ends_better_on_train_tasks(ev
     np.testing.assert_array_equal(x, np.stack(calls[0][2]))
     assert study["arm_shares"] == pytest.approx(np.bincount(y, minlength=2) / len(y))
     assert {r["method"] for r in study["records"]} == {"noise_switch_winner"}
+    # The fitted detector is kept, and exports as a switch that decides as it did.
+    from lossgym import AdaptiveLoss
+    from lossgym.schedules import LossSchedule
+
+    result["switches"] = {"winner@0.5": study}
+    parameters = tuple(study["records"][0]["parameters"])
+    path = script.export_switch(result, "winner@0.5", parameters, tmp_path / "switch", 5)
+    switch = AdaptiveLoss.load(path).switch
+    assert switch.at == 0.5 and switch.parameters == parameters
+    assert [s.to_dict() for s in switch.schedules] == [
+        LossSchedule.from_dict(result["schedules"][str(v)]).to_dict() for v in LEVELS]
+    fitted = real_fit(x, y, 2)
+    assert [switch.choose(torch.as_tensor(row)) for row in x] == fitted.predict(x).tolist()
+    with pytest.raises(ValueError, match="'gap@0.5' is not a learned switch"):
+        gap = {"switches": {"gap@0.5": {"detector": "gap", "at": 0.5}}}
+        script.export_switch(result | gap, "gap@0.5", parameters, tmp_path / "gap", 5)
 
 
 def test_the_logistic_detector_separates_levels_and_ignores_constant_features():
