@@ -1,6 +1,6 @@
 """Learned and hand-written losses as drop-in modules for plain PyTorch training.
 
-What an agent learned leaves the gym in one of two forms, and a built-in baseline in a third.
+What was learned leaves the gym in one of three forms, and a built-in baseline in a fourth.
 All load with torch alone (no stable-baselines3, no gymnasium, no environment), and
 :class:`AdaptiveLoss` runs any of them inside an ordinary training loop::
 
