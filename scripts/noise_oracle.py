@@ -54,6 +54,7 @@ from agents.evaluate import (
     evaluation_draw,
     read_evaluation,
     record_to_dict,
+    replay_key,
     search_budget,
 )
 from agents.rollout import rollout_policy
@@ -243,6 +244,50 @@ def switch_study(run_dir: Path, args: EvalArgs, result: dict[str, Any], at: floa
                   "records": records}
 
 
+class ParamsReplay:
+    """Open-loop replay of a parameter trajectory ``[H, d]``: row t at the t-th step."""
+
+    mode = "absolute"
+
+    def __init__(self, params: np.ndarray, parameters: Sequence[str]) -> None:
+        self.rows, self.parameters = np.asarray(params, dtype=np.float64), tuple(parameters)
+        self.reset(1)
+
+    def reset(self, num_envs: int) -> None:
+        self.t = 0
+
+    def params(self, obs: np.ndarray, progress: np.ndarray) -> np.ndarray:
+        row = self.rows[min(self.t, len(self.rows) - 1)]
+        self.t += 1
+        return row[None]
+
+
+def task_replay(study: dict[str, Any], hidden_noise: Sequence[float], device: str
+                ) -> dict[str, Any]:
+    """The switch's task replay, as ``agent_task_replay`` is the agent's: each held-out run
+    replays, open loop, the mean parameter trajectory the switch played on the *other* seeds
+    of its base task, whatever their hidden noise. The switch beats it only by reading the
+    run. Returns its records and the switch's paired difference against it."""
+    records = study["records"]
+    tasks = [TaskSpec.from_dict(r["task"]) for r in records]
+    key = replay_key(hidden_noise)
+    keys = [key(t) for t in tasks]
+    params = np.stack([np.asarray(r["params"], dtype=np.float64) for r in records])
+    means = []
+    for i, k in enumerate(keys):
+        others = [j for j, other in enumerate(keys) if other == k and j != i]
+        if not others:
+            raise ValueError("the task replay needs two or more seeds per base task")
+        means.append(params[others].mean(axis=0))
+    parameters = tuple(records[0]["parameters"])
+    name = f"{study['method']}_task_replay"
+    replayed = [record_to_dict(r) for r in bl.rollout_members(
+        [ParamsReplay(m, parameters) for m in means], tasks, name, device=device)]
+    contrast = level_contrasts(scores(records, study["method"]), records,
+                               {"task_replay": scores(replayed, name)})["task_replay"]
+    return {"method": name, "records": replayed, "contrast": contrast}
+
+
 def export_switch(result: dict[str, Any], key: str, parameters: Sequence[str], out: Path,
                   total_steps: int) -> Path:
     """Write the learned switch of ``result``'s study ``key`` (``winner@0.3``, say: its
@@ -392,7 +437,8 @@ def _switch_section(switch: dict[str, Any], levels: Sequence[str]) -> list[str]:
             f"the schedule of {text}. Runs it sent to their own level: " + ", ".join(
                 f"noise {v}: {100 * d:.0f} %" for v, d in switch["detected"].items())
             + f". Its mean: {switch['mean']:.2f} %. Paired differences `{name}` − method:",
-            "", *_table(switch["contrasts"], levels)]
+            "", *_table(switch["contrasts"] | ({f"{name}_task_replay": switch["task_replay"][
+                "contrast"]} if "task_replay" in switch else {}), levels)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,17 +456,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the switch's detector (default: gap, the hand rule)")
     parser.add_argument("--detector-tasks", type=int, default=48, metavar="N",
                         help="train-split tasks per level the learned detector is fitted on")
+    parser.add_argument("--replay", action="store_true",
+                        help="also run the task replay of the switch at --switch-at (the mean "
+                             "parameters it played on a base task's other seeds, open loop)")
     parser.add_argument("--export", type=Path, default=None, metavar="DIR",
                         help="write the learned switch of --detector at --switch-at (run "
                              "first if the folder lacks it) as an adaptive-loss export")
     ns = parser.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not None and k not in
-             ("evaluation", "out", "switch_at", "detector", "detector_tasks", "export")}
+             ("evaluation", "out", "switch_at", "detector", "detector_tasks", "export",
+              "replay")}
     done = ns.out / "noise_oracle.json"
     key = f"{ns.detector}@{ns.switch_at:g}" if ns.switch_at is not None else None
     try:
         if ns.export is not None and (key is None or ns.detector not in ("learned", "winner")):
             raise ValueError("--export needs --switch-at and --detector learned or winner")
+        if ns.replay and key is None:
+            raise ValueError("--replay needs --switch-at (and the --detector of the switch)")
         args = EvalArgs(run_dir=str(ns.evaluation), **given)
         result = json.loads(done.read_text()) if done.exists() else \
             noise_oracle(ns.evaluation, args)
@@ -429,7 +481,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  TaskSpec().horizon)
             print(f"wrote {path}: the switch {key} of {done}")
             return 0
-        if ns.switch_at is not None:
+        if ns.replay:
+            if key not in switches(result):
+                raise ValueError(f"--replay needs the switch {key} run first (this folder "
+                                 f"holds {sorted(switches(result))})")
+            study = switches(result)[key]
+            study["task_replay"] = task_replay(study, result["hidden_noise"], args.device)
+            result["switches"] = switches(result) | {key: study}
+            result.pop("switch", None)
+        elif ns.switch_at is not None:
             study = switch_study(ns.evaluation, args, result, ns.switch_at,
                                  detector=ns.detector, detector_tasks=ns.detector_tasks)
             result["switches"] = switches(result) | {f"{ns.detector}@{ns.switch_at:g}": study}

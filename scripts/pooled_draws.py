@@ -58,6 +58,8 @@ def read_records(path: str) -> list[dict[str, Any]]:
     for key, study in (data.get("switches") or {}).items():
         at = key.partition("@")[2]
         records += [r | {"method": f"{study['method']}@{at}"} for r in study["records"]]
+        replay = study.get("task_replay", {}).get("records", [])
+        records += [r | {"method": f"{study['method']}@{at}_task_replay"} for r in replay]
     return [r | {"method": r["method"] + tag} for r in records]
 
 

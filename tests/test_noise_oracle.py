@@ -217,6 +217,29 @@ def test_the_winner_detector_learns_which_schedule_ends_better_on_train_tasks(ev
         script.export_switch(result | gap, "gap@0.5", parameters, tmp_path / "gap", 5)
 
 
+def test_the_task_replay_of_a_switch_plays_the_mean_of_its_other_seeds(evaluated):
+    from agents.evaluate import hidden_noise_base_task
+
+    script = load_script("noise_oracle")
+    args = EvalArgs(run_dir=str(evaluated), search_budget=4, device="cpu")
+    result = script.noise_oracle(evaluated, args, distribution=DIST)
+    study = script.switch_study(evaluated, args, result, 0.5, distribution=DIST,
+                                detector="truth")
+    replay = script.task_replay(study, LEVELS, "cpu")
+    records, replayed = study["records"], replay["records"]
+    assert [r["task"] for r in replayed] == [r["task"] for r in records]
+    keys = [hidden_noise_base_task(TaskSpec.from_dict(r["task"])) for r in records]
+    for i, r in enumerate(replayed):
+        others = [np.asarray(records[j]["params"]) for j in range(len(records))
+                  if keys[j] == keys[i] and j != i]
+        np.testing.assert_allclose(r["params"], np.mean(others, axis=0), atol=1e-5)
+    assert replay["method"] == "noise_switch_truth_task_replay"
+    assert replay["contrast"]["all"]["n"] == len(records)
+    study["task_replay"] = replay
+    assert "`noise_switch_truth_task_replay`" in script.report(
+        result | {"switches": {"truth@0.5": study}}, "cmd")
+
+
 def test_the_logistic_detector_separates_levels_and_ignores_constant_features():
     script = load_script("noise_oracle")
     rng = np.random.default_rng(0)

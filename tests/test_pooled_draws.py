@@ -44,11 +44,13 @@ def test_pooling_tagging_and_the_interval_over_draws(tmp_path):
 
 def test_switch_studies_are_named_by_their_progress(tmp_path):
     script = load_script("pooled_draws")
-    study = {"method": "noise_switch_winner", "records": [record("noise_switch_winner", 1, 0.7)]}
+    study = {"method": "noise_switch_winner", "records": [record("noise_switch_winner", 1, 0.7)],
+             "task_replay": {"records": [record("noise_switch_winner_task_replay", 1, 0.6)]}}
     path = write(tmp_path / "oracle.json", [record("noise_oracle", 1, 0.6)],
                  {"winner@0.3": study})
     names = {r["method"] for r in script.read_records(path)}
-    assert names == {"noise_oracle", "noise_switch_winner@0.3"}
+    assert names == {"noise_oracle", "noise_switch_winner@0.3",
+                     "noise_switch_winner@0.3_task_replay"}
 
 
 def test_a_contrast_no_draw_holds_and_bad_files_are_named(tmp_path, capsys):
