@@ -122,3 +122,34 @@ def test_bad_switch_manifests_are_refused_naming_the_entry(tmp_path, edit, match
     resign(export, lambda manifest: edit(manifest["switch"]))
     with pytest.raises(ValueError, match=match):
         read_export(export)
+
+
+def test_the_committed_selector_export_loads_and_decides_in_a_plain_loop():
+    """``results/es-noisy-linear/noise_oracle/equal_budget/seed3/switch`` from a clone: it loads,
+    trains, decides once at 30 % of training and then plays the schedule it chose."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "results", "es-noisy-linear",
+                        "noise_oracle", "equal_budget", "seed3", "switch")
+    criterion = AdaptiveLoss.load(path, total_steps=10, class_counts=torch.tensor([50, 10, 5]))
+    switch = criterion.switch
+    assert criterion.kind == "switch" and switch.at == pytest.approx(0.3)
+    assert switch.parameters == PARAMS and len(switch.schedules) == 2
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    criterion.watch(optimizer)
+    x, y = torch.randn(65, 4), torch.tensor([0] * 50 + [1] * 10 + [2] * 5)
+    choices = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            criterion.step(val_logits=model(x), val_targets=y)
+        choices.append(criterion.choice)
+    assert choices[:2] == [-1, -1] and len(set(choices[2:])) == 1 and choices[2] in (0, 1)
+    for t, h in enumerate(criterion.history[3:], start=3):
+        expected = switch.schedules[choices[2]](t / 10)
+        assert h == pytest.approx({p: expected.get(p, 0.0) for p in PARAMS})
