@@ -270,3 +270,31 @@ def test_switch_studies_are_kept_by_detector_and_progress_old_files_included():
     found = script.switches(result)
     assert list(found) == ["gap@0.3", "truth@0.3", "truth@0.1"]
     assert found["gap@0.3"] == {"detector": "gap", "method": "noise_switch", **old}
+
+
+def test_search_noise_reproduces_the_evaluations_search_at_its_seed(evaluated, tmp_path):
+    import shutil
+
+    from agents.evaluate import add_methods
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    add_methods(EvalArgs(run_dir=str(run), search_budget=4, device="cpu"), ["knot_search"],
+                distribution=DIST)
+    script = load_script("search_noise")
+    result = script.search_noise(run, EvalArgs(run_dir=str(run), search_budget=4, device="cpu"),
+                                 [0, 7], distribution=DIST)
+    # Seed 0 is the evaluation's: the same schedule, record for record.
+    assert result["contrasts"]["0"]["mean"] == 0.0 and result["contrasts"]["0"]["ci_low"] == 0.0
+    data = json.loads((run / "evaluation.json").read_text())
+    own = sorted((json.dumps(r["task"], sort_keys=True), r["test"]["balanced_accuracy"])
+                 for r in data["records"] if r["method"] == "knot_search")
+    again = sorted((json.dumps(r["task"], sort_keys=True), r["test"]["balanced_accuracy"])
+                   for r in result["records"] if r["method"] == "knot_search_seed0")
+    assert own == again
+    assert set(result["means"]) == {"evaluation", "0", "7"}
+    assert result["contrasts"]["7"]["n"] == len(own)
+    assert "| 7 |" in script.report(result, "cmd")
+    with pytest.raises(ValueError, match="names 7 twice"):
+        script.search_noise(run, EvalArgs(run_dir=str(run), search_budget=4, device="cpu"),
+                            [7, 7], distribution=DIST)
