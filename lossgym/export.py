@@ -505,6 +505,7 @@ class Switch:
         self.at = checks.real("switch.at", at, 0.0, 1.0, open_low=True)
         self.mapping = ActionMapping(tuple(parameters), "absolute")
         self.parameters = self.mapping.parameters
+        self._neutral = self.mapping.neutral().tolist()
         extra = sorted({p for x in self.schedules for p in x.parameters} - set(self.parameters))
         if extra:
             raise ValueError(f"switch.schedules set {extra}, which switch.parameters "
@@ -533,8 +534,8 @@ class Switch:
     def params(self, choice: int, t: float) -> Tensor:
         """The parameters at progress ``t`` under schedule ``choice`` (the first before a
         choice, ``-1``)."""
-        values, neutral = self.schedules[max(choice, 0)](t), self.mapping.neutral().tolist()
-        return torch.tensor([values.get(p, n) for p, n in zip(self.parameters, neutral)])
+        values = self.schedules[max(choice, 0)](t)
+        return torch.tensor([values.get(p, n) for p, n in zip(self.parameters, self._neutral)])
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``switch`` entry."""
@@ -749,7 +750,7 @@ def _parse(manifest: dict[str, Any], file: Path) -> Rule:
     if not isinstance(mapping_values, dict):
         raise ValueError("mapping must be a JSON object")
     mapping = ActionMapping.from_dict(mapping_values)
-    features = {"version": _features_version(manifest["features"], mapping.parameters)}
+    version = _features_version(manifest["features"], mapping.parameters)
     spec = _keys(manifest["controller"], ("algorithm", "layers", "output",
                                           "recurrent_state_size", "obs_normalization",
                                           "weights"), "controller")
@@ -769,7 +770,7 @@ def _parse(manifest: dict[str, Any], file: Path) -> Rule:
 
     layers = spec["layers"]
     # The shapes against the weights file's header before anything is allocated.
-    expected = _layer_shapes(layers, FeatureSpec(mapping.parameters, features["version"]).dim,
+    expected = _layer_shapes(layers, FeatureSpec(mapping.parameters, version).dim,
                             mapping.dim)
     try:
         header = _safetensors_header(data)
@@ -782,7 +783,7 @@ def _parse(manifest: dict[str, Any], file: Path) -> Rule:
         raise ValueError(f"the weights file {weights_file} cannot be read: {err}") from err
     base = manifest.get("base_rule")
     controller = Controller(layers, tensors, mapping, spec["output"], spec["obs_normalization"],
-                            spec["algorithm"], features["version"],
+                            spec["algorithm"], version,
                             None if base is None else LossSchedule.from_dict(base))
     if spec["recurrent_state_size"] != controller.recurrent_state_size:
         raise ValueError(f"controller.recurrent_state_size={spec['recurrent_state_size']!r} "
@@ -1622,7 +1623,7 @@ class AdaptiveLoss(nn.Module):
             for k, v in metrics.items():
                 array(v, f"state['last_metrics'][{k!r}]", None)
         out["last_metrics"] = metrics
-        observer = self.controller or self.switch
+        observer = self.controller if self.controller is not None else self.switch
         dim = observer.spec.dim if observer is not None else None
         out["observation"] = numbers("observation", dim, optional=True)
         if out["observation"] is not None and dim is None:

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ from agents.evaluate import (
     record_to_dict,
     replay_key,
     search_budget,
+    task_replay_actions,
 )
 from agents.rollout import rollout_policy
 from agents.stats import paired_contrast, run_key
@@ -270,15 +272,9 @@ def task_replay(study: dict[str, Any], hidden_noise: Sequence[float], device: st
     run. Returns its records and the switch's paired difference against it."""
     records = study["records"]
     tasks = [TaskSpec.from_dict(r["task"]) for r in records]
-    key = replay_key(hidden_noise)
-    keys = [key(t) for t in tasks]
-    params = np.stack([np.asarray(r["params"], dtype=np.float64) for r in records])
-    means = []
-    for i, k in enumerate(keys):
-        others = [j for j, other in enumerate(keys) if other == k and j != i]
-        if not others:
-            raise ValueError("the task replay needs two or more seeds per base task")
-        means.append(params[others].mean(axis=0))
+    # The agent's leave-one-seed-out mean, here over the parameters the switch played.
+    means = task_replay_actions([SimpleNamespace(task=t, actions=np.asarray(
+        r["params"], dtype=np.float64)) for t, r in zip(tasks, records)], replay_key(hidden_noise))
     parameters = tuple(records[0]["parameters"])
     name = f"{study['method']}_task_replay"
     replayed = [record_to_dict(r) for r in bl.rollout_members(

@@ -35,15 +35,13 @@ from agents.evaluate import (
     search_budget,
 )
 from agents.rollout import rollout_policy
-from agents.stats import paired_contrast, run_key
+from agents.stats import paired_contrast
 from agents.train import AgentPolicy
 from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskDistribution
 
-
-def scores(records: Sequence[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
-    return {run_key(r["task"]): r["test"]["balanced_accuracy"] for r in records
-            if r["method"] == method}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noise_oracle import scores  # noqa: E402
 
 
 def search_noise(run_dir: Path, args: EvalArgs, search_seeds: Sequence[int],
