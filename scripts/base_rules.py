@@ -39,7 +39,7 @@ from lossgym.schedules import LossSchedule, constant, step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transfer_check as plain  # noqa: E402
-from headroom import add_draw_arguments, draw_runs, publish  # noqa: E402
+from headroom import add_draw_arguments, check_draw_arguments, draw_runs, publish  # noqa: E402
 
 PARAMETERS = ("gamma", "alpha", "tau", "margin", "scale", "cb")
 ENGINE_REFERENCE = "ldam_drw_s30"
@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for flag in ("tasks", "seeds", "plain_seeds", "steps", "minibatches"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    check_draw_arguments(p, args)
     started = time.perf_counter()
     return publish("base_rules", argv, args, started,
                    {"engine": engine(names, args), "plain": plain_loop(names, args)}, render)

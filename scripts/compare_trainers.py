@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def balanced(records: list) -> np.ndarray:
     return np.array([100 * r.test["balanced_accuracy"] for r in records])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=768)
     parser.add_argument("--out", default="results/trainers")
@@ -72,10 +73,18 @@ def main() -> None:
     parser.add_argument("--ood-tasks", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.episodes < 2 * 16 or args.episodes % ENVS:
         parser.error(f"--episodes {args.episodes} must be a positive multiple of {ENVS}")
+    for flag, low in (("id_tasks", 0), ("ood_tasks", 0), ("seeds", 1), ("seed", 0)):
+        if getattr(args, flag) < low:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least "
+                         f"{low}")
+    if args.id_tasks + args.ood_tasks < 1:
+        parser.error("--id-tasks and --ood-tasks are both 0: need at least one held-out task")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file: must be a folder (created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     dist = TaskDistribution.default()
     tasks = held_out_tasks(dist, np.random.default_rng([args.seed, 7]), args.id_tasks,

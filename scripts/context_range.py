@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="an agent's run folder")
     parser.add_argument("--out", default=None, help="write the Markdown table here")
     args = parser.parse_args(argv)
-    text = report(Path(args.run_dir))
+    if args.out and Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder: must be the Markdown file to write")
+    try:
+        text = report(Path(args.run_dir))
+    except (OSError, ValueError) as err:
+        parser.error(f"--run-dir {args.run_dir}: not an agent's run folder ({err})")
     if args.out:
         atomic_write_text(Path(args.out), text)
     print(text, end="")

@@ -67,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks < 1:
         parser.error(f"--tasks={args.tasks} must be at least 1")
     run, out = Path(args.run_dir), Path(args.out)
-    norm = json.loads((run / "policy.norm.json").read_text())
-    columns = run_features(run).context_columns
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--out {out} exists: must be a new (or empty) folder, so that no run's "
+                     "files are overwritten")
+    try:
+        norm = json.loads((run / "policy.norm.json").read_text())
+        columns = run_features(run).context_columns
+    except (OSError, ValueError) as err:
+        parser.error(f"--run-dir {run}: not an agent's run folder ({err})")
     if not columns:
         parser.error(f"{run} trained without context features; there is nothing to clip")
     low, high = context_support(run_distribution(run), args.tasks)

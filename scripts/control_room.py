@@ -41,11 +41,18 @@ from agents.baselines import BALANCED_ACCURACY, FeedbackRule, ReplayPolicy, roll
 from agents.evaluate import task_replay_actions
 from agents.rollout import EpisodeRecord, ScheduleRule, rollout_policy
 from agents.stats import stratified_bootstrap_ci
+from lossgym import _checks as checks
 from lossgym.features import FeatureSpec
 from lossgym.methods import make_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import add_draw_arguments, draw_runs, publish, verdict  # noqa: E402
+from headroom import (  # noqa: E402
+    add_draw_arguments,
+    check_draw_arguments,
+    draw_runs,
+    publish,
+    verdict,
+)
 
 
 class PlateauRule:
@@ -138,6 +145,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.tasks < 1 or args.seeds < 2:
         p.error(f"need --tasks >= 1 and --seeds >= 2 (a task replay leaves one seed out), got "
                 f"--tasks {args.tasks} --seeds {args.seeds}")
+    check_draw_arguments(p, args)
+    try:
+        for eta in args.etas:
+            checks.real("--etas", eta, 0.0, meaning="a step size")
+        checks.integer("--patience", args.patience, 1)
+        checks.real("--delta", args.delta, 0.0, meaning="the smallest rise that counts")
+        checks.real("--latest", args.latest, 0.0, 1.0, open_low=True,
+                    meaning="a progress")
+    except ValueError as err:
+        p.error(str(err))
     started = time.perf_counter()
     tasks, seeds, runs = draw_runs(args)
     score: dict[str, np.ndarray] = {}

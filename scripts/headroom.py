@@ -32,7 +32,9 @@ per task group (``lossgym.methods.MethodMix``), as ``lossgym compare`` does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import shlex
 import sys
 import time
@@ -52,6 +54,7 @@ from agents.baselines import (
     rollout_members,
 )
 from agents.rollout import ScheduleRule, group_tasks
+from lossgym import _checks as checks
 from lossgym.io import atomic_write_text, write_study
 from lossgym.methods import RENAMED, LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
@@ -135,6 +138,43 @@ def add_draw_arguments(parser: argparse.ArgumentParser, tasks: int, seeds: int) 
     parser.add_argument("--seeds", type=int, default=seeds, help="paired seeds per task")
     parser.add_argument("--seed", type=int, default=0, help="draws the tasks and seeds")
     parser.add_argument("--quick", action="store_true", help="2-step episodes (tests)")
+
+
+def distinct_tasks(distribution: TaskDistribution, split: str, quick: bool) -> int:
+    """At most how many distinct base tasks :func:`draw_tasks` can draw from ``split`` (with
+    ``quick`` the horizon and the minibatches are fixed, so they do not count)."""
+    fixed = ("horizons", "minibatches_per_step", "seed_range") if quick else ("seed_range",)
+    return sum(math.prod(len(getattr(grid, f.name)) for f in dataclasses.fields(grid)
+                         if f.name not in fixed) for grid in getattr(distribution, split))
+
+
+def check_draw(distribution: TaskDistribution, split: str, tasks: int, seeds: int, seed: int,
+               quick: bool) -> None:
+    """A ``ValueError`` naming the option where :func:`draw_tasks` cannot make the draw (too
+    many tasks or seeds would never finish or fail inside numpy), before any training."""
+    checks.integer("--tasks", tasks, 1, distinct_tasks(distribution, split, quick))
+    low, high = getattr(distribution, split)[0].seed_range
+    checks.integer("--seeds", seeds, 1, high - low)
+    checks.integer("--seed", seed, 0)
+
+
+def check_out(out: str | Path) -> None:
+    """A ``ValueError`` where ``--out``, a folder the study writes, names a file."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file: must be a folder (created if missing)")
+
+
+def check_draw_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (``parser.error``, exit 2) options of :func:`add_draw_arguments` whose draw
+    cannot be made, a ``--device`` this machine lacks and an ``--out`` that is a file."""
+    try:
+        check_draw(TaskDistribution.named(args.distribution), args.split, args.tasks,
+                   args.seeds, args.seed, args.quick)
+        if "device" in args:
+            resolve_device(args.device)
+        check_out(args.out)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def draw_runs(args: argparse.Namespace) -> tuple[list[TaskSpec], list[list[int]],
@@ -676,6 +716,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--budget must be in [1, {len(RULES)}]")
     if args.tasks < 1:
         parser.error("--tasks must be at least 1")
+    try:
+        check_draw(getattr(TaskDistribution, args.distribution)(), "train", args.tasks,
+                   args.seeds, args.seed, args.quick)
+        checks.integer("--n-boot", args.n_boot, 1)
+        resolve_device(args.device)
+        check_out(args.out)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.render_only and not any(Path(args.out).glob("*/headroom.json")):
+        parser.error(f"--out {args.out}: no <distribution>/headroom.json to render (run the "
+                     "study first); nothing written")
     return args
 
 

@@ -54,6 +54,7 @@ from agents.evaluate import action_terms, hidden_noise_base_task, task_replay_ac
 from agents.rollout import ScheduleRule, group_tasks, rollout_policy
 from agents.stats import stratified_bootstrap_ci
 from agents.train import AgentPolicy
+from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.features import FeatureSpec
 from lossgym.methods import make_method
@@ -61,7 +62,13 @@ from lossgym.schedules import LossSchedule
 from lossgym.tasks import TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import add_draw_arguments, draw_runs, publish, verdict  # noqa: E402
+from headroom import (  # noqa: E402
+    add_draw_arguments,
+    check_draw_arguments,
+    draw_runs,
+    publish,
+    verdict,
+)
 
 TRAIN_LOSS, VAL_LOSS = 1, 2  # feature indices (lossgym.features.BASE_FEATURES)
 
@@ -211,9 +218,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.seeds < 2 * len(args.levels):
         p.error(f"--seeds {args.seeds}: need at least 2 seeds per level "
                 f"({2 * len(args.levels)} for --levels {args.levels})")
-    for v in args.values:
-        loss_params.param(args.knob).check(v, f"--values {v:g}")
-    schedule = make_method(args.base).schedule()
+    check_draw_arguments(p, args)
+    try:
+        for v in args.levels:
+            checks.real("--levels", v, 0.0, 0.5, open_high=True,
+                        meaning="a label-noise rate")
+        for v in args.values:
+            loss_params.param(args.knob).check(v, "--values")
+    except ValueError as err:
+        p.error(str(err))
+    try:
+        schedule = make_method(args.base).schedule()
+    except ValueError as err:
+        p.error(f"--base {args.base!r}: {err}")
+    try:
+        if args.policy is not None:
+            AgentPolicy(args.policy)  # a run folder that holds a trained agent
+    except (OSError, ValueError) as err:
+        p.error(f"--policy {args.policy}: {err}")
     if schedule is None:
         p.error(f"--base {args.base!r} has no schedule; choose a parametric method")
     started = time.perf_counter()

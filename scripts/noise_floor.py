@@ -36,7 +36,7 @@ from agents.stats import stratified_bootstrap_ci
 from lossgym.schedules import LossSchedule, constant, step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headroom import add_draw_arguments, draw_runs, publish  # noqa: E402
+from headroom import add_draw_arguments, check_draw_arguments, draw_runs, publish  # noqa: E402
 
 PARAMETERS = ("margin", "scale", "cb")
 
@@ -142,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for flag in ("tasks", "seeds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    check_draw_arguments(p, args)
     started = time.perf_counter()
     return publish("noise_floor", argv, args, started, run(args), render)
 

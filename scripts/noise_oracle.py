@@ -465,6 +465,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = ns.out / "noise_oracle.json"
     key = f"{ns.detector}@{ns.switch_at:g}" if ns.switch_at is not None else None
     try:
+        if ns.switch_at is not None:
+            checks.real("--switch-at", ns.switch_at, 0.0, 1.0, open_low=True, open_high=True,
+                        meaning="the progress of the switch")
+        for flag, path in (("--out", ns.out), ("--export", ns.export)):
+            if path is not None and path.exists() and not path.is_dir():
+                raise ValueError(f"{flag} {path} is a file: must be a folder (created if "
+                                 "missing)")
         if ns.export is not None and (key is None or ns.detector not in ("learned", "winner")):
             raise ValueError("--export needs --switch-at and --detector learned or winner")
         if ns.replay and key is None:

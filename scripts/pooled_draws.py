@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     command = "python scripts/pooled_draws.py " + " ".join(argv or sys.argv[1:])
     try:
+        if ns.out is not None and ns.out.exists() and not ns.out.is_dir():
+            raise ValueError(f"--out {ns.out} is a file: must be a folder (created if missing)")
         draws: dict[str, dict[str, dict[Key, float]]] = {}
         for name, *files in ns.draw:
             if not files:

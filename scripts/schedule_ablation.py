@@ -33,6 +33,7 @@ import numpy as np
 from agents.rollout import ScheduleRule, rollout_policy
 from agents.stats import paired_contrast, run_key
 from lossgym.io import write_study
+from lossgym.population import resolve_device
 from lossgym.schedules import LossSchedule, step
 from lossgym.tasks import TaskSpec
 
@@ -60,9 +61,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     path = run_dir / "evaluation.json"
     if not path.is_file():
         p.error(f"--run-dir {run_dir}: no evaluation.json (run agents.evaluate first)")
+    out = Path(args.out) if args.out else run_dir / "schedule_ablation.md"
+    if out.is_dir():
+        p.error(f"--out {out} is a folder: must be the Markdown file to write")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        p.error(str(err))
+    try:
+        records = json.loads(path.read_text())["records"]
+        agent = [r for r in records if r["method"] == "agent"]
+    except ValueError as err:
+        p.error(f"--run-dir {run_dir}: {path} cannot be read: {err}")
+    except (KeyError, TypeError):
+        p.error(f"--run-dir {run_dir}: {path} is not an evaluation (it needs 'records', "
+                "each with a 'method')")
+    if not agent:
+        p.error(f"--run-dir {run_dir}: {path} holds no records of the agent")
     started = time.perf_counter()
-    records = json.loads(path.read_text())["records"]
-    agent = [r for r in records if r["method"] == "agent"]
     schedule = global_schedule(agent)
     tasks = [TaskSpec.from_dict(r["task"]) for r in agent]
     replayed = rollout_policy(ScheduleRule(schedule, agent[0]["parameters"]), tasks,
@@ -94,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {name} | {c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] "
                      f"| {c['n']} |")
     text = "\n".join(lines) + "\n"
-    out = Path(args.out) if args.out else run_dir / "schedule_ablation.md"
     write_study(out.with_suffix(".json"), result, out, text)
     print(text)
     return result

@@ -37,6 +37,7 @@ from agents.evaluate import (
 from agents.rollout import rollout_policy
 from agents.stats import paired_contrast
 from agents.train import AgentPolicy
+from lossgym import _checks as checks
 from lossgym.io import atomic_write_text
 from lossgym.tasks import TaskDistribution
 
@@ -110,6 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              ("evaluation", "out", "search_seeds")}
     command = "python scripts/search_noise.py " + " ".join(argv or sys.argv[1:])
     try:
+        for seed in ns.search_seeds:
+            checks.integer("--search-seeds", seed, 0)
+        if len(set(ns.search_seeds)) != len(ns.search_seeds):
+            raise ValueError(f"--search-seeds {ns.search_seeds} names a seed twice: each "
+                             "must be a different seed")
+        if ns.out.exists() and not ns.out.is_dir():
+            raise ValueError(f"--out {ns.out} is a file: must be a folder (created if missing)")
         result = search_noise(ns.evaluation, EvalArgs(run_dir=str(ns.evaluation), **given),
                               ns.search_seeds)
     except ValueError as err:

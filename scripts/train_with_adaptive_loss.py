@@ -32,6 +32,7 @@ from sklearn.datasets import make_classification
 from torch import nn
 
 from lossgym import AdaptiveLoss, from_arrays
+from lossgym.export import read_export
 from lossgym.metrics import classification_metrics
 from lossgym.schedules import LossSchedule, cosine, step
 
@@ -84,9 +85,18 @@ def user_arrays(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[
     """The user's ``X`` and ``y`` (labels numbered 0..C-1 in sorted order, and the label of
     each number) from ``--x``/``--y`` or ``--csv``; None without them."""
     if args.csv is not None:
-        X, labels = read_csv(args.csv, args.label_column)
+        try:
+            X, labels = read_csv(args.csv, args.label_column)
+        except OSError as err:
+            raise ValueError(f"--csv {args.csv}: cannot be read ({err})") from err
     elif args.x is not None:
-        X, labels = np.load(args.x, allow_pickle=False), np.load(args.y, allow_pickle=False)
+        arrays = []
+        for flag, path in (("--x", args.x), ("--y", args.y)):
+            try:
+                arrays.append(np.load(path, allow_pickle=False))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{flag} {path}: not a readable .npy file ({err})") from err
+        X, labels = arrays
         if X.ndim != 2 or labels.shape != (len(X),):
             raise ValueError(f"--x must hold [M, F] features and --y [M] labels, got shapes "
                              f"{X.shape} and {labels.shape}")
@@ -168,6 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give your data as --x/--y or as --csv, not both")
     if (args.csv is None) != (args.label_column is None):
         parser.error("--csv and --label-column go together: the file and its label column")
+    for flag in ("epochs", "seeds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    try:
+        if args.export is not None:
+            read_export(args.export)
+    except (OSError, ValueError) as err:
+        parser.error(f"--export {args.export}: {err}")
 
     try:
         given = user_arrays(args)

@@ -57,6 +57,7 @@ from agents.export import export_baseline
 from agents.stats import paired_difference
 from lossgym import AdaptiveLoss
 from lossgym.data import symmetric_label_noise
+from lossgym.export import read_export
 from lossgym.io import atomic_write_text
 from lossgym.schedules import LossSchedule, step
 
@@ -369,6 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if not 0.0 <= args.label_noise < 1.0:
         parser.error(f"--label-noise {args.label_noise}: must be in [0, 1)")
+    for flag, folder in (("--export", args.export), ("--reference", args.reference)):
+        try:
+            if folder is not None:
+                read_export(folder)
+        except (OSError, ValueError) as err:
+            parser.error(f"{flag} {folder}: {err}")
+    if args.out and Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder: must be the Markdown file to write")
     report, results = run_check(args.export, args.seeds, names, args.steps, args.minibatches,
                                 args.tune_seeds, label_noise=args.label_noise,
                                 reference=args.reference)

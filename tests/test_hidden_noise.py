@@ -109,8 +109,10 @@ def test_quick_run_reports_the_oracle_room_and_the_closed_loop(hidden_noise, tmp
             hidden_noise.main(["--seeds", "6", "--at", at, "--out", str(tmp_path)])
         assert f"--at {float(at)}: the closed loop's decision point must be in (0, 1)" in \
             capsys.readouterr().err
-    with pytest.raises(ValueError, match="--values 9"):
+    with pytest.raises(SystemExit):
         hidden_noise.main(["--seeds", "6", "--values", "9", "--out", str(tmp_path)])
+    assert "--values=9.0 is out of range: gate must be a number in [-5, 5]" in \
+        capsys.readouterr().err
 
 
 def test_a_trained_agent_is_studied_against_its_hidden_task_replay(hidden_noise, tmp_path,
