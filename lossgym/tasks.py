@@ -14,6 +14,7 @@ unseen seeds).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -409,6 +410,19 @@ class TaskFactors:
             chosen[spec_field] = options[int(rng.integers(len(options)))]
         chosen["seed"] = int(rng.integers(*self.seed_range))
         return TaskSpec(**chosen)
+
+    def base_tasks(self) -> list[TaskSpec]:
+        """Every valid combination of the factors, at the first seed of the range: the
+        distinct base tasks :meth:`draw` can return (invalid combinations, which ``draw``
+        refuses, are left out)."""
+        out = []
+        for values in itertools.product(*(getattr(self, f) for f in _FACTOR_FIELDS)):
+            try:
+                out.append(TaskSpec(**dict(zip(_FACTOR_FIELDS.values(), values, strict=True)),
+                                    seed=self.seed_range[0]))
+            except ValueError:
+                continue
+        return out
 
     def contains(self, spec: TaskSpec) -> bool:
         """Whether ``draw`` can return ``spec``."""

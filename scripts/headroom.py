@@ -32,9 +32,7 @@ per task group (``lossgym.methods.MethodMix``), as ``lossgym compare`` does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import shlex
 import sys
 import time
@@ -141,11 +139,10 @@ def add_draw_arguments(parser: argparse.ArgumentParser, tasks: int, seeds: int) 
 
 
 def distinct_tasks(distribution: TaskDistribution, split: str, quick: bool) -> int:
-    """At most how many distinct base tasks :func:`draw_tasks` can draw from ``split`` (with
-    ``quick`` the horizon and the minibatches are fixed, so they do not count)."""
-    fixed = ("horizons", "minibatches_per_step", "seed_range") if quick else ("seed_range",)
-    return sum(math.prod(len(getattr(grid, f.name)) for f in dataclasses.fields(grid)
-                         if f.name not in fixed) for grid in getattr(distribution, split))
+    """How many distinct base tasks :func:`draw_tasks` can draw from ``split`` (the valid ones
+    only; with ``quick`` the horizon and the minibatches are fixed, so they do not count)."""
+    return len({(task.replace(horizon=2, minibatches_per_step=2) if quick else task).to_json()
+                for grid in getattr(distribution, split) for task in grid.base_tasks()})
 
 
 def check_draw(distribution: TaskDistribution, split: str, tasks: int, seeds: int, seed: int,

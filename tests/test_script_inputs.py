@@ -69,6 +69,22 @@ def test_a_draw_that_cannot_be_made_is_refused_before_training(scripts, capsys, 
     assert not (tmp_path / "out").exists() and file.read_text() == "keep"
 
 
+def test_the_draw_limit_counts_only_valid_base_tasks(scripts, capsys, tmp_path):
+    """Before: the limit counted every combination of the grid, 1,296 for noisy_sizes, of
+    which 216 are invalid (n_max 120 at rho 50 or 100 leaves the tail class under 5 samples)
+    and never drawn, so --tasks 1,081 to 1,296 passed the check and the draw never ended."""
+    from lossgym.tasks import TaskDistribution
+
+    headroom = scripts("headroom")
+    noisy_sizes = TaskDistribution.named("noisy_sizes")
+    assert headroom.distinct_tasks(noisy_sizes, "train", False) == 1296 - 216
+    assert headroom.distinct_tasks(noisy_sizes, "train", True) == (1296 - 216) // 3
+    _refused(capsys, scripts("hidden_noise").main,
+             ["--distribution", "noisy_sizes", "--tasks", "1081", "--seeds", "4", "--levels",
+              "0", "0.2", "--out", str(tmp_path / "out")], "--tasks", "1081", "[1, 1080]")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--levels", "0", "0.6"], ["--levels=0.6", "in [0, 0.5)"]),
     (["--levels", "0", "nan"], ["--levels=nan", "in [0, 0.5)"]),

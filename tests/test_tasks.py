@@ -363,6 +363,25 @@ def test_invalid_combinations_are_redrawn():
     assert {dist.sample(rng).imbalance_ratio for _ in range(50)} == {10.0}
 
 
+def test_base_tasks_are_the_valid_combinations_draw_returns():
+    grid = TaskFactors(datasets=("digits", "synthetic"), imbalance_ratios=(10.0, 100.0),
+                       widths=(64, 128))
+    tasks = grid.base_tasks()
+    # digits at rho 100 leaves its tail class without samples: 2 of the 8 combinations.
+    assert len(tasks) == 8 - 2 == len({t.to_json() for t in tasks})
+    assert all(grid.contains(t) and t.seed == grid.seed_range[0] for t in tasks)
+    assert {(t.dataset, t.imbalance_ratio) for t in tasks} == {
+        ("digits", 10.0), ("synthetic", 10.0), ("synthetic", 100.0)}
+    rng = np.random.default_rng(0)
+    drawn: set[str] = set()
+    for _ in range(400):
+        try:
+            drawn.add(grid.draw(rng).replace(seed=grid.seed_range[0]).to_json())
+        except ValueError:
+            continue
+    assert drawn == {t.to_json() for t in tasks}
+
+
 def test_a_grid_without_valid_combinations_raises():
     grid = TaskFactors(datasets=("digits",), imbalance_ratios=(100.0,))
     dist = TaskDistribution(
