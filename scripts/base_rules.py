@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if bad or not names:
         p.error(f"--rules: unknown {bad or 'none given'}; known: {list(CANDIDATES)}")
     bad = [d for d in args.datasets if d not in plain.DATASETS]
-    if bad:
-        p.error(f"--datasets: unknown {bad}; known: {list(plain.DATASETS)}")
+    if bad or not args.datasets:
+        p.error(f"--datasets: unknown {bad or 'none given'}; known: {list(plain.DATASETS)}")
     for flag in ("tasks", "seeds", "plain_seeds", "steps", "minibatches"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")

@@ -333,3 +333,12 @@ def test_train_with_adaptive_loss_names_the_file_it_cannot_read(scripts, capsys,
             "--y": ["--x", str(tmp_path / "good.npy"), "--y", str(bad)],
             "--csv": ["--csv", str(bad), "--label-column", "y"]}[flag]
     _refused(capsys, scripts("train_with_adaptive_loss").main, data, f"{flag} {bad}")
+
+
+@pytest.mark.parametrize("datasets", [",", ""])
+def test_base_rules_refuses_no_datasets(scripts, capsys, tmp_path, datasets):
+    """Before: ``--datasets ,`` ran the engine part and wrote a study with no plain loop."""
+    _refused(capsys, scripts("base_rules").main,
+             [*DRAW, "--datasets", datasets, "--out", str(tmp_path / "out")],
+             "--datasets", "none given")
+    assert not (tmp_path / "out").exists()
