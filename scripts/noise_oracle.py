@@ -468,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.switch_at is not None:
             checks.real("--switch-at", ns.switch_at, 0.0, 1.0, open_low=True, open_high=True,
                         meaning="the progress of the switch")
+        checks.integer("--detector-tasks", ns.detector_tasks, 1)
         for flag, path in (("--out", ns.out), ("--export", ns.export)):
             if path is not None and path.exists() and not path.is_dir():
                 raise ValueError(f"{flag} {path} is a file: must be a folder (created if "

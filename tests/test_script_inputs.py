@@ -160,6 +160,19 @@ def test_noise_oracle_refuses_a_switch_outside_the_episode(scripts, capsys, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("tasks", ["0", "-3"])
+def test_noise_oracle_refuses_no_detector_tasks_before_the_searches(scripts, capsys, tmp_path,
+                                                                    tasks):
+    """Before: ``--detector-tasks 0`` was read only after the per-level searches (25 minutes
+    at the default budget), and then named ``detector_tasks``, not the option."""
+    out = tmp_path / "out"
+    _refused(capsys, scripts("noise_oracle").main,
+             ["--evaluation", str(tmp_path / "run"), "--out", str(out), "--switch-at", "0.3",
+              "--detector", "learned", "--detector-tasks", tasks],
+             f"--detector-tasks={tasks}", ">= 1")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flag", ["--out", "--export"])
 def test_noise_oracle_refuses_a_file_for_a_folder(scripts, capsys, tmp_path, flag):
     """Before: a FileExistsError traceback, after the study (--out, --export)."""
