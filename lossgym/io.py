@@ -91,3 +91,10 @@ def write_study(json_path: str | os.PathLike[str], result: object,
     """
     atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
     atomic_write_text(report_path, report)
+
+
+def check_folder(option: str, path: str | os.PathLike[str]) -> None:
+    """A ``ValueError`` naming ``option`` where ``path``, a folder a command will create and
+    write into, is an existing file (checked before any work, so that nothing is lost)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path} is a file: must be a folder (created if missing)")

@@ -35,7 +35,7 @@ from agents.evaluate import held_out_tasks
 from agents.rollout import rollout_method, rollout_policy
 from agents.stats import paired_difference
 from agents.train import AgentPolicy, TrainArgs, train
-from lossgym.io import atomic_write_text
+from lossgym.io import atomic_write_text, check_folder
 from lossgym.tasks import TaskDistribution
 
 AGENT_ENV = {"action_mode": "residual", "max_step": 0.2, "reward_baseline": "base",
@@ -83,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.id_tasks + args.ood_tasks < 1:
         parser.error("--id-tasks and --ood-tasks are both 0: need at least one held-out task")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out} is a file: must be a folder (created if missing)")
+    try:
+        check_folder("--out", out)
+    except ValueError as err:
+        parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
     dist = TaskDistribution.default()
     tasks = held_out_tasks(dist, np.random.default_rng([args.seed, 7]), args.id_tasks,

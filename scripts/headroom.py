@@ -53,7 +53,7 @@ from agents.baselines import (
 )
 from agents.rollout import ScheduleRule, group_tasks
 from lossgym import _checks as checks
-from lossgym.io import atomic_write_text, write_study
+from lossgym.io import atomic_write_text, check_folder, write_study
 from lossgym.methods import RENAMED, LossMethod, MethodMix, make_method
 from lossgym.population import Population, resolve_device
 from lossgym.schedules import LossSchedule, constant, cosine, join, linear, step
@@ -155,12 +155,6 @@ def check_draw(distribution: TaskDistribution, split: str, tasks: int, seeds: in
     checks.integer("--seed", seed, 0)
 
 
-def check_out(out: str | Path) -> None:
-    """A ``ValueError`` where ``--out``, a folder the study writes, names a file."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out {out} is a file: must be a folder (created if missing)")
-
-
 def check_draw_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (``parser.error``, exit 2) options of :func:`add_draw_arguments` whose draw
     cannot be made, a ``--device`` this machine lacks and an ``--out`` that is a file."""
@@ -169,7 +163,7 @@ def check_draw_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
                    args.seeds, args.seed, args.quick)
         if "device" in args:
             resolve_device(args.device)
-        check_out(args.out)
+        check_folder("--out", args.out)
     except ValueError as err:
         parser.error(str(err))
 
@@ -711,14 +705,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--seeds must be at least 2 (selection is cross-fitted over seeds)")
     if not 1 <= args.budget <= len(RULES):
         parser.error(f"--budget must be in [1, {len(RULES)}]")
-    if args.tasks < 1:
-        parser.error("--tasks must be at least 1")
     try:
-        check_draw(getattr(TaskDistribution, args.distribution)(), "train", args.tasks,
+        check_draw(TaskDistribution.named(args.distribution), "train", args.tasks,
                    args.seeds, args.seed, args.quick)
         checks.integer("--n-boot", args.n_boot, 1)
         resolve_device(args.device)
-        check_out(args.out)
+        check_folder("--out", args.out)
     except ValueError as err:
         parser.error(str(err))
     if args.render_only and not any(Path(args.out).glob("*/headroom.json")):

@@ -173,12 +173,11 @@ def contrast(a: np.ndarray, b: np.ndarray, per_task: int, rng: np.random.Generat
             "verdict": verdict((low, high))}
 
 
-def agent_study(run_dir: str, runs: Sequence[TaskSpec], levels: np.ndarray, per_task: int,
-                device: str) -> dict[str, Any]:
+def agent_study(agent: AgentPolicy, runs: Sequence[TaskSpec], levels: np.ndarray,
+                per_task: int, device: str) -> dict[str, Any]:
     """A trained agent on the hidden-noise runs: its closed loop against its task replay (the
     mean of what it played on the other seeds of the same base task, whatever their noise,
     replayed open loop) and against its base rule (its zero action), run by run."""
-    agent = AgentPolicy(run_dir)
     closed = rollout_policy(agent, runs, "agent", device=device)
     outcomes = {"agent": closed, "agent_task_replay": rollout_members(
         [ReplayPolicy(a[None], **action_terms(agent))
@@ -231,9 +230,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         schedule = make_method(args.base).schedule()
     except ValueError as err:
         p.error(f"--base {args.base!r}: {err}")
-    try:
-        if args.policy is not None:
-            AgentPolicy(args.policy)  # a run folder that holds a trained agent
+    try:  # a run folder that holds a trained agent
+        agent = AgentPolicy(args.policy) if args.policy is not None else None
     except (OSError, ValueError) as err:
         p.error(f"--policy {args.policy}: {err}")
     if schedule is None:
@@ -243,10 +241,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     per_task = args.seeds
     drawn = {"tasks": [json.loads(t.replace(seed=0).to_json()) for t in tasks], "seeds": seeds,
              "levels": levels.tolist()}
-    if args.policy is not None:
+    if agent is not None:
         return publish("hidden_noise", argv, args, started,
-                       {**drawn, **agent_study(args.policy, runs, levels, per_task,
-                                               args.device)}, render)
+                       {**drawn, **agent_study(agent, runs, levels, per_task, args.device)},
+                       render)
 
     val, test, obs = {}, {}, {}
     for v in args.values:

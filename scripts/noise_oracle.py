@@ -66,7 +66,7 @@ from lossgym import _checks as checks
 from lossgym import params as loss_params
 from lossgym.export import Switch, write_export
 from lossgym.features import feature_version
-from lossgym.io import atomic_write_text
+from lossgym.io import atomic_write_text, check_folder
 from lossgym.schedules import LossSchedule
 from lossgym.tasks import TaskDistribution, TaskSpec
 
@@ -470,9 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         meaning="the progress of the switch")
         checks.integer("--detector-tasks", ns.detector_tasks, 1)
         for flag, path in (("--out", ns.out), ("--export", ns.export)):
-            if path is not None and path.exists() and not path.is_dir():
-                raise ValueError(f"{flag} {path} is a file: must be a folder (created if "
-                                 "missing)")
+            if path is not None:
+                check_folder(flag, path)
         if ns.export is not None and (key is None or ns.detector not in ("learned", "winner")):
             raise ValueError("--export needs --switch-at and --detector learned or winner")
         if ns.replay and key is None:

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats as sps
 
 from agents.stats import paired_contrast, run_key
-from lossgym.io import atomic_write_text
+from lossgym.io import atomic_write_text, check_folder
 
 #: A run's key across draws: (draw, base task JSON) and seed.
 Key = tuple[str, int]
@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     command = "python scripts/pooled_draws.py " + " ".join(argv or sys.argv[1:])
     try:
-        if ns.out is not None and ns.out.exists() and not ns.out.is_dir():
-            raise ValueError(f"--out {ns.out} is a file: must be a folder (created if missing)")
+        if ns.out is not None:
+            check_folder("--out", ns.out)
         draws: dict[str, dict[str, dict[Key, float]]] = {}
         for name, *files in ns.draw:
             if not files:

@@ -38,7 +38,7 @@ from agents.rollout import rollout_policy
 from agents.stats import paired_contrast
 from agents.train import AgentPolicy
 from lossgym import _checks as checks
-from lossgym.io import atomic_write_text
+from lossgym.io import atomic_write_text, check_folder
 from lossgym.tasks import TaskDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +50,12 @@ def search_noise(run_dir: Path, args: EvalArgs, search_seeds: Sequence[int],
     """``knot_search`` of the evaluation in ``run_dir`` again with each of ``search_seeds``,
     played on its held-out runs (drawn from ``distribution``, default the run's) and compared
     with the evaluation's ``knot_search``."""
+    for seed in search_seeds:
+        checks.integer("--search-seeds", seed, 0)
+    twice = sorted({s for s in search_seeds if list(search_seeds).count(s) > 1})
+    if twice:
+        raise ValueError(f"--search-seeds {list(search_seeds)} names {twice[0]} twice: each "
+                         "must be a different seed")
     data, args, _, tasks, tune = evaluation_draw(args, distribution)
     original = scores(data["records"], "knot_search")
     if not original:
@@ -65,8 +71,6 @@ def search_noise(run_dir: Path, args: EvalArgs, search_seeds: Sequence[int],
         start = time.time()
         config = bl.knot_search(tune, budget, seed, **terms, device=args.device)[0]
         name = f"knot_search_seed{seed}"
-        if str(seed) in out["contrasts"]:
-            raise ValueError(f"--search-seeds names {seed} twice")
         records = [record_to_dict(r) for r in rollout_policy(
             bl.KnotPolicy(**config, **terms), tasks, name, device=args.device)]
         mine = scores(records, name)
@@ -111,13 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              ("evaluation", "out", "search_seeds")}
     command = "python scripts/search_noise.py " + " ".join(argv or sys.argv[1:])
     try:
-        for seed in ns.search_seeds:
-            checks.integer("--search-seeds", seed, 0)
-        if len(set(ns.search_seeds)) != len(ns.search_seeds):
-            raise ValueError(f"--search-seeds {ns.search_seeds} names a seed twice: each "
-                             "must be a different seed")
-        if ns.out.exists() and not ns.out.is_dir():
-            raise ValueError(f"--out {ns.out} is a file: must be a folder (created if missing)")
+        check_folder("--out", ns.out)
         result = search_noise(ns.evaluation, EvalArgs(run_dir=str(ns.evaluation), **given),
                               ns.search_seeds)
     except ValueError as err:
